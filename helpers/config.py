@@ -1,0 +1,105 @@
+"""One typed configuration object per workbook run, and the named profiles.
+
+A profile is chosen with ``WORKBOOK_PROFILE`` (``smoke`` / ``cpu`` / ``full``); the seed with
+``WORKBOOK_SEED``; the data folder with ``PETS_ROOT``. Nothing here reads the environment at
+import time: :func:`load_config` does, when a notebook or the CLI asks for it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+
+PROFILES = ("smoke", "cpu", "full")
+
+
+@dataclass(frozen=True)
+class Config:
+    """Every setting of a run. Frozen: derive variants with :meth:`replace`."""
+
+    profile: str = "cpu"
+    seed: int = 0
+    device: str = "cpu"                  # "cpu" or "cuda"; taken from torch by load_config
+    # data
+    image_size: int = 128                # side of the square the images are resized to
+    coarse_size: int = 64                # the coarse U-Net sees a smaller image: its map is blobby by design
+    val_fraction: float = 0.2            # carved from trainval, deterministic by image id
+    max_train: int | None = None         # cap on train images (None: all)
+    max_eval: int | None = None          # cap on val / test images
+    synthetic_trainval: int = 480        # size of the embedded synthetic dataset
+    synthetic_test: int = 120
+    augment: bool = True                 # joint flips / crops of image and mask while training
+    num_workers: int = 0
+    # models
+    coarse_width: int = 16               # base width of the coarse U-Net
+    coarse_depth: int = 4                # number of down-sampling steps
+    refiner_width: int = 16
+    refiner_depth: int = 4
+    # training
+    batch_size: int = 16
+    coarse_epochs: int = 3               # the report's "minimally trained" U-Net
+    refine_epochs: int = 12
+    coarse_lr: float = 2e-3
+    refine_lr: float = 2e-3
+    weight_decay: float = 1e-4
+    # propagation
+    iterations: int = 6                  # T, the report's iter=6
+    dyspn_kernel: int = 7                # 7x7 window: rings of 8, 16, 24 neighbours
+    start_map: str = "coarse"            # "coarse" (the report) or "corrected" (NLSPN-style start)
+    amp: bool = True                     # autocast, used only on CUDA
+
+    @property
+    def cuda(self) -> bool:
+        return self.device.startswith("cuda")
+
+    def replace(self, **changes) -> "Config":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+_PROFILE_SETTINGS: dict[str, dict] = {
+    # tests: tiny data, a notebook runs in seconds
+    "smoke": dict(image_size=48, coarse_size=32, synthetic_trainval=40, synthetic_test=12,
+                  max_train=24, max_eval=12, coarse_width=8, coarse_depth=2, refiner_width=8,
+                  refiner_depth=2, batch_size=8, coarse_epochs=1, refine_epochs=1, iterations=6),
+    # the default without a GPU: real learning at 128 px, the whole workbook in about 15 minutes
+    "cpu": dict(),
+    # the default with CUDA: the report's settings
+    "full": dict(image_size=256, coarse_size=128, synthetic_trainval=2000, synthetic_test=400,
+                 coarse_width=32, refiner_width=32, batch_size=16, coarse_epochs=3,
+                 refine_epochs=40, refine_lr=1e-3, num_workers=2),
+}
+
+
+def profile_config(profile: str, **overrides) -> Config:
+    """The configuration of a named profile, with explicit overrides."""
+    if profile not in _PROFILE_SETTINGS:
+        raise ValueError(f"unknown profile {profile!r}: choose one of {', '.join(PROFILES)}")
+    return Config(profile=profile, **{**_PROFILE_SETTINGS[profile], **overrides})
+
+
+def default_profile() -> str:
+    """``full`` where CUDA is available, else ``cpu``."""
+    import torch
+
+    return "full" if torch.cuda.is_available() else "cpu"
+
+
+def load_config(profile: str | None = None, seed: int | None = None, **overrides) -> Config:
+    """Build the run's configuration from arguments, then the environment, then defaults.
+
+    ``WORKBOOK_PROFILE`` and ``WORKBOOK_SEED`` are read here (not at import).
+    """
+    import torch
+
+    profile = profile or os.environ.get("WORKBOOK_PROFILE") or default_profile()
+    if seed is None:
+        raw = os.environ.get("WORKBOOK_SEED", "0")
+        try:
+            seed = int(raw)
+        except ValueError:
+            raise ValueError(f"WORKBOOK_SEED must be an integer, got {raw!r}") from None
+    overrides.setdefault("device", "cuda" if torch.cuda.is_available() else "cpu")
+    return profile_config(profile, seed=seed, **overrides)

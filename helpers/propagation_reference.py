@@ -1,0 +1,64 @@
+"""Slow, obviously-correct references for the propagation modules, used by tests and benchmarks.
+
+Neighbours are gathered with ``F.unfold`` (one copy per neighbour), the border handled by
+unfolding a map of ones; the update is written exactly as in the docstrings of
+:mod:`helpers.propagation`, in the weighted-sum form, without the residual rewrite.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .propagation import AFFINITY_LIMIT, EPS, ring_sizes, window_offsets
+
+
+def _unfold_neighbours(x: torch.Tensor, kernel: int) -> torch.Tensor:
+    """(B, C, H, W) -> (B, C, K, H, W): the value of each neighbour, in window_offsets order."""
+    B, C, H, W = x.shape
+    r = kernel // 2
+    cols = F.unfold(x, kernel, padding=r).view(B, C, kernel * kernel, H, W)
+    order = [(dy + r) * kernel + (dx + r) for dy, dx in window_offsets(kernel)]
+    return cols[:, :, order]
+
+
+def _valid(x: torch.Tensor, kernel: int) -> torch.Tensor:
+    ones = torch.ones_like(x[:, :1])
+    return _unfold_neighbours(ones, kernel)[:, 0]  # (B, K, H, W)
+
+
+def reference_cspn(h0: torch.Tensor, raw: torch.Tensor, iterations: int) -> list[torch.Tensor]:
+    """H^0..H^T with kappa_j = k_j^+ / max(1, sum|k|), H^{t+1} = sum kappa H^t_j + (1 - sum kappa) H^0."""
+    k = raw.clamp(-AFFINITY_LIMIT, AFFINITY_LIMIT) * _valid(h0, 3)
+    kappa = k.clamp(min=0) / k.abs().sum(1, keepdim=True).clamp(min=1)
+    maps = [h0]
+    for _ in range(iterations):
+        nb = _unfold_neighbours(maps[-1], 3)                       # (B, C, 8, H, W)
+        maps.append((kappa[:, None] * nb).sum(2) + (1 - kappa.sum(1, keepdim=True)) * h0)
+    return maps
+
+
+def reference_dyspn(h0: torch.Tensor, raw: torch.Tensor, raw_attention: torch.Tensor, iterations: int,
+                    kernel: int = 7) -> list[torch.Tensor]:
+    """H^0..H^T of the DySPN update in weighted-sum form (see helpers.propagation.DySPN)."""
+    B, C, H, W = h0.shape
+    w = raw.clamp(-AFFINITY_LIMIT, AFFINITY_LIMIT) * _valid(h0, kernel)
+    pos, neg = w.clamp(min=0), (-w).clamp(min=0)
+    sizes = ring_sizes(kernel)
+    R = len(sizes)
+    pi = torch.sigmoid(raw_attention).view(B, -1, R + 1, H, W)
+    bounds = [sum(sizes[:i]) for i in range(R + 1)]
+    maps = [h0]
+    for t in range(iterations):
+        p = pi[:, min(t, pi.shape[1] - 1)]
+        nb = _unfold_neighbours(maps[-1], kernel)
+        num = p[:, R:] * maps[-1]
+        to_h0 = torch.zeros_like(h0[:, :1])
+        G = p[:, R:] + EPS
+        for r in range(R):
+            sl = slice(bounds[r], bounds[r + 1])
+            num = num + p[:, r:r + 1] * (pos[:, None, sl] * nb[:, :, sl]).sum(2)
+            to_h0 = to_h0 + p[:, r:r + 1] * neg[:, sl].sum(1, keepdim=True)
+            G = G + p[:, r:r + 1] * (pos[:, sl] + neg[:, sl]).sum(1, keepdim=True)
+        num = num + (to_h0 + EPS) * h0
+        maps.append(num / G)
+    return maps

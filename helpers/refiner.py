@@ -1,0 +1,142 @@
+"""Segmenters: the deliberately coarse U-Net, and the refiners built on top of it.
+
+* :class:`CoarseSegmenter` runs a small U-Net on a down-scaled image and up-samples its
+  probabilities: (B, 3, H, W) -> (B, C, H, W). Its boundaries are blobby by design.
+* :class:`Refiner` freezes a coarse segmenter and adds a guidance U-Net that reads the RGB image
+  and the coarse probabilities, (B, 3 + C, H, W), and predicts what the chosen method needs:
+
+  ========  =====================================================================
+  cspn      8 affinities; CSPN propagates T iterations from the start map
+  dyspn     48 ring affinities + T x 4 attention maps; DySPN propagates
+  control   nothing to propagate: the same U-Net corrects the coarse map directly
+  ========  =====================================================================
+
+  With ``start="corrected"`` the head also predicts a correction ``delta`` (C channels) and the
+  propagation starts from ``softmax(log P_coarse + delta)`` (as NLSPN and DySPN predict an
+  initial depth); ``start="coarse"`` starts from the coarse map, as the report did. The control
+  is exactly the corrected start with no propagation. Every head is zero-initialised, so each
+  refiner starts as the identity on the coarse map.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .config import Config
+from .propagation import CSPN, DySPN, PropagationResult
+from .unet import UNet
+
+METHODS = ("control", "cspn", "dyspn")
+STARTS = ("coarse", "corrected")
+
+
+class CoarseSegmenter(nn.Module):
+    """U-Net at ``coarse_size`` px: (B, 3, H, W) in [0, 1] -> probabilities (B, C, H, W)."""
+
+    def __init__(self, classes: int = 2, width: int = 16, depth: int = 4, coarse_size: int = 64):
+        super().__init__()
+        self.unet = UNet(3, classes, width=width, depth=depth)
+        self.coarse_size = coarse_size
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        size = image.shape[-2:]
+        small = F.interpolate(image, size=(self.coarse_size,) * 2, mode="bilinear", antialias=True, align_corners=False)
+        logits = self.unet(small).float()
+        return F.interpolate(logits, size=size, mode="bilinear", align_corners=False).softmax(1)
+
+    @classmethod
+    def from_config(cls, cfg: Config, classes: int = 2) -> "CoarseSegmenter":
+        return cls(classes, cfg.coarse_width, cfg.coarse_depth, cfg.coarse_size)
+
+
+@dataclass(frozen=True)
+class HeadLayout:
+    """Named channel ranges of the guidance head, derived from the method and the config."""
+
+    affinity: tuple[int, int] = (0, 0)
+    attention: tuple[int, int] = (0, 0)
+    start: tuple[int, int] = (0, 0)
+
+    @property
+    def channels(self) -> int:
+        return max(self.affinity[1], self.attention[1], self.start[1])
+
+    def take(self, head: torch.Tensor, name: str) -> torch.Tensor:
+        lo, hi = getattr(self, name)
+        return head[:, lo:hi]
+
+    @classmethod
+    def build(cls, method: str, start: str, classes: int, affinity: int = 0, attention: int = 0) -> "HeadLayout":
+        a = (0, affinity)
+        b = (a[1], a[1] + attention)
+        s = (b[1], b[1] + (classes if start == "corrected" or method == "control" else 0))
+        return cls(a, b, s)
+
+
+@dataclass
+class RefineOutput:
+    """probs (B, C, H, W) the refined map; coarse and start (B, C, H, W); propagation or None."""
+
+    probs: torch.Tensor
+    coarse: torch.Tensor
+    start: torch.Tensor
+    propagation: PropagationResult | None
+
+
+class Refiner(nn.Module):
+    """Frozen coarse segmenter + guidance U-Net + propagation: (B, 3, H, W) -> (B, C, H, W)."""
+
+    def __init__(self, coarse: CoarseSegmenter, method: str = "cspn", start: str = "coarse", classes: int = 2,
+                 width: int = 16, depth: int = 4, iterations: int = 6, kernel: int = 7):
+        super().__init__()
+        if method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+        if start not in STARTS:
+            raise ValueError(f"start must be one of {STARTS}, got {start!r}")
+        self.coarse = coarse.requires_grad_(False).eval()
+        self.method, self.start_mode, self.classes = method, start, classes
+        if method == "cspn":
+            self.propagator = CSPN(iterations)
+            layout = HeadLayout.build(method, start, classes, affinity=self.propagator.affinity_channels)
+        elif method == "dyspn":
+            self.propagator = DySPN(iterations, kernel)
+            layout = HeadLayout.build(method, start, classes, affinity=self.propagator.affinity_channels,
+                                      attention=iterations * self.propagator.attention_channels)
+        else:
+            self.propagator = None
+            layout = HeadLayout.build(method, start, classes)
+        self.layout = layout
+        self.guidance = UNet(3 + classes, layout.channels, width=width, depth=depth, zero_init_head=True)
+
+    @classmethod
+    def from_config(cls, cfg: Config, coarse: CoarseSegmenter, method: str, start: str | None = None,
+                    classes: int = 2) -> "Refiner":
+        return cls(coarse, method, start or cfg.start_map, classes, cfg.refiner_width, cfg.refiner_depth,
+                   cfg.iterations, cfg.dyspn_kernel)
+
+    def train(self, mode: bool = True) -> "Refiner":
+        super().train(mode)
+        self.coarse.eval()  # frozen: its BatchNorm statistics must not drift
+        return self
+
+    def refine(self, image: torch.Tensor, iterations: int | None = None) -> RefineOutput:
+        with torch.no_grad():
+            coarse = self.coarse(image)
+        head = self.guidance(torch.cat([image, coarse.to(image.dtype)], 1)).float()
+        start = coarse
+        if self.layout.start[1] > self.layout.start[0]:
+            start = (torch.log(coarse.clamp_min(1e-6)) + self.layout.take(head, "start")).softmax(1)
+        if self.method == "cspn":
+            result = self.propagator(start, self.layout.take(head, "affinity"), iterations)
+        elif self.method == "dyspn":
+            result = self.propagator(start, self.layout.take(head, "affinity"),
+                                     self.layout.take(head, "attention"), iterations)
+        else:
+            return RefineOutput(start, coarse, start, None)
+        return RefineOutput(result.final, coarse, start, result)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.refine(image).probs

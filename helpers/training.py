@@ -1,0 +1,181 @@
+"""The training engine: seeding, loaders, ``fit``, evaluation and prediction.
+
+Models trained here map an image batch (B, 3, H, W) in [0, 1] to class probabilities
+(B, C, H, W); the loss is the cross-entropy of those probabilities with the target (B, H, W).
+"""
+from __future__ import annotations
+
+import contextlib
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+
+from .checkpoint import atomic_save, check_spec, library_versions, safe_load
+from .metrics import SegmentationMeter
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (an explicit call, never done at import)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, seed: int = 0, num_workers: int = 0) -> DataLoader:
+    generator = torch.Generator().manual_seed(seed)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator,
+                      num_workers=num_workers, drop_last=False, persistent_workers=num_workers > 0)
+
+
+def autocast_for(device: torch.device | str, amp: bool):
+    """bfloat16/float16 autocast on CUDA only; on CPU a no-op context (AMP does not help there)."""
+    device = torch.device(device)
+    if amp and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
+    return contextlib.nullcontext()
+
+
+def segmentation_loss(probs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of probabilities (B, C, H, W) against class indices (B, H, W)."""
+    return F.nll_loss(torch.log(probs.float().clamp_min(1e-6)), target)
+
+
+@dataclass
+class History:
+    """Per-epoch training loss and validation metrics, plus wall time."""
+
+    epoch: list = field(default_factory=list)
+    train_loss: list = field(default_factory=list)
+    val: list = field(default_factory=list)          # dicts from SegmentationMeter.summary
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        return {"epoch": self.epoch, "train_loss": self.train_loss, "val": self.val, "seconds": self.seconds}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "History":
+        return cls(list(d["epoch"]), list(d["train_loss"]), list(d["val"]), float(d["seconds"]))
+
+    @property
+    def last(self) -> dict:
+        return self.val[-1] if self.val else {}
+
+
+@torch.inference_mode()
+def predict(model: nn.Module, dataset: Dataset, batch_size: int, device: str | torch.device,
+            amp: bool = False) -> torch.Tensor:
+    """Probabilities (N, C, H, W) float32 on the CPU for a whole dataset, in dataset order."""
+    was_training = model.training
+    model.eval()
+    out = []
+    try:
+        for image, _ in make_loader(dataset, batch_size, shuffle=False):
+            with autocast_for(device, amp):
+                out.append(model(image.to(device)).float().cpu())
+    finally:
+        model.train(was_training)
+    return torch.cat(out)
+
+
+def evaluate_probs(probs: torch.Tensor, dataset: Dataset) -> tuple[dict, list]:
+    """Metrics of probability maps (N, C, H, W) against the dataset's targets; also per-image mIoU."""
+    meter = SegmentationMeter(num_classes=probs.shape[1])
+    targets = torch.stack([dataset[i][1] for i in range(len(dataset))]) if not hasattr(dataset, "targets") \
+        else dataset.targets.long()
+    meter.update(probs.argmax(1), targets)
+    return meter.summary(), meter.image_miou
+
+
+def evaluate(model: nn.Module, dataset: Dataset, batch_size: int, device, amp: bool = False) -> dict:
+    """Pooled mIoU, pet IoU and Boundary IoU of ``model`` on ``dataset`` (train mode restored)."""
+    return evaluate_probs(predict(model, dataset, batch_size, device, amp), dataset)[0]
+
+
+def fit(model: nn.Module, *, train_set: Dataset, val_set: Dataset, epochs: int, lr: float,
+        batch_size: int, device: str | torch.device = "cpu", seed: int = 0, weight_decay: float = 1e-4,
+        amp: bool = True, checkpoint: str | Path | None = None, spec: dict | None = None,
+        desc: str = "training", progress: bool = True) -> History:
+    """Train ``model`` with AdamW and a one-cycle schedule; return the :class:`History`.
+
+    Steps: 1. seed and build the loader; 2. resume from ``checkpoint`` if it holds an unfinished
+    run of the same ``spec``; 3. per epoch, train with a progress bar of the live loss, evaluate
+    on ``val_set`` and write the checkpoint atomically (weights, optimiser, schedule, history).
+    Only parameters with ``requires_grad`` are optimised (the refiners keep the coarse net frozen).
+    """
+    from tqdm.auto import tqdm
+
+    device = torch.device(device)
+    seed_everything(seed)
+    model.to(device)
+    loader = make_loader(train_set, batch_size, shuffle=True, seed=seed)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimiser = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=lr, total_steps=max(1, epochs * len(loader)),
+                                                   pct_start=0.15)
+    scaler = torch.amp.GradScaler("cuda", enabled=amp and device.type == "cuda"
+                                  and not torch.cuda.is_bf16_supported())
+    history, start = History(), 0
+    spec = spec or {}
+    if checkpoint is not None and Path(checkpoint).exists():
+        state = safe_load(checkpoint)
+        check_spec(state, spec, checkpoint)
+        model.load_state_dict(state["state_dict"])
+        history = History.from_dict(state["history"])
+        start = int(state["epoch"])
+        if start < epochs and "optimiser" in state:
+            optimiser.load_state_dict(state["optimiser"])
+            schedule.load_state_dict(state["schedule"])
+            torch.set_rng_state(state["rng"])
+            loader.generator.set_state(state["loader_rng"])
+            print(f"resuming {desc} from epoch {start} of {epochs}")
+    t0 = time.perf_counter() - history.seconds
+    epoch_bar = tqdm(range(start, epochs), desc=desc, disable=not progress, initial=start, total=epochs)
+    for epoch in epoch_bar:
+        model.train()
+        running, seen = 0.0, 0
+        batch_bar = tqdm(loader, desc=f"epoch {epoch + 1}", leave=False, disable=not progress)
+        for image, target in batch_bar:
+            image, target = image.to(device), target.to(device)
+            with autocast_for(device, amp):
+                probs = model(image)
+            loss = segmentation_loss(probs, target)
+            optimiser.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimiser)
+            scaler.update()
+            schedule.step()
+            running += loss.item() * len(image)
+            seen += len(image)
+            batch_bar.set_postfix(loss=f"{running / seen:.3f}")
+        metrics = evaluate(model, val_set, batch_size, device, amp)
+        history.epoch.append(epoch + 1)
+        history.train_loss.append(running / max(seen, 1))
+        history.val.append(metrics)
+        history.seconds = time.perf_counter() - t0
+        epoch_bar.set_postfix(loss=f"{history.train_loss[-1]:.3f}", val_miou=f"{metrics['miou']:.3f}")
+        if checkpoint is not None:
+            atomic_save({"state_dict": model.state_dict(), "spec": spec, "epoch": epoch + 1,
+                         "history": history.to_dict(), "metrics": metrics, "versions": library_versions(),
+                         "optimiser": optimiser.state_dict(), "schedule": schedule.state_dict(),
+                         "rng": torch.get_rng_state(), "loader_rng": loader.generator.get_state()},
+                        checkpoint)
+    return history
+
+
+def load_trained(model: nn.Module, checkpoint: str | Path, spec: dict, epochs: int) -> History | None:
+    """Load a finished run of the same spec into ``model``; None if there is none to load."""
+    if not Path(checkpoint).exists():
+        return None
+    state = safe_load(checkpoint)
+    check_spec(state, spec, checkpoint)
+    if int(state["epoch"]) < epochs:
+        return None  # unfinished: fit() resumes it
+    model.load_state_dict(state["state_dict"])
+    return History.from_dict(state["history"])

@@ -1,0 +1,203 @@
+"""The workbook's stages, as the notebooks call them: open a run, get the coarse model, refine.
+
+A :class:`Workbook` ties together one configuration, one data source and the datasets. Stage
+outputs live under ``runs/<profile>/<data source>/seed<k>/`` so that notebooks 02 and 03 find
+what 01 produced (and rebuild it, with a message, when it is missing).
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .checkpoint import atomic_save, library_versions, safe_load
+from .config import Config, load_config
+from .data import REPO_ROOT, DataSource, PetSegmentation, build_datasets, display_path, resolve_source
+from .refiner import CoarseSegmenter, Refiner
+from .training import History, evaluate_probs, fit, load_trained, predict, seed_everything
+from .unet import count_parameters
+
+SHOWCASE_ID = "Abyssinian_100"   # the report's Fig. 2-4 image
+RUNS_DIR = REPO_ROOT / "runs"
+
+
+@dataclass
+class Workbook:
+    """One run: configuration, data source, train / val / test datasets, output folder."""
+
+    cfg: Config
+    source: DataSource
+    data: dict[str, PetSegmentation]
+    stages: dict = field(default_factory=dict)   # stage name -> StageResult, filled as stages run
+
+    @property
+    def run_dir(self) -> Path:
+        slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", self.source.name)
+        return RUNS_DIR / self.cfg.profile / slug / f"seed{self.cfg.seed}"
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device(self.cfg.device)
+
+    @property
+    def showcase_index(self) -> int:
+        """Validation index of Abyssinian_100 when present, else of a fixed image (the first)."""
+        ids = self.data["val"].ids
+        return ids.index(SHOWCASE_ID) if SHOWCASE_ID in ids else 0
+
+    def summary(self) -> str:
+        sizes = ", ".join(f"{k} {len(v)}" for k, v in self.data.items())
+        return (f"profile {self.cfg.profile}, seed {self.cfg.seed}, device {self.cfg.device}, "
+                f"{self.cfg.image_size} px; images: {sizes}")
+
+
+def open_workbook(profile: str | None = None, data_root: str | Path | None = None, seed: int | None = None,
+                  verbose: bool = True, **overrides) -> Workbook:
+    """Configuration from the environment, data source resolved and printed, datasets decoded."""
+    cfg = load_config(profile, seed, **overrides)
+    source = resolve_source(cfg, data_root, verbose=verbose)
+    data = build_datasets(cfg, source, progress=verbose)
+    wb = Workbook(cfg, source, data)
+    if verbose:
+        print(wb.summary())
+    return wb
+
+
+@dataclass
+class StageResult:
+    """A trained model with its history and its probabilities on val and test."""
+
+    name: str
+    model: torch.nn.Module
+    history: History
+    val_probs: torch.Tensor
+    test_probs: torch.Tensor
+    val_metrics: dict
+    test_metrics: dict
+    image_miou: list          # per validation image
+
+    def row(self) -> dict:
+        return {**self.val_metrics, "test": self.test_metrics, "parameters": count_parameters(self.model),
+                "train_seconds": round(self.history.seconds, 1), "epochs": len(self.history.epoch)}
+
+
+def _coarse_spec(wb: Workbook) -> dict:
+    c = wb.cfg
+    return {"stage": "coarse", "data": wb.source.name, "image_size": c.image_size, "coarse_size": c.coarse_size,
+            "width": c.coarse_width, "depth": c.coarse_depth, "epochs": c.coarse_epochs, "lr": c.coarse_lr,
+            "batch_size": c.batch_size, "seed": c.seed, "n_train": len(wb.data["train"])}
+
+
+def _refiner_spec(wb: Workbook, method: str, start: str, epochs: int) -> dict:
+    c = wb.cfg
+    return {**_coarse_spec(wb), "stage": method, "start": start, "refiner_width": c.refiner_width,
+            "refiner_depth": c.refiner_depth, "iterations": c.iterations, "kernel": c.dyspn_kernel,
+            "refine_epochs": epochs, "refine_lr": c.refine_lr}
+
+
+def _finish(wb: Workbook, name: str, model, history: History) -> StageResult:
+    cfg = wb.cfg
+    val = predict(model, wb.data["val"], cfg.batch_size, wb.device, cfg.amp)
+    test = predict(model, wb.data["test"], cfg.batch_size, wb.device, cfg.amp)
+    val_metrics, image_miou = evaluate_probs(val, wb.data["val"])
+    test_metrics, _ = evaluate_probs(test, wb.data["test"])
+    result = StageResult(name, model, history, val, test, val_metrics, test_metrics, image_miou)
+    wb.stages[name] = result
+    return result
+
+
+def coarse_stage(wb: Workbook, retrain: bool = False, progress: bool = True) -> StageResult:
+    """Train (or load a finished run of) the coarse U-Net; save its predictions for 02 and 03."""
+    cfg = wb.cfg
+    seed_everything(cfg.seed)
+    model = CoarseSegmenter.from_config(cfg).to(wb.device)
+    ckpt, spec = wb.run_dir / "coarse.pt", _coarse_spec(wb)
+    if retrain and ckpt.exists():
+        ckpt.unlink()
+    history = load_trained(model, ckpt, spec, cfg.coarse_epochs)
+    if history is None:
+        history = fit(model, train_set=wb.data["train"], val_set=wb.data["val"], epochs=cfg.coarse_epochs,
+                      lr=cfg.coarse_lr, batch_size=cfg.batch_size, device=wb.device, seed=cfg.seed,
+                      weight_decay=cfg.weight_decay, amp=cfg.amp, checkpoint=ckpt, spec=spec,
+                      desc="coarse U-Net", progress=progress)
+    else:
+        print(f"loaded the trained coarse U-Net from {display_path(ckpt)}")
+    result = _finish(wb, "coarse", model, history)
+    atomic_save({"val": result.val_probs.half(), "test": result.test_probs.half(),
+                 "val_ids": wb.data["val"].ids, "test_ids": wb.data["test"].ids, "spec": spec},
+                wb.run_dir / "coarse_predictions.pt")
+    return result
+
+
+def load_coarse(wb: Workbook, progress: bool = True) -> StageResult:
+    """The coarse stage for notebooks 02 / 03: loaded if notebook 01 ran, else rebuilt."""
+    if "coarse" in wb.stages:
+        return wb.stages["coarse"]
+    if not (wb.run_dir / "coarse.pt").exists():
+        print("no coarse U-Net for this profile, data and seed yet: training it now (as notebook 01 does)")
+    return coarse_stage(wb, progress=progress)
+
+
+def load_coarse_predictions(wb: Workbook) -> dict:
+    """The saved coarse probabilities (float16) with their ids, as notebook 01 wrote them."""
+    return safe_load_predictions(wb.run_dir / "coarse_predictions.pt")
+
+
+def safe_load_predictions(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def refine_stage(wb: Workbook, method: str, start: str | None = None, epochs: int | None = None,
+                 retrain: bool = False, progress: bool = True) -> StageResult:
+    """Train (or load) a refiner of ``method`` (control / cspn / dyspn) on the frozen coarse net."""
+    cfg = wb.cfg
+    start = start or cfg.start_map
+    epochs = epochs or cfg.refine_epochs
+    coarse = load_coarse(wb, progress).model
+    seed_everything(cfg.seed)
+    model = Refiner.from_config(cfg, coarse, method, start).to(wb.device)
+    name = method if start == cfg.start_map else f"{method}-{start}"
+    ckpt, spec = wb.run_dir / f"{name}.pt", _refiner_spec(wb, method, start, epochs)
+    if retrain and ckpt.exists():
+        ckpt.unlink()
+    history = load_trained(model, ckpt, spec, epochs)
+    if history is None:
+        history = fit(model, train_set=wb.data["train"], val_set=wb.data["val"], epochs=epochs,
+                      lr=cfg.refine_lr, batch_size=cfg.batch_size, device=wb.device, seed=cfg.seed,
+                      weight_decay=cfg.weight_decay, amp=cfg.amp, checkpoint=ckpt, spec=spec,
+                      desc=f"{name} refiner", progress=progress)
+    else:
+        print(f"loaded the trained {name} refiner from {display_path(ckpt)}")
+    return _finish(wb, name, model, history)
+
+
+# ------------------------------------------------------------------------------ results.json
+def results_path(profile: str) -> Path:
+    return RUNS_DIR / profile / "results.json"
+
+
+def record_results(wb: Workbook, *results: StageResult) -> dict:
+    """Merge stage metrics into ``runs/<profile>/results.json`` (atomic). A file written for
+    another data source or seed is started afresh, so sources are never mixed."""
+    path = results_path(wb.cfg.profile)
+    doc = {"profile": wb.cfg.profile, "data_source": wb.source.name, "seed": wb.cfg.seed, "stages": {}}
+    if path.exists():
+        try:
+            old = json.loads(path.read_text())
+            if (old.get("data_source"), old.get("seed")) == (doc["data_source"], doc["seed"]):
+                doc["stages"] = old.get("stages", {})
+        except json.JSONDecodeError:
+            pass
+    for r in results:
+        doc["stages"][r.name] = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.row().items()}
+        doc["stages"][r.name]["test"] = {k: round(v, 4) for k, v in r.test_metrics.items()}
+    doc["versions"] = library_versions()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(doc, indent=2))
+    os.replace(tmp, path)
+    return doc
