@@ -15,7 +15,7 @@ class CheckpointError(RuntimeError):
 def library_versions() -> dict:
     import torchvision
 
-    return {"torch": torch.__version__, "torchvision": torchvision.__version__, "python": platform.python_version()}
+    return {"torch": str(torch.__version__), "torchvision": str(torchvision.__version__), "python": platform.python_version()}
 
 
 def atomic_save(obj, path: str | Path) -> Path:

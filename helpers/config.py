@@ -63,7 +63,7 @@ _PROFILE_SETTINGS: dict[str, dict] = {
     # tests: tiny data, a notebook runs in seconds
     "smoke": dict(image_size=48, coarse_size=32, synthetic_trainval=40, synthetic_test=12,
                   max_train=24, max_eval=12, coarse_width=8, coarse_depth=2, refiner_width=8,
-                  refiner_depth=2, batch_size=8, coarse_epochs=1, refine_epochs=1, iterations=6),
+                  refiner_depth=2, batch_size=4, coarse_epochs=4, coarse_lr=1e-2, refine_epochs=1, iterations=6),
     # the default without a GPU: real learning at 128 px, the whole workbook in about 15 minutes
     "cpu": dict(),
     # the default with CUDA: the report's settings

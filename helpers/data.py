@@ -163,7 +163,7 @@ def load_trimap(path: Path, size: tuple[int, int]) -> np.ndarray:
             img.load()
             if img.size != size:
                 raise DataError(f"trimap {path} is {img.size[0]}x{img.size[1]} but its image is {size[0]}x{size[1]}")
-            arr = np.asarray(img.convert("L") if img.mode not in ("L", "P") else img)
+            arr = np.array(img.convert("L") if img.mode not in ("L", "P") else img)
     except FileNotFoundError:
         raise DataError(f"missing trimap: {path}") from None
     except (UnidentifiedImageError, OSError, SyntaxError) as exc:

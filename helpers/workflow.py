@@ -201,3 +201,35 @@ def record_results(wb: Workbook, *results: StageResult) -> dict:
     tmp.write_text(json.dumps(doc, indent=2))
     os.replace(tmp, path)
     return doc
+
+
+# ------------------------------------------------------------------------------ reporting
+def compare_table(results: dict, split: str = "val") -> str:
+    """A plain-text table of metrics for named :class:`StageResult` s (or metric dicts)."""
+    lines = [f"{'':22s} {'mIoU':>7s} {'pet IoU':>8s} {'Boundary IoU':>13s} {'params':>10s} {'train s':>8s}"]
+    for name, r in results.items():
+        m = r.val_metrics if split == "val" else r.test_metrics
+        lines.append(f"{name:22s} {m['miou']:7.3f} {m['pet_iou']:8.3f} {m['boundary_iou']:13.3f} "
+                     f"{count_parameters(r.model):10,d} {r.history.seconds:8.0f}")
+    return "\n".join(lines)
+
+
+def gains_and_losses(before: list, after: list, k: int = 3) -> tuple[list, list]:
+    """Indices of the ``k`` largest per-image mIoU gains and the ``k`` largest losses."""
+    delta = torch.tensor(after) - torch.tensor(before)
+    order = torch.argsort(delta, descending=True).tolist()
+    k = min(k, len(order) // 2) if len(order) > 1 else len(order)
+    return order[:k], order[::-1][:k]
+
+
+@torch.inference_mode()
+def refine_images(model: Refiner, dataset: PetSegmentation, indices, device, iterations: int | None = None):
+    """Images (N, 3, H, W) and the refiner's :class:`~helpers.refiner.RefineOutput` for them."""
+    was_training = model.training
+    model.eval()
+    try:
+        images = torch.stack([dataset[i][0] for i in indices]).to(device)
+        out = model.refine(images, iterations)
+    finally:
+        model.train(was_training)
+    return images.cpu(), out

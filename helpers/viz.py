@@ -1,0 +1,137 @@
+"""Figures of the workbook: samples, coarse vs refined maps, galleries, iterations, attention.
+
+Every function takes tensors (images (3, H, W) in [0, 1], class maps (H, W), probabilities
+(C, H, W)) and returns the matplotlib Figure, so notebooks stay one line per figure.
+"""
+from __future__ import annotations
+
+import io
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+
+PET_CMAP = "magma"
+
+
+def use_style() -> None:
+    """Readable defaults for the workbook's figures (an explicit call, not an import side effect)."""
+    plt.rcParams.update({"figure.dpi": 100, "font.size": 10, "axes.titlesize": 10, "image.interpolation": "nearest"})
+
+
+def to_numpy_image(image: torch.Tensor) -> np.ndarray:
+    """(3, H, W) in [0, 1] -> (H, W, 3) for imshow."""
+    return image.detach().cpu().permute(1, 2, 0).clamp(0, 1).numpy()
+
+
+def overlay(image: torch.Tensor, mask: torch.Tensor, colour=(1.0, 0.2, 0.2), alpha: float = 0.45) -> np.ndarray:
+    """The image with ``mask`` (H, W, non-zero = pet) tinted."""
+    rgb = to_numpy_image(image)
+    m = (mask.detach().cpu().numpy() > 0)[..., None]
+    return np.where(m, (1 - alpha) * rgb + alpha * np.asarray(colour), rgb)
+
+
+def _axes_off(axes) -> None:
+    for ax in np.atleast_1d(axes).ravel():
+        ax.set_xticks([]), ax.set_yticks([])
+
+
+def show_samples(dataset, n: int = 6, title: str = "") -> plt.Figure:
+    """Images with their pet mask overlaid and the trimap (1 pet, 2 background, 3 band)."""
+    n = min(n, len(dataset))
+    fig, axes = plt.subplots(2, n, figsize=(2.2 * n, 4.6), squeeze=False)
+    for i in range(n):
+        axes[0, i].imshow(overlay(dataset.images[i].float() / 255, dataset.targets[i]))
+        axes[0, i].set_title(dataset.ids[i], fontsize=8)
+        axes[1, i].imshow(dataset.trimaps[i].numpy(), cmap="viridis", vmin=1, vmax=3)
+    axes[0, 0].set_ylabel("pet mask"), axes[1, 0].set_ylabel("trimap")
+    _axes_off(axes)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def compare_maps(image: torch.Tensor, target: torch.Tensor, maps: dict, title: str = "") -> plt.Figure:
+    """RGB, ground truth, then each named prediction (H, W) with its title (e.g. its mIoU)."""
+    cols = 2 + len(maps)
+    fig, axes = plt.subplots(1, cols, figsize=(2.6 * cols, 2.9))
+    axes[0].imshow(to_numpy_image(image)), axes[0].set_title("RGB")
+    axes[1].imshow(np.asarray(target), cmap="gray", vmin=0, vmax=1), axes[1].set_title("ground truth")
+    for ax, (name, m) in zip(axes[2:], maps.items()):
+        ax.imshow(np.asarray(m), cmap="gray", vmin=0, vmax=1), ax.set_title(name)
+    _axes_off(axes)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def prediction_grid(dataset, preds: dict, indices, scores: dict | None = None) -> plt.Figure:
+    """Rows of images: RGB + ground truth + one column per named prediction set (N, H, W)."""
+    indices = list(indices)
+    cols = 2 + len(preds)
+    fig, axes = plt.subplots(len(indices), cols, figsize=(2.1 * cols, 2.1 * len(indices)), squeeze=False)
+    for row, i in enumerate(indices):
+        image, target = dataset[i] if dataset.transforms is None else (dataset.images[i] / 255, dataset.targets[i])
+        axes[row, 0].imshow(to_numpy_image(image))
+        axes[row, 0].set_ylabel(dataset.ids[i], fontsize=7)
+        axes[row, 1].imshow(np.asarray(target), cmap="gray", vmin=0, vmax=1)
+        for col, (name, p) in enumerate(preds.items(), start=2):
+            axes[row, col].imshow(np.asarray(p[i]), cmap="gray", vmin=0, vmax=1)
+            label = name if scores is None else f"{name} {scores[name][i]:.2f}"
+            axes[row, col].set_title(label if row == 0 or scores else "", fontsize=8)
+    axes[0, 0].set_title("RGB", fontsize=8), axes[0, 1].set_title("ground truth", fontsize=8)
+    _axes_off(axes)
+    fig.tight_layout()
+    return fig
+
+
+def iteration_strip(maps: list, image: torch.Tensor | None = None, title: str = "") -> plt.Figure:
+    """Pet probability at every iteration t = 0..T (maps: list of (C, H, W) or (H, W))."""
+    cols = len(maps) + (image is not None)
+    fig, axes = plt.subplots(1, cols, figsize=(1.9 * cols, 2.2))
+    axes = np.atleast_1d(axes)
+    k = 0
+    if image is not None:
+        axes[0].imshow(to_numpy_image(image)), axes[0].set_title("RGB")
+        k = 1
+    for t, m in enumerate(maps):
+        m = m[-1] if m.dim() == 3 else m
+        axes[k + t].imshow(m.detach().cpu().numpy(), cmap=PET_CMAP, vmin=0, vmax=1)
+        axes[k + t].set_title(f"H^{t}" if t else "H^0 (start)")
+    _axes_off(axes)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def attention_figure(attention: torch.Tensor, ring_names=("ring 1 (8)", "ring 2 (16)", "ring 3 (24)", "pixel itself")) -> plt.Figure:
+    """DySPN attention pi^t of one image, (T, R + 1, H, W): a row per iteration, a column per ring."""
+    T, R1 = attention.shape[:2]
+    fig, axes = plt.subplots(T, R1, figsize=(2.0 * R1, 1.9 * T), squeeze=False)
+    for t in range(T):
+        for r in range(R1):
+            im = axes[t, r].imshow(attention[t, r].detach().cpu().numpy(), cmap="viridis", vmin=0, vmax=1)
+            if t == 0:
+                axes[t, r].set_title(ring_names[r] if r < len(ring_names) else f"channel {r}")
+        axes[t, 0].set_ylabel(f"pi^{t + 1}")
+    _axes_off(axes)
+    fig.colorbar(im, ax=axes, shrink=0.6, label="attention")
+    return fig
+
+
+def history_figure(histories: dict) -> plt.Figure:
+    """Validation mIoU per epoch for each named :class:`~helpers.training.History`."""
+    fig, ax = plt.subplots(figsize=(5, 3))
+    for name, h in histories.items():
+        ax.plot(h.epoch, [v["miou"] for v in h.val], marker="o", label=name)
+    ax.set_xlabel("epoch"), ax.set_ylabel("val mIoU"), ax.grid(alpha=0.3), ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def figure_png(fig: plt.Figure, dpi: int = 80) -> bytes:
+    """PNG bytes of a figure (closed afterwards, so it is not shown twice)."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
+    plt.close(fig)
+    return buf.getvalue()

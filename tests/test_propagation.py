@@ -1,0 +1,175 @@
+"""CSPN and DySPN tested as numerical code: gradients, invariants, and a slow reference."""
+import pytest
+import torch
+
+from helpers.propagation import CSPN, DySPN, border_mask, ring_sizes, window_offsets
+from helpers.propagation_reference import reference_cspn, reference_dyspn
+
+T = 6
+
+
+def probs(b=2, c=2, h=9, w=11, dtype=torch.float64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.softmax(3 * torch.randn(b, c, h, w, generator=g, dtype=dtype), 1)
+
+
+def randn(*shape, dtype=torch.float64, seed=1, scale=1.0):
+    return scale * torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+
+
+def run(method, h0, raw_aff, raw_att=None, iterations=T):
+    if method == "cspn":
+        return CSPN(iterations)(h0, raw_aff)
+    return DySPN(iterations)(h0, raw_aff, raw_att)
+
+
+def heads(method, b, h, w, dtype=torch.float64, scale=1.0, seed=1):
+    if method == "cspn":
+        return randn(b, 8, h, w, dtype=dtype, seed=seed, scale=scale), None
+    return randn(b, 48, h, w, dtype=dtype, seed=seed, scale=scale), randn(b, T * 4, h, w, dtype=dtype, seed=seed + 1, scale=scale)
+
+
+METHODS = ["cspn", "dyspn"]
+
+
+def test_neighbourhood_layout():
+    assert ring_sizes(7) == (8, 16, 24)
+    offs = window_offsets(7)
+    assert len(offs) == 48 and len(set(offs)) == 48 and (0, 0) not in offs
+    # ring by ring: Chebyshev distance never decreases
+    dist = [max(abs(dy), abs(dx)) for dy, dx in offs]
+    assert dist == sorted(dist) and dist.count(1) == 8 and dist.count(3) == 24
+    m = border_mask(3, 4, 5)
+    assert m[:, 1:-1, 1:-1].eq(1).all()           # interior pixels see all 8 neighbours
+    assert m[:, 0, 0].sum() == 3                   # a corner sees 3
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_gradcheck_float64(method):
+    h0 = probs(1, 2, 5, 6).requires_grad_()
+    aff, att = heads(method, 1, 5, 6)
+    aff.requires_grad_()
+    inputs = (h0, aff) if att is None else (h0, aff, att.requires_grad_())
+    fn = (lambda a, b: CSPN(3)(a, b).final) if method == "cspn" else (lambda a, b, c: DySPN(3)(a, b, c).final)
+    assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-5)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_matches_unfold_reference(method):
+    h0 = probs(2, 3, 10, 13)
+    aff, att = heads(method, 2, 10, 13, scale=0.7)
+    ours = run(method, h0, aff, att).maps
+    ref = reference_cspn(h0, aff, T) if method == "cspn" else reference_dyspn(h0, aff, att, T)
+    for a, b in zip(ours, ref):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
+    # float32 too, against the float64 reference
+    ours32 = run(method, h0.float(), aff.float(), None if att is None else att.float()).final
+    torch.testing.assert_close(ours32.double(), ref[-1], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("scale", [1.0, 1e3, 1e30])
+def test_constant_map_stays_exactly_constant(method, scale):
+    b, h, w = 2, 8, 9
+    const = torch.tensor([0.3, 0.7], dtype=torch.float32).view(1, 2, 1, 1).expand(b, 2, h, w).contiguous()
+    aff, att = heads(method, b, h, w, dtype=torch.float32, scale=scale)
+    out = run(method, const, aff, att)
+    for m in out.maps:
+        assert torch.equal(m, const), "a constant map changed (at the border?)"
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_zero_head_is_identity_and_still_learns(method):
+    h0 = probs(2, 2, 7, 8, dtype=torch.float32)
+    aff = torch.zeros(2, 8 if method == "cspn" else 48, 7, 8, requires_grad=True)
+    att = None if method == "cspn" else torch.zeros(2, T * 4, 7, 8, requires_grad=True)
+    out = run(method, h0, aff, att)
+    for m in out.maps:
+        assert torch.equal(m, h0)
+    (out.final[:, 1] * torch.randn(7, 8)).sum().backward()
+    assert aff.grad.abs().sum() > 0, "a zero-initialised head would never train"
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("scale", [1e-30, 1.0, 1e6, 1e30])
+def test_refined_maps_are_probabilities_for_any_head(method, scale):
+    h0 = probs(2, 3, 9, 10, dtype=torch.float32, seed=3)
+    aff, att = heads(method, 2, 9, 10, dtype=torch.float32, scale=scale, seed=4)
+    for m in run(method, h0, aff, att).maps:
+        assert torch.isfinite(m).all()
+        assert m.min() >= -1e-6 and m.max() <= 1 + 1e-6
+        torch.testing.assert_close(m.sum(1), torch.ones_like(m[:, 0]), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_translation_equivariance_away_from_borders(method):
+    h0 = probs(1, 2, 30, 30, seed=5)
+    aff, att = heads(method, 1, 30, 30, seed=6)
+    shift = (4, -3)
+    roll = lambda x: torch.roll(x, shift, dims=(-2, -1)) if x is not None else None  # noqa: E731
+    a = run(method, h0, aff, att).final
+    b = run(method, roll(h0), roll(aff), roll(att)).final
+    reach = T * (1 if method == "cspn" else 3)      # how far information travels in T steps
+    lo, hi = reach + 4, 30 - reach - 4               # pixels unaffected by the border or the roll seam
+    torch.testing.assert_close(roll(a)[..., lo:hi, lo:hi], b[..., lo:hi, lo:hi], atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_no_wrap_around(method):
+    """Mass at the left border must never reach the right border (what torch.roll would do)."""
+    h, w = 12, 16
+    h0 = torch.zeros(1, 2, h, w, dtype=torch.float64)
+    h0[:, 0] = 1.0
+    h0[:, 1, :, 0] = 1.0          # a pet column on the left edge
+    h0[:, 0, :, 0] = 0.0
+    aff, att = heads(method, 1, h, w, scale=5.0)
+    out = run(method, h0, aff, att, iterations=2).final
+    assert out[:, 1, :, -1].abs().max() == 0, "probability leaked across the image border"
+    assert out[:, 1, :, w // 2:].abs().max() == 0
+
+
+def test_dyspn_returns_attention_per_iteration():
+    h0 = probs(1, 2, 6, 7, dtype=torch.float32)
+    aff, att = heads("dyspn", 1, 6, 7, dtype=torch.float32)
+    out = DySPN(T)(h0, aff, att)
+    assert out.attention.shape == (1, T, 4, 6, 7)
+    assert len(out.maps) == T + 1 and torch.equal(out.maps[0], h0)
+    torch.testing.assert_close(out.attention, torch.sigmoid(att).view(1, T, 4, 6, 7))
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_autocast_runs_propagation_in_float32(method):
+    h0 = probs(1, 2, 8, 8, dtype=torch.float32)
+    aff, att = heads(method, 1, 8, 8, dtype=torch.float32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = run(method, h0.bfloat16(), aff.bfloat16(), None if att is None else att.bfloat16())
+    assert out.final.dtype == torch.float32
+    ref = run(method, h0.bfloat16().float(), aff.bfloat16().float(), None if att is None else att.bfloat16().float())
+    torch.testing.assert_close(out.final, ref.final)
+
+
+def _saved_bytes(fn) -> int:
+    """Bytes of the distinct storages autograd keeps for backward while ``fn`` runs."""
+    storages = {}
+
+    def pack(t):
+        storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    return sum(storages.values())
+
+
+def test_memory_grows_linearly_and_below_unfold():
+    """Per DySPN iteration autograd keeps a few maps, not 48 neighbour copies as unfold does."""
+    h0 = probs(1, 2, 32, 32, dtype=torch.float32)
+    aff, att = heads("dyspn", 1, 32, 32, dtype=torch.float32)
+    aff.requires_grad_()
+    att.requires_grad_()
+    per_map = h0.numel() * 4
+    ours = {t: _saved_bytes(lambda: DySPN(t)(h0, aff, att)) for t in (2, 4, 6)}
+    assert ours[6] - ours[4] == ours[4] - ours[2], "memory must grow linearly with iterations"
+    assert (ours[4] - ours[2]) / 2 <= 10 * per_map
+    ref = _saved_bytes(lambda: reference_dyspn(h0, aff, att, 6))
+    assert ours[6] < ref / 2

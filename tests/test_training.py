@@ -1,0 +1,135 @@
+"""The training engine: determinism, checkpoints (atomic, refused, corrupt, resumable)."""
+import pytest
+import torch
+
+from helpers.checkpoint import CheckpointError, atomic_save, safe_load
+from helpers.data import PetSegmentation
+from helpers.refiner import CoarseSegmenter, Refiner
+from helpers.training import evaluate, fit, load_trained
+
+
+def toy_data(n=12, size=24, seed=0):
+    """Squares of random size and place: a learnable task in a second."""
+    g = torch.Generator().manual_seed(seed)
+    images = torch.randint(0, 60, (n, 3, size, size), generator=g, dtype=torch.uint8)
+    trimaps = torch.full((n, size, size), 2, dtype=torch.uint8)
+    for i in range(n):
+        y, x = torch.randint(0, size // 2, (2,), generator=g).tolist()
+        s = int(torch.randint(6, size // 2, (1,), generator=g))
+        trimaps[i, y:y + s, x:x + s] = 1
+        images[i, :, y:y + s, x:x + s] += 150
+    return PetSegmentation(images, trimaps, [f"toy_{i}" for i in range(n)])
+
+
+def model(seed=0):
+    torch.manual_seed(seed)
+    return CoarseSegmenter(classes=2, width=4, depth=2, coarse_size=16)
+
+
+KW = dict(epochs=2, lr=5e-3, batch_size=4, device="cpu", seed=0, progress=False)
+
+
+def test_same_seed_same_metrics_and_learning_happens():
+    train, val = toy_data(), toy_data(6, seed=1)
+    h1 = fit(model(), train_set=train, val_set=val, **KW)
+    h2 = fit(model(), train_set=train, val_set=val, **KW)
+    assert h1.val == h2.val and h1.train_loss == h2.train_loss
+    assert h1.train_loss[-1] < h1.train_loss[0]
+
+
+def test_evaluate_restores_train_mode():
+    m = model().train()
+    evaluate(m, toy_data(4), 2, "cpu")
+    assert m.training
+
+
+def test_checkpoint_round_trip_resume_and_refusal(tmp_path):
+    train, val = toy_data(), toy_data(6, seed=1)
+    spec = {"stage": "coarse", "width": 4}
+    full = fit(model(), train_set=train, val_set=val, checkpoint=tmp_path / "full.pt", spec=spec, **KW)
+    st = safe_load(tmp_path / "full.pt")
+    assert st["epoch"] == 2 and {"torch", "torchvision"} <= set(st["versions"])
+    assert full.val == st["history"]["val"]
+    # a finished run loads instead of retraining
+    m2 = model(seed=5)
+    assert load_trained(m2, tmp_path / "full.pt", spec, epochs=2).val == full.val
+    for a, b in zip(m2.state_dict().values(), st["state_dict"].values()):
+        assert torch.equal(a, b)
+    # another configuration is refused, saying what differs
+    with pytest.raises(CheckpointError, match="width: saved 4, expected 8"):
+        load_trained(model(), tmp_path / "full.pt", {"stage": "coarse", "width": 8}, epochs=2)
+
+
+def test_resume_continues_an_interrupted_run(tmp_path):
+    """Stop after epoch 1 of 3 (simulated), resume: the same history as an uninterrupted run."""
+    train, val = toy_data(), toy_data(6, seed=1)
+    spec = {"stage": "coarse"}
+    whole = fit(model(), train_set=train, val_set=val, checkpoint=tmp_path / "a.pt", spec=spec, **{**KW, "epochs": 3})
+
+    class Stop(Exception):
+        pass
+
+    import helpers.training as tr
+    real_evaluate, calls = tr.evaluate, []
+
+    def interrupting(*a, **k):
+        out = real_evaluate(*a, **k)
+        calls.append(1)
+        if len(calls) == 2:      # the second epoch is interrupted before its checkpoint
+            raise Stop
+        return out
+
+    tr.evaluate = interrupting
+    try:
+        with pytest.raises(Stop):
+            fit(model(), train_set=train, val_set=val, checkpoint=tmp_path / "b.pt", spec=spec, **{**KW, "epochs": 3})
+    finally:
+        tr.evaluate = real_evaluate
+    assert safe_load(tmp_path / "b.pt")["epoch"] == 1
+    resumed = fit(model(), train_set=train, val_set=val, checkpoint=tmp_path / "b.pt", spec=spec, **{**KW, "epochs": 3})
+    assert resumed.val == whole.val
+
+
+def test_corrupt_or_foreign_checkpoint_is_a_clear_error(tmp_path):
+    path = tmp_path / "m.pt"
+    atomic_save({"state_dict": model().state_dict(), "spec": {}}, path)
+    path.write_bytes(path.read_bytes()[:100])          # truncated
+    with pytest.raises(CheckpointError, match="unreadable or truncated"):
+        safe_load(path)
+    atomic_save({"something": 1}, path)
+    with pytest.raises(CheckpointError, match="not a workbook checkpoint"):
+        safe_load(path)
+    assert not list(tmp_path.glob(".*tmp*"))           # no temporary files left behind
+
+
+def test_atomic_save_keeps_the_old_file_when_writing_fails(tmp_path):
+    path = tmp_path / "m.pt"
+    atomic_save({"state_dict": {}, "spec": {"v": 1}}, path)
+
+    class Unpicklable:
+        def __reduce__(self):
+            raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        atomic_save({"state_dict": {}, "spec": Unpicklable()}, path)
+    assert safe_load(path)["spec"] == {"v": 1}
+
+
+@pytest.mark.parametrize("method", ["control", "cspn", "dyspn"])
+def test_refiner_starts_as_identity_and_freezes_coarse(method):
+    coarse = model()
+    r = Refiner(coarse, method, width=4, depth=2, iterations=3)
+    x = torch.rand(2, 3, 20, 20)
+    out = r.refine(x)
+    torch.testing.assert_close(out.probs, out.coarse, atol=1e-6, rtol=0)
+    assert not any(p.requires_grad for p in r.coarse.parameters())
+    r.train()
+    assert not r.coarse.training
+    (out.probs[:, 1].sum()).backward()
+    assert all(p.grad is None for p in r.coarse.parameters())
+
+
+def test_corrected_start_layout():
+    r = Refiner(model(), "dyspn", start="corrected", width=4, depth=2, iterations=6)
+    assert r.layout.affinity == (0, 48) and r.layout.attention == (48, 72) and r.layout.start == (72, 74)
+    assert r.guidance.out_channels == 74
