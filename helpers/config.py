@@ -33,7 +33,7 @@ class Config:
     # models
     coarse_width: int = 16               # base width of the coarse U-Net
     coarse_depth: int = 4                # number of down-sampling steps
-    refiner_width: int = 16
+    refiner_width: int = 8               # the guidance U-Net: 8 keeps the cpu workbook near 15 minutes
     refiner_depth: int = 4
     # training
     batch_size: int = 16

@@ -24,8 +24,11 @@ the normaliser ``sum_j |k_j|``, as in the papers. With a zero head every weight 
 propagation is the identity; the rectifier is taken with slope 1 at 0 so training can start.
 
 Neighbours are shifted views of one zero-padded tensor; the ring sums run in a custom autograd
-function that saves only ``H^t``, ``H^0`` and the weights, so memory grows by one map per
-iteration instead of one copy per neighbour (as ``F.unfold`` would need).
+function that saves only the propagated map and the weights, so memory grows by one map per
+iteration instead of one copy per neighbour (as ``F.unfold`` would need). Two savings keep it
+fast: the change ``D^t = H^t - H^0`` is propagated (the ``H^0`` part of every neighbour term is
+summed once, not every iteration), and for C classes only C - 1 are propagated, the first
+class's change being minus the sum of the others' (all classes share the weights).
 """
 from __future__ import annotations
 
@@ -88,71 +91,95 @@ def prepare_affinity(raw: torch.Tensor, kernel: int) -> tuple[torch.Tensor, torc
         raise ValueError(f"expected affinities of shape (B, {K}, H, W), got {tuple(raw.shape)}")
     raw = as_float(raw)
     mask = border_mask(kernel, raw.shape[-2], raw.shape[-1], raw.device, raw.dtype)
-    k = torch.nan_to_num(raw).clamp(-AFFINITY_LIMIT, AFFINITY_LIMIT) * mask
+    k = raw.clamp(-AFFINITY_LIMIT, AFFINITY_LIMIT) * mask
     return rectify(k)
 
 
 # ------------------------------------------------------------------------------ the ring sums
 class _RingSums(torch.autograd.Function):
-    """S_r = sum_{j in ring r} w_j * (shift_j(H) - H0), for every ring r.
+    """S_r = sum_{j in ring r} w_j * shift_j(X)            (centred=False), or
+    S_r = sum_{j in ring r} w_j * (shift_j(X) - X)       (centred=True), for every ring r.
 
-    H, H0: (B, C, H, W); w: (B, K, H, W); returns (B, R, C, H, W).
+    X: (B, C, H, W), zero-padded (out-of-image weights are zero anyway); w: (B, K, H, W);
+    returns (B, R, C, H, W). The centred form takes each difference before weighting, so a
+    constant X gives exactly zero whatever w is.
     """
 
     @staticmethod
-    def forward(ctx, h, h0, w, kernel):
+    def forward(ctx, x, w, kernel, centred):
         r = kernel // 2
-        H, W = h.shape[-2:]
-        hp = nn.functional.pad(h, (r, r, r, r))
+        H, W = x.shape[-2:]
+        xp = nn.functional.pad(x, (r, r, r, r))
         sizes = ring_sizes(kernel)
-        out = h.new_zeros((h.shape[0], len(sizes)) + h.shape[1:])
-        diff = torch.empty_like(h)
+        out = x.new_zeros((x.shape[0], len(sizes)) + x.shape[1:])
+        diff = torch.empty_like(x) if centred else None
         offsets = window_offsets(kernel)
         j = 0
         for ring, size in enumerate(sizes):
             acc = out[:, ring]
             for dy, dx in offsets[j:j + size]:
-                # the difference first: a constant map gives exactly zero, whatever w is
-                torch.sub(hp[:, :, r + dy:r + dy + H, r + dx:r + dx + W], h0, out=diff)
-                acc.addcmul_(w[:, j:j + 1], diff)
+                view = xp[:, :, r + dy:r + dy + H, r + dx:r + dx + W]
+                if centred:
+                    view = torch.sub(view, x, out=diff)
+                acc.addcmul_(w[:, j:j + 1], view)
                 j += 1
-        ctx.save_for_backward(hp, h0, w)
-        ctx.kernel = kernel
+        ctx.save_for_backward(xp, w)
+        ctx.kernel, ctx.centred = kernel, centred
         return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad):
-        hp, h0, w = ctx.saved_tensors
-        kernel = ctx.kernel
+        xp, w = ctx.saved_tensors
+        kernel, centred = ctx.kernel, ctx.centred
         r = kernel // 2
-        H, W = h0.shape[-2:]
+        H, W = xp.shape[-2] - 2 * r, xp.shape[-1] - 2 * r
+        x = xp[:, :, r:r + H, r:r + W]
         grad = grad.contiguous()
-        grad_hp = torch.zeros_like(hp) if ctx.needs_input_grad[0] else None
-        grad_w = torch.empty_like(w) if ctx.needs_input_grad[2] else None
-        grad_h0 = torch.zeros_like(h0) if ctx.needs_input_grad[1] else None
+        grad_xp = torch.zeros_like(xp) if ctx.needs_input_grad[0] else None
+        # neighbour-major (K, B, H, W): each grad_w[j] is contiguous, which makes the writes fast
+        grad_w = w.new_empty((w.shape[1], w.shape[0]) + w.shape[2:]) if ctx.needs_input_grad[1] else None
+        single = xp.shape[1] == 1      # one channel: the product needs no reduction
         offsets = window_offsets(kernel)
         j = 0
         for ring, size in enumerate(ring_sizes(kernel)):
             g = grad[:, ring]
-            if grad_w is not None:
-                g_h0 = (g * h0).sum(1)
+            g_x = (g * x).sum(1) if grad_w is not None and centred else None
             for dy, dx in offsets[j:j + size]:
                 view = (slice(None), slice(None), slice(r + dy, r + dy + H), slice(r + dx, r + dx + W))
                 if grad_w is not None:
-                    torch.sub((g * hp[view]).sum(1), g_h0, out=grad_w[:, j])
-                if grad_hp is not None:
-                    grad_hp[view].addcmul_(w[:, j:j + 1], g)
+                    if single:
+                        torch.mul(g[:, 0], xp[view][:, 0], out=grad_w[j])
+                    else:
+                        torch.sum(g * xp[view], 1, out=grad_w[j])
+                    if centred:
+                        grad_w[j].sub_(g_x)
+                if grad_xp is not None:
+                    grad_xp[view].addcmul_(w[:, j:j + 1], g)
                 j += 1
-            if grad_h0 is not None:
-                grad_h0.addcmul_(w[:, j - size:j].sum(1, keepdim=True), g, value=-1.0)
-        grad_h = grad_hp[:, :, r:r + H, r:r + W] if grad_hp is not None else None
-        return grad_h, grad_h0, grad_w, None
+            if grad_xp is not None and centred:
+                grad_xp[:, :, r:r + H, r:r + W].addcmul_(w[:, j - size:j].sum(1, keepdim=True), g, value=-1.0)
+        grad_x = grad_xp[:, :, r:r + H, r:r + W] if grad_xp is not None else None
+        return grad_x, grad_w.transpose(0, 1) if grad_w is not None else None, None, None
 
 
-def ring_sums(h: torch.Tensor, h0: torch.Tensor, w: torch.Tensor, kernel: int) -> torch.Tensor:
-    """sum_{j in ring r} w_j (H_j - H0) for each ring r: (B, C, H, W) x2, (B, K, H, W) -> (B, R, C, H, W)."""
-    return _RingSums.apply(h.contiguous(), h0.contiguous(), w.contiguous(), kernel)
+def ring_sums(x: torch.Tensor, w: torch.Tensor, kernel: int, centred: bool = False) -> torch.Tensor:
+    """Per ring r: sum_{j in r} w_j X_j, or with ``centred`` sum_{j in r} w_j (X_j - X).
+
+    x (B, C, H, W), w (B, K, H, W) -> (B, R, C, H, W).
+    """
+    return _RingSums.apply(x.contiguous(), w.contiguous(), kernel, centred)
+
+
+def free_channels(h: torch.Tensor) -> torch.Tensor:
+    """The classes that are propagated: all but the first (whose change is minus the sum of
+    the others', since every class shares the weights). Halves the work for two classes."""
+    return h[:, 1:] if h.shape[1] > 1 else h
+
+
+def with_all_channels(d: torch.Tensor, classes: int) -> torch.Tensor:
+    """Inverse of :func:`free_channels` for a *change* D = H - H^0, whose classes sum to zero."""
+    return torch.cat([-d.sum(1, keepdim=True), d], 1) if classes > 1 else d
 
 
 # ------------------------------------------------------------------------------ results
@@ -216,9 +243,13 @@ class CSPN(_Propagator):
         with torch.autocast(h0.device.type, enabled=False):  # propagation stays in float32
             h0 = as_float(h0)
             kappa = self.normalise(raw_affinity)
-            maps = [h0]
+            # D^t = H^t - H^0 obeys D^{t+1} = sum_j kappa_j D^t_j + base, base = sum_j kappa_j (H^0_j - H^0):
+            # base is computed once, and D is exactly 0 for a constant map
+            base = ring_sums(free_channels(h0), kappa, self.kernel, centred=True)[:, 0]
+            maps, d = [h0], None
             for _ in range(T):
-                maps.append(h0 + ring_sums(maps[-1], h0, kappa, self.kernel)[:, 0])
+                d = base if d is None else base + ring_sums(d, kappa, self.kernel)[:, 0]
+                maps.append(h0 + with_all_channels(d, h0.shape[1]))
         return PropagationResult(maps[-1], maps, kappa)
 
 
@@ -242,9 +273,7 @@ class DySPN(_Propagator):
         window_offsets(kernel)  # validates the kernel
         self.kernel = kernel
         self.rings = len(ring_sizes(kernel))
-        # (K,) ring index of each neighbour, to sum |w| per ring with one scatter
-        ring_of = torch.cat([torch.full((n,), i) for i, n in enumerate(ring_sizes(kernel))])
-        self.register_buffer("ring_of", ring_of, persistent=False)
+        self.sizes = list(ring_sizes(kernel))
 
     @property
     def attention_channels(self) -> int:
@@ -253,9 +282,8 @@ class DySPN(_Propagator):
 
     def ring_magnitudes(self, mag: torch.Tensor) -> torch.Tensor:
         """(B, K, H, W) |w| -> (B, R, H, W) A_r."""
-        B, _, H, W = mag.shape
-        out = mag.new_zeros(B, self.rings, H, W)
-        return out.index_add_(1, self.ring_of, mag)
+        # split, not slicing: its backward is one concatenation instead of a zero-filled copy per ring
+        return torch.stack([part.sum(1) for part in torch.split(mag, self.sizes, 1)], 1)
 
     def forward(self, h0: torch.Tensor, raw_affinity: torch.Tensor, raw_attention: torch.Tensor,
                 iterations: int | None = None) -> PropagationResult:
@@ -272,12 +300,19 @@ class DySPN(_Propagator):
             pos, mag = prepare_affinity(raw_affinity, self.kernel)
             A = self.ring_magnitudes(mag)                                   # (B, R, H, W)
             pi = torch.sigmoid(as_float(raw_attention)).view(B, -1, per, H, W)
-            maps = [h0]
+            # in D^t = H^t - H^0 the neighbour terms split into sum_j w_j D^t_j and a per-ring
+            # base_r = sum_{j in r} w_j (H^0_j - H^0), computed once (see CSPN.forward)
+            base = ring_sums(free_channels(h0), pos, self.kernel, centred=True)   # (B, R, C', H, W)
+            maps, d = [h0], None
             for t in range(T):
                 p = pi[:, min(t, pi.shape[1] - 1)]
                 G = (p[:, :self.rings] * A).sum(1, keepdim=True) + p[:, self.rings:] + EPS
-                S = ring_sums(maps[-1], h0, pos, self.kernel)                # (B, R, C, H, W)
-                step = (p[:, :self.rings, None] * S).sum(1) + p[:, self.rings:] * (maps[-1] - h0)
-                maps.append(h0 + step / G)
-            total = mag.sum(1, keepdim=True).clamp(min=EPS)
-        return PropagationResult(maps[-1], maps, pos / total, pi[:, :max(T, 1)])
+                S = base if d is None else base + ring_sums(d, pos, self.kernel)
+                step = (p[:, :self.rings, None] * S).sum(1)
+                if d is not None:
+                    step = step + p[:, self.rings:] * d
+                d = step / G
+                maps.append(h0 + with_all_channels(d, h0.shape[1]))
+            with torch.no_grad():  # for figures only: keep it out of the backward pass
+                affinity = pos / mag.sum(1, keepdim=True).clamp(min=EPS)
+        return PropagationResult(maps[-1], maps, affinity, pi[:, :max(T, 1)])

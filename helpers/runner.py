@@ -23,9 +23,9 @@ class NotebookFailed(RuntimeError):
     pass
 
 
-def numbered_notebooks(folder: Path = NOTEBOOK_DIR) -> list[Path]:
+def numbered_notebooks(folder: Path | None = None) -> list[Path]:
     """notebooks/NN_*.ipynb in numeric order."""
-    return sorted(p for p in folder.glob("[0-9][0-9]_*.ipynb"))
+    return sorted(p for p in (folder or NOTEBOOK_DIR).glob("[0-9][0-9]_*.ipynb"))
 
 
 def run_notebook(path: Path, out_dir: Path, timeout_s: int = 3600) -> float:
@@ -35,7 +35,7 @@ def run_notebook(path: Path, out_dir: Path, timeout_s: int = 3600) -> float:
     from nbclient.exceptions import CellExecutionError
 
     nb = nbformat.read(path, as_version=4)
-    client = NotebookClient(nb, timeout=timeout_s, kernel_name="python3",
+    client = NotebookClient(nb, timeout=timeout_s, kernel_name="python3", store_widget_state=False,
                             resources={"metadata": {"path": str(path.parent)}})
     t0 = time.perf_counter()
     try:
