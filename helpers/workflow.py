@@ -80,8 +80,13 @@ class StageResult:
     test_metrics: dict
     image_miou: list          # per validation image
 
+    @property
+    def parameters(self) -> int:
+        """Parameters this stage trained (a refiner's guidance U-Net; the coarse net is shared)."""
+        return count_parameters(getattr(self.model, "guidance", self.model))
+
     def row(self) -> dict:
-        return {**self.val_metrics, "test": self.test_metrics, "parameters": count_parameters(self.model),
+        return {**self.val_metrics, "test": self.test_metrics, "parameters": self.parameters,
                 "train_seconds": round(self.history.seconds, 1), "epochs": len(self.history.epoch)}
 
 
@@ -206,11 +211,11 @@ def record_results(wb: Workbook, *results: StageResult) -> dict:
 # ------------------------------------------------------------------------------ reporting
 def compare_table(results: dict, split: str = "val") -> str:
     """A plain-text table of metrics for named :class:`StageResult` s (or metric dicts)."""
-    lines = [f"{'':22s} {'mIoU':>7s} {'pet IoU':>8s} {'Boundary IoU':>13s} {'params':>10s} {'train s':>8s}"]
+    lines = [f"{'':26s} {'mIoU':>7s} {'pet IoU':>8s} {'Boundary IoU':>13s} {'params':>10s} {'train s':>8s}"]
     for name, r in results.items():
         m = r.val_metrics if split == "val" else r.test_metrics
-        lines.append(f"{name:22s} {m['miou']:7.3f} {m['pet_iou']:8.3f} {m['boundary_iou']:13.3f} "
-                     f"{count_parameters(r.model):10,d} {r.history.seconds:8.0f}")
+        lines.append(f"{name:26s} {m['miou']:7.3f} {m['pet_iou']:8.3f} {m['boundary_iou']:13.3f} "
+                     f"{r.parameters:10,d} {r.history.seconds:8.0f}")
     return "\n".join(lines)
 
 
