@@ -39,6 +39,10 @@ class Config:
     batch_size: int = 16
     coarse_epochs: int = 3               # the report's "minimally trained" U-Net
     refine_epochs: int = 12
+    # an epoch of a few dozen images is not an epoch of thousands: small training sets get more
+    # epochs, so that every model sees at least this many optimiser steps
+    coarse_min_steps: int = 72
+    refine_min_steps: int = 288
     coarse_lr: float = 2e-3
     refine_lr: float = 2e-3
     weight_decay: float = 1e-4
@@ -62,7 +66,7 @@ class Config:
 _PROFILE_SETTINGS: dict[str, dict] = {
     # tests: tiny data, a notebook runs in seconds
     "smoke": dict(image_size=48, coarse_size=32, synthetic_trainval=40, synthetic_test=12,
-                  max_train=24, max_eval=12, coarse_width=8, coarse_depth=2, refiner_width=8,
+                  max_train=24, max_eval=12, coarse_min_steps=0, refine_min_steps=0, coarse_width=8, coarse_depth=2, refiner_width=8,
                   refiner_depth=2, batch_size=4, coarse_epochs=4, coarse_lr=1e-2, refine_epochs=1, iterations=6),
     # the default without a GPU: real learning at 128 px, the whole workbook in about 15 minutes
     "cpu": dict(),

@@ -6,7 +6,9 @@ what 01 produced (and rebuild it, with a message, when it is missing).
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -14,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import atomic_save, library_versions, safe_load
+from .checkpoint import atomic_save, library_versions
 from .config import Config, load_config
 from .data import REPO_ROOT, DataSource, PetSegmentation, build_datasets, display_path, resolve_source
 from .refiner import CoarseSegmenter, Refiner
@@ -90,18 +92,42 @@ class StageResult:
                 "train_seconds": round(self.history.seconds, 1), "epochs": len(self.history.epoch)}
 
 
-def _coarse_spec(wb: Workbook) -> dict:
+def epochs_for(epochs: int, min_steps: int, n_train: int, batch_size: int, what: str | None = None) -> int:
+    """``epochs``, raised where needed so that training takes at least ``min_steps`` optimiser
+    steps: an epoch of a few dozen images is not an epoch of thousands. Says so when it acts."""
+    steps_per_epoch = max(1, math.ceil(n_train / batch_size))
+    needed = max(epochs, math.ceil(min_steps / steps_per_epoch))
+    if needed > epochs and what:
+        print(f"{what}: {n_train} training images make {steps_per_epoch} steps per epoch; "
+              f"training {needed} epochs instead of {epochs} to reach {min_steps} steps")
+    return needed
+
+
+def _coarse_spec(wb: Workbook, epochs: int) -> dict:
     c = wb.cfg
     return {"stage": "coarse", "data": wb.source.name, "image_size": c.image_size, "coarse_size": c.coarse_size,
-            "width": c.coarse_width, "depth": c.coarse_depth, "epochs": c.coarse_epochs, "lr": c.coarse_lr,
+            "width": c.coarse_width, "depth": c.coarse_depth, "epochs": epochs, "lr": c.coarse_lr,
             "batch_size": c.batch_size, "seed": c.seed, "n_train": len(wb.data["train"])}
 
 
-def _refiner_spec(wb: Workbook, method: str, start: str, epochs: int) -> dict:
+def _refiner_spec(wb: Workbook, method: str, start: str, coarse_epochs: int, epochs: int) -> dict:
     c = wb.cfg
-    return {**_coarse_spec(wb), "stage": method, "start": start, "refiner_width": c.refiner_width,
+    return {**_coarse_spec(wb, coarse_epochs), "stage": method, "start": start, "refiner_width": c.refiner_width,
             "refiner_depth": c.refiner_depth, "iterations": c.iterations, "kernel": c.dyspn_kernel,
             "refine_epochs": epochs, "refine_lr": c.refine_lr}
+
+
+def checkpoint_path(wb: Workbook, name: str, spec: dict) -> Path:
+    """``run_dir/<name>-<hash of spec>.pt``: another setting gets its own file, so changing the
+    configuration never overwrites (or is refused by) what an earlier setting trained."""
+    digest = hashlib.sha1(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:8]
+    return wb.run_dir / f"{name}-{digest}.pt"
+
+
+def _coarse_epochs(wb: Workbook, verbose: bool = True) -> int:
+    c = wb.cfg
+    return epochs_for(c.coarse_epochs, c.coarse_min_steps, len(wb.data["train"]), c.batch_size,
+                      "coarse U-Net" if verbose else None)
 
 
 def _finish(wb: Workbook, name: str, model, history: History) -> StageResult:
@@ -120,12 +146,14 @@ def coarse_stage(wb: Workbook, retrain: bool = False, progress: bool = True) -> 
     cfg = wb.cfg
     seed_everything(cfg.seed)
     model = CoarseSegmenter.from_config(cfg).to(wb.device)
-    ckpt, spec = wb.run_dir / "coarse.pt", _coarse_spec(wb)
+    epochs = _coarse_epochs(wb)
+    spec = _coarse_spec(wb, epochs)
+    ckpt = checkpoint_path(wb, "coarse", spec)
     if retrain and ckpt.exists():
         ckpt.unlink()
-    history = load_trained(model, ckpt, spec, cfg.coarse_epochs)
+    history = load_trained(model, ckpt, spec, epochs)
     if history is None:
-        history = fit(model, train_set=wb.data["train"], val_set=wb.data["val"], epochs=cfg.coarse_epochs,
+        history = fit(model, train_set=wb.data["train"], val_set=wb.data["val"], epochs=epochs,
                       lr=cfg.coarse_lr, batch_size=cfg.batch_size, device=wb.device, seed=cfg.seed,
                       weight_decay=cfg.weight_decay, amp=cfg.amp, checkpoint=ckpt, spec=spec,
                       desc="coarse U-Net", progress=progress)
@@ -134,7 +162,7 @@ def coarse_stage(wb: Workbook, retrain: bool = False, progress: bool = True) -> 
     result = _finish(wb, "coarse", model, history)
     atomic_save({"val": result.val_probs.half(), "test": result.test_probs.half(),
                  "val_ids": wb.data["val"].ids, "test_ids": wb.data["test"].ids, "spec": spec},
-                wb.run_dir / "coarse_predictions.pt")
+                ckpt.with_name(ckpt.stem + "-predictions.pt"))
     return result
 
 
@@ -142,18 +170,15 @@ def load_coarse(wb: Workbook, progress: bool = True) -> StageResult:
     """The coarse stage for notebooks 02 / 03: loaded if notebook 01 ran, else rebuilt."""
     if "coarse" in wb.stages:
         return wb.stages["coarse"]
-    if not (wb.run_dir / "coarse.pt").exists():
+    if not checkpoint_path(wb, "coarse", _coarse_spec(wb, _coarse_epochs(wb, verbose=False))).exists():
         print("no coarse U-Net for this profile, data and seed yet: training it now (as notebook 01 does)")
     return coarse_stage(wb, progress=progress)
 
 
 def load_coarse_predictions(wb: Workbook) -> dict:
     """The saved coarse probabilities (float16) with their ids, as notebook 01 wrote them."""
-    return safe_load_predictions(wb.run_dir / "coarse_predictions.pt")
-
-
-def safe_load_predictions(path: Path) -> dict:
-    return torch.load(path, map_location="cpu", weights_only=True)
+    ckpt = checkpoint_path(wb, "coarse", _coarse_spec(wb, _coarse_epochs(wb, verbose=False)))
+    return torch.load(ckpt.with_name(ckpt.stem + "-predictions.pt"), map_location="cpu", weights_only=True)
 
 
 def refine_stage(wb: Workbook, method: str, start: str | None = None, epochs: int | None = None,
@@ -161,12 +186,14 @@ def refine_stage(wb: Workbook, method: str, start: str | None = None, epochs: in
     """Train (or load) a refiner of ``method`` (control / cspn / dyspn) on the frozen coarse net."""
     cfg = wb.cfg
     start = start or cfg.start_map
-    epochs = epochs or cfg.refine_epochs
+    name = method if start == cfg.start_map else f"{method}-{start}"
+    epochs = epochs or epochs_for(cfg.refine_epochs, cfg.refine_min_steps, len(wb.data["train"]), cfg.batch_size,
+                                  f"{name} refiner")
     coarse = load_coarse(wb, progress).model
     seed_everything(cfg.seed)
     model = Refiner.from_config(cfg, coarse, method, start).to(wb.device)
-    name = method if start == cfg.start_map else f"{method}-{start}"
-    ckpt, spec = wb.run_dir / f"{name}.pt", _refiner_spec(wb, method, start, epochs)
+    spec = _refiner_spec(wb, method, start, _coarse_epochs(wb, verbose=False), epochs)
+    ckpt = checkpoint_path(wb, name, spec)
     if retrain and ckpt.exists():
         ckpt.unlink()
     history = load_trained(model, ckpt, spec, epochs)

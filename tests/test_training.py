@@ -133,3 +133,12 @@ def test_corrected_start_layout():
     r = Refiner(model(), "dyspn", start="corrected", width=4, depth=2, iterations=6)
     assert r.layout.affinity == (0, 48) and r.layout.attention == (48, 72) and r.layout.start == (72, 74)
     assert r.guidance.out_channels == 74
+
+
+def test_small_training_sets_get_enough_steps(capsys):
+    from helpers.workflow import epochs_for
+
+    assert epochs_for(3, 72, n_train=369, batch_size=16) == 3            # 24 steps x 3 = 72: unchanged
+    assert epochs_for(3, 72, n_train=55, batch_size=16, what="coarse") == 18   # 4 steps per epoch
+    assert "training 18 epochs instead of 3" in capsys.readouterr().out
+    assert epochs_for(12, 0, n_train=5, batch_size=16) == 12
