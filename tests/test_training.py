@@ -142,3 +142,18 @@ def test_small_training_sets_get_enough_steps(capsys):
     assert epochs_for(3, 72, n_train=55, batch_size=16, what="coarse") == 18   # 4 steps per epoch
     assert "training 18 epochs instead of 3" in capsys.readouterr().out
     assert epochs_for(12, 0, n_train=5, batch_size=16) == 12
+
+
+def test_smoke_profile_is_repeatable(tmp_path, monkeypatch):
+    """Same profile and seed on the CPU: the same coarse metrics, trained twice from scratch."""
+    import helpers.data as data
+    import helpers.workflow as workflow
+
+    monkeypatch.setattr(data, "DATA_DIR", tmp_path / "data")
+    monkeypatch.setattr(workflow, "RUNS_DIR", tmp_path / "runs")
+    monkeypatch.delenv("PETS_ROOT", raising=False)
+    wb = workflow.open_workbook("smoke", seed=3, verbose=False)
+    first = workflow.coarse_stage(wb, progress=False)
+    second = workflow.coarse_stage(wb, retrain=True, progress=False)
+    assert first.val_metrics == second.val_metrics and first.history.train_loss == second.history.train_loss
+    assert torch.equal(first.val_probs, second.val_probs)
