@@ -141,6 +141,28 @@ def _finish(wb: Workbook, name: str, model, history: History) -> StageResult:
     return result
 
 
+def _train_or_load(wb: Workbook, model: torch.nn.Module, name: str, label: str, spec: dict, epochs: int,
+                   lr: float, retrain: bool, progress: bool) -> tuple[History, Path]:
+    """Load the finished run of ``spec`` into ``model``, or train it (resuming an unfinished one)."""
+    cfg = wb.cfg
+    ckpt = checkpoint_path(wb, name, spec)
+    if retrain and ckpt.exists():
+        ckpt.unlink()
+    history = load_trained(model, ckpt, spec, epochs)
+    if history is None:
+        history = fit(model, train_set=wb.data["train"], val_set=wb.data["val"], epochs=epochs, lr=lr,
+                      batch_size=cfg.batch_size, device=wb.device, seed=cfg.seed, weight_decay=cfg.weight_decay,
+                      amp=cfg.amp, checkpoint=ckpt, spec=spec, desc=label, progress=progress)
+    else:
+        print(f"loaded the trained {label} from {display_path(ckpt)}")
+    return history, ckpt
+
+
+def _coarse_predictions_path(wb: Workbook) -> Path:
+    ckpt = checkpoint_path(wb, "coarse", _coarse_spec(wb, _coarse_epochs(wb, verbose=False)))
+    return ckpt.with_name(ckpt.stem + "-predictions.pt")
+
+
 def coarse_stage(wb: Workbook, retrain: bool = False, progress: bool = True) -> StageResult:
     """Train (or load a finished run of) the coarse U-Net; save its predictions for 02 and 03."""
     cfg = wb.cfg
@@ -148,21 +170,11 @@ def coarse_stage(wb: Workbook, retrain: bool = False, progress: bool = True) -> 
     model = CoarseSegmenter.from_config(cfg).to(wb.device)
     epochs = _coarse_epochs(wb)
     spec = _coarse_spec(wb, epochs)
-    ckpt = checkpoint_path(wb, "coarse", spec)
-    if retrain and ckpt.exists():
-        ckpt.unlink()
-    history = load_trained(model, ckpt, spec, epochs)
-    if history is None:
-        history = fit(model, train_set=wb.data["train"], val_set=wb.data["val"], epochs=epochs,
-                      lr=cfg.coarse_lr, batch_size=cfg.batch_size, device=wb.device, seed=cfg.seed,
-                      weight_decay=cfg.weight_decay, amp=cfg.amp, checkpoint=ckpt, spec=spec,
-                      desc="coarse U-Net", progress=progress)
-    else:
-        print(f"loaded the trained coarse U-Net from {display_path(ckpt)}")
+    history, _ = _train_or_load(wb, model, "coarse", "coarse U-Net", spec, epochs, cfg.coarse_lr, retrain, progress)
     result = _finish(wb, "coarse", model, history)
     atomic_save({"val": result.val_probs.half(), "test": result.test_probs.half(),
                  "val_ids": wb.data["val"].ids, "test_ids": wb.data["test"].ids, "spec": spec},
-                ckpt.with_name(ckpt.stem + "-predictions.pt"))
+                _coarse_predictions_path(wb))
     return result
 
 
@@ -170,15 +182,14 @@ def load_coarse(wb: Workbook, progress: bool = True) -> StageResult:
     """The coarse stage for notebooks 02 / 03: loaded if notebook 01 ran, else rebuilt."""
     if "coarse" in wb.stages:
         return wb.stages["coarse"]
-    if not checkpoint_path(wb, "coarse", _coarse_spec(wb, _coarse_epochs(wb, verbose=False))).exists():
+    if not _coarse_predictions_path(wb).exists():
         print("no coarse U-Net for this profile, data and seed yet: training it now (as notebook 01 does)")
     return coarse_stage(wb, progress=progress)
 
 
 def load_coarse_predictions(wb: Workbook) -> dict:
     """The saved coarse probabilities (float16) with their ids, as notebook 01 wrote them."""
-    ckpt = checkpoint_path(wb, "coarse", _coarse_spec(wb, _coarse_epochs(wb, verbose=False)))
-    return torch.load(ckpt.with_name(ckpt.stem + "-predictions.pt"), map_location="cpu", weights_only=True)
+    return torch.load(_coarse_predictions_path(wb), map_location="cpu", weights_only=True)
 
 
 def refine_stage(wb: Workbook, method: str, start: str | None = None, epochs: int | None = None,
@@ -193,17 +204,7 @@ def refine_stage(wb: Workbook, method: str, start: str | None = None, epochs: in
     seed_everything(cfg.seed)
     model = Refiner.from_config(cfg, coarse, method, start).to(wb.device)
     spec = _refiner_spec(wb, method, start, _coarse_epochs(wb, verbose=False), epochs)
-    ckpt = checkpoint_path(wb, name, spec)
-    if retrain and ckpt.exists():
-        ckpt.unlink()
-    history = load_trained(model, ckpt, spec, epochs)
-    if history is None:
-        history = fit(model, train_set=wb.data["train"], val_set=wb.data["val"], epochs=epochs,
-                      lr=cfg.refine_lr, batch_size=cfg.batch_size, device=wb.device, seed=cfg.seed,
-                      weight_decay=cfg.weight_decay, amp=cfg.amp, checkpoint=ckpt, spec=spec,
-                      desc=f"{name} refiner", progress=progress)
-    else:
-        print(f"loaded the trained {name} refiner from {display_path(ckpt)}")
+    history, _ = _train_or_load(wb, model, name, f"{name} refiner", spec, epochs, cfg.refine_lr, retrain, progress)
     return _finish(wb, name, model, history)
 
 
