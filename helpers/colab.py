@@ -11,7 +11,8 @@ COLAB_EXTRAS = ("nbval",)
 
 
 def in_colab() -> bool:
-    return "google.colab" in sys.modules
+    """True inside a Colab runtime (its module is loaded, or its environment variable is set)."""
+    return "google.colab" in sys.modules or "COLAB_RELEASE_TAG" in os.environ
 
 
 def setup(verbose: bool = True) -> list[str]:

@@ -24,6 +24,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
+from .colab import in_colab
 from .config import Config
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -63,10 +64,6 @@ def display_path(path: Path) -> str:
         return Path(path).name if os.environ.get("WORKBOOK_HIDE_PATHS") else str(path)
 
 
-def _in_colab() -> bool:
-    return "COLAB_RELEASE_TAG" in os.environ or "google.colab" in __import__("sys").modules
-
-
 def resolve_source(cfg: Config, data_root: str | Path | None = None, download: bool | None = None,
                    verbose: bool = True) -> DataSource:
     """Pick the data source, in this order, and print the choice.
@@ -87,7 +84,7 @@ def resolve_source(cfg: Config, data_root: str | Path | None = None, download: b
         source = DataSource("local", DATA_DIR)
     else:
         if download is None:
-            download = _in_colab() or os.environ.get("WORKBOOK_DOWNLOAD") == "1"
+            download = in_colab() or os.environ.get("WORKBOOK_DOWNLOAD") == "1"
         source = _try_download(DATA_DIR) if download else None
         if source is None:
             n_tv, n_te = cfg.synthetic_trainval, cfg.synthetic_test

@@ -71,7 +71,7 @@ def prediction_grid(dataset, preds: dict, indices, scores: dict | None = None) -
     cols = 2 + len(preds)
     fig, axes = plt.subplots(len(indices), cols, figsize=(2.1 * cols, 2.1 * len(indices)), squeeze=False)
     for row, i in enumerate(indices):
-        image, target = dataset[i] if dataset.transforms is None else (dataset.images[i] / 255, dataset.targets[i])
+        image, target = dataset.images[i].float() / 255, dataset.targets[i]   # never augmented
         axes[row, 0].imshow(to_numpy_image(image))
         axes[row, 0].set_ylabel(dataset.ids[i], fontsize=7)
         axes[row, 1].imshow(np.asarray(target), cmap="gray", vmin=0, vmax=1)
