@@ -253,9 +253,6 @@ class PetSegmentation(Dataset):
             image, target = self.transforms(image, target)
         return image.as_subclass(torch.Tensor).float() / 255.0, target.as_subclass(torch.Tensor).long()
 
-    def index(self, image_id: str) -> int:
-        return self.ids.index(image_id)
-
 
 def train_transforms(size: int):
     """Joint augmentation for training: flips and mild crops (image bilinear, mask nearest)."""

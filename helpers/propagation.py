@@ -62,11 +62,10 @@ def ring_sizes(kernel: int) -> tuple[int, ...]:
 
 def border_mask(kernel: int, height: int, width: int, device=None, dtype=torch.float32) -> torch.Tensor:
     """(K, H, W) with 1 where neighbour j of pixel (y, x) lies inside the image, else 0."""
-    ys = torch.arange(height, device=device)[:, None]
-    xs = torch.arange(width, device=device)[None, :]
-    masks = [((ys + dy >= 0) & (ys + dy < height) & (xs + dx >= 0) & (xs + dx < width))
-             for dy, dx in window_offsets(kernel)]
-    return torch.stack(masks).to(dtype)
+    offsets = torch.tensor(window_offsets(kernel), device=device)            # (K, 2)
+    ys = torch.arange(height, device=device)[None, :, None] + offsets[:, 0, None, None]
+    xs = torch.arange(width, device=device)[None, None, :] + offsets[:, 1, None, None]
+    return ((ys >= 0) & (ys < height) & (xs >= 0) & (xs < width)).to(dtype)   # one broadcast, no loop
 
 
 def as_float(x: torch.Tensor) -> torch.Tensor:

@@ -13,7 +13,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from .viz import PET_CMAP, _axes_off, figure_png, iteration_strip, to_numpy_image
+from .viz import PET_CMAP, axes_off, figure_png, iteration_strip, to_numpy_image
 
 RING_LABELS = ("pi ring 1", "pi ring 2", "pi ring 3", "pi self")
 
@@ -41,7 +41,7 @@ def render_frame(image: torch.Tensor, maps: list, t: int, attention: torch.Tenso
         else:
             axes[3 + r].imshow(attention[t - 1, r].detach().cpu().numpy(), cmap="viridis", vmin=0, vmax=1)
             axes[3 + r].set_title(f"{RING_LABELS[r]}^{t}", fontsize=8)
-    _axes_off(axes)
+    axes_off(axes)
     fig.suptitle(title or f"iteration t = {t} of {len(maps) - 1}")
     fig.tight_layout()
     return figure_png(fig)

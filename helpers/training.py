@@ -63,10 +63,6 @@ class History:
     def from_dict(cls, d: dict) -> "History":
         return cls(list(d["epoch"]), list(d["train_loss"]), list(d["val"]), float(d["seconds"]))
 
-    @property
-    def last(self) -> dict:
-        return self.val[-1] if self.val else {}
-
 
 @torch.inference_mode()
 def predict(model: nn.Module, dataset: Dataset, batch_size: int, device: str | torch.device,

@@ -31,7 +31,7 @@ def overlay(image: torch.Tensor, mask: torch.Tensor, colour=(1.0, 0.2, 0.2), alp
     return np.where(m, (1 - alpha) * rgb + alpha * np.asarray(colour), rgb)
 
 
-def _axes_off(axes) -> None:
+def axes_off(axes) -> None:
     for ax in np.atleast_1d(axes).ravel():
         ax.set_xticks([]), ax.set_yticks([])
 
@@ -45,7 +45,7 @@ def show_samples(dataset, n: int = 6, title: str = "") -> plt.Figure:
         axes[0, i].set_title(dataset.ids[i], fontsize=8)
         axes[1, i].imshow(dataset.trimaps[i].numpy(), cmap="viridis", vmin=1, vmax=3)
     axes[0, 0].set_ylabel("pet mask"), axes[1, 0].set_ylabel("trimap")
-    _axes_off(axes)
+    axes_off(axes)
     fig.suptitle(title)
     fig.tight_layout()
     return fig
@@ -59,7 +59,7 @@ def compare_maps(image: torch.Tensor, target: torch.Tensor, maps: dict, title: s
     axes[1].imshow(np.asarray(target), cmap="gray", vmin=0, vmax=1), axes[1].set_title("ground truth")
     for ax, (name, m) in zip(axes[2:], maps.items()):
         ax.imshow(np.asarray(m), cmap="gray", vmin=0, vmax=1), ax.set_title(name)
-    _axes_off(axes)
+    axes_off(axes)
     fig.suptitle(title)
     fig.tight_layout()
     return fig
@@ -80,7 +80,7 @@ def prediction_grid(dataset, preds: dict, indices, scores: dict | None = None) -
             label = name if scores is None else f"{name} {scores[name][i]:.2f}"
             axes[row, col].set_title(label if row == 0 or scores else "", fontsize=8)
     axes[0, 0].set_title("RGB", fontsize=8), axes[0, 1].set_title("ground truth", fontsize=8)
-    _axes_off(axes)
+    axes_off(axes)
     fig.tight_layout()
     return fig
 
@@ -98,7 +98,7 @@ def iteration_strip(maps: list, image: torch.Tensor | None = None, title: str = 
         m = m[-1] if m.dim() == 3 else m
         axes[k + t].imshow(m.detach().cpu().numpy(), cmap=PET_CMAP, vmin=0, vmax=1)
         axes[k + t].set_title(f"H^{t}" if t else "H^0 (start)")
-    _axes_off(axes)
+    axes_off(axes)
     fig.suptitle(title)
     fig.tight_layout()
     return fig
@@ -114,7 +114,7 @@ def attention_figure(attention: torch.Tensor, ring_names=("ring 1 (8)", "ring 2 
             if t == 0:
                 axes[t, r].set_title(ring_names[r] if r < len(ring_names) else f"channel {r}")
         axes[t, 0].set_ylabel(f"pi^{t + 1}")
-    _axes_off(axes)
+    axes_off(axes)
     fig.colorbar(im, ax=axes, shrink=0.6, label="attention")
     return fig
 
