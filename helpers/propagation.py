@@ -285,9 +285,13 @@ class DySPN(_Propagator):
         return torch.stack([part.sum(1) for part in torch.split(mag, self.sizes, 1)], 1)
 
     def forward(self, h0: torch.Tensor, raw_affinity: torch.Tensor, raw_attention: torch.Tensor,
-                iterations: int | None = None) -> PropagationResult:
+                iterations: int | None = None, suppression: bool = True) -> PropagationResult:
         """h0 (B, C, H, W); raw_affinity (B, 48, H, W); raw_attention (B, T_a * (R + 1), H, W),
-        T_a >= T (an iteration sweep beyond the trained T reuses the last attention)."""
+        T_a >= T (an iteration sweep beyond the trained T reuses the last attention).
+
+        ``suppression=False`` is an ablation for inference: the negative affinities are dropped
+        instead of being sent to H^0 (A_r counts only w^+), so nothing anchors the map to H^0
+        but the attention on the pixel itself."""
         self._check(h0, raw_affinity)
         T = self.iterations if iterations is None else iterations
         B, _, H, W = h0.shape
@@ -297,7 +301,7 @@ class DySPN(_Propagator):
         with torch.autocast(h0.device.type, enabled=False):
             h0 = as_float(h0)
             pos, mag = prepare_affinity(raw_affinity, self.kernel)
-            A = self.ring_magnitudes(mag)                                   # (B, R, H, W)
+            A = self.ring_magnitudes(mag if suppression else pos)           # (B, R, H, W)
             pi = torch.sigmoid(as_float(raw_attention)).view(B, -1, per, H, W)
             # in D^t = H^t - H^0 the neighbour terms split into sum_j w_j D^t_j and a per-ring
             # base_r = sum_{j in r} w_j (H^0_j - H^0), computed once (see CSPN.forward)
@@ -313,5 +317,5 @@ class DySPN(_Propagator):
                 d = step / G
                 maps.append(h0 + with_all_channels(d, h0.shape[1]))
             with torch.no_grad():  # for figures only: keep it out of the backward pass
-                affinity = pos / mag.sum(1, keepdim=True).clamp(min=EPS)
+                affinity = pos / (mag if suppression else pos).sum(1, keepdim=True).clamp(min=EPS)
         return PropagationResult(maps[-1], maps, affinity, pi[:, :max(T, 1)])

@@ -122,7 +122,9 @@ class Refiner(nn.Module):
         self.coarse.eval()  # frozen: its BatchNorm statistics must not drift
         return self
 
-    def refine(self, image: torch.Tensor, iterations: int | None = None) -> RefineOutput:
+    def refine(self, image: torch.Tensor, iterations: int | None = None, suppression: bool = True) -> RefineOutput:
+        """image (B, 3, H, W) -> :class:`RefineOutput`; ``iterations`` overrides T (an iteration
+        sweep); ``suppression=False`` drops DySPN's diffusion suppression (an ablation)."""
         with torch.no_grad():
             coarse = self.coarse(image)
         head = self.guidance(torch.cat([image, coarse.to(image.dtype)], 1)).float()
@@ -133,7 +135,7 @@ class Refiner(nn.Module):
             result = self.propagator(start, self.layout.take(head, "affinity"), iterations)
         elif self.method == "dyspn":
             result = self.propagator(start, self.layout.take(head, "affinity"),
-                                     self.layout.take(head, "attention"), iterations)
+                                     self.layout.take(head, "attention"), iterations, suppression)
         else:
             return RefineOutput(start, coarse, start, None)
         return RefineOutput(result.final, coarse, start, result)

@@ -19,6 +19,7 @@ import torch
 from .checkpoint import atomic_save, library_versions
 from .config import Config, load_config
 from .data import REPO_ROOT, DataSource, PetSegmentation, build_datasets, display_path, resolve_source
+from .guided_filter import GuidedFilterRefiner, filter_probabilities
 from .refiner import CoarseSegmenter, Refiner
 from .training import History, evaluate_probs, fit, load_trained, predict, seed_everything
 from .unet import count_parameters
@@ -81,15 +82,20 @@ class StageResult:
     val_metrics: dict
     test_metrics: dict
     image_miou: list          # per validation image
+    settings: dict = field(default_factory=dict)   # what was chosen for this stage (e.g. the filter's radius)
 
     @property
     def parameters(self) -> int:
-        """Parameters this stage trained (a refiner's guidance U-Net; the coarse net is shared)."""
+        """Parameters this stage trained (a refiner's guidance U-Net; the coarse net is shared;
+        the guided filter trains none)."""
+        if isinstance(self.model, GuidedFilterRefiner):
+            return 0
         return count_parameters(getattr(self.model, "guidance", self.model))
 
     def row(self) -> dict:
-        return {**self.val_metrics, "test": self.test_metrics, "parameters": self.parameters,
-                "train_seconds": round(self.history.seconds, 1), "epochs": len(self.history.epoch)}
+        row = {**self.val_metrics, "test": self.test_metrics, "parameters": self.parameters,
+               "train_seconds": round(self.history.seconds, 1), "epochs": len(self.history.epoch)}
+        return {**row, "settings": self.settings} if self.settings else row
 
 
 def epochs_for(epochs: int, min_steps: int, n_train: int, batch_size: int, what: str | None = None) -> int:
@@ -130,13 +136,16 @@ def _coarse_epochs(wb: Workbook, verbose: bool = True) -> int:
                       "coarse U-Net" if verbose else None)
 
 
-def _finish(wb: Workbook, name: str, model, history: History) -> StageResult:
+def _finish(wb: Workbook, name: str, model, history: History, settings: dict | None = None) -> StageResult:
     cfg = wb.cfg
     val = predict(model, wb.data["val"], cfg.batch_size, wb.device, cfg.amp)
-    test = predict(model, wb.data["test"], cfg.batch_size, wb.device, cfg.amp)
     val_metrics, image_miou = evaluate_probs(val, wb.data["val"])
-    test_metrics, _ = evaluate_probs(test, wb.data["test"])
-    result = StageResult(name, model, history, val, test, val_metrics, test_metrics, image_miou)
+    if len(wb.data["test"]):
+        test = predict(model, wb.data["test"], cfg.batch_size, wb.device, cfg.amp)
+        test_metrics, _ = evaluate_probs(test, wb.data["test"])
+    else:  # a folder without test.txt: there is nothing to report on
+        test, test_metrics = val.new_zeros((0,) + val.shape[1:]), {}
+    result = StageResult(name, model, history, val, test, val_metrics, test_metrics, image_miou, settings or {})
     wb.stages[name] = result
     return result
 
@@ -198,14 +207,76 @@ def refine_stage(wb: Workbook, method: str, start: str | None = None, epochs: in
     cfg = wb.cfg
     start = start or cfg.start_map
     name = method if start == cfg.start_map else f"{method}-{start}"
-    epochs = epochs or epochs_for(cfg.refine_epochs, cfg.refine_min_steps, len(wb.data["train"]), cfg.batch_size,
-                                  f"{name} refiner")
+    epochs = epochs or refine_epochs(wb, f"{name} refiner")
     coarse = load_coarse(wb, progress).model
     seed_everything(cfg.seed)
     model = Refiner.from_config(cfg, coarse, method, start).to(wb.device)
     spec = _refiner_spec(wb, method, start, _coarse_epochs(wb, verbose=False), epochs)
     history, _ = _train_or_load(wb, model, name, f"{name} refiner", spec, epochs, cfg.refine_lr, retrain, progress)
     return _finish(wb, name, model, history)
+
+
+def refine_epochs(wb: Workbook, what: str | None = None) -> int:
+    """Epochs every refiner trains (the profile's, raised for small training sets)."""
+    c = wb.cfg
+    return epochs_for(c.refine_epochs, c.refine_min_steps, len(wb.data["train"]), c.batch_size, what)
+
+
+def coarse_longer_stage(wb: Workbook, retrain: bool = False, progress: bool = True) -> StageResult:
+    """The equal-compute control: the coarse U-Net trained on, from its own weights, for as many
+    extra epochs as every refiner gets. A refiner must beat this, not only the 3-epoch net."""
+    cfg = wb.cfg
+    base = load_coarse(wb, progress)
+    extra = refine_epochs(wb)
+    seed_everything(cfg.seed)
+    model = CoarseSegmenter.from_config(cfg).to(wb.device)
+    model.load_state_dict(base.model.state_dict())
+    spec = {**_coarse_spec(wb, _coarse_epochs(wb, verbose=False)), "stage": "coarse-longer", "extra_epochs": extra}
+    label = f"coarse U-Net, {extra} more epochs"
+    history, _ = _train_or_load(wb, model, "coarse-longer", label, spec, extra, cfg.coarse_lr, retrain, progress)
+    return _finish(wb, "coarse-longer", model, history, {"extra_epochs": extra})
+
+
+GUIDED_FILTER_GRID = {"radius": (2, 4, 8), "eps": (1e-3, 1e-2, 1e-1)}
+
+
+def guided_filter_stage(wb: Workbook, grid: dict | None = None) -> StageResult:
+    """The classical baseline: the guided filter on the coarse map, with the image as guide.
+    Nothing is trained; its radius and eps are the best of ``grid`` on the validation set."""
+    import time
+
+    from .metrics import SegmentationMeter
+
+    grid = grid or GUIDED_FILTER_GRID
+    coarse = load_coarse(wb)
+    val = wb.data["val"]
+    t0 = time.perf_counter()
+    scores = {}
+    for radius in grid["radius"]:
+        for eps in grid["eps"]:
+            meter = SegmentationMeter(num_classes=coarse.val_probs.shape[1])
+            for lo in range(0, len(val), wb.cfg.batch_size):   # batches: the 3x3 solves are memory-hungry
+                images = val.images[lo:lo + wb.cfg.batch_size].float() / 255
+                probs = filter_probabilities(images, coarse.val_probs[lo:lo + wb.cfg.batch_size], radius, eps)
+                meter.update(probs.argmax(1), val.targets[lo:lo + wb.cfg.batch_size].long())
+            scores[(radius, eps)] = meter.summary()["miou"]
+    radius, eps = max(scores, key=scores.get)
+    history = History(seconds=time.perf_counter() - t0)
+    model = GuidedFilterRefiner(coarse.model, radius, eps)
+    return _finish(wb, "guided-filter", model, history, {"radius": radius, "eps": eps})
+
+
+def stage_checkpoint(wb: Workbook, name: str) -> Path:
+    """Where the trained stage ``name`` (coarse, coarse-longer, control, cspn, dyspn) of ``wb``
+    is, or will be, saved with the current configuration."""
+    cfg = wb.cfg
+    coarse_spec = _coarse_spec(wb, _coarse_epochs(wb, verbose=False))
+    if name == "coarse":
+        return checkpoint_path(wb, name, coarse_spec)
+    if name == "coarse-longer":
+        return checkpoint_path(wb, name, {**coarse_spec, "stage": name, "extra_epochs": refine_epochs(wb)})
+    spec = _refiner_spec(wb, name, cfg.start_map, coarse_spec["epochs"], refine_epochs(wb))
+    return checkpoint_path(wb, name, spec)
 
 
 # ------------------------------------------------------------------------------ results.json

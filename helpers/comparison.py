@@ -1,0 +1,152 @@
+"""Every refinement step side by side: what each buys, what it costs, and how T matters.
+
+* :func:`all_stages` loads (or trains) the whole chain for one workbook: the coarse U-Net, the
+  guided filter, both controls, CSPN and DySPN.
+* :func:`comparison_rows` / :func:`format_table`: metrics, parameters, training time and
+  inference time per image, one row per stage.
+* :func:`iteration_sweep`: a trained refiner evaluated at T = 0..T_max at inference (one pass:
+  the maps of a T_max run are, iteration by iteration, those of every shorter run).
+* :func:`estimate_seconds`: how long training the chain will take, timed before it starts.
+"""
+from __future__ import annotations
+
+import math
+import time
+
+import torch
+
+from .metrics import SegmentationMeter
+from .refiner import CoarseSegmenter, Refiner
+from .training import make_loader, segmentation_loss
+from .workflow import (StageResult, Workbook, _coarse_epochs, coarse_longer_stage, guided_filter_stage, load_coarse,
+                       refine_epochs, refine_stage, stage_checkpoint)
+
+# the order of the table: from nothing learned to the most elaborate refiner
+STAGES = ("coarse", "guided-filter", "coarse-longer", "control", "cspn", "dyspn")
+LABELS = {"coarse": "coarse U-Net", "guided-filter": "guided filter (no training)",
+          "coarse-longer": "coarse U-Net trained on", "control": "refiner U-Net, no propagation",
+          "cspn": "CSPN", "dyspn": "DySPN"}
+
+
+def all_stages(wb: Workbook, progress: bool = True) -> dict[str, StageResult]:
+    """The whole chain for ``wb``, each stage loaded from its checkpoint or trained now."""
+    stages = {"coarse": load_coarse(wb, progress)}
+    stages["guided-filter"] = guided_filter_stage(wb)
+    stages["coarse-longer"] = coarse_longer_stage(wb, progress=progress)
+    for method in ("control", "cspn", "dyspn"):
+        stages[method] = refine_stage(wb, method, progress=progress)
+    return stages
+
+
+def _synchronise(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@torch.inference_mode()
+def seconds_per_image(model: torch.nn.Module, dataset, device, batch_size: int, max_images: int = 64) -> float:
+    """Wall time of one image's inference, batched as in evaluation (after one warm-up batch)."""
+    device = torch.device(device)
+    was_training = model.training
+    model.eval()
+    try:
+        n = min(max_images, len(dataset))
+        batches = [torch.stack([dataset[i][0] for i in range(lo, min(lo + batch_size, n))]).to(device)
+                   for lo in range(0, n, batch_size)]
+        model(batches[0])
+        _synchronise(device)
+        t0 = time.perf_counter()
+        for images in batches:
+            model(images)
+        _synchronise(device)
+    finally:
+        model.train(was_training)
+    return (time.perf_counter() - t0) / n
+
+
+def comparison_rows(wb: Workbook, stages: dict[str, StageResult], split: str = "val") -> list[dict]:
+    """One dict per stage: label, mIoU, pet IoU, Boundary IoU on ``split``, trained parameters,
+    training seconds (a refiner's excludes the coarse net it builds on) and ms per image."""
+    rows = []
+    for name, r in stages.items():
+        m = r.val_metrics if split == "val" else r.test_metrics
+        ms = 1000 * seconds_per_image(r.model, wb.data["val"], wb.device, wb.cfg.batch_size)
+        rows.append({"stage": name, "label": LABELS.get(name, name), **m, "parameters": r.parameters,
+                     "train_seconds": r.history.seconds, "epochs": len(r.history.epoch), "ms_per_image": ms,
+                     "settings": r.settings})
+    return rows
+
+
+def format_table(rows: list[dict]) -> str:
+    """Plain-text table of :func:`comparison_rows`."""
+    head = f"{'':32s} {'mIoU':>6s} {'pet IoU':>8s} {'Bnd IoU':>8s} {'params':>9s} {'train s':>8s} {'ms/img':>7s}"
+    lines = [head]
+    for r in rows:
+        lines.append(f"{r['label']:32s} {r['miou']:6.3f} {r['pet_iou']:8.3f} {r['boundary_iou']:8.3f} "
+                     f"{r['parameters']:9,d} {r['train_seconds']:8.0f} {r['ms_per_image']:7.1f}")
+    return "\n".join(lines)
+
+
+@torch.inference_mode()
+def iteration_sweep(model: Refiner, dataset, device, batch_size: int, max_iterations: int = 12,
+                    suppression: bool = True) -> list[dict]:
+    """Metrics of ``model`` run with T = 0, 1, ..., ``max_iterations`` at inference: entry t is the
+    pooled mIoU / pet IoU / Boundary IoU of H^t on ``dataset``. DySPN reuses its last attention
+    beyond the trained T; ``suppression=False`` drops its diffusion suppression (an ablation)."""
+    if model.propagator is None:
+        raise ValueError("the control has no propagation to sweep")
+    device = torch.device(device)
+    was_training = model.training
+    model.eval()
+    meters = [SegmentationMeter(num_classes=model.classes) for _ in range(max_iterations + 1)]
+    try:
+        for images, targets in make_loader(dataset, batch_size, shuffle=False):
+            out = model.refine(images.to(device), max_iterations, suppression)
+            for meter, h in zip(meters, out.propagation.maps):
+                meter.update(h.argmax(1).cpu(), targets)
+    finally:
+        model.train(was_training)
+    return [m.summary() for m in meters]
+
+
+def _step_seconds(model: torch.nn.Module, images: torch.Tensor, targets: torch.Tensor, steps: int = 2) -> float:
+    """Seconds of one optimiser step (forward, backward, update) on one batch; the first is a warm-up."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimiser = torch.optim.AdamW(params, lr=1e-4)
+    model.train()
+    times = []
+    for _ in range(steps):
+        _synchronise(images.device)
+        t0 = time.perf_counter()
+        loss = segmentation_loss(model(images), targets)
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        optimiser.step()
+        _synchronise(images.device)
+        times.append(time.perf_counter() - t0)
+    return min(times[1:] or times)
+
+
+def estimate_seconds(wb: Workbook) -> dict[str, float]:
+    """Seconds each stage of :func:`all_stages` will need to train on ``wb``, from a timed step of
+    each model on one training batch (evaluation passes counted as a third of a step per batch);
+    0 for a stage whose checkpoint exists (it is loaded). Nothing is trained or saved."""
+    cfg = wb.cfg
+    loader = make_loader(wb.data["train"], cfg.batch_size, shuffle=False)
+    images, targets = next(iter(loader))
+    images, targets = images.to(wb.device), targets.to(wb.device)
+    steps = math.ceil(len(wb.data["train"]) / cfg.batch_size)
+    evals = math.ceil((len(wb.data["val"]) + len(wb.data["test"])) / cfg.batch_size)
+    coarse = CoarseSegmenter.from_config(cfg).to(wb.device)
+    per_step = {"coarse": _step_seconds(coarse, images, targets)}
+    per_step["coarse-longer"] = per_step["coarse"]
+    frozen = CoarseSegmenter.from_config(cfg).to(wb.device)
+    for method in ("control", "cspn", "dyspn"):
+        per_step[method] = _step_seconds(Refiner.from_config(cfg, frozen, method).to(wb.device), images, targets)
+    epochs = {"coarse": _coarse_epochs(wb, verbose=False), "coarse-longer": refine_epochs(wb),
+              **{m: refine_epochs(wb) for m in ("control", "cspn", "dyspn")}}
+    estimate = {name: 0.0 if stage_checkpoint(wb, name).exists() else per_step[name] * epochs[name] * (steps + evals / 3)
+                for name in per_step}
+    estimate["guided-filter"] = per_step["coarse"] * 9 * evals / 3
+    return estimate
+
