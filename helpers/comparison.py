@@ -17,7 +17,7 @@ import torch
 
 from .metrics import SegmentationMeter
 from .refiner import CoarseSegmenter, Refiner
-from .training import make_loader, segmentation_loss
+from .training import autocast_for, make_loader, segmentation_loss
 from .workflow import (StageResult, Workbook, _coarse_epochs, coarse_longer_stage, guided_filter_stage, load_coarse,
                        refine_epochs, refine_stage, stage_checkpoint)
 
@@ -89,7 +89,7 @@ def format_table(rows: list[dict]) -> str:
 
 @torch.inference_mode()
 def iteration_sweep(model: Refiner, dataset, device, batch_size: int, max_iterations: int = 12,
-                    suppression: bool = True) -> list[dict]:
+                    suppression: bool = True, amp: bool = False) -> list[dict]:
     """Metrics of ``model`` run with T = 0, 1, ..., ``max_iterations`` at inference: entry t is the
     pooled mIoU / pet IoU / Boundary IoU of H^t on ``dataset``. DySPN reuses its last attention
     beyond the trained T; ``suppression=False`` drops its diffusion suppression (an ablation)."""
@@ -101,7 +101,8 @@ def iteration_sweep(model: Refiner, dataset, device, batch_size: int, max_iterat
     meters = [SegmentationMeter(num_classes=model.classes) for _ in range(max_iterations + 1)]
     try:
         for images, targets in make_loader(dataset, batch_size, shuffle=False):
-            out = model.refine(images.to(device), max_iterations, suppression)
+            with autocast_for(device, amp):   # as in evaluation, so entry T is the stage's own score
+                out = model.refine(images.to(device), max_iterations, suppression)
             for meter, h in zip(meters, out.propagation.maps):
                 meter.update(h.argmax(1).cpu(), targets)
     finally:

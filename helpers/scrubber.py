@@ -15,7 +15,7 @@ import torch
 
 from .viz import PET_CMAP, axes_off, figure_png, iteration_strip, to_numpy_image
 
-RING_LABELS = ("pi ring 1", "pi ring 2", "pi ring 3", "pi self")
+RING_LABELS = ("ring 1", "ring 2", "ring 3", "pixel itself")
 
 
 def render_frame(image: torch.Tensor, maps: list, t: int, attention: torch.Tensor | None = None,
@@ -28,19 +28,26 @@ def render_frame(image: torch.Tensor, maps: list, t: int, attention: torch.Tenso
     pet = [m[-1].detach().cpu().numpy() for m in maps]
     change = pet[t] - pet[t - 1] if t > 0 else np.zeros_like(pet[0])
     n_att = attention.shape[1] if attention is not None else 0
-    fig, axes = plt.subplots(1, 3 + n_att, figsize=(2.4 * (3 + n_att), 2.7))
-    axes[0].imshow(to_numpy_image(image)), axes[0].set_title("RGB")
-    axes[1].imshow(pet[t], cmap=PET_CMAP, vmin=0, vmax=1), axes[1].set_title(f"pet probability H^{t}")
+    # DySPN: the map on top, the attention of this iteration below, so every panel stays readable
+    cols = max(3, n_att)
+    rows = 2 if n_att else 1
+    fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 2.8 * rows), squeeze=False)
+    top = axes[0]
+    top[0].imshow(to_numpy_image(image)), top[0].set_title("RGB")
+    top[1].imshow(pet[t], cmap=PET_CMAP, vmin=0, vmax=1), top[1].set_title(f"pet probability $H^{{{t}}}$")
     lim = max(1e-3, float(max(np.abs(pet[k] - pet[k - 1]).max() for k in range(1, len(pet))))) if len(pet) > 1 else 1
-    axes[2].imshow(change, cmap="coolwarm", vmin=-lim, vmax=lim)
-    axes[2].set_title("change since t-1" if t else "start (no change)")
+    top[2].imshow(change, cmap="coolwarm", vmin=-lim, vmax=lim)
+    top[2].set_title(f"change $H^{{{t}}} - H^{{{t - 1}}}$" if t else "start (no change)")
+    for ax in top[3:]:
+        ax.set_visible(False)
     for r in range(n_att):
+        ax = axes[1, r]
         if t == 0:
-            axes[3 + r].imshow(np.zeros(pet[0].shape), cmap="gray", vmin=0, vmax=1)
-            axes[3 + r].set_title(f"{RING_LABELS[r]} (none at t=0)", fontsize=8)
+            ax.imshow(np.zeros(pet[0].shape), cmap="gray", vmin=0, vmax=1)
+            ax.set_title(f"{RING_LABELS[r]}: none at t = 0")
         else:
-            axes[3 + r].imshow(attention[t - 1, r].detach().cpu().numpy(), cmap="viridis", vmin=0, vmax=1)
-            axes[3 + r].set_title(f"{RING_LABELS[r]}^{t}", fontsize=8)
+            ax.imshow(attention[t - 1, r].detach().cpu().numpy(), cmap="viridis", vmin=0, vmax=1)
+            ax.set_title(f"$\\pi^{{{t}}}$, {RING_LABELS[r]}")
     axes_off(axes)
     fig.suptitle(title or f"iteration t = {t} of {len(maps) - 1}")
     fig.tight_layout()

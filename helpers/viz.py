@@ -97,7 +97,7 @@ def iteration_strip(maps: list, image: torch.Tensor | None = None, title: str = 
     for t, m in enumerate(maps):
         m = m[-1] if m.dim() == 3 else m
         axes[k + t].imshow(m.detach().cpu().numpy(), cmap=PET_CMAP, vmin=0, vmax=1)
-        axes[k + t].set_title(f"H^{t}" if t else "H^0 (start)")
+        axes[k + t].set_title(f"$H^{{{t}}}$" if t else "$H^0$ (start)")
     axes_off(axes)
     fig.suptitle(title)
     fig.tight_layout()
@@ -113,7 +113,7 @@ def attention_figure(attention: torch.Tensor, ring_names=("ring 1 (8)", "ring 2 
             im = axes[t, r].imshow(attention[t, r].detach().cpu().numpy(), cmap="viridis", vmin=0, vmax=1)
             if t == 0:
                 axes[t, r].set_title(ring_names[r] if r < len(ring_names) else f"channel {r}")
-        axes[t, 0].set_ylabel(f"pi^{t + 1}")
+        axes[t, 0].set_ylabel(f"$\\pi^{{{t + 1}}}$", fontsize=12)
     axes_off(axes)
     fig.colorbar(im, ax=axes, shrink=0.6, label="attention")
     return fig
@@ -135,3 +135,22 @@ def figure_png(fig: plt.Figure, dpi: int = 80) -> bytes:
     fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
     plt.close(fig)
     return buf.getvalue()
+
+
+def sweep_figure(sweeps: dict, trained_iterations: int, references: dict | None = None) -> plt.Figure:
+    """mIoU and Boundary IoU against the number of iterations T used at inference.
+
+    ``sweeps``: name -> list of metric dicts, entry t for T = t; ``references``: name -> metric
+    dict drawn as horizontal lines (e.g. the coarse map and the no-propagation control)."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))
+    for ax, key, label in zip(axes, ("miou", "boundary_iou"), ("val mIoU", "val Boundary IoU")):
+        for name, sweep in sweeps.items():
+            ax.plot(range(len(sweep)), [m[key] for m in sweep], marker="o", ms=3, label=name)
+        for k, (name, m) in enumerate((references or {}).items()):
+            ax.axhline(m[key], color=f"C{len(sweeps) + k}", ls="--", lw=1, label=name)
+        ax.axvline(trained_iterations, color="grey", ls=":", lw=1)
+        ax.set_xlabel("iterations T at inference (dotted: the trained T)"), ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    axes[1].legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,147 @@
+"""The comparison chain: iteration sweep, diffusion-suppression ablation, the controls, the
+guided-filter baseline, timings and the quality benchmark's summary."""
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+
+from helpers.comparison import estimate_seconds, iteration_sweep, seconds_per_image
+from helpers.data import PetSegmentation
+from helpers.propagation import DySPN
+from helpers.refiner import Refiner
+from helpers.training import evaluate_probs, predict
+
+
+def toy_data(n=8, size=24, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    images = torch.randint(0, 60, (n, 3, size, size), generator=g, dtype=torch.uint8)
+    trimaps = torch.full((n, size, size), 2, dtype=torch.uint8)
+    for i in range(n):
+        y, x = torch.randint(0, size // 2, (2,), generator=g).tolist()
+        trimaps[i, y:y + 9, x:x + 9] = 1
+        images[i, :, y:y + 9, x:x + 9] += 150
+    return PetSegmentation(images, trimaps, [f"toy_{i}" for i in range(n)])
+
+
+class BlurryCoarse(torch.nn.Module):
+    """A stand-in coarse segmenter: bright regions are pet, seen through a 7x7 blur."""
+
+    def forward(self, image):
+        bright = torch.nn.functional.avg_pool2d(image.mean(1, keepdim=True), 7, 1, 3, count_include_pad=False)
+        pet = torch.sigmoid(12 * (bright - 0.45))
+        return torch.cat([1 - pet, pet], 1)
+
+
+def perturbed_refiner(method, seed=0):
+    torch.manual_seed(seed)
+    coarse = BlurryCoarse()
+    model = Refiner(coarse, method, width=4, depth=2, iterations=3)
+    with torch.no_grad():   # leave the zero initialisation, so that propagation really acts
+        for p in model.guidance.parameters():
+            p.add_(0.5 * torch.randn_like(p))
+    return model.eval()
+
+
+@pytest.mark.parametrize("method", ["cspn", "dyspn"])
+def test_sweep_entries_are_the_maps_of_each_t(method):
+    data, model = toy_data(), perturbed_refiner(method)
+    sweep = iteration_sweep(model, data, "cpu", batch_size=3, max_iterations=5)
+    assert len(sweep) == 6
+    # t = 0 is the start map (the coarse map), t = trained T is what the model predicts
+    coarse_metrics, _ = evaluate_probs(predict(model.coarse, data, 4, "cpu"), data)
+    trained, _ = evaluate_probs(predict(model, data, 4, "cpu"), data)
+    assert sweep[0] == pytest.approx(coarse_metrics)
+    assert sweep[3] == pytest.approx(trained)
+    assert len({round(s["miou"], 6) for s in sweep}) > 1          # propagation changed something
+    with pytest.raises(ValueError, match="no propagation"):
+        iteration_sweep(perturbed_refiner("control"), data, "cpu", 4)
+
+
+def test_without_suppression_negative_affinities_are_dropped():
+    g = torch.Generator().manual_seed(0)
+    h0 = torch.softmax(3 * torch.randn(2, 2, 10, 12, generator=g, dtype=torch.float64), 1)
+    raw = torch.randn(2, 48, 10, 12, generator=g, dtype=torch.float64)
+    att = torch.randn(2, 24, 10, 12, generator=g, dtype=torch.float64)
+    spn = DySPN(6)
+    off = spn(h0, raw, att, suppression=False)
+    torch.testing.assert_close(off.final, spn(h0, raw.clamp(min=0), att).final)
+    assert not torch.allclose(off.final, spn(h0, raw, att).final)
+    # without negative affinities the ablation changes nothing
+    torch.testing.assert_close(spn(h0, raw.abs(), att, suppression=False).final, spn(h0, raw.abs(), att).final)
+    for m in off.maps:
+        torch.testing.assert_close(m.sum(1), torch.ones_like(m[:, 0]))
+    constant = torch.full_like(h0, 0.5)
+    assert all(torch.equal(m, constant) for m in spn(constant, raw, att, suppression=False).maps)
+
+
+def test_seconds_per_image_restores_train_mode():
+    model = perturbed_refiner("cspn").train()
+    assert seconds_per_image(model, toy_data(5), "cpu", batch_size=2) > 0
+    assert model.training
+
+
+@pytest.fixture
+def smoke_workbook(tmp_path, monkeypatch):
+    import helpers.data as data
+    import helpers.workflow as workflow
+
+    monkeypatch.setattr(data, "DATA_DIR", tmp_path / "data")
+    monkeypatch.setattr(workflow, "RUNS_DIR", tmp_path / "runs")
+    monkeypatch.delenv("PETS_ROOT", raising=False)
+    return workflow.open_workbook("smoke", seed=0, verbose=False)
+
+
+def test_equal_compute_control_and_guided_filter_stages(smoke_workbook):
+    from helpers import workflow
+    from helpers.guided_filter import filter_probabilities
+    from helpers.metrics import SegmentationMeter
+
+    wb = smoke_workbook
+    before = estimate_seconds(wb)
+    assert set(before) == {"coarse", "coarse-longer", "control", "cspn", "dyspn", "guided-filter"}
+    assert all(v > 0 for v in before.values())
+    coarse = workflow.coarse_stage(wb, progress=False)
+    longer = workflow.coarse_longer_stage(wb, progress=False)
+    assert workflow.stage_checkpoint(wb, "coarse-longer").exists()
+    assert estimate_seconds(wb)["coarse"] == 0 and estimate_seconds(wb)["coarse-longer"] == 0
+    assert longer.settings["extra_epochs"] == workflow.refine_epochs(wb) == len(longer.history.epoch)
+    assert longer.parameters == coarse.parameters
+    # it trained on from the coarse weights: its first epoch scores near the coarse net, not near chance
+    assert not torch.equal(longer.val_probs, coarse.val_probs)
+
+    grid = {"radius": (1, 3), "eps": (1e-3, 1e-1)}
+    gf = workflow.guided_filter_stage(wb, grid)
+    assert gf.parameters == 0 and gf.settings["radius"] in grid["radius"] and gf.settings["eps"] in grid["eps"]
+    val = wb.data["val"]
+    best = 0.0
+    for r in grid["radius"]:
+        for e in grid["eps"]:
+            meter = SegmentationMeter()
+            meter.update(filter_probabilities(val.images.float() / 255, coarse.val_probs, r, e).argmax(1), val.targets.long())
+            best = max(best, meter.summary()["miou"])
+    assert gf.val_metrics["miou"] == pytest.approx(best)
+
+
+def _quality_module():
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "quality.py"
+    spec = importlib.util.spec_from_file_location("quality_benchmark", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_quality_summary_mean_spread_and_gains():
+    q = _quality_module()
+    row = lambda stage, m, b: {"stage": stage, "label": stage, "parameters": 1, "miou": m, "pet_iou": m,   # noqa: E731
+                               "boundary_iou": b, "train_seconds": 1.0, "ms_per_image": 2.0}
+    per_seed = {0: [row("coarse", 0.60, 0.30), row("dyspn", 0.70, 0.40)],
+                1: [row("coarse", 0.64, 0.30), row("dyspn", 0.70, 0.44)]}
+    summary = q.summarise(per_seed)
+    coarse, dyspn = summary
+    assert coarse["miou"] == pytest.approx((0.62, 0.0282843), abs=1e-6)
+    assert coarse["gain_miou"] == pytest.approx((0.0, 0.0))
+    assert dyspn["gain_miou"] == pytest.approx((0.08, 0.0282843), abs=1e-6)
+    assert dyspn["gain_boundary_iou"] == pytest.approx((0.12, 0.0282843), abs=1e-6)
+    assert "+0.080" in q.format_summary(summary)
+    assert q.spread([0.5]) == (0.5, 0.0)
