@@ -19,6 +19,23 @@ from .data import REPO_ROOT
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
 
 
+FIGURE_DIR = NOTEBOOK_DIR / "figures"
+
+
+def write_figures(args) -> int:
+    """``python -m helpers figures``: the README's figures from the whole trained chain."""
+    from .comparison import all_stages, save_readme_figures
+    from .data import display_path
+    from .workflow import open_workbook
+
+    wb = open_workbook(args.profile, args.data_root, args.seed)
+    if wb.source.kind != "synthetic":
+        print("note: these figures show images of the dataset in use; do not commit figures of data you may not share")
+    for path in save_readme_figures(wb, all_stages(wb), Path(args.out)):
+        print(f"wrote {display_path(path)}")
+    return 0
+
+
 class NotebookFailed(RuntimeError):
     pass
 
@@ -61,7 +78,14 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--data-root", help="a folder holding oxford-iiit-pet/ (overrides PETS_ROOT)")
     run.add_argument("--seed", type=int, help="overrides WORKBOOK_SEED")
     run.add_argument("--only", nargs="*", help="run only notebooks whose name starts with these prefixes")
+    figures = sub.add_parser("figures", help="write the README's figures from the trained stages (trains what is missing)")
+    figures.add_argument("--profile", choices=PROFILES, help="overrides WORKBOOK_PROFILE")
+    figures.add_argument("--data-root", help="a folder holding oxford-iiit-pet/ (overrides PETS_ROOT)")
+    figures.add_argument("--seed", type=int, help="overrides WORKBOOK_SEED")
+    figures.add_argument("--out", default=str(FIGURE_DIR), help="output folder (default: notebooks/figures)")
     args = parser.parse_args(argv)
+    if args.command == "figures":
+        return write_figures(args)
 
     from .config import default_profile
 

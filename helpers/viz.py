@@ -154,3 +154,20 @@ def sweep_figure(sweeps: dict, trained_iterations: int, references: dict | None 
     axes[1].legend(fontsize=8, loc="best")
     fig.tight_layout()
     return fig
+
+
+def attention_row(image: torch.Tensor, refined: torch.Tensor, attention: torch.Tensor, t: int,
+                  ring_names=("ring 1", "ring 2", "ring 3", "pixel itself")) -> plt.Figure:
+    """One row: the image, the refined pet probability and DySPN's attention pi^t (1-based ``t``)
+    per ring and for the pixel itself. refined (C, H, W); attention (T, R + 1, H, W)."""
+    R1 = attention.shape[1]
+    fig, axes = plt.subplots(1, 2 + R1, figsize=(2.3 * (2 + R1), 2.6))
+    axes[0].imshow(to_numpy_image(image)), axes[0].set_title("RGB")
+    axes[1].imshow(refined[-1].detach().cpu().numpy(), cmap=PET_CMAP, vmin=0, vmax=1)
+    axes[1].set_title(f"$H^{{{attention.shape[0]}}}$ (refined)")
+    for r in range(R1):
+        im = axes[2 + r].imshow(attention[t - 1, r].detach().cpu().numpy(), cmap="viridis", vmin=0, vmax=1)
+        axes[2 + r].set_title(f"$\\pi^{{{t}}}$, {ring_names[r] if r < len(ring_names) else r}")
+    axes_off(axes)
+    fig.colorbar(im, ax=axes, shrink=0.8, label="attention")
+    return fig
