@@ -49,14 +49,18 @@ def run_notebook(path: Path, out_dir: Path, timeout_s: int = 3600) -> float:
     """Execute one notebook with cwd = notebooks/; save the executed copy; return seconds."""
     import nbformat
     from nbclient import NotebookClient
-    from nbclient.exceptions import CellExecutionError
+    from nbclient.exceptions import CellExecutionError, DeadKernelError
 
     nb = nbformat.read(path, as_version=4)
     client = NotebookClient(nb, timeout=timeout_s, kernel_name="python3", store_widget_state=False,
                             resources={"metadata": {"path": str(path.parent)}})
+    out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
+    # the kernel's own console chatter (ipykernel's transport warning, C-level messages) goes to a
+    # log beside the executed notebook instead of the terminal; cell outputs are in the notebook
+    log = open(out_dir / f"{path.stem}.kernel.log", "w")
     try:
-        client.execute()
+        client.execute(stdout=log, stderr=log)
     except CellExecutionError as exc:
         cell = next((i for i, c in enumerate(nb.cells) if any(o.get("output_type") == "error"
                                                             for o in c.get("outputs", []))), None)
@@ -65,7 +69,11 @@ def run_notebook(path: Path, out_dir: Path, timeout_s: int = 3600) -> float:
         text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip()   # drop the traceback's colours
         first = text.splitlines()[-1] if text else type(exc).__name__
         raise NotebookFailed(f"{path.name}: cell {cell} failed: {first}") from None
-    out_dir.mkdir(parents=True, exist_ok=True)
+    except DeadKernelError:
+        raise NotebookFailed(f"{path.name}: the kernel died (out of memory?); its console output is in "
+                             f"{path.stem}.kernel.log beside the executed notebook") from None
+    finally:
+        log.close()
     nbformat.write(nb, out_dir / path.name)
     return time.perf_counter() - t0
 

@@ -39,3 +39,18 @@ def test_main_exits_non_zero_on_failure(tmp_path, monkeypatch, capsys):
 def test_bad_data_root_is_refused(tmp_path):
     with pytest.raises(SystemExit):
         runner.main(["run", "--data-root", str(tmp_path)])
+
+
+def test_kernel_console_goes_to_a_log_not_the_terminal(tmp_path, capfd):
+    _nb(tmp_path / "00_chatty.ipynb", "import os\nos.write(2, b'kernel-console-line\\n')", "print('cell output')")
+    runner.run_notebook(tmp_path / "00_chatty.ipynb", tmp_path / "out", timeout_s=120)
+    assert "kernel-console-line" in (tmp_path / "out" / "00_chatty.kernel.log").read_text()
+    assert "kernel-console-line" not in capfd.readouterr().err
+    executed = nbformat.read(tmp_path / "out" / "00_chatty.ipynb", as_version=4)
+    assert executed.cells[1].outputs[0]["text"] == "cell output\n"
+
+
+def test_a_dead_kernel_names_the_notebook(tmp_path):
+    _nb(tmp_path / "03_dies.ipynb", "import os\nos._exit(1)")
+    with pytest.raises(runner.NotebookFailed, match=r"03_dies.ipynb: the kernel died"):
+        runner.run_notebook(tmp_path / "03_dies.ipynb", tmp_path / "out", timeout_s=120)
