@@ -7,21 +7,14 @@ import pytest
 import torch
 
 from helpers.comparison import estimate_seconds, iteration_sweep, seconds_per_image
-from helpers.data import PetSegmentation
 from helpers.propagation import DySPN
 from helpers.refiner import Refiner
 from helpers.training import evaluate_probs, predict
+from toys import toy_data as squares
 
 
 def toy_data(n=8, size=24, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    images = torch.randint(0, 60, (n, 3, size, size), generator=g, dtype=torch.uint8)
-    trimaps = torch.full((n, size, size), 2, dtype=torch.uint8)
-    for i in range(n):
-        y, x = torch.randint(0, size // 2, (2,), generator=g).tolist()
-        trimaps[i, y:y + 9, x:x + 9] = 1
-        images[i, :, y:y + 9, x:x + 9] += 150
-    return PetSegmentation(images, trimaps, [f"toy_{i}" for i in range(n)])
+    return squares(n, size, seed, side=9)
 
 
 class BlurryCoarse(torch.nn.Module):

@@ -3,22 +3,9 @@ import pytest
 import torch
 
 from helpers.checkpoint import CheckpointError, atomic_save, safe_load
-from helpers.data import PetSegmentation
 from helpers.refiner import CoarseSegmenter, Refiner
 from helpers.training import evaluate, fit, load_trained
-
-
-def toy_data(n=12, size=24, seed=0):
-    """Squares of random size and place: a learnable task in a second."""
-    g = torch.Generator().manual_seed(seed)
-    images = torch.randint(0, 60, (n, 3, size, size), generator=g, dtype=torch.uint8)
-    trimaps = torch.full((n, size, size), 2, dtype=torch.uint8)
-    for i in range(n):
-        y, x = torch.randint(0, size // 2, (2,), generator=g).tolist()
-        s = int(torch.randint(6, size // 2, (1,), generator=g))
-        trimaps[i, y:y + s, x:x + s] = 1
-        images[i, :, y:y + s, x:x + s] += 150
-    return PetSegmentation(images, trimaps, [f"toy_{i}" for i in range(n)])
+from toys import toy_data
 
 
 def model(seed=0):
