@@ -18,7 +18,7 @@ import torch
 from .metrics import SegmentationMeter
 from .refiner import CoarseSegmenter, Refiner
 from .training import autocast_for, make_loader, segmentation_loss
-from .workflow import (StageResult, Workbook, _coarse_epochs, coarse_longer_stage, guided_filter_stage, load_coarse,
+from .workflow import (StageResult, Workbook, coarse_epochs, coarse_longer_stage, guided_filter_stage, load_coarse,
                        refine_epochs, refine_stage, stage_checkpoint)
 
 # the order of the table: from nothing learned to the most elaborate refiner
@@ -144,7 +144,7 @@ def estimate_seconds(wb: Workbook) -> dict[str, float]:
     frozen = CoarseSegmenter.from_config(cfg).to(wb.device)
     for method in ("control", "cspn", "dyspn"):
         per_step[method] = _step_seconds(Refiner.from_config(cfg, frozen, method).to(wb.device), images, targets)
-    epochs = {"coarse": _coarse_epochs(wb, verbose=False), "coarse-longer": refine_epochs(wb),
+    epochs = {"coarse": coarse_epochs(wb, verbose=False), "coarse-longer": refine_epochs(wb),
               **{m: refine_epochs(wb) for m in ("control", "cspn", "dyspn")}}
     estimate = {name: 0.0 if stage_checkpoint(wb, name).exists() else per_step[name] * epochs[name] * (steps + evals / 3)
                 for name in per_step}

@@ -116,9 +116,9 @@ def _coarse_spec(wb: Workbook, epochs: int) -> dict:
             "batch_size": c.batch_size, "seed": c.seed, "n_train": len(wb.data["train"])}
 
 
-def _refiner_spec(wb: Workbook, method: str, start: str, coarse_epochs: int, epochs: int) -> dict:
+def _refiner_spec(wb: Workbook, method: str, start: str, base_epochs: int, epochs: int) -> dict:
     c = wb.cfg
-    return {**_coarse_spec(wb, coarse_epochs), "stage": method, "start": start, "refiner_width": c.refiner_width,
+    return {**_coarse_spec(wb, base_epochs), "stage": method, "start": start, "refiner_width": c.refiner_width,
             "refiner_depth": c.refiner_depth, "iterations": c.iterations, "kernel": c.dyspn_kernel,
             "refine_epochs": epochs, "refine_lr": c.refine_lr}
 
@@ -130,7 +130,8 @@ def checkpoint_path(wb: Workbook, name: str, spec: dict) -> Path:
     return wb.run_dir / f"{name}-{digest}.pt"
 
 
-def _coarse_epochs(wb: Workbook, verbose: bool = True) -> int:
+def coarse_epochs(wb: Workbook, verbose: bool = True) -> int:
+    """Epochs the coarse U-Net trains (the profile's, raised for small training sets)."""
     c = wb.cfg
     return epochs_for(c.coarse_epochs, c.coarse_min_steps, len(wb.data["train"]), c.batch_size,
                       "coarse U-Net" if verbose else None)
@@ -168,7 +169,7 @@ def _train_or_load(wb: Workbook, model: torch.nn.Module, name: str, label: str, 
 
 
 def _coarse_predictions_path(wb: Workbook) -> Path:
-    ckpt = checkpoint_path(wb, "coarse", _coarse_spec(wb, _coarse_epochs(wb, verbose=False)))
+    ckpt = checkpoint_path(wb, "coarse", _coarse_spec(wb, coarse_epochs(wb, verbose=False)))
     return ckpt.with_name(ckpt.stem + "-predictions.pt")
 
 
@@ -177,7 +178,7 @@ def coarse_stage(wb: Workbook, retrain: bool = False, progress: bool = True) -> 
     cfg = wb.cfg
     seed_everything(cfg.seed)
     model = CoarseSegmenter.from_config(cfg).to(wb.device)
-    epochs = _coarse_epochs(wb)
+    epochs = coarse_epochs(wb)
     spec = _coarse_spec(wb, epochs)
     history, _ = _train_or_load(wb, model, "coarse", "coarse U-Net", spec, epochs, cfg.coarse_lr, retrain, progress)
     result = _finish(wb, "coarse", model, history)
@@ -211,7 +212,7 @@ def refine_stage(wb: Workbook, method: str, start: str | None = None, epochs: in
     coarse = load_coarse(wb, progress).model
     seed_everything(cfg.seed)
     model = Refiner.from_config(cfg, coarse, method, start).to(wb.device)
-    spec = _refiner_spec(wb, method, start, _coarse_epochs(wb, verbose=False), epochs)
+    spec = _refiner_spec(wb, method, start, coarse_epochs(wb, verbose=False), epochs)
     history, _ = _train_or_load(wb, model, name, f"{name} refiner", spec, epochs, cfg.refine_lr, retrain, progress)
     return _finish(wb, name, model, history)
 
@@ -231,7 +232,7 @@ def coarse_longer_stage(wb: Workbook, retrain: bool = False, progress: bool = Tr
     seed_everything(cfg.seed)
     model = CoarseSegmenter.from_config(cfg).to(wb.device)
     model.load_state_dict(base.model.state_dict())
-    spec = {**_coarse_spec(wb, _coarse_epochs(wb, verbose=False)), "stage": "coarse-longer", "extra_epochs": extra}
+    spec = {**_coarse_spec(wb, coarse_epochs(wb, verbose=False)), "stage": "coarse-longer", "extra_epochs": extra}
     label = f"coarse U-Net, {extra} more epochs"
     history, _ = _train_or_load(wb, model, "coarse-longer", label, spec, extra, cfg.coarse_lr, retrain, progress)
     return _finish(wb, "coarse-longer", model, history, {"extra_epochs": extra})
@@ -270,7 +271,7 @@ def stage_checkpoint(wb: Workbook, name: str) -> Path:
     """Where the trained stage ``name`` (coarse, coarse-longer, control, cspn, dyspn) of ``wb``
     is, or will be, saved with the current configuration."""
     cfg = wb.cfg
-    coarse_spec = _coarse_spec(wb, _coarse_epochs(wb, verbose=False))
+    coarse_spec = _coarse_spec(wb, coarse_epochs(wb, verbose=False))
     if name == "coarse":
         return checkpoint_path(wb, name, coarse_spec)
     if name == "coarse-longer":
