@@ -40,7 +40,7 @@ class DataError(RuntimeError):
 # ---------------------------------------------------------------------------------- sources
 @dataclass(frozen=True)
 class DataSource:
-    """Where the images come from: ``kind`` is one of env / local / download / synthetic."""
+    """Where the images come from: ``kind`` is one of root (an argument) / env / local / download / synthetic."""
 
     kind: str
     root: Path          # the folder holding oxford-iiit-pet/
@@ -51,7 +51,7 @@ class DataSource:
         return "synthetic" if self.kind == "synthetic" else f"oxford-pets:{self.root.name}"
 
     def describe(self) -> str:
-        where = {"env": "PETS_ROOT", "local": "data/oxford-iiit-pet", "download": "downloaded",
+        where = {"root": "the data root given", "env": "PETS_ROOT", "local": "data/oxford-iiit-pet", "download": "downloaded",
                  "synthetic": "embedded synthetic stand-in (no real dataset found)"}[self.kind]
         return f"data source: {where} -> {display_path(self.root / 'oxford-iiit-pet')}"
 
@@ -77,9 +77,9 @@ def resolve_source(cfg: Config, data_root: str | Path | None = None, download: b
     if root:
         root = Path(root).expanduser()
         if not (root / "oxford-iiit-pet").is_dir():
-            raise DataError(f"PETS_ROOT={root} does not hold an 'oxford-iiit-pet' folder "
+            raise DataError(f"{'data root' if data_root else 'PETS_ROOT'} {root} does not hold an 'oxford-iiit-pet' folder "
                             "(expected oxford-iiit-pet/images and oxford-iiit-pet/annotations)")
-        source = DataSource("env", root)
+        source = DataSource("root" if data_root else "env", root)
     elif (DATA_DIR / "oxford-iiit-pet" / "annotations").is_dir():
         source = DataSource("local", DATA_DIR)
     else:

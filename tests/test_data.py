@@ -180,6 +180,8 @@ def test_source_order_env_then_local_then_synthetic(pets, tmp_path, monkeypatch,
     monkeypatch.setenv("PETS_ROOT", str(pets))
     assert resolve_source(cfg).kind == "env"
     assert "PETS_ROOT" in capsys.readouterr().out            # the choice is printed
+    assert resolve_source(cfg, data_root=pets).kind == "root"  # an argument wins over PETS_ROOT
+    assert "data root given" in capsys.readouterr().out
     monkeypatch.setenv("PETS_ROOT", str(tmp_path / "nowhere"))
     with pytest.raises(DataError, match="oxford-iiit-pet"):
         resolve_source(cfg)
