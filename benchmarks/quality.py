@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import statistics
 import sys
 import time
@@ -114,7 +115,8 @@ def main(argv: list[str] | None = None) -> int:
     print(format_summary(summary))
     print(f"(took {elapsed / 60:.1f} min; estimated {total / 60:.0f} min)")
 
-    out = Path(args.json) if args.json else RUNS_DIR / wb0.cfg.profile / f"quality-{wb0.source.name}.json"
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", wb0.source.name)   # a file name that every system accepts
+    out = Path(args.json) if args.json else RUNS_DIR / wb0.cfg.profile / f"quality-{slug}.json"
     doc = {"data_source": wb0.source.name, "profile": wb0.cfg.profile, "split": split,
            "images": len(wb0.data[split]), "train_images": len(wb0.data["train"]), "seeds": args.seeds,
            "machine": machine(), "seconds": round(elapsed, 1), "estimated_seconds": round(total, 1),
