@@ -99,37 +99,51 @@ def browser():
         b.close()
 
 
-# JavaScript run in the page (window.jupyterapp exists with --expose-app-in-browser)
-NOTEBOOK = "window.jupyterapp.shell.currentWidget"
-KERNEL_READY = f"() => {{ const nb = {NOTEBOOK}; return !!(nb && nb.sessionContext && nb.sessionContext.session " \
-               f"&& nb.sessionContext.session.kernel && nb.sessionContext.session.kernel.status === 'idle'); }}"
-ALL_RUN = f"""() => {{ const nb = {NOTEBOOK};
+# JavaScript run in the page (window.jupyterapp exists with --expose-app-in-browser). The notebook
+# is found by its path, never as "the current widget", which another restored tab could be.
+FIND = """const find = (path) => { for (const w of window.jupyterapp.shell.widgets('main')) {
+    if (w.context && w.context.path === path && w.content && w.sessionContext) return w; } return null; };"""
+KERNEL_READY = f"""(path) => {{ {FIND} const nb = find(path);
+    return !!(nb && nb.sessionContext.session && nb.sessionContext.session.kernel
+              && nb.sessionContext.session.kernel.status === 'idle'); }}"""
+RUN_ALL = f"""async (path) => {{ {FIND} const nb = find(path);
+    window.jupyterapp.shell.activateById(nb.id);
+    if (window.jupyterapp.shell.currentWidget !== nb) throw new Error('could not activate ' + path);
+    await window.jupyterapp.commands.execute('notebook:run-all-cells'); }}"""
+ALL_RUN = f"""(path) => {{ {FIND} const nb = find(path);
     const cells = nb.content.widgets.filter(c => c.model.type === 'code');
     return nb.sessionContext.session.kernel.status === 'idle'
         && cells.every(c => c.model.executionCount !== null && !c.promptNode.textContent.includes('*')); }}"""
-ERRORS = f"""() => {NOTEBOOK}.content.widgets.filter(c => c.model.type === 'code')
+ERRORS = f"""(path) => {{ {FIND} return find(path).content.widgets.filter(c => c.model.type === 'code')
     .flatMap(c => c.model.outputs.toJSON()).filter(o => o.output_type === 'error')
-    .map(o => o.ename + ': ' + o.evalue)"""
+    .map(o => o.ename + ': ' + o.evalue); }}"""
 # SHA-256 of the bytes behind the <img> the Image widget shows (a blob: URL)
 SHOWN_HASH = """async (img) => {
     const bytes = await (await fetch(img.src)).arrayBuffer();
     const digest = await crypto.subtle.digest('SHA-256', bytes);
     return Array.from(new Uint8Array(digest)).map(b => b.toString(16).padStart(2, '0')).join(''); }"""
-# run code in the notebook's kernel and return what it printed
-KERNEL_PRINT = f"""async (code) => {{
-    const future = {NOTEBOOK}.sessionContext.session.kernel.requestExecute({{code}});
+# run code in the notebook's kernel and return what it printed (or the error it raised)
+KERNEL_PRINT = f"""async ([path, code]) => {{ {FIND}
+    const future = find(path).sessionContext.session.kernel.requestExecute({{code}});
     let text = '';
-    future.onIOPub = msg => {{ if (msg.header.msg_type === 'stream') text += msg.content.text; }};
+    future.onIOPub = msg => {{
+        if (msg.header.msg_type === 'stream') text += msg.content.text;
+        if (msg.header.msg_type === 'error') text += 'ERROR ' + msg.content.ename + ': ' + msg.content.evalue;
+    }};
     await future.done;
     return text; }}"""
 
 
-def _run_notebook(page, base: str, token: str, name: str) -> None:
-    page.goto(f"{base}/lab/tree/notebooks/{name}?token={token}")
-    page.wait_for_function(KERNEL_READY, timeout=90_000, polling=300)
-    page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
+def _run_notebook(page, base: str, token: str, name: str) -> str:
+    """Open notebooks/``name`` in a fresh workspace (no tabs restored), run all cells, wait until
+    every code cell has run; return its path on the server."""
+    path = f"notebooks/{name}"
+    page.goto(f"{base}/lab/workspaces/browser-test-{name.split('.')[0]}/tree/{path}?reset&token={token}")
+    page.wait_for_function(KERNEL_READY, arg=path, timeout=90_000, polling=300)
+    page.evaluate(RUN_ALL, path)
     page.wait_for_timeout(1000)
-    page.wait_for_function(ALL_RUN, timeout=300_000, polling=500)
+    page.wait_for_function(ALL_RUN, arg=path, timeout=300_000, polling=500)
+    return path
 
 
 @pytest.mark.parametrize("name", ["02_cspn_refinement.ipynb", "03_dyspn_refinement.ipynb"])
@@ -139,14 +153,15 @@ def test_slider_and_play_change_the_frame_in_jupyterlab(lab, browser, name):
     stem = name.split(".")[0]
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     try:
-        _run_notebook(page, base, token, name)
-        assert page.evaluate(ERRORS) == [], "a cell shows an error"
+        path = _run_notebook(page, base, token, name)
+        assert page.evaluate(ERRORS, path) == [], "a cell shows an error"
 
         # the frames the kernel rendered, as the browser must show them
-        kernel_hashes = page.evaluate(KERNEL_PRINT, "import hashlib\n"
-                                      "print(*[hashlib.sha256(f).hexdigest() for f in scrubber.frames])").split()
+        printed = page.evaluate(KERNEL_PRINT, [path, "import hashlib\n"
+                                "print(*[hashlib.sha256(f).hexdigest() for f in scrubber.frames])"])
+        kernel_hashes = printed.split()
         T = len(kernel_hashes) - 1
-        assert T >= 2 and len(set(kernel_hashes)) == T + 1
+        assert T >= 2 and len(set(kernel_hashes)) == T + 1, printed
 
         slider = page.locator(".widget-slider").last
         image = page.locator(".widget-image").last
@@ -176,7 +191,7 @@ def test_slider_and_play_change_the_frame_in_jupyterlab(lab, browser, name):
         page.wait_for_function(f"async (img) => ({SHOWN_HASH})(img).then(h => h === '{kernel_hashes[T]}')",
                                arg=image.element_handle(), timeout=10_000)
         page.screenshot(path=str(SCREENSHOTS / f"{stem}-after-play.png"))
-        assert page.evaluate(ERRORS) == []
+        assert page.evaluate(ERRORS, path) == []
     finally:
         page.close()
 
