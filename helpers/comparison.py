@@ -152,7 +152,6 @@ def estimate_seconds(wb: Workbook) -> dict[str, float]:
     return estimate
 
 
-
 def save_readme_figures(wb: Workbook, stages: dict[str, StageResult], folder, count: int = 3) -> list:
     """The README's figures, made from ``wb``'s validation set: coarse vs refined maps for the
     ``count`` images where DySPN gains most, and a row of DySPN attention maps of the showcase

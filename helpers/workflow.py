@@ -1,8 +1,11 @@
 """The workbook's stages, as the notebooks call them: open a run, get the coarse model, refine.
 
-A :class:`Workbook` ties together one configuration, one data source and the datasets. Stage
-outputs live under ``runs/<profile>/<data source>/seed<k>/`` so that notebooks 02 and 03 find
-what 01 produced (and rebuild it, with a message, when it is missing).
+A :class:`Workbook` ties together one configuration, one data source and the datasets. Stages:
+``coarse_stage`` (notebook 01), ``refine_stage`` (control / cspn / dyspn, notebooks 02-03), and
+the baselines of notebook 04, ``coarse_longer_stage`` (the equal-compute control) and
+``guided_filter_stage``. Stage outputs live under ``runs/<profile>/<data source>/seed<k>/`` so
+that later notebooks find what earlier ones produced (and rebuild it, with a message, when it
+is missing).
 """
 from __future__ import annotations
 
