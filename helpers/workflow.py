@@ -14,6 +14,7 @@ import json
 import math
 import os
 import re
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from .checkpoint import atomic_save, library_versions
 from .config import Config, load_config
 from .data import REPO_ROOT, DataSource, PetSegmentation, build_datasets, display_path, resolve_source
 from .guided_filter import GuidedFilterRefiner, filter_probabilities
+from .metrics import SegmentationMeter
 from .refiner import CoarseSegmenter, Refiner
 from .training import History, evaluate_probs, fit, load_trained, predict, seed_everything
 from .unet import count_parameters
@@ -226,6 +228,11 @@ def refine_epochs(wb: Workbook, what: str | None = None) -> int:
     return epochs_for(c.refine_epochs, c.refine_min_steps, len(wb.data["train"]), c.batch_size, what)
 
 
+def _coarse_longer_spec(wb: Workbook) -> dict:
+    return {**_coarse_spec(wb, coarse_epochs(wb, verbose=False)), "stage": "coarse-longer",
+            "extra_epochs": refine_epochs(wb)}
+
+
 def coarse_longer_stage(wb: Workbook, retrain: bool = False, progress: bool = True) -> StageResult:
     """The equal-compute control: the coarse U-Net trained on, from its own weights, for as many
     extra epochs as every refiner gets. A refiner must beat this, not only the 3-epoch net."""
@@ -235,7 +242,7 @@ def coarse_longer_stage(wb: Workbook, retrain: bool = False, progress: bool = Tr
     seed_everything(cfg.seed)
     model = CoarseSegmenter.from_config(cfg).to(wb.device)
     model.load_state_dict(base.model.state_dict())
-    spec = {**_coarse_spec(wb, coarse_epochs(wb, verbose=False)), "stage": "coarse-longer", "extra_epochs": extra}
+    spec = _coarse_longer_spec(wb)
     label = f"coarse U-Net, {extra} more epochs"
     history, _ = _train_or_load(wb, model, "coarse-longer", label, spec, extra, cfg.coarse_lr, retrain, progress)
     return _finish(wb, "coarse-longer", model, history, {"extra_epochs": extra})
@@ -247,10 +254,6 @@ GUIDED_FILTER_GRID = {"radius": (2, 4, 8), "eps": (1e-3, 1e-2, 1e-1)}
 def guided_filter_stage(wb: Workbook, grid: dict | None = None) -> StageResult:
     """The classical baseline: the guided filter on the coarse map, with the image as guide.
     Nothing is trained; its radius and eps are the best of ``grid`` on the validation set."""
-    import time
-
-    from .metrics import SegmentationMeter
-
     grid = grid or GUIDED_FILTER_GRID
     coarse = load_coarse(wb)
     val = wb.data["val"]
@@ -278,7 +281,7 @@ def stage_checkpoint(wb: Workbook, name: str) -> Path:
     if name == "coarse":
         return checkpoint_path(wb, name, coarse_spec)
     if name == "coarse-longer":
-        return checkpoint_path(wb, name, {**coarse_spec, "stage": name, "extra_epochs": refine_epochs(wb)})
+        return checkpoint_path(wb, name, _coarse_longer_spec(wb))
     spec = _refiner_spec(wb, name, cfg.start_map, coarse_spec["epochs"], refine_epochs(wb))
     return checkpoint_path(wb, name, spec)
 
