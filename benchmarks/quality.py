@@ -2,13 +2,17 @@
 
 Trains (or loads) the whole chain for each seed: the coarse U-Net, the guided filter, the coarse
 U-Net trained on (equal-compute control), the refiner U-Net without propagation, CSPN and DySPN;
-evaluates them on the official test split (on the validation split where the folder has no
-test images, and says so); prints one table with the mean and spread over seeds and the gains
-over the coarse map, and writes the same figures to a JSON file. Before training it prints how
+evaluates them on the validation split and on the official test split (where the folder has
+one); prints a table per split with the mean and spread over seeds and the gains over the
+coarse map, and writes the same figures to a JSON file. Before training it prints how
 long the run will take, from a timed training step of each model.
 
     python benchmarks/quality.py --profile cpu --seeds 0 1                       # synthetic default
     python benchmarks/quality.py --data-root ../shared/oxford-pets-sample --profile cpu --seeds 0 1
+    python benchmarks/quality.py --profile cpu --seeds 0 1 --set coarse_size=64   # a tuning variant
+
+Both the validation split (where the workbook's quality criteria are stated and the guided
+filter is tuned) and the test split (held out from every choice) are reported.
 
 Checkpoints go where the notebooks put theirs (runs/<profile>/<data>/seed<k>/): a stage the
 notebooks already trained is loaded, not trained again, and the other way round.
@@ -78,21 +82,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-root", help="a folder holding oxford-iiit-pet/ (default: PETS_ROOT, data/, or synthetic)")
     parser.add_argument("--profile", choices=("smoke", "cpu", "full"), help="default: WORKBOOK_PROFILE, else cpu / full")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    parser.add_argument("--json", help="output file (default: runs/<profile>/quality-<data>.json)")
+    parser.add_argument("--set", nargs="+", default=[], metavar="FIELD=VALUE", dest="overrides",
+                        help="configuration overrides, e.g. coarse_size=64 refine_lr=1e-3 (a tuning variant)")
+    parser.add_argument("--json", help="output file (default: runs/<profile>/quality-<data>[-<overrides>].json)")
     args = parser.parse_args(argv)
 
     from helpers.comparison import STAGES, all_stages, comparison_rows, estimate_seconds
+    from helpers.config import parse_overrides
     from helpers.data import display_path
     from helpers.workflow import RUNS_DIR, open_workbook
 
     if args.data_root and not (Path(args.data_root).expanduser() / "oxford-iiit-pet").is_dir():
         parser.error(f"--data-root {args.data_root} does not hold an 'oxford-iiit-pet' folder")
-    books = [open_workbook(args.profile, args.data_root, seed, verbose=(k == 0)) for k, seed in enumerate(args.seeds)]
+    try:
+        overrides = parse_overrides(args.overrides)
+    except ValueError as err:
+        parser.error(str(err))
+    books = [open_workbook(args.profile, args.data_root, seed, verbose=(k == 0), **overrides)
+             for k, seed in enumerate(args.seeds)]
     wb0 = books[0]
-    split = "test" if len(wb0.data["test"]) else "val"
-    if split == "val":
-        print("this folder has no test images: evaluating on the validation split, which also chose the "
-              "guided filter's settings")
+    splits = ("val", "test") if len(wb0.data["test"]) else ("val",)
+    if splits == ("val",):
+        print("this folder has no test images: reporting the validation split only")
+    if overrides:
+        print(f"overrides: {overrides}")
     print(f"machine: {machine()}")
     estimates = [estimate_seconds(wb) for wb in books]
     total = sum(sum(e.values()) for e in estimates)
@@ -102,26 +115,30 @@ def main(argv: list[str] | None = None) -> int:
           flush=True)
 
     t0 = time.perf_counter()
-    per_seed = {}
+    per_seed = {split: {} for split in splits}
     for wb in books:
         print(f"--- seed {wb.cfg.seed}", flush=True)
         stages = all_stages(wb)
-        per_seed[wb.cfg.seed] = comparison_rows(wb, {s: stages[s] for s in STAGES}, split)
+        for split in splits:
+            per_seed[split][wb.cfg.seed] = comparison_rows(wb, {s: stages[s] for s in STAGES}, split)
     elapsed = time.perf_counter() - t0
 
-    summary = summarise(per_seed)
-    print(f"\n{wb0.source.name}, profile {wb0.cfg.profile}, {split} split ({len(wb0.data[split])} images), "
-          f"seeds {', '.join(map(str, args.seeds))}: mean ± sample standard deviation over seeds")
-    print(format_summary(summary))
+    summary = {split: summarise(rows) for split, rows in per_seed.items()}
+    for split in splits:
+        print(f"\n{wb0.source.name}, profile {wb0.cfg.profile}, {split} split ({len(wb0.data[split])} images), "
+              f"seeds {', '.join(map(str, args.seeds))}: mean ± sample standard deviation over seeds")
+        print(format_summary(summary[split]))
     print(f"(took {elapsed / 60:.1f} min; estimated {total / 60:.0f} min)")
 
-    slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", wb0.source.name)   # a file name that every system accepts
+    variant = "".join(f"-{k}={v}" for k, v in overrides.items())
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", wb0.source.name + variant)   # a file name that every system accepts
     out = Path(args.json) if args.json else RUNS_DIR / wb0.cfg.profile / f"quality-{slug}.json"
-    doc = {"data_source": wb0.source.name, "profile": wb0.cfg.profile, "split": split,
-           "images": len(wb0.data[split]), "train_images": len(wb0.data["train"]), "seeds": args.seeds,
+    doc = {"data_source": wb0.source.name, "profile": wb0.cfg.profile, "overrides": overrides,
+           "config": wb0.cfg.to_dict(), "images": {s: len(wb0.data[s]) for s in splits},
+           "train_images": len(wb0.data["train"]), "seeds": args.seeds,
            "machine": machine(), "seconds": round(elapsed, 1), "estimated_seconds": round(total, 1),
            "command": "python benchmarks/quality.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-           "summary": summary, "per_seed": {str(k): v for k, v in per_seed.items()}}
+           "summary": summary, "per_seed": {split: {str(k): v for k, v in rows.items()} for split, rows in per_seed.items()}}
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".tmp")
     tmp.write_text(json.dumps(doc, indent=2))

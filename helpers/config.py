@@ -22,7 +22,11 @@ class Config:
     device: str = "cpu"                  # "cpu" or "cuda"; taken from torch by load_config
     # data
     image_size: int = 128                # side of the square the images are resized to
-    coarse_size: int = 64                # the coarse U-Net sees a smaller image: its map is blobby by design
+    # the coarse U-Net sees a 4x smaller image, so its map is blobby by design; at 32 px (rather
+    # than 64) it also learns the pet's extent faster from little data (real sample, val mIoU
+    # 0.61 / 0.55 vs 0.55 / 0.54 for seeds 0 / 1) and leaves boundary errors that propagation
+    # can fix with the full-resolution image
+    coarse_size: int = 32
     val_fraction: float = 0.2            # carved from trainval, deterministic by image id
     max_train: int | None = None         # cap on train images (None: all)
     max_eval: int | None = None          # cap on val / test images
@@ -71,7 +75,7 @@ _PROFILE_SETTINGS: dict[str, dict] = {
     # the default without a GPU: real learning at 128 px, the whole workbook in about 15 minutes
     "cpu": dict(),
     # the default with CUDA: the report's settings
-    "full": dict(image_size=256, coarse_size=128, synthetic_trainval=2000, synthetic_test=400,
+    "full": dict(image_size=256, coarse_size=64, synthetic_trainval=2000, synthetic_test=400,
                  coarse_width=32, refiner_width=32, batch_size=16, coarse_epochs=3,
                  refine_epochs=40, refine_lr=1e-3, num_workers=2),
 }
@@ -82,6 +86,41 @@ def profile_config(profile: str, **overrides) -> Config:
     if profile not in _PROFILE_SETTINGS:
         raise ValueError(f"unknown profile {profile!r}: choose one of {', '.join(PROFILES)}")
     return Config(profile=profile, **{**_PROFILE_SETTINGS[profile], **overrides})
+
+
+def parse_overrides(pairs: list[str]) -> dict:
+    """``["coarse_size=64", "refine_lr=1e-3", "start_map=corrected"]`` -> typed overrides.
+
+    Each value is converted to the type of the :class:`Config` field it sets (``none`` for an
+    optional cap); an unknown field or a value of the wrong type is a clear error.
+    """
+    fields = {f.name: f for f in dataclasses.fields(Config)}
+    out = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        key = key.strip()
+        if not sep or key not in fields:
+            raise ValueError(f"expected FIELD=VALUE with FIELD one of {', '.join(fields)}; got {pair!r}")
+        if key in ("profile", "seed", "device"):
+            raise ValueError(f"{key} has its own option; it cannot be set with FIELD=VALUE")
+        kind = str(fields[key].type)
+        raw = raw.strip()
+        try:
+            if raw.lower() == "none" and "None" in kind:
+                out[key] = None
+            elif kind.startswith("bool"):
+                if raw.lower() not in ("true", "false", "1", "0"):
+                    raise ValueError
+                out[key] = raw.lower() in ("true", "1")
+            elif kind.startswith("int"):
+                out[key] = int(raw)
+            elif kind.startswith("float"):
+                out[key] = float(raw)
+            else:
+                out[key] = raw
+        except ValueError:
+            raise ValueError(f"{key} takes a value of type {kind}, got {raw!r}") from None
+    return out
 
 
 def default_profile() -> str:
