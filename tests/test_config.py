@@ -43,3 +43,33 @@ def test_coarse_map_is_coarser_than_the_image_in_every_profile():
     for name in ("smoke", "cpu", "full"):
         cfg = profile_config(name)
         assert cfg.coarse_size < cfg.image_size
+
+
+@pytest.mark.parametrize("name", ["smoke", "cpu", "full"])
+def test_every_profile_trains_a_step_at_its_own_resolution(name):
+    """The full profile never runs on the CPU test machine: one optimiser step of each of its
+    refiners, at its own image size and widths, checks that its settings fit together (the coarse
+    size halves ``coarse_depth`` times, the head layout matches T and the kernel)."""
+    import torch
+
+    from helpers.refiner import CoarseSegmenter, Refiner
+    from helpers.training import segmentation_loss
+
+    torch.manual_seed(0)
+    cfg = profile_config(name, device="cpu")
+    assert cfg.coarse_size % 2 ** cfg.coarse_depth == 0 and cfg.image_size % 2 ** cfg.refiner_depth == 0
+    coarse = CoarseSegmenter.from_config(cfg)
+    image = torch.rand(1, 3, cfg.image_size, cfg.image_size)
+    target = (torch.rand(1, cfg.image_size, cfg.image_size) > 0.5).long()
+    for method in ("cspn", "dyspn"):
+        model = Refiner.from_config(cfg, coarse, method)
+        out = model.refine(image)
+        assert out.probs.shape == (1, 2, cfg.image_size, cfg.image_size)
+        assert len(out.propagation.maps) == cfg.iterations + 1
+        torch.testing.assert_close(out.probs, out.coarse)           # zero-initialised head: identity
+        segmentation_loss(out.probs, target).backward()
+        grads = [p.grad for p in model.guidance.parameters() if p.grad is not None]
+        assert grads and all(torch.isfinite(g).all() for g in grads)
+        head = model.guidance.head.conv.weight.grad
+        assert head.shape[0] == model.layout.channels and head.abs().sum() > 0, "the zero head gets no gradient"
+        assert all(p.grad is None for p in model.coarse.parameters())   # the coarse net stays frozen
