@@ -101,7 +101,7 @@ def parse_overrides(pairs: list[str]) -> dict:
         key = key.strip()
         if not sep or key not in fields:
             raise ValueError(f"expected FIELD=VALUE with FIELD one of {', '.join(fields)}; got {pair!r}")
-        if key in ("profile", "seed", "device"):
+        if key in ("profile", "seed"):
             raise ValueError(f"{key} has its own option; it cannot be set with FIELD=VALUE")
         kind = str(fields[key].type)
         raw = raw.strip()

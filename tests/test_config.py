@@ -6,13 +6,14 @@ from helpers.config import Config, load_config, parse_overrides, profile_config
 
 def test_overrides_take_the_type_of_their_field():
     got = parse_overrides(["coarse_size=64", "refine_lr=1e-3", "start_map=corrected", "max_train=none",
-                           "amp=false", "augment=1"])
+                           "amp=false", "augment=1", "device=cpu"])
     assert got == {"coarse_size": 64, "refine_lr": 1e-3, "start_map": "corrected", "max_train": None,
-                   "amp": False, "augment": True}
+                   "amp": False, "augment": True, "device": "cpu"}
     assert type(got["coarse_size"]) is int and type(got["refine_lr"]) is float
     # the parsed overrides build the same Config as keyword arguments would
     assert profile_config("cpu", **got) == Config(profile="cpu", coarse_size=64, refine_lr=1e-3,
-                                                  start_map="corrected", max_train=None, amp=False)
+                                                  start_map="corrected", max_train=None, amp=False,
+                                                  device="cpu")
 
 
 @pytest.mark.parametrize("pair, message", [
@@ -23,6 +24,7 @@ def test_overrides_take_the_type_of_their_field():
     ("amp=maybe", "type bool"),
     ("coarse_size=none", "type int"),        # only optional fields take none
     ("seed=3", "own option"),
+    ("profile=full", "own option"),
 ])
 def test_bad_overrides_are_refused_with_the_reason(pair, message):
     with pytest.raises(ValueError, match=message):
