@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers.comparison import estimate_seconds, iteration_sweep, seconds_per_image
+from helpers.comparison import STAGES, estimate_seconds, iteration_sweep, seconds_per_image
 from helpers.propagation import DySPN
 from helpers.refiner import Refiner
 from helpers.training import evaluate_probs, predict
@@ -138,3 +138,29 @@ def test_quality_summary_mean_spread_and_gains():
     assert dyspn["gain_boundary_iou"] == pytest.approx((0.12, 0.0282843), abs=1e-6)
     assert "+0.080" in q.format_summary(summary)
     assert q.spread([0.5]) == (0.5, 0.0)
+
+
+def test_quality_benchmark_end_to_end_with_overrides(tmp_path, monkeypatch, capsys):
+    """The benchmark's main path on the smoke profile: a variant set with --set is trained with
+    that setting (its checkpoint's spec says so), both splits are printed and written, one row
+    per stage, and a misspelt field is refused by the command line."""
+    import json
+
+    import helpers.workflow as workflow
+
+    q = _quality_module()
+    monkeypatch.setattr(workflow, "RUNS_DIR", tmp_path)
+    assert q.main(["--profile", "smoke", "--seeds", "0", "--set", "coarse_size=16"]) == 0
+    out = tmp_path / "smoke" / "quality-synthetic-coarse_size-16.json"
+    doc = json.loads(out.read_text())
+    assert doc["overrides"] == {"coarse_size": 16} and doc["config"]["coarse_size"] == 16
+    assert set(doc["summary"]) == {"val", "test"} and doc["images"]["test"] > 0
+    val, test = doc["per_seed"]["val"]["0"], doc["per_seed"]["test"]["0"]
+    assert [r["stage"] for r in val] == [r["stage"] for r in test] == list(STAGES)
+    ckpt = next((tmp_path / "smoke" / "synthetic" / "seed0").glob("coarse-*[0-9a-f].pt"))
+    assert torch.load(ckpt, weights_only=False)["spec"]["coarse_size"] == 16   # the variant really trained
+    printed = capsys.readouterr().out
+    assert "val split" in printed and "test split" in printed
+    with pytest.raises(SystemExit):   # argparse's error: a clear message, exit status 2
+        q.main(["--profile", "smoke", "--set", "coarse_sise=16"])
+    assert "coarse_sise" in capsys.readouterr().err
