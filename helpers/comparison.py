@@ -1,7 +1,8 @@
 """Every refinement step side by side: what each buys, what it costs, and how T matters.
 
 * :func:`all_stages` loads (or trains) the whole chain for one workbook: the coarse U-Net, the
-  guided filter, both controls, CSPN and DySPN.
+  guided filter, both controls, CSPN and DySPN; then the same controls and refiners on a
+  converged U-Net (the two settings: refining a minimally trained net, refining a good one).
 * :func:`comparison_rows` / :func:`format_table`: metrics, parameters, training time and
   inference time per image, one row per stage.
 * :func:`iteration_sweep`: a trained refiner evaluated at T = 0..T_max at inference (one pass:
@@ -19,22 +20,36 @@ from .metrics import SegmentationMeter
 from .refiner import CoarseSegmenter, Refiner
 from .training import autocast_for, make_loader, segmentation_loss
 from .workflow import (StageResult, Workbook, coarse_epochs, coarse_longer_stage, guided_filter_stage, load_coarse,
-                       refine_epochs, refine_stage, stage_checkpoint)
+                       parse_stage, refine_epochs, refine_stage, stage_checkpoint, stage_name)
 
-# the order of the table: from nothing learned to the most elaborate refiner
+# the order of the table: from nothing learned to the most elaborate refiner, in each setting
 STAGES = ("coarse", "guided-filter", "coarse-longer", "control", "cspn", "dyspn")
+CONVERGED_STAGES = ("converged", "converged-longer", "converged+control", "converged+cspn", "converged+dyspn")
 LABELS = {"coarse": "coarse U-Net", "guided-filter": "guided filter (no training)",
           "coarse-longer": "coarse U-Net trained on", "control": "refiner U-Net, no propagation",
-          "cspn": "CSPN", "dyspn": "DySPN"}
+          "cspn": "CSPN", "dyspn": "DySPN",
+          "converged": "converged U-Net", "converged-longer": "converged U-Net trained on",
+          "converged+control": "converged + refiner U-Net, no propagation",
+          "converged+cspn": "converged + CSPN", "converged+dyspn": "converged + DySPN"}
 
 
-def all_stages(wb: Workbook, progress: bool = True) -> dict[str, StageResult]:
-    """The whole chain for ``wb``, each stage loaded from its checkpoint or trained now."""
+def base_of(stage: str) -> str:
+    """The stage a row's gain is measured against: ``coarse``, or ``converged`` for its setting."""
+    return parse_stage(stage)[0]
+
+
+def all_stages(wb: Workbook, progress: bool = True, converged: bool = True) -> dict[str, StageResult]:
+    """The whole chain for ``wb``, each stage loaded from its checkpoint or trained now: the
+    report's setting (:data:`STAGES`), then, with ``converged``, the same refiners and controls
+    on a converged U-Net (:data:`CONVERGED_STAGES`)."""
     stages = {"coarse": load_coarse(wb, progress)}
     stages["guided-filter"] = guided_filter_stage(wb)
-    stages["coarse-longer"] = coarse_longer_stage(wb, progress=progress)
-    for method in ("control", "cspn", "dyspn"):
-        stages[method] = refine_stage(wb, method, progress=progress)
+    bases = ("coarse", "converged") if converged else ("coarse",)
+    for base in bases:
+        stages[stage_name(base, "base")] = load_coarse(wb, progress, base)
+        stages[stage_name(base, "longer")] = coarse_longer_stage(wb, progress=progress, base=base)
+        for method in ("control", "cspn", "dyspn"):
+            stages[stage_name(base, method)] = refine_stage(wb, method, progress=progress, base=base)
     return stages
 
 
@@ -119,7 +134,9 @@ def _step_seconds(model: torch.nn.Module, images: torch.Tensor, targets: torch.T
     for _ in range(steps):
         _synchronise(images.device)
         t0 = time.perf_counter()
-        loss = segmentation_loss(model(images), targets)
+        # a refiner's step is its real training step (perturbed start maps, deep supervision)
+        loss = model.training_loss(images, targets) if isinstance(model, Refiner) else \
+            segmentation_loss(model(images), targets)
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         optimiser.step()
@@ -128,10 +145,11 @@ def _step_seconds(model: torch.nn.Module, images: torch.Tensor, targets: torch.T
     return min(times[1:] or times)
 
 
-def estimate_seconds(wb: Workbook) -> dict[str, float]:
+def estimate_seconds(wb: Workbook, converged: bool = True) -> dict[str, float]:
     """Seconds each stage of :func:`all_stages` will need to train on ``wb``, from a timed step of
     each model on one training batch (evaluation passes counted as a third of a step per batch);
-    0 for a stage whose checkpoint exists (it is loaded). Nothing is trained or saved."""
+    0 for a stage whose checkpoint exists (it is loaded); the converged net counted at its cap
+    (an upper bound). Nothing is trained or saved."""
     cfg = wb.cfg
     loader = make_loader(wb.data["train"], cfg.batch_size, shuffle=False)
     images, targets = next(iter(loader))
@@ -140,15 +158,19 @@ def estimate_seconds(wb: Workbook) -> dict[str, float]:
     evals = math.ceil((len(wb.data["val"]) + len(wb.data["test"])) / cfg.batch_size)
     coarse = CoarseSegmenter.from_config(cfg).to(wb.device)
     per_step = {"coarse": _step_seconds(coarse, images, targets)}
-    per_step["coarse-longer"] = per_step["coarse"]
     frozen = CoarseSegmenter.from_config(cfg).to(wb.device)
     for method in ("control", "cspn", "dyspn"):
         per_step[method] = _step_seconds(Refiner.from_config(cfg, frozen, method).to(wb.device), images, targets)
-    epochs = {"coarse": coarse_epochs(wb, verbose=False), "coarse-longer": refine_epochs(wb),
-              **{m: refine_epochs(wb) for m in ("control", "cspn", "dyspn")}}
-    estimate = {name: 0.0 if stage_checkpoint(wb, name).exists() else per_step[name] * epochs[name] * (steps + evals / 3)
-                for name in per_step}
-    estimate["guided-filter"] = per_step["coarse"] * 9 * evals / 3
+    estimate = {}
+    for name in STAGES + (CONVERGED_STAGES if converged else ()):
+        base, what = parse_stage(name)
+        if name == "guided-filter":
+            estimate[name] = per_step["coarse"] * 9 * evals / 3
+            continue
+        # the converged net's epochs are a cap: early stopping usually ends it sooner
+        epochs = coarse_epochs(wb, False, base) if what == "base" else refine_epochs(wb)
+        step = per_step["coarse" if what in ("base", "longer") else what]
+        estimate[name] = 0.0 if stage_checkpoint(wb, name).exists() else step * epochs * (steps + evals / 3)
     return estimate
 
 

@@ -16,6 +16,10 @@
   initial depth); ``start="coarse"`` starts from the coarse map, as the report did. The control
   is exactly the corrected start with no propagation. Every head is zero-initialised, so each
   refiner starts as the identity on the coarse map.
+
+Training (see :meth:`Refiner.training_loss`): in train mode a share ``perturb`` of the coarse
+maps is degraded before the refiner sees them (:mod:`helpers.perturb`), and the loss may
+supervise every iteration and weigh the boundary band (:mod:`helpers.losses`).
 """
 from __future__ import annotations
 
@@ -26,6 +30,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import Config
+from .losses import refinement_loss
+from .perturb import perturb_map
 from .propagation import CSPN, DySPN, PropagationResult
 from .unet import UNet
 
@@ -90,7 +96,8 @@ class Refiner(nn.Module):
     """Frozen coarse segmenter + guidance U-Net + propagation: (B, 3, H, W) -> (B, C, H, W)."""
 
     def __init__(self, coarse: CoarseSegmenter, method: str = "cspn", start: str = "coarse", classes: int = 2,
-                 width: int = 16, depth: int = 4, iterations: int = 6, kernel: int = 7):
+                 width: int = 16, depth: int = 4, iterations: int = 6, kernel: int = 7,
+                 perturb: float = 0.0, deep_supervision: bool = False, boundary_weight: float = 1.0):
         super().__init__()
         if method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {method!r}")
@@ -98,6 +105,7 @@ class Refiner(nn.Module):
             raise ValueError(f"start must be one of {STARTS}, got {start!r}")
         self.coarse = coarse.requires_grad_(False).eval()
         self.method, self.start_mode, self.classes = method, start, classes
+        self.perturb, self.deep_supervision, self.boundary_weight = perturb, deep_supervision, boundary_weight
         if method == "cspn":
             self.propagator = CSPN(iterations)
             layout = HeadLayout.build(method, start, classes, affinity=self.propagator.affinity_channels)
@@ -115,7 +123,7 @@ class Refiner(nn.Module):
     def from_config(cls, cfg: Config, coarse: CoarseSegmenter, method: str, start: str | None = None,
                     classes: int = 2) -> "Refiner":
         return cls(coarse, method, start or cfg.start_map, classes, cfg.refiner_width, cfg.refiner_depth,
-                   cfg.iterations, cfg.dyspn_kernel)
+                   cfg.iterations, cfg.dyspn_kernel, cfg.perturb, cfg.deep_supervision, cfg.boundary_weight)
 
     def train(self, mode: bool = True) -> "Refiner":
         super().train(mode)
@@ -124,9 +132,12 @@ class Refiner(nn.Module):
 
     def refine(self, image: torch.Tensor, iterations: int | None = None, suppression: bool = True) -> RefineOutput:
         """image (B, 3, H, W) -> :class:`RefineOutput`; ``iterations`` overrides T (an iteration
-        sweep); ``suppression=False`` drops DySPN's diffusion suppression (an ablation)."""
+        sweep); ``suppression=False`` drops DySPN's diffusion suppression (an ablation).
+        In train mode the coarse map is degraded first (``perturb``); never in eval mode."""
         with torch.no_grad():
             coarse = self.coarse(image)
+            if self.training:
+                coarse = perturb_map(coarse, self.perturb)
         head = self.guidance(torch.cat([image, coarse.to(image.dtype)], 1)).float()
         start = coarse
         if self.layout.start[1] > self.layout.start[0]:
@@ -142,3 +153,11 @@ class Refiner(nn.Module):
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         return self.refine(image).probs
+
+    def training_loss(self, image: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Loss of one batch, image (B, 3, H, W) and target (B, H, W): cross-entropy of H^T, or of
+        every H^t with ``deep_supervision``, boundary band weighted by ``boundary_weight``."""
+        out = self.refine(image)
+        # the control has no iterations: its corrected map is its only output
+        maps = out.propagation.maps if out.propagation is not None else [out.coarse, out.probs]
+        return refinement_loss(maps, target, self.deep_supervision, self.boundary_weight)

@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from .checkpoint import atomic_save, check_spec, library_versions, safe_load
+from .losses import segmentation_loss
 from .metrics import SegmentationMeter
 
 
@@ -42,11 +42,6 @@ def autocast_for(device: torch.device | str, amp: bool):
     return contextlib.nullcontext()
 
 
-def segmentation_loss(probs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy of probabilities (B, C, H, W) against class indices (B, H, W)."""
-    return F.nll_loss(torch.log(probs.float().clamp_min(1e-6)), target)
-
-
 @dataclass
 class History:
     """Per-epoch training loss and validation metrics, plus wall time."""
@@ -55,13 +50,15 @@ class History:
     train_loss: list = field(default_factory=list)
     val: list = field(default_factory=list)          # dicts from SegmentationMeter.summary
     seconds: float = 0.0
+    best_epoch: int | None = None                     # with early stopping: the epoch whose weights were kept
 
     def to_dict(self) -> dict:
-        return {"epoch": self.epoch, "train_loss": self.train_loss, "val": self.val, "seconds": self.seconds}
+        return {"epoch": self.epoch, "train_loss": self.train_loss, "val": self.val, "seconds": self.seconds,
+                "best_epoch": self.best_epoch}
 
     @classmethod
     def from_dict(cls, d: dict) -> "History":
-        return cls(list(d["epoch"]), list(d["train_loss"]), list(d["val"]), float(d["seconds"]))
+        return cls(list(d["epoch"]), list(d["train_loss"]), list(d["val"]), float(d["seconds"]), d.get("best_epoch"))
 
 
 @torch.inference_mode()
@@ -97,13 +94,18 @@ def evaluate(model: nn.Module, dataset: Dataset, batch_size: int, device, amp: b
 def fit(model: nn.Module, *, train_set: Dataset, val_set: Dataset, epochs: int, lr: float,
         batch_size: int, device: str | torch.device = "cpu", seed: int = 0, weight_decay: float = 1e-4,
         amp: bool = True, checkpoint: str | Path | None = None, spec: dict | None = None,
-        desc: str = "training", progress: bool = True) -> History:
+        desc: str = "training", progress: bool = True, loss_fn=None, patience: int | None = None) -> History:
     """Train ``model`` with AdamW and a one-cycle schedule; return the :class:`History`.
 
     Steps: 1. seed and build the loader; 2. resume from ``checkpoint`` if it holds an unfinished
     run of the same ``spec``; 3. per epoch, train with a progress bar of the live loss, evaluate
-    on ``val_set`` and write the checkpoint atomically (weights, optimiser, schedule, history).
-    Only parameters with ``requires_grad`` are optimised (the refiners keep the coarse net frozen).
+    on ``val_set`` and write the checkpoint atomically (weights, optimiser, schedule, history);
+    4. with ``patience`` (training to convergence), the rate falls on validation plateaus instead
+    of following one cycle; stop once validation mIoU has not improved for ``patience`` epochs and
+    keep the best epoch's weights (``epochs`` is then a cap). The checkpoint is marked finished.
+    ``loss_fn(image, target)`` replaces the default cross-entropy of ``model(image)`` (the
+    refiners' :meth:`~helpers.refiner.Refiner.training_loss`). Only parameters with
+    ``requires_grad`` are optimised (the refiners keep the coarse net frozen).
     """
     from tqdm.auto import tqdm
 
@@ -113,18 +115,27 @@ def fit(model: nn.Module, *, train_set: Dataset, val_set: Dataset, epochs: int, 
     loader = make_loader(train_set, batch_size, shuffle=True, seed=seed)
     params = [p for p in model.parameters() if p.requires_grad]
     optimiser = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=lr, total_steps=max(1, epochs * len(loader)),
-                                                   pct_start=0.15)
+    if patience is None:
+        schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=lr, total_steps=max(1, epochs * len(loader)),
+                                                       pct_start=0.15)
+    else:
+        # training to convergence: a one-cycle schedule over the cap would stop at a high rate,
+        # mid-cycle; instead the rate falls (x0.3) whenever validation mIoU stalls for a third of
+        # the patience, so that by the time it has stalled for the whole patience the net has settled
+        schedule = torch.optim.lr_scheduler.ReduceLROnPlateau(optimiser, mode="max", factor=0.3,
+                                                              patience=max(1, patience // 3))
     scaler = torch.amp.GradScaler("cuda", enabled=amp and device.type == "cuda"
                                   and not torch.cuda.is_bf16_supported())
-    history, start = History(), 0
+    loss_fn = loss_fn or (lambda image, target: segmentation_loss(model(image), target))
+    history, start, best_state = History(), 0, None
     spec = spec or {}
     if checkpoint is not None and Path(checkpoint).exists():
         state = safe_load(checkpoint)
         check_spec(state, spec, checkpoint)
         model.load_state_dict(state["state_dict"])
         history = History.from_dict(state["history"])
-        start = int(state["epoch"])
+        best_state = state.get("best_state_dict")
+        start = epochs if state.get("finished") else int(state["epoch"])
         if start < epochs and "optimiser" in state:
             optimiser.load_state_dict(state["optimiser"])
             schedule.load_state_dict(state["schedule"])
@@ -140,13 +151,13 @@ def fit(model: nn.Module, *, train_set: Dataset, val_set: Dataset, epochs: int, 
         for image, target in batch_bar:
             image, target = image.to(device), target.to(device)
             with autocast_for(device, amp):
-                probs = model(image)
-            loss = segmentation_loss(probs, target)
+                loss = loss_fn(image, target)
             optimiser.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimiser)
             scaler.update()
-            schedule.step()
+            if patience is None:
+                schedule.step()
             running += loss.item() * len(image)
             seen += len(image)
             batch_bar.set_postfix(loss=f"{running / seen:.3f}")
@@ -156,12 +167,28 @@ def fit(model: nn.Module, *, train_set: Dataset, val_set: Dataset, epochs: int, 
         history.val.append(metrics)
         history.seconds = time.perf_counter() - t0
         epoch_bar.set_postfix(loss=f"{history.train_loss[-1]:.3f}", val_miou=f"{metrics['miou']:.3f}")
+        stop = False
+        if patience is not None:
+            schedule.step(metrics["miou"])
+            if history.best_epoch is None or metrics["miou"] > history.val[history.best_epoch - 1]["miou"]:
+                history.best_epoch = epoch + 1
+                best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+            stop = epoch + 1 - history.best_epoch >= patience
+        finished = stop or epoch + 1 == epochs
+        if finished and best_state is not None:
+            model.load_state_dict(best_state)   # early stopping keeps the best epoch, not the last
         if checkpoint is not None:
-            atomic_save({"state_dict": model.state_dict(), "spec": spec, "epoch": epoch + 1,
+            atomic_save({"state_dict": model.state_dict(), "spec": spec, "epoch": epoch + 1, "finished": finished,
                          "history": history.to_dict(), "metrics": metrics, "versions": library_versions(),
                          "optimiser": optimiser.state_dict(), "schedule": schedule.state_dict(),
-                         "rng": torch.get_rng_state(), "loader_rng": loader.generator.get_state()},
+                         "rng": torch.get_rng_state(), "loader_rng": loader.generator.get_state(),
+                         **({"best_state_dict": best_state} if best_state is not None and not finished else {})},
                         checkpoint)
+        if stop:
+            epoch_bar.close()
+            print(f"{desc}: validation mIoU has not improved for {patience} epochs; stopped after epoch {epoch + 1}, "
+                  f"keeping epoch {history.best_epoch} ({history.val[history.best_epoch - 1]['miou']:.3f})")
+            break
     return history
 
 
@@ -171,7 +198,7 @@ def load_trained(model: nn.Module, checkpoint: str | Path, spec: dict, epochs: i
         return None
     state = safe_load(checkpoint)
     check_spec(state, spec, checkpoint)
-    if int(state["epoch"]) < epochs:
+    if not state.get("finished") and int(state["epoch"]) < epochs:
         return None  # unfinished: fit() resumes it
     model.load_state_dict(state["state_dict"])
     return History.from_dict(state["history"])

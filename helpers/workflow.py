@@ -114,18 +114,54 @@ def epochs_for(epochs: int, min_steps: int, n_train: int, batch_size: int, what:
     return needed
 
 
-def _coarse_spec(wb: Workbook, epochs: int) -> dict:
+# The two settings of the comparison: refine the report's minimally trained coarse U-Net
+# ("coarse"), or a coarse U-Net trained until its validation mIoU stops improving ("converged").
+BASES = ("coarse", "converged")
+
+
+def stage_name(base: str, what: str) -> str:
+    """The stage's name: ``coarse`` / ``converged`` for the base net, ``<base>-longer`` for its
+    equal-compute control, ``cspn`` / ``converged+cspn`` (etc.) for a refiner on it."""
+    if what == "base":
+        return base
+    if what == "longer":
+        return f"{base}-longer"
+    return what if base == "coarse" else f"{base}+{what}"
+
+
+def parse_stage(name: str) -> tuple[str, str]:
+    """Inverse of :func:`stage_name`: ``"converged+cspn"`` -> ``("converged", "cspn")``."""
+    base, plus, what = name.partition("+")
+    if plus:
+        return base, what
+    if name in BASES:
+        return name, "base"
+    if name.endswith("-longer") and name[:-len("-longer")] in BASES:
+        return name[:-len("-longer")], "longer"
+    return "coarse", name
+
+
+def _check_base(base: str) -> None:
+    if base not in BASES:
+        raise ValueError(f"base must be one of {BASES}, got {base!r}")
+
+
+def _coarse_spec(wb: Workbook, epochs: int, base: str = "coarse") -> dict:
     c = wb.cfg
-    return {"stage": "coarse", "data": wb.source.name, "image_size": c.image_size, "coarse_size": c.coarse_size,
+    spec = {"stage": "coarse", "data": wb.source.name, "image_size": c.image_size, "coarse_size": c.coarse_size,
             "width": c.coarse_width, "depth": c.coarse_depth, "epochs": epochs, "lr": c.coarse_lr,
             "batch_size": c.batch_size, "seed": c.seed, "n_train": len(wb.data["train"])}
+    if base == "converged":
+        spec.update(stage="converged", patience=c.converged_patience)
+    return spec
 
 
-def _refiner_spec(wb: Workbook, method: str, start: str, base_epochs: int, epochs: int) -> dict:
+def _refiner_spec(wb: Workbook, method: str, start: str, base_epochs: int, epochs: int, base: str = "coarse") -> dict:
     c = wb.cfg
-    return {**_coarse_spec(wb, base_epochs), "stage": method, "start": start, "refiner_width": c.refiner_width,
-            "refiner_depth": c.refiner_depth, "iterations": c.iterations, "kernel": c.dyspn_kernel,
-            "refine_epochs": epochs, "refine_lr": c.refine_lr}
+    return {**_coarse_spec(wb, base_epochs, base), "stage": method, "base": base, "start": start,
+            "refiner_width": c.refiner_width, "refiner_depth": c.refiner_depth, "iterations": c.iterations,
+            "kernel": c.dyspn_kernel, "refine_epochs": epochs, "refine_lr": c.refine_lr, "perturb": c.perturb,
+            "deep_supervision": c.deep_supervision, "boundary_weight": c.boundary_weight}
 
 
 def checkpoint_path(wb: Workbook, name: str, spec: dict) -> Path:
@@ -135,11 +171,13 @@ def checkpoint_path(wb: Workbook, name: str, spec: dict) -> Path:
     return wb.run_dir / f"{name}-{digest}.pt"
 
 
-def coarse_epochs(wb: Workbook, verbose: bool = True) -> int:
-    """Epochs the coarse U-Net trains (the profile's, raised for small training sets)."""
+def coarse_epochs(wb: Workbook, verbose: bool = True, base: str = "coarse") -> int:
+    """Epochs the base U-Net trains: the profile's (raised for small training sets), or for the
+    converged net the cap of its early stopping."""
     c = wb.cfg
-    return epochs_for(c.coarse_epochs, c.coarse_min_steps, len(wb.data["train"]), c.batch_size,
-                      "coarse U-Net" if verbose else None)
+    epochs = epochs_for(c.coarse_epochs, c.coarse_min_steps, len(wb.data["train"]), c.batch_size,
+                        "coarse U-Net" if verbose and base == "coarse" else None)
+    return max(epochs, c.converged_max_epochs) if base == "converged" else epochs
 
 
 def _finish(wb: Workbook, name: str, model, history: History, settings: dict | None = None) -> StageResult:
@@ -157,7 +195,7 @@ def _finish(wb: Workbook, name: str, model, history: History, settings: dict | N
 
 
 def _train_or_load(wb: Workbook, model: torch.nn.Module, name: str, label: str, spec: dict, epochs: int,
-                   lr: float, retrain: bool, progress: bool) -> tuple[History, Path]:
+                   lr: float, retrain: bool, progress: bool, **fit_options) -> tuple[History, Path]:
     """Load the finished run of ``spec`` into ``model``, or train it (resuming an unfinished one)."""
     cfg = wb.cfg
     ckpt = checkpoint_path(wb, name, spec)
@@ -167,39 +205,52 @@ def _train_or_load(wb: Workbook, model: torch.nn.Module, name: str, label: str, 
     if history is None:
         history = fit(model, train_set=wb.data["train"], val_set=wb.data["val"], epochs=epochs, lr=lr,
                       batch_size=cfg.batch_size, device=wb.device, seed=cfg.seed, weight_decay=cfg.weight_decay,
-                      amp=cfg.amp, checkpoint=ckpt, spec=spec, desc=label, progress=progress)
+                      amp=cfg.amp, checkpoint=ckpt, spec=spec, desc=label, progress=progress, **fit_options)
     else:
         print(f"loaded the trained {label} from {display_path(ckpt)}")
     return history, ckpt
 
 
-def _coarse_predictions_path(wb: Workbook) -> Path:
-    ckpt = checkpoint_path(wb, "coarse", _coarse_spec(wb, coarse_epochs(wb, verbose=False)))
+BASE_LABELS = {"coarse": "coarse U-Net", "converged": "converged U-Net"}
+
+
+def _coarse_predictions_path(wb: Workbook, base: str = "coarse") -> Path:
+    ckpt = checkpoint_path(wb, base, _coarse_spec(wb, coarse_epochs(wb, False, base), base))
     return ckpt.with_name(ckpt.stem + "-predictions.pt")
 
 
-def coarse_stage(wb: Workbook, retrain: bool = False, progress: bool = True) -> StageResult:
-    """Train (or load a finished run of) the coarse U-Net; save its predictions for 02 and 03."""
+def coarse_stage(wb: Workbook, retrain: bool = False, progress: bool = True, base: str = "coarse") -> StageResult:
+    """Train (or load a finished run of) the base U-Net; save its predictions for 02 and 03.
+
+    ``base="coarse"``: the report's minimally trained net (``coarse_epochs``); ``"converged"``:
+    trained until validation mIoU stops improving for ``converged_patience`` epochs (best
+    weights kept), at most ``converged_max_epochs``."""
+    _check_base(base)
     cfg = wb.cfg
     seed_everything(cfg.seed)
     model = CoarseSegmenter.from_config(cfg).to(wb.device)
-    epochs = coarse_epochs(wb)
-    spec = _coarse_spec(wb, epochs)
-    history, _ = _train_or_load(wb, model, "coarse", "coarse U-Net", spec, epochs, cfg.coarse_lr, retrain, progress)
-    result = _finish(wb, "coarse", model, history)
+    epochs = coarse_epochs(wb, base=base)
+    spec = _coarse_spec(wb, epochs, base)
+    patience = cfg.converged_patience if base == "converged" else None
+    history, _ = _train_or_load(wb, model, base, BASE_LABELS[base], spec, epochs, cfg.coarse_lr, retrain, progress,
+                                patience=patience)
+    result = _finish(wb, base, model, history)
     atomic_save({"val": result.val_probs.half(), "test": result.test_probs.half(),
                  "val_ids": wb.data["val"].ids, "test_ids": wb.data["test"].ids, "spec": spec},
-                _coarse_predictions_path(wb))
+                _coarse_predictions_path(wb, base))
     return result
 
 
-def load_coarse(wb: Workbook, progress: bool = True) -> StageResult:
-    """The coarse stage for notebooks 02 / 03: loaded if notebook 01 ran, else rebuilt."""
-    if "coarse" in wb.stages:
-        return wb.stages["coarse"]
-    if not _coarse_predictions_path(wb).exists():
-        print("no coarse U-Net for this profile, data and seed yet: training it now (as notebook 01 does)")
-    return coarse_stage(wb, progress=progress)
+def load_coarse(wb: Workbook, progress: bool = True, base: str = "coarse") -> StageResult:
+    """The base stage for notebooks 02 / 03 (and the converged setting): loaded if it ran, else rebuilt."""
+    _check_base(base)
+    if base in wb.stages:
+        return wb.stages[base]
+    if not _coarse_predictions_path(wb, base).exists():
+        what = "no coarse U-Net" if base == "coarse" else "no converged U-Net"
+        print(f"{what} for this profile, data and seed yet: training it now"
+              + (" (as notebook 01 does)" if base == "coarse" else ""))
+    return coarse_stage(wb, progress=progress, base=base)
 
 
 def load_coarse_predictions(wb: Workbook) -> dict:
@@ -208,17 +259,20 @@ def load_coarse_predictions(wb: Workbook) -> dict:
 
 
 def refine_stage(wb: Workbook, method: str, start: str | None = None, epochs: int | None = None,
-                 retrain: bool = False, progress: bool = True) -> StageResult:
-    """Train (or load) a refiner of ``method`` (control / cspn / dyspn) on the frozen coarse net."""
+                 retrain: bool = False, progress: bool = True, base: str = "coarse") -> StageResult:
+    """Train (or load) a refiner of ``method`` (control / cspn / dyspn) on the frozen ``base`` net
+    (the report's coarse U-Net, or the converged one)."""
+    _check_base(base)
     cfg = wb.cfg
     start = start or cfg.start_map
-    name = method if start == cfg.start_map else f"{method}-{start}"
+    name = stage_name(base, method if start == cfg.start_map else f"{method}-{start}")
     epochs = epochs or refine_epochs(wb, f"{name} refiner")
-    coarse = load_coarse(wb, progress).model
+    coarse = load_coarse(wb, progress, base).model
     seed_everything(cfg.seed)
     model = Refiner.from_config(cfg, coarse, method, start).to(wb.device)
-    spec = _refiner_spec(wb, method, start, coarse_epochs(wb, verbose=False), epochs)
-    history, _ = _train_or_load(wb, model, name, f"{name} refiner", spec, epochs, cfg.refine_lr, retrain, progress)
+    spec = _refiner_spec(wb, method, start, coarse_epochs(wb, False, base), epochs, base)
+    history, _ = _train_or_load(wb, model, name, f"{name} refiner", spec, epochs, cfg.refine_lr, retrain, progress,
+                                loss_fn=model.training_loss)
     return _finish(wb, name, model, history)
 
 
@@ -228,24 +282,27 @@ def refine_epochs(wb: Workbook, what: str | None = None) -> int:
     return epochs_for(c.refine_epochs, c.refine_min_steps, len(wb.data["train"]), c.batch_size, what)
 
 
-def _coarse_longer_spec(wb: Workbook) -> dict:
-    return {**_coarse_spec(wb, coarse_epochs(wb, verbose=False)), "stage": "coarse-longer",
+def _coarse_longer_spec(wb: Workbook, base: str = "coarse") -> dict:
+    return {**_coarse_spec(wb, coarse_epochs(wb, False, base), base), "stage": stage_name(base, "longer"),
             "extra_epochs": refine_epochs(wb)}
 
 
-def coarse_longer_stage(wb: Workbook, retrain: bool = False, progress: bool = True) -> StageResult:
-    """The equal-compute control: the coarse U-Net trained on, from its own weights, for as many
-    extra epochs as every refiner gets. A refiner must beat this, not only the 3-epoch net."""
+def coarse_longer_stage(wb: Workbook, retrain: bool = False, progress: bool = True,
+                        base: str = "coarse") -> StageResult:
+    """The equal-compute control: the ``base`` U-Net trained on, from its own weights, for as
+    many extra epochs as every refiner gets. A refiner must beat this, not only its base net."""
+    _check_base(base)
     cfg = wb.cfg
-    base = load_coarse(wb, progress)
+    first = load_coarse(wb, progress, base)
     extra = refine_epochs(wb)
     seed_everything(cfg.seed)
     model = CoarseSegmenter.from_config(cfg).to(wb.device)
-    model.load_state_dict(base.model.state_dict())
-    spec = _coarse_longer_spec(wb)
-    label = f"coarse U-Net, {extra} more epochs"
-    history, _ = _train_or_load(wb, model, "coarse-longer", label, spec, extra, cfg.coarse_lr, retrain, progress)
-    return _finish(wb, "coarse-longer", model, history, {"extra_epochs": extra})
+    model.load_state_dict(first.model.state_dict())
+    spec = _coarse_longer_spec(wb, base)
+    name = stage_name(base, "longer")
+    label = f"{BASE_LABELS[base]}, {extra} more epochs"
+    history, _ = _train_or_load(wb, model, name, label, spec, extra, cfg.coarse_lr, retrain, progress)
+    return _finish(wb, name, model, history, {"extra_epochs": extra})
 
 
 GUIDED_FILTER_GRID = {"radius": (2, 4, 8), "eps": (1e-3, 1e-2, 1e-1)}
@@ -274,15 +331,16 @@ def guided_filter_stage(wb: Workbook, grid: dict | None = None) -> StageResult:
 
 
 def stage_checkpoint(wb: Workbook, name: str) -> Path:
-    """Where the trained stage ``name`` (coarse, coarse-longer, control, cspn, dyspn) of ``wb``
-    is, or will be, saved with the current configuration."""
-    cfg = wb.cfg
-    coarse_spec = _coarse_spec(wb, coarse_epochs(wb, verbose=False))
-    if name == "coarse":
-        return checkpoint_path(wb, name, coarse_spec)
-    if name == "coarse-longer":
-        return checkpoint_path(wb, name, _coarse_longer_spec(wb))
-    spec = _refiner_spec(wb, name, cfg.start_map, coarse_spec["epochs"], refine_epochs(wb))
+    """Where the trained stage ``name`` (coarse, coarse-longer, control, cspn, dyspn, and the
+    same on the converged net: converged, converged-longer, converged+cspn, ...) of ``wb`` is,
+    or will be, saved with the current configuration."""
+    base, what = parse_stage(name)
+    base_epochs = coarse_epochs(wb, False, base)
+    if what == "base":
+        return checkpoint_path(wb, name, _coarse_spec(wb, base_epochs, base))
+    if what == "longer":
+        return checkpoint_path(wb, name, _coarse_longer_spec(wb, base))
+    spec = _refiner_spec(wb, what, wb.cfg.start_map, base_epochs, refine_epochs(wb), base)
     return checkpoint_path(wb, name, spec)
 
 
