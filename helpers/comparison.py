@@ -92,13 +92,26 @@ def comparison_rows(wb: Workbook, stages: dict[str, StageResult], split: str = "
     return rows
 
 
+SETTING_TITLES = {"coarse": "the report's setting: refining the minimally trained coarse U-Net",
+                  "converged": "refining a converged U-Net (trained until validation mIoU stops improving)"}
+
+
 def format_table(rows: list[dict]) -> str:
-    """Plain-text table of :func:`comparison_rows`."""
-    head = f"{'':32s} {'mIoU':>6s} {'pet IoU':>8s} {'Bnd IoU':>8s} {'params':>9s} {'train s':>8s} {'ms/img':>7s}"
-    lines = [head]
+    """Plain-text table of :func:`comparison_rows`, one block per setting, with each row's mIoU
+    and Boundary IoU gain over its setting's base net."""
+    head = (f"{'':42s} {'mIoU':>6s} {'gain':>7s} {'pet IoU':>8s} {'Bnd IoU':>8s} {'gain':>7s} {'params':>9s} "
+            f"{'train s':>8s} {'ms/img':>7s}")
+    by_stage = {r["stage"]: r for r in rows}
+    lines, setting = [], None
     for r in rows:
-        lines.append(f"{r['label']:32s} {r['miou']:6.3f} {r['pet_iou']:8.3f} {r['boundary_iou']:8.3f} "
-                     f"{r['parameters']:9,d} {r['train_seconds']:8.0f} {r['ms_per_image']:7.1f}")
+        base = base_of(r["stage"])
+        if base != setting:
+            setting = base
+            lines += ([""] if lines else []) + [SETTING_TITLES[base], head]
+        ref = by_stage.get(base, r)
+        lines.append(f"{r['label']:42s} {r['miou']:6.3f} {r['miou'] - ref['miou']:+7.3f} {r['pet_iou']:8.3f} "
+                     f"{r['boundary_iou']:8.3f} {r['boundary_iou'] - ref['boundary_iou']:+7.3f} {r['parameters']:9,d} "
+                     f"{r['train_seconds']:8.0f} {r['ms_per_image']:7.1f}")
     return "\n".join(lines)
 
 

@@ -6,8 +6,9 @@ than the identity. Cheng et al.'s CascadePSP (CVPR 2020) trains its refiner on d
 damaged masks instead; here the same idea is applied to the coarse probabilities P (B, C, H, W):
 each map of a batch is, with probability ``rate``, put through a random chain of
 
-* **grow**: one class c grows by r px (grey dilation of P_c; for two classes, growing the pet
-  dilates it and growing the background erodes it);
+* **grow**: one class c grows by r px (grey dilation of P_c, renormalised, so the band it grows
+  into becomes uncertain; for two classes, growing the pet blurs it outwards, growing the
+  background inwards);
 * **blur**: a box blur of radius r (soft, smeared boundaries);
 * **resample**: down-sampling by 2 or 4 and bilinear up-sampling (blocky, shifted boundaries);
 * **shift**: a translation by up to ``max_shift`` px with the border replicated,
@@ -23,7 +24,8 @@ import torch.nn.functional as F
 
 
 def grow(p: torch.Tensor, cls: int, radius: int) -> torch.Tensor:
-    """(1, C, H, W): class ``cls`` dilated by ``radius`` px (max filter), then renormalised."""
+    """(1, C, H, W): class ``cls`` dilated by ``radius`` px (max filter), then renormalised: the
+    band it grows into becomes uncertain (1/2 each, for a hard two-class map), not flipped."""
     grown = F.max_pool2d(p[:, cls:cls + 1], 2 * radius + 1, stride=1, padding=radius)
     q = torch.cat([p[:, :cls], grown, p[:, cls + 1:]], 1)
     return q / q.sum(1, keepdim=True)

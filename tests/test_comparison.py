@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers.comparison import STAGES, estimate_seconds, iteration_sweep, seconds_per_image
+from helpers.comparison import CONVERGED_STAGES, STAGES, estimate_seconds, iteration_sweep, seconds_per_image
 from helpers.propagation import DySPN
 from helpers.refiner import Refiner
 from helpers.training import evaluate_probs, predict
@@ -92,7 +92,8 @@ def test_equal_compute_control_and_guided_filter_stages(smoke_workbook):
 
     wb = smoke_workbook
     before = estimate_seconds(wb)
-    assert set(before) == {"coarse", "coarse-longer", "control", "cspn", "dyspn", "guided-filter"}
+    assert set(before) == set(STAGES + CONVERGED_STAGES)
+    assert set(estimate_seconds(wb, converged=False)) == set(STAGES)
     assert all(v > 0 for v in before.values())
     coarse = workflow.coarse_stage(wb, progress=False)
     longer = workflow.coarse_longer_stage(wb, progress=False)
@@ -116,6 +117,28 @@ def test_equal_compute_control_and_guided_filter_stages(smoke_workbook):
     assert gf.val_metrics["miou"] == pytest.approx(best)
 
 
+def test_converged_setting_builds_on_its_own_net(smoke_workbook):
+    """The converged net is trained with early stopping into its own checkpoint; its refiners
+    and its equal-compute control start from it, not from the minimally trained coarse net."""
+    from helpers import workflow
+
+    wb = smoke_workbook
+    coarse = workflow.coarse_stage(wb, progress=False)
+    conv = workflow.coarse_stage(wb, progress=False, base="converged")
+    assert workflow.stage_checkpoint(wb, "converged") != workflow.stage_checkpoint(wb, "coarse")
+    assert conv.history.best_epoch is not None and len(conv.history.epoch) <= wb.cfg.converged_max_epochs
+    assert conv.val_metrics["miou"] == pytest.approx(conv.history.val[conv.history.best_epoch - 1]["miou"], abs=1e-9)
+    refined = workflow.refine_stage(wb, "cspn", progress=False, base="converged")
+    assert refined.name == "converged+cspn" and workflow.stage_checkpoint(wb, "converged+cspn").exists()
+    for a, b in zip(refined.model.coarse.state_dict().values(), conv.model.state_dict().values()):
+        assert torch.equal(a, b)                       # frozen on top of the converged net
+    longer = workflow.coarse_longer_stage(wb, progress=False, base="converged")
+    assert longer.name == "converged-longer" and longer.settings["extra_epochs"] == workflow.refine_epochs(wb)
+    assert not torch.equal(conv.val_probs, coarse.val_probs)
+    with pytest.raises(ValueError, match="base must be one of"):
+        workflow.refine_stage(wb, "cspn", base="pretrained")
+
+
 def _quality_module():
     path = Path(__file__).resolve().parent.parent / "benchmarks" / "quality.py"
     spec = importlib.util.spec_from_file_location("quality_benchmark", path)
@@ -128,10 +151,13 @@ def test_quality_summary_mean_spread_and_gains():
     q = _quality_module()
     row = lambda stage, m, b: {"stage": stage, "label": stage, "parameters": 1, "miou": m, "pet_iou": m,   # noqa: E731
                                "boundary_iou": b, "train_seconds": 1.0, "ms_per_image": 2.0}
-    per_seed = {0: [row("coarse", 0.60, 0.30), row("dyspn", 0.70, 0.40)],
-                1: [row("coarse", 0.64, 0.30), row("dyspn", 0.70, 0.44)]}
+    per_seed = {0: [row("coarse", 0.60, 0.30), row("dyspn", 0.70, 0.40), row("converged", 0.70, 0.4),
+                    {**row("converged+dyspn", 0.75, 0.5), "base": "converged"}],
+                1: [row("coarse", 0.64, 0.30), row("dyspn", 0.70, 0.44), row("converged", 0.72, 0.4),
+                    {**row("converged+dyspn", 0.75, 0.5), "base": "converged"}]}
     summary = q.summarise(per_seed)
-    coarse, dyspn = summary
+    coarse, dyspn, _, on_converged = summary
+    assert on_converged["gain_miou"] == pytest.approx((0.04, 0.0141421), abs=1e-6)   # over its own base
     assert coarse["miou"] == pytest.approx((0.62, 0.0282843), abs=1e-6)
     assert coarse["gain_miou"] == pytest.approx((0.0, 0.0))
     assert dyspn["gain_miou"] == pytest.approx((0.08, 0.0282843), abs=1e-6)
@@ -151,16 +177,21 @@ def test_quality_benchmark_end_to_end_with_overrides(tmp_path, monkeypatch, caps
     q = _quality_module()
     monkeypatch.setattr(workflow, "RUNS_DIR", tmp_path)
     assert q.main(["--profile", "smoke", "--seeds", "0", "--set", "coarse_size=16"]) == 0
-    out = tmp_path / "smoke" / "quality-synthetic-coarse_size-16.json"
+    out = tmp_path / "smoke" / "quality-synthetic-coarse_size-16-seeds0.json"
     doc = json.loads(out.read_text())
     assert doc["overrides"] == {"coarse_size": 16} and doc["config"]["coarse_size"] == 16
     assert set(doc["summary"]) == {"val", "test"} and doc["images"]["test"] > 0
     val, test = doc["per_seed"]["val"]["0"], doc["per_seed"]["test"]["0"]
-    assert [r["stage"] for r in val] == [r["stage"] for r in test] == list(STAGES)
+    assert [r["stage"] for r in val] == [r["stage"] for r in test] == list(STAGES + CONVERGED_STAGES)
+    pairs = {(r["after"], r["before"]) for r in doc["bootstrap"]["test"]}
+    assert {("dyspn", "coarse"), ("dyspn", "control"), ("dyspn", "coarse-longer"), ("converged+cspn", "converged"),
+            ("converged+dyspn", "converged+control"), ("converged+dyspn", "converged+cspn")} <= pairs
+    for r in doc["bootstrap"]["test"]:
+        assert r["miou"]["low"] <= r["miou"]["gain"] <= r["miou"]["high"]
+    printed = capsys.readouterr().out
+    assert "val split" in printed and "test split" in printed and "paired per-image bootstrap" in printed
     ckpt = next((tmp_path / "smoke" / "synthetic" / "seed0").glob("coarse-*[0-9a-f].pt"))
     assert torch.load(ckpt, weights_only=False)["spec"]["coarse_size"] == 16   # the variant really trained
-    printed = capsys.readouterr().out
-    assert "val split" in printed and "test split" in printed
     with pytest.raises(SystemExit):   # argparse's error: a clear message, exit status 2
         q.main(["--profile", "smoke", "--set", "coarse_sise=16"])
     assert "coarse_sise" in capsys.readouterr().err

@@ -144,3 +144,43 @@ def test_smoke_profile_is_repeatable(tmp_path, monkeypatch):
     second = workflow.coarse_stage(wb, retrain=True, progress=False)
     assert first.val_metrics == second.val_metrics and first.history.train_loss == second.history.train_loss
     assert torch.equal(first.val_probs, second.val_probs)
+
+
+def test_early_stopping_keeps_the_best_epoch_and_finishes_the_checkpoint(tmp_path, monkeypatch, capsys):
+    """Validation mIoU scripted to peak at epoch 2 and then fall: training stops after
+    ``patience`` epochs without improvement, the returned weights are epoch 2's, and the
+    checkpoint counts as finished (loaded, not resumed) although it stopped before the cap."""
+    import helpers.training as tr
+
+    scores, states = iter([0.5, 0.7, 0.6, 0.65, 0.6, 0.9]), []
+    real_evaluate = tr.evaluate
+
+    def scripted(model, *args, **kwargs):
+        states.append({k: v.clone() for k, v in model.state_dict().items()})
+        return {**real_evaluate(model, *args, **kwargs), "miou": next(scores)}
+
+    monkeypatch.setattr(tr, "evaluate", scripted)
+    train, val = toy_data(), toy_data(6, seed=1)
+    m = model()
+    spec = {"stage": "converged"}
+    h = fit(m, train_set=train, val_set=val, checkpoint=tmp_path / "c.pt", spec=spec, patience=2, **{**KW, "epochs": 6})
+    assert h.epoch == [1, 2, 3, 4] and h.best_epoch == 2
+    for a, b in zip(m.state_dict().values(), states[1].values()):
+        assert torch.equal(a, b)
+    assert "stopped after epoch 4, keeping epoch 2 (0.700)" in capsys.readouterr().out
+    st = safe_load(tmp_path / "c.pt")
+    assert st["finished"] and st["epoch"] == 4 and "best_state_dict" not in st
+    m2 = model(seed=3)
+    assert load_trained(m2, tmp_path / "c.pt", spec, epochs=6).best_epoch == 2
+    for a, b in zip(m2.state_dict().values(), states[1].values()):
+        assert torch.equal(a, b)
+
+
+def test_stage_names_round_trip():
+    from helpers.workflow import BASES, parse_stage, stage_name
+
+    for base in BASES:
+        for what in ("base", "longer", "control", "cspn", "dyspn", "cspn-corrected"):
+            assert parse_stage(stage_name(base, what)) == (base, what)
+    assert stage_name("coarse", "cspn") == "cspn" and stage_name("converged", "cspn") == "converged+cspn"
+    assert stage_name("converged", "longer") == "converged-longer"
