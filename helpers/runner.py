@@ -31,7 +31,7 @@ def write_figures(args) -> int:
     wb = open_workbook(args.profile, args.data_root, args.seed)
     if wb.source.kind != "synthetic":
         print("note: these figures show images of the dataset in use; do not commit figures of data you may not share")
-    for path in save_readme_figures(wb, all_stages(wb), Path(args.out)):
+    for path in save_readme_figures(wb, all_stages(wb, converged=False), Path(args.out)):
         print(f"wrote {display_path(path)}")
     return 0
 
