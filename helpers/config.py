@@ -59,7 +59,7 @@ class Config:
     start_map: str = "coarse"            # "coarse" (the report) or "corrected" (NLSPN-style start)
     # refiner training (see helpers/perturb.py and helpers/losses.py)
     # together these lifted DySPN's test gain on the real sample from +0.023 to +0.035 mIoU and
-    # +0.037 to +0.072 Boundary IoU (3 seeds; README, tuning table)
+    # +0.037 to +0.072 Boundary IoU (3 seeds, the tuning runs on a GPU; README, tuning table)
     perturb: float = 0.5                 # share of training start maps degraded (CascadePSP-style)
     deep_supervision: bool = True        # cross-entropy on every H^t, t = 1..T, not only H^T
     boundary_weight: float = 4.0         # loss weight of pixels in the target's boundary band
