@@ -18,7 +18,7 @@ training it prints how long the run will take, from a timed training step of eac
 Both the validation split (where the guided filter and the converged net's stopping epoch are
 chosen) and the test split (held out from every choice) are reported.
 
-Checkpoints go where the notebooks put theirs (runs/<profile>/<data>/seed<k>/): a stage the
+Checkpoints go where the notebooks put theirs (runs/<profile>/<data>-<digest>/seed<k>/): a stage the
 notebooks already trained is loaded, not trained again, and the other way round.
 """
 from __future__ import annotations
@@ -138,6 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from helpers.comparison import CONVERGED_STAGES, STAGES, all_stages, base_of, comparison_rows, estimate_seconds
+    from helpers.checkpoint import atomic_write_text
     from helpers.config import parse_overrides
     from helpers.data import display_path
     from helpers.statistics import image_counts
@@ -201,17 +202,14 @@ def main(argv: list[str] | None = None) -> int:
     seeds = "-seeds" + "-".join(map(str, args.seeds))
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", wb0.source.name + variant + seeds)   # a file name every system accepts
     out = Path(args.json) if args.json else RUNS_DIR / wb0.cfg.profile / f"quality-{slug}.json"
-    doc = {"data_source": wb0.source.name, "profile": wb0.cfg.profile, "overrides": overrides,
+    doc = {"data_source": wb0.data_id, "profile": wb0.cfg.profile, "overrides": overrides,
            "config": wb0.cfg.to_dict(), "images": {s: len(wb0.data[s]) for s in splits},
            "train_images": len(wb0.data["train"]), "seeds": args.seeds, "settings": args.settings,
            "machine": machine(), "seconds": round(elapsed, 1), "estimated_seconds": round(total, 1),
            "command": "python benchmarks/quality.py " + " ".join(argv if argv is not None else sys.argv[1:]),
            "summary": summary, "bootstrap": intervals,
            "per_seed": {split: {str(k): v for k, v in rows.items()} for split, rows in per_seed.items()}}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(doc, indent=2))
-    os.replace(tmp, out)
+    atomic_write_text(json.dumps(doc, indent=2), out)
     print(f"wrote {display_path(out)}")
     return 0
 

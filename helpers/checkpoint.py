@@ -1,11 +1,15 @@
 """Checkpoints that never lose work: atomic writes, safe loads, explicit compatibility checks."""
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
+import uuid
 from pathlib import Path
 
 import torch
+
+from .data import display_path
 
 
 class CheckpointError(RuntimeError):
@@ -18,12 +22,17 @@ def library_versions() -> dict:
     return {"torch": str(torch.__version__), "torchvision": str(torchvision.__version__), "python": platform.python_version()}
 
 
+def _temporary_beside(path: Path) -> Path:
+    # unique per process *and* call: two writers of one file never share a temporary name
+    return path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
+
+
 def atomic_save(obj, path: str | Path) -> Path:
     """``torch.save`` to a temporary file in the same folder, then rename over ``path``:
     an interrupted write leaves the previous checkpoint intact."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp = _temporary_beside(path)
     try:
         torch.save(obj, tmp)
         os.replace(tmp, path)
@@ -31,6 +40,40 @@ def atomic_save(obj, path: str | Path) -> Path:
         if tmp.exists():
             tmp.unlink()
     return path
+
+
+def atomic_write_text(text: str, path: str | Path) -> Path:
+    """Write ``text`` to ``path`` atomically (same scheme as :func:`atomic_save`)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _temporary_beside(path)
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+@contextlib.contextmanager
+def file_lock(path: str | Path):
+    """Hold an exclusive lock on ``path`` + ``.lock`` while a read-modify-write runs, so two
+    processes updating one file do not lose each other's entries. Where the platform has no
+    ``fcntl`` (Windows) the update is still atomic, only not serialised."""
+    try:
+        import fcntl
+    except ImportError:   # pragma: no cover - Windows
+        yield
+        return
+    lock = Path(path).with_name(Path(path).name + ".lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def safe_load(path: str | Path) -> dict:
@@ -41,11 +84,23 @@ def safe_load(path: str | Path) -> dict:
     except FileNotFoundError:
         raise
     except Exception as exc:
-        raise CheckpointError(f"checkpoint {path.name} is unreadable or truncated ({type(exc).__name__}: {exc}); "
+        if "Weights only load failed" in str(exc):
+            raise CheckpointError(f"checkpoint {display_path(path)} holds Python objects besides tensors and was "
+                                  "refused (loading it could run code); it was not written by this workbook: "
+                                  "delete it to retrain, or restore a good copy") from None
+        raise CheckpointError(f"checkpoint {display_path(path)} is unreadable or truncated ({_first_line(exc)}); "
                               "delete it to retrain, or restore a good copy") from None
     if not isinstance(obj, dict) or "state_dict" not in obj or "spec" not in obj:
-        raise CheckpointError(f"checkpoint {path.name} is not a workbook checkpoint (no state_dict / spec)")
+        raise CheckpointError(f"checkpoint {display_path(path)} is not a workbook checkpoint (no state_dict / spec)")
     return obj
+
+
+def _first_line(exc: Exception) -> str:
+    """The gist of a load error, one line. torch's own message goes on to suggest
+    ``weights_only=False``, i.e. running whatever code the file holds: never pass that on."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip() and "weights_only" not in ln]
+    first = lines[0].split(". ")[0].rstrip(".") if lines else "cannot be read"
+    return f"{type(exc).__name__}: {first}"
 
 
 def describe_difference(saved: dict, expected: dict) -> str:
@@ -57,5 +112,5 @@ def describe_difference(saved: dict, expected: dict) -> str:
 def check_spec(ckpt: dict, spec: dict, path: str | Path) -> None:
     """Refuse a checkpoint whose spec (architecture and training settings) differs."""
     if ckpt["spec"] != spec:
-        raise CheckpointError(f"checkpoint {Path(path).name} was made for another setting: "
+        raise CheckpointError(f"checkpoint {display_path(path)} was made for another setting: "
                               f"{describe_difference(ckpt['spec'], spec)}")

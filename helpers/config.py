@@ -31,6 +31,7 @@ class Config:
     max_eval: int | None = None          # cap on val / test images
     synthetic_trainval: int = 480        # size of the embedded synthetic dataset
     synthetic_test: int = 120
+    allow_split_overlap: bool = False    # an image in both trainval.txt and test.txt is an error unless set
     augment: bool = True                 # joint flips / crops of image and mask while training
     num_workers: int = 0
     # models
@@ -154,5 +155,7 @@ def load_config(profile: str | None = None, seed: int | None = None, **overrides
             seed = int(raw)
         except ValueError:
             raise ValueError(f"WORKBOOK_SEED must be an integer, got {raw!r}") from None
+    if not 0 <= seed < 2 ** 32:
+        raise ValueError(f"the seed (WORKBOOK_SEED) must be in 0 .. 2**32 - 1, got {seed}")
     overrides.setdefault("device", "cuda" if torch.cuda.is_available() else "cpu")
     return profile_config(profile, seed=seed, **overrides)

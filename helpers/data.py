@@ -73,13 +73,14 @@ def resolve_source(cfg: Config, data_root: str | Path | None = None, download: b
     3. a torchvision download into ``data/`` when allowed (on Colab, or ``WORKBOOK_DOWNLOAD=1``);
     4. otherwise the embedded synthetic dataset, generated once into ``data/``.
     """
-    root = data_root or os.environ.get("PETS_ROOT")
-    if root:
-        root = Path(root).expanduser()
-        if not (root / "oxford-iiit-pet").is_dir():
-            raise DataError(f"{'data root' if data_root else 'PETS_ROOT'} {root} does not hold an 'oxford-iiit-pet' folder "
-                            "(expected oxford-iiit-pet/images and oxford-iiit-pet/annotations)")
-        source = DataSource("root" if data_root else "env", root)
+    what = "data root" if data_root is not None else "PETS_ROOT"
+    root = data_root if data_root is not None else os.environ.get("PETS_ROOT")
+    if root is not None and not str(root).strip():
+        # an empty value is a mistake (a typo in an export), never a request for the synthetic data
+        raise DataError(f"{what} is set but empty: set it to the folder holding oxford-iiit-pet/, "
+                        "or unset it to use data/oxford-iiit-pet or the synthetic stand-in")
+    if root is not None:
+        source = DataSource("root" if data_root is not None else "env", locate_root(root, what))
     elif (DATA_DIR / "oxford-iiit-pet" / "annotations").is_dir():
         source = DataSource("local", DATA_DIR)
     else:
@@ -96,6 +97,30 @@ def resolve_source(cfg: Config, data_root: str | Path | None = None, download: b
     if verbose:
         print(source.describe())
     return source
+
+
+def locate_root(root: str | Path, what: str = "PETS_ROOT") -> Path:
+    """The absolute folder holding ``oxford-iiit-pet/`` that ``root`` names.
+
+    A relative path is tried against the current directory, then against the directory the
+    user started the runner in (``WORKBOOK_START_DIR``), then against the repository root:
+    notebook kernels run in ``notebooks/``, so a path that is valid from where the user typed
+    it must not break there."""
+    root = Path(root).expanduser()
+    bases = [Path.cwd()]
+    if not root.is_absolute():
+        bases += [Path(os.environ["WORKBOOK_START_DIR"])] if os.environ.get("WORKBOOK_START_DIR") else []
+        bases.append(REPO_ROOT)
+    tried = []
+    for base in bases:
+        candidate = (base / root).resolve()
+        if (candidate / "oxford-iiit-pet").is_dir():
+            return candidate
+        if candidate not in tried:
+            tried.append(candidate)
+    places = " or ".join(str(t) for t in tried)
+    raise DataError(f"{what} {str(root)!r} does not hold an 'oxford-iiit-pet' folder (looked in {places}; "
+                    "expected oxford-iiit-pet/images and oxford-iiit-pet/annotations)")
 
 
 def _try_download(target: Path, timeout_s: float = 60.0) -> DataSource | None:
@@ -121,15 +146,29 @@ def read_split_ids(root: Path, split_file: str) -> list[str]:
     path = root / "oxford-iiit-pet" / "annotations" / split_file
     if not path.is_file():
         raise DataError(f"missing split list: {path}")
-    ids = []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
+    try:
+        # utf-8-sig: a list saved by an editor that writes a byte-order mark reads like any other
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path} is not a UTF-8 text file ({exc})") from None
+    ids, seen, repeats = [], set(), 0
+    for n, line in enumerate(text.splitlines(), 1):
         line = line.strip()
         if not line or line.startswith("#"):
             continue
         parts = line.split()
         if len(parts) != 4:
             raise DataError(f"{path}:{n}: expected '<id> <class> <species> <breed>', got {line!r}")
+        if parts[0] in seen:
+            repeats += 1   # an image listed twice would count twice in training and in every metric
+            continue
+        seen.add(parts[0])
         ids.append(parts[0])
+    if repeats:
+        warnings.warn(f"{path}: {repeats} line(s) repeat an id listed earlier; each image is used once")
+    if not ids:
+        raise DataError(f"{path} lists no images: it needs lines '<id> <class> <species> <breed>', "
+                        "one per image (as in the official annotations)")
     return ids
 
 
@@ -149,6 +188,8 @@ def load_rgb(path: Path) -> Image.Image:
             return img.convert("RGB")
     except FileNotFoundError:
         raise DataError(f"missing image: {path}") from None
+    except Image.DecompressionBombError as exc:
+        raise DataError(f"image too large to decode safely: {path} ({exc})") from None
     except (UnidentifiedImageError, OSError, SyntaxError) as exc:
         raise DataError(f"unreadable image: {path} ({exc})") from None
 
@@ -163,6 +204,8 @@ def load_trimap(path: Path, size: tuple[int, int]) -> np.ndarray:
             arr = np.array(img.convert("L") if img.mode not in ("L", "P") else img)
     except FileNotFoundError:
         raise DataError(f"missing trimap: {path}") from None
+    except Image.DecompressionBombError as exc:
+        raise DataError(f"trimap too large to decode safely: {path} ({exc})") from None
     except (UnidentifiedImageError, OSError, SyntaxError) as exc:
         raise DataError(f"unreadable trimap: {path} ({exc})") from None
     bad = np.setdiff1d(np.unique(arr), (1, 2, 3))
@@ -245,6 +288,17 @@ class PetSegmentation(Dataset):
     def __len__(self) -> int:
         return len(self.ids)
 
+    def fingerprint(self) -> str:
+        """A digest of what this split holds: its ids, pixels and trimaps (not file names or
+        times, so a copy of the same data is the same data, and any edited pixel is not)."""
+        if getattr(self, "_fingerprint", None) is None:
+            digest = hashlib.sha1("\n".join(self.ids).encode())
+            for t in (self.images, self.trimaps):
+                digest.update(str(tuple(t.shape)).encode())
+                digest.update(t.contiguous().numpy())
+            self._fingerprint = digest.hexdigest()
+        return self._fingerprint
+
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         from torchvision import tv_tensors
 
@@ -267,24 +321,42 @@ def _cache_path(source: DataSource, split_file: str, size: int) -> Path:
     return DATA_DIR / "cache" / f"{source.root.name}-{split_file[:-4]}-{size}px-{key}.pt"
 
 
+def files_signature(root: Path, split_file: str, ids: list[str]) -> str:
+    """A digest of the list file and of the size and modification time of every listed image and
+    trimap: rewriting, replacing or touching any of them changes it (cheap: no file is read)."""
+    base = root / "oxford-iiit-pet"
+    digest = hashlib.sha1((base / "annotations" / split_file).read_bytes())
+    for image_id in ids:
+        for path in (base / "images" / f"{image_id}.jpg", base / "annotations" / "trimaps" / f"{image_id}.png"):
+            try:
+                st = path.stat()
+                digest.update(f"{image_id}|{st.st_size}|{st.st_mtime_ns};".encode())
+            except OSError:
+                digest.update(f"{image_id}|missing;".encode())
+    return digest.hexdigest()
+
+
 def load_decoded(source: DataSource, split_file: str, size: int, on_error: str = "raise",
                  progress: bool = True) -> dict:
-    """Decoded pairs of one list file, cached on disk (atomic write, ``weights_only`` load)."""
+    """Decoded pairs of one list file, cached on disk (atomic write, ``weights_only`` load).
+
+    The cache is used only while the list and every listed file are unchanged (same
+    :func:`files_signature`); any edit on disk decodes again."""
+    from .checkpoint import atomic_save
+
     path = _cache_path(source, split_file, size)
     ids = read_split_ids(source.root, split_file)
+    signature = files_signature(source.root, split_file, ids)
     if path.exists():
         try:
             cached = torch.load(path, weights_only=True)
-            if cached["ids_listed"] == ids:
+            if cached.get("signature") == signature:
                 return cached
         except Exception:  # a stale or broken cache is only a cache: decode again
             pass
     images, trimaps, kept = decode_split(source.root, ids, size, on_error, progress)
-    data = {"images": images, "trimaps": trimaps, "ids": kept, "ids_listed": ids}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save(data, tmp)
-    os.replace(tmp, path)
+    data = {"images": images, "trimaps": trimaps, "ids": kept, "ids_listed": ids, "signature": signature}
+    atomic_save(data, path)
     return data
 
 
@@ -303,6 +375,12 @@ def build_datasets(cfg: Config, source: DataSource, size: int | None = None, cla
     size = size or cfg.image_size
     trainval = load_decoded(source, "trainval.txt", size, on_error, progress)
     test = load_decoded(source, "test.txt", size, on_error, progress)
+    shared = sorted(set(trainval["ids_listed"]) & set(test["ids_listed"]))
+    if shared and not cfg.allow_split_overlap:
+        # a test image seen in training makes every test number optimistic
+        raise DataError(f"{len(shared)} image(s) are listed in both annotations/trainval.txt and test.txt "
+                        f"(first: {', '.join(shared[:3])}) under {display_path(source.root / 'oxford-iiit-pet')}: "
+                        "remove them from one list, or set allow_split_overlap=True to measure anyway")
     train_ids, val_ids = split_ids(trainval["ids"], cfg.val_fraction)
     train_ids = train_ids[: cfg.max_train] if cfg.max_train else train_ids
     val_ids = val_ids[: cfg.max_eval] if cfg.max_eval else val_ids

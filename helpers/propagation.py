@@ -210,9 +210,44 @@ class _Propagator(nn.Module):
     def affinity_channels(self) -> int:
         return len(window_offsets(self.kernel))
 
-    def _check(self, h0: torch.Tensor, raw: torch.Tensor) -> None:
-        if h0.dim() != 4 or h0.shape[0] != raw.shape[0] or h0.shape[-2:] != raw.shape[-2:]:
-            raise ValueError(f"start map {tuple(h0.shape)} and affinities {tuple(raw.shape)} do not match")
+    def _check(self, h0: torch.Tensor, raw: torch.Tensor, attention: torch.Tensor | None = None,
+               iterations: int = 0) -> None:
+        """Refuse what would propagate garbage, with a message naming the input.
+
+        Shapes: H^0 (B, C, H, W), affinities (B, K, H, W), attention (B, T_a (R + 1), H, W) with
+        T_a >= 1 when T >= 1. Values: H^0 must be probabilities (finite, in [0, 1]): the range
+        guarantee only holds for a convex combination of values in range; affinities and
+        attention must not hold NaN (one NaN weight spreads over the whole map in T steps;
+        infinities are fine, they are clamped or saturate the sigmoid)."""
+        if h0.dim() != 4:
+            raise ValueError(f"start map H^0 must be (B, C, H, W), got shape {tuple(h0.shape)}")
+        K = self.affinity_channels
+        if raw.dim() != 4 or raw.shape[1] != K or raw.shape[0] != h0.shape[0] or raw.shape[-2:] != h0.shape[-2:]:
+            raise ValueError(f"affinities must be (B, {K}, H, W) = ({h0.shape[0]}, {K}, {h0.shape[2]}, {h0.shape[3]}) "
+                             f"to match the start map {tuple(h0.shape)}; got {tuple(raw.shape)}")
+        tensors = [h0, raw]
+        if attention is not None:
+            per = self.attention_channels
+            if (attention.dim() != 4 or attention.shape[0] != h0.shape[0] or attention.shape[-2:] != h0.shape[-2:]
+                    or attention.shape[1] % per or (iterations > 0 and attention.shape[1] == 0)):
+                raise ValueError(f"attention must be (B, T*{per}, H, W) with B = {h0.shape[0]}, H x W = "
+                                 f"{h0.shape[2]} x {h0.shape[3]} and T >= 1 ({per} channels per iteration: one per "
+                                 f"ring and one for the pixel itself); got {tuple(attention.shape)}")
+            tensors.append(attention)
+        if h0.numel() == 0:
+            return
+        # one reduction and one host sync for every value check, not one per check
+        tol = 1e-3   # half-precision softmax outputs can overshoot 1 by a rounding step
+        bad = torch.stack([~torch.isfinite(h0).all(), (h0 < -tol).any() | (h0 > 1 + tol).any(),
+                           *(t.isnan().any() for t in tensors[1:])]).tolist()
+        if bad[0] or bad[1]:
+            lo, hi = h0.nan_to_num().aminmax()
+            raise ValueError(f"start map H^0 must hold probabilities in [0, 1]; got values from {lo.item():.3g} "
+                             f"to {hi.item():.3g}{' and NaN or infinity' if bad[0] else ''} (apply softmax first)")
+        for name, flag in zip(("affinities", "attention"), bad[2:]):
+            if flag:
+                raise ValueError(f"the {name} hold NaN: check the guidance network's output (a diverged "
+                                 "training run, or NaN in the input image)")
 
 
 class CSPN(_Propagator):
@@ -237,8 +272,8 @@ class CSPN(_Propagator):
 
     def forward(self, h0: torch.Tensor, raw_affinity: torch.Tensor, iterations: int | None = None) -> PropagationResult:
         """h0 (B, C, H, W) probabilities; raw_affinity (B, 8, H, W) -> PropagationResult."""
-        self._check(h0, raw_affinity)
         T = self.iterations if iterations is None else iterations
+        self._check(h0, raw_affinity, iterations=T)
         with torch.autocast(h0.device.type, enabled=False):  # propagation stays in float32
             h0 = as_float(h0)
             kappa = self.normalise(raw_affinity)
@@ -292,17 +327,16 @@ class DySPN(_Propagator):
         ``suppression=False`` is an ablation for inference: the negative affinities are dropped
         instead of being sent to H^0 (A_r counts only w^+), so nothing anchors the map to H^0
         but the attention on the pixel itself."""
-        self._check(h0, raw_affinity)
         T = self.iterations if iterations is None else iterations
+        self._check(h0, raw_affinity, raw_attention, T)
         B, _, H, W = h0.shape
         per = self.attention_channels
-        if raw_attention.shape[1] % per or raw_attention.shape[-2:] != h0.shape[-2:]:
-            raise ValueError(f"attention must be (B, T*{per}, H, W), got {tuple(raw_attention.shape)}")
         with torch.autocast(h0.device.type, enabled=False):
             h0 = as_float(h0)
             pos, mag = prepare_affinity(raw_affinity, self.kernel)
             A = self.ring_magnitudes(mag if suppression else pos)           # (B, R, H, W)
-            pi = torch.sigmoid(as_float(raw_attention)).view(B, -1, per, H, W)
+            # the iteration count is spelled out: with B = 0, view(B, -1, ...) cannot infer it
+            pi = torch.sigmoid(as_float(raw_attention)).view(B, raw_attention.shape[1] // per, per, H, W)
             # in D^t = H^t - H^0 the neighbour terms split into sum_j w_j D^t_j and a per-ring
             # base_r = sum_{j in r} w_j (H^0_j - H^0), computed once (see CSPN.forward)
             base = ring_sums(free_channels(h0), pos, self.kernel, centred=True)   # (B, R, C', H, W)

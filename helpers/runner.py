@@ -9,7 +9,9 @@ import argparse
 import json
 import os
 import re
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -45,37 +47,133 @@ def numbered_notebooks(folder: Path | None = None) -> list[Path]:
     return sorted(p for p in (folder or NOTEBOOK_DIR).glob("[0-9][0-9]_*.ipynb"))
 
 
-def run_notebook(path: Path, out_dir: Path, timeout_s: int = 3600) -> float:
-    """Execute one notebook with cwd = notebooks/; save the executed copy; return seconds."""
+def failed_copy(out_dir: Path, notebook: Path) -> Path:
+    """Where a failed execution of ``notebook`` is written: beside the last good one, never over it."""
+    return out_dir / f"{notebook.stem}.failed.ipynb"
+
+
+def _error_of(nb) -> tuple[int | None, str]:
+    """(index of the first cell with an error output, 'ErrorName: message' of that error)."""
+    for i, cell in enumerate(nb.cells):
+        for out in cell.get("outputs", []):
+            if out.get("output_type") == "error":
+                value = re.sub(r"\x1b\[[0-9;]*m", "", str(out.get("evalue", ""))).strip()
+                # the project's errors name the file and what to do; torch's hint to load a file
+                # with weights_only=False (which may run code) is never passed on
+                lines = [ln.strip() for ln in value.splitlines() if ln.strip() and "weights_only" not in ln]
+                return i, f"{out.get('ename', 'Error')}: {' '.join(lines)}".rstrip(": ")
+    return None, "unknown error"
+
+
+def run_notebook(path: Path, out_dir: Path, timeout_s: int = 3600, started=None) -> float:
+    """Execute one notebook with cwd = notebooks/; return seconds.
+
+    A success is saved as ``out_dir/<name>.ipynb``; a failure as ``<name>.failed.ipynb`` beside
+    it (the last good executed copy is kept) and raised as :class:`NotebookFailed` with one line
+    naming the notebook, the cell and the error."""
     import nbformat
     from nbclient import NotebookClient
-    from nbclient.exceptions import CellExecutionError, DeadKernelError
+    from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
 
     nb = nbformat.read(path, as_version=4)
     client = NotebookClient(nb, timeout=timeout_s, kernel_name="python3", store_widget_state=False,
                             resources={"metadata": {"path": str(path.parent)}})
     out_dir.mkdir(parents=True, exist_ok=True)
+    failed = failed_copy(out_dir, path)
     t0 = time.perf_counter()
     # the kernel's own console chatter (ipykernel's transport warning, C-level messages) goes to a
     # log beside the executed notebook instead of the terminal; cell outputs are in the notebook
     log = open(out_dir / f"{path.stem}.kernel.log", "w")
+    where = f"runs/{out_dir.name}/{failed.name}" if out_dir.parent.name == "runs" else str(failed)
+    if started is not None:
+        started(client)   # lets the caller stop this kernel on an interruption
     try:
         client.execute(stdout=log, stderr=log)
-    except CellExecutionError as exc:
-        cell = next((i for i, c in enumerate(nb.cells) if any(o.get("output_type") == "error"
-                                                            for o in c.get("outputs", []))), None)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        nbformat.write(nb, out_dir / path.name)
-        text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip()   # drop the traceback's colours
-        first = text.splitlines()[-1] if text else type(exc).__name__
-        raise NotebookFailed(f"{path.name}: cell {cell} failed: {first}") from None
+    except CellExecutionError:
+        nbformat.write(nb, failed)
+        cell, error = _error_of(nb)
+        raise NotebookFailed(f"{path.name}: cell {cell} failed: {error}\n"
+                             f"the executed notebook with the error: {where}") from None
+    except CellTimeoutError:
+        nbformat.write(nb, failed)
+        cell = next((i for i, c in enumerate(nb.cells) if c.cell_type == "code" and not c.get("outputs")
+                     and c.get("execution_count") is None), None)
+        raise NotebookFailed(f"{path.name}: a cell ran longer than the limit of {timeout_s} s and was stopped "
+                             f"(near cell {cell}); this profile is too slow for this machine: use --profile cpu "
+                             f"(or smoke), or raise the limit with --cell-timeout\npartial notebook: {where}") from None
     except DeadKernelError:
+        nbformat.write(nb, failed)
         raise NotebookFailed(f"{path.name}: the kernel died (out of memory?); its console output is in "
-                             f"{path.stem}.kernel.log beside the executed notebook") from None
+                             f"{path.stem}.kernel.log; the notebook up to that point: {where}") from None
     finally:
         log.close()
     nbformat.write(nb, out_dir / path.name)
+    failed.unlink(missing_ok=True)   # a stale failure would contradict the good copy
     return time.perf_counter() - t0
+
+
+def check_settings(profile: str, seed: str) -> tuple[str, int]:
+    """The profile and seed a run will use, checked before any notebook starts (inside a kernel
+    a bad value fails late, in another library's words)."""
+    if profile not in PROFILES:
+        raise ValueError(f"WORKBOOK_PROFILE={profile!r} is not a profile: use one of {', '.join(PROFILES)}")
+    try:
+        value = int(seed)
+    except ValueError:
+        raise ValueError(f"WORKBOOK_SEED={seed!r} is not an integer (use e.g. WORKBOOK_SEED=0)") from None
+    if not 0 <= value < 2 ** 32:
+        raise ValueError(f"WORKBOOK_SEED={value} is outside 0 .. 2**32 - 1 (NumPy's seed range)")
+    return profile, value
+
+
+def estimate_cpu_hours(profile: str) -> float:
+    """Rough hours the whole workbook needs in ``profile`` on this machine's CPU, from one timed
+    training step of the coarse U-Net and of each refiner on random images of the profile's
+    size (batch of 2, scaled to the profile's batch and epochs). Used to warn before a run."""
+    import torch
+
+    from .comparison import _step_seconds
+    from .config import profile_config
+    from .refiner import CoarseSegmenter, Refiner
+    from .workflow import epochs_for
+
+    cfg = profile_config(profile, device="cpu")
+    n_train = round(cfg.synthetic_trainval * (1 - cfg.val_fraction))
+    if os.environ.get("PETS_ROOT"):
+        from .data import read_split_ids
+
+        n_train = round(len(read_split_ids(Path(os.environ["PETS_ROOT"]), "trainval.txt")) * (1 - cfg.val_fraction))
+    if cfg.max_train:
+        n_train = min(n_train, cfg.max_train)
+    images = torch.rand(2, 3, cfg.image_size, cfg.image_size)
+    targets = torch.randint(0, 2, (2, cfg.image_size, cfg.image_size))
+    coarse = CoarseSegmenter.from_config(cfg)
+    steps_per_epoch = -(-n_train // cfg.batch_size) * cfg.batch_size / 2
+    coarse_epochs = epochs_for(cfg.coarse_epochs, cfg.coarse_min_steps, n_train, cfg.batch_size)
+    refine_epochs = epochs_for(cfg.refine_epochs, cfg.refine_min_steps, n_train, cfg.batch_size)
+    seconds = _step_seconds(coarse, images, targets) * (coarse_epochs + refine_epochs) * steps_per_epoch
+    for method in ("control", "cspn", "dyspn"):
+        refiner = Refiner.from_config(cfg, coarse, method)
+        seconds += _step_seconds(refiner, images, targets) * refine_epochs * steps_per_epoch
+    return seconds / 3600
+
+
+def _print_results(results: Path, profile: str, started: float) -> None:
+    from .workflow import read_results
+
+    doc = read_results(results)
+    if doc is None:
+        return
+    print(f"results: runs/{profile}/results.json ({doc.get('data_source')}, seed {doc.get('seed')})")
+    since = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started))
+    old = []
+    for name, row in doc["stages"].items():
+        mark = "" if row.get("recorded", "") >= since else " *"
+        old += [name] if mark else []
+        print(f"  {name:22s} " + "  ".join(f"{m} {row.get(m, float('nan')):.3f}" for m in ("miou", "pet_iou",
+                                                                                           "boundary_iou")) + mark)
+    if old:
+        print(f"  * recorded by an earlier run, not this one ({len(old)} of {len(doc['stages'])} stages)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -85,7 +183,8 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--profile", choices=PROFILES, help="overrides WORKBOOK_PROFILE")
     run.add_argument("--data-root", help="a folder holding oxford-iiit-pet/ (overrides PETS_ROOT)")
     run.add_argument("--seed", type=int, help="overrides WORKBOOK_SEED")
-    run.add_argument("--only", nargs="*", help="run only notebooks whose name starts with these prefixes")
+    run.add_argument("--only", nargs="+", help="run only notebooks whose name starts with these prefixes")
+    run.add_argument("--cell-timeout", type=int, default=3600, help="seconds one cell may run (default 3600)")
     figures = sub.add_parser("figures", help="write the README's figures from the trained stages (trains what is missing)")
     figures.add_argument("--profile", choices=PROFILES, help="overrides WORKBOOK_PROFILE")
     figures.add_argument("--data-root", help="a folder holding oxford-iiit-pet/ (overrides PETS_ROOT)")
@@ -96,34 +195,107 @@ def main(argv: list[str] | None = None) -> int:
         return write_figures(args)
 
     from .config import default_profile
+    from .data import DataError, locate_root
 
+    os.environ.setdefault("WORKBOOK_START_DIR", os.getcwd())
     if args.profile:
         os.environ["WORKBOOK_PROFILE"] = args.profile
-    if args.data_root:
-        root = Path(args.data_root).expanduser().resolve()
-        if not (root / "oxford-iiit-pet").is_dir():
-            parser.error(f"--data-root {args.data_root} does not hold an 'oxford-iiit-pet' folder")
-        os.environ["PETS_ROOT"] = str(root)
     if args.seed is not None:
         os.environ["WORKBOOK_SEED"] = str(args.seed)
-    profile = os.environ.setdefault("WORKBOOK_PROFILE", default_profile())
+    try:
+        profile, seed = check_settings(os.environ.get("WORKBOOK_PROFILE") or default_profile(),
+                                       os.environ.get("WORKBOOK_SEED", "0"))
+        # the kernels run in notebooks/: hand them an absolute data folder, resolved from here
+        what, root = ("--data-root", args.data_root) if args.data_root is not None else ("PETS_ROOT", os.environ.get("PETS_ROOT"))
+        if root is not None:
+            if not root.strip():
+                raise DataError(f"{what} is set but empty: give the folder holding oxford-iiit-pet/, or unset it "
+                                "to use data/oxford-iiit-pet or the synthetic stand-in")
+            os.environ["PETS_ROOT"] = str(locate_root(root, what))
+    except (ValueError, DataError) as exc:
+        parser.error(str(exc))
+    os.environ["WORKBOOK_PROFILE"] = profile
     notebooks = numbered_notebooks()
     if args.only:
         notebooks = [p for p in notebooks if any(p.name.startswith(o) for o in args.only)]
+        if not notebooks:
+            parser.error(f"--only {' '.join(args.only)} matches no notebook; the notebooks are "
+                         + ", ".join(p.stem for p in numbered_notebooks()))
+    if profile == "full":
+        import torch
+
+        if not torch.cuda.is_available():
+            print("warning: profile full without a GPU; timing one training step of each model ...", flush=True)
+            hours = estimate_cpu_hours(profile)
+            print(f"warning: the full profile would take about {hours:.0f} hours on this CPU "
+                  "(it is the GPU profile); stop with Ctrl-C and use --profile cpu (about 20 minutes)", flush=True)
     out_dir = REPO_ROOT / "runs" / profile
-    print(f"profile {profile}, seed {os.environ.get('WORKBOOK_SEED', '0')}, "
-          f"data {os.environ.get('PETS_ROOT', 'auto (data/ or synthetic)')}; {len(notebooks)} notebooks")
-    for i, nb in enumerate(notebooks, 1):
-        print(f"[{i}/{len(notebooks)}] {nb.name} ...", flush=True)
+    print(f"profile {profile}, seed {seed}, data {os.environ.get('PETS_ROOT', 'auto (data/ or synthetic)')}; "
+          f"{len(notebooks)} notebooks")
+    started = time.time()
+    stop = {"signal": None, "client": None}
+
+    def interrupt(signum, frame):
+        # Ctrl-C and SIGTERM (a closed terminal, a job scheduler): stop the kernel, then end
+        # with one line instead of nbclient's tracebacks
+        stop["signal"] = signal.Signals(signum).name
+        _kill_kernel(stop["client"])
+
+    previous = {}
+    for sig in (signal.SIGINT, signal.SIGTERM):
         try:
-            seconds = run_notebook(nb, out_dir)
-        except NotebookFailed as exc:
-            print(f"FAILED {exc}\nthe executed notebook with the error is in runs/{profile}/{nb.name}", file=sys.stderr)
-            return 1
-        print(f"      done in {seconds:.0f} s -> runs/{profile}/{nb.name}", flush=True)
-    results = out_dir / "results.json"
-    if results.exists():
-        print(f"results: runs/{profile}/results.json")
-        print(json.dumps({k: {m: v.get(m) for m in ('miou', 'pet_iou', 'boundary_iou')}
-                          for k, v in json.loads(results.read_text())["stages"].items()}, indent=1))
+            previous[sig] = signal.signal(sig, interrupt)
+        except ValueError:   # not the main thread (an embedding application): leave its signals alone
+            pass
+    current = None
+    try:
+        for i, nb in enumerate(notebooks, 1):
+            current = nb
+            print(f"[{i}/{len(notebooks)}] {nb.name} ...", flush=True)
+            outcome = _in_worker(run_notebook, nb, out_dir, args.cell_timeout,
+                                 lambda client: stop.__setitem__("client", client))
+            if stop["signal"]:
+                break
+            if isinstance(outcome, NotebookFailed):
+                print(f"FAILED {outcome}", file=sys.stderr)
+                return 1
+            if isinstance(outcome, BaseException):
+                raise outcome
+            print(f"      done in {outcome:.0f} s -> runs/{profile}/{nb.name}", flush=True)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if stop["signal"]:
+        print(f"\ninterrupted ({stop['signal']}) during {current.name}: its kernel was stopped; finished epochs are "
+              f"checkpointed and resume on the next run; notebooks executed before it are in runs/{profile}/",
+              file=sys.stderr)
+        return 130
+    _print_results(out_dir / "results.json", profile, started)
     return 0
+
+
+def _in_worker(fn, *args):
+    """``fn(*args)`` in a worker thread; its result, or the exception it raised. The main thread
+    only waits, so it receives Ctrl-C and SIGTERM itself (and nbclient, off the main thread,
+    leaves the process's signal handlers alone)."""
+    box = {}
+
+    def work():
+        try:
+            box["value"] = fn(*args)
+        except BaseException as exc:   # handed to the caller, whatever it is
+            box["value"] = exc
+
+    worker = threading.Thread(target=work, daemon=True)
+    worker.start()
+    while worker.is_alive():
+        worker.join(0.2)   # short waits: signal handlers run between them
+    return box["value"]
+
+
+def _kill_kernel(client) -> None:
+    """Stop the kernel process of a running nbclient client (if any); its execution then ends
+    with a dead-kernel error in the worker."""
+    process = getattr(getattr(getattr(client, "km", None), "provisioner", None), "process", None)
+    if process is not None and process.poll() is None:
+        process.kill()

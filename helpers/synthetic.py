@@ -11,6 +11,9 @@ The generator is deterministic: the same ``seed`` writes byte-identical files.
 from __future__ import annotations
 
 import math
+import os
+import shutil
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -142,7 +145,8 @@ def write_synthetic_dataset(root: str | Path, n_trainval: int, n_test: int, seed
     final = root / "oxford-iiit-pet"
     if (final / "annotations" / "test.txt").exists():
         return root
-    tmp = root / f".oxford-iiit-pet.tmp{seed}"
+    # a name no other writer uses: two processes generating at once must not share a half-written folder
+    tmp = root / f".oxford-iiit-pet.tmp{os.getpid()}-{uuid.uuid4().hex[:8]}"
     (tmp / "images").mkdir(parents=True, exist_ok=True)
     (tmp / "annotations" / "trimaps").mkdir(parents=True, exist_ok=True)
     lines = []
@@ -162,5 +166,10 @@ def write_synthetic_dataset(root: str | Path, n_trainval: int, n_test: int, seed
     (ann / "trainval.txt").write_text("\n".join(lines[:n_trainval]) + "\n")
     (ann / "test.txt").write_text("\n".join(lines[n_trainval:]) + "\n")
     root.mkdir(parents=True, exist_ok=True)
-    tmp.rename(final)
+    try:
+        tmp.rename(final)
+    except OSError:
+        if not (final / "annotations" / "test.txt").exists():
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)   # another process finished the same dataset first
     return root

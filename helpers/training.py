@@ -6,6 +6,7 @@ Models trained here map an image batch (B, 3, H, W) in [0, 1] to class probabili
 from __future__ import annotations
 
 import contextlib
+import math
 import random
 import time
 from dataclasses import dataclass, field
@@ -19,6 +20,10 @@ from torch.utils.data import DataLoader, Dataset
 from .checkpoint import atomic_save, check_spec, library_versions, safe_load
 from .losses import segmentation_loss
 from .metrics import SegmentationMeter
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss or the weights stopped being finite numbers (the message says what to change)."""
 
 
 def seed_everything(seed: int) -> None:
@@ -158,9 +163,21 @@ def fit(model: nn.Module, *, train_set: Dataset, val_set: Dataset, epochs: int, 
             scaler.update()
             if patience is None:
                 schedule.step()
-            running += loss.item() * len(image)
+            value = loss.item()
+            if not math.isfinite(value):
+                # raised before this epoch's checkpoint is written: a diverged net is never saved,
+                # let alone as finished; the last good epoch stays on disk
+                raise TrainingDiverged(f"{desc}: the training loss became {value} in epoch {epoch + 1}, batch "
+                                       f"{seen // batch_size + 1}; the learning rate ({lr:g}) is probably too high "
+                                       "for this setting: lower it (for example halve it) and run again; "
+                                       "nothing of this epoch was saved")
+            running += value * len(image)
             seen += len(image)
             batch_bar.set_postfix(loss=f"{running / seen:.3f}")
+        if not all(torch.isfinite(p).all() for p in params):
+            raise TrainingDiverged(f"{desc}: the weights hold NaN or infinity after epoch {epoch + 1} although "
+                                   f"the loss stayed finite; lower the learning rate ({lr:g}) and run again; "
+                                   "nothing of this epoch was saved")
         metrics = evaluate(model, val_set, batch_size, device, amp)
         history.epoch.append(epoch + 1)
         history.train_loss.append(running / max(seen, 1))

@@ -3,7 +3,7 @@
 A :class:`Workbook` ties together one configuration, one data source and the datasets. Stages:
 ``coarse_stage`` (notebook 01), ``refine_stage`` (control / cspn / dyspn, notebooks 02-03), and
 the baselines of notebook 04, ``coarse_longer_stage`` (the equal-compute control) and
-``guided_filter_stage``. Stage outputs live under ``runs/<profile>/<data source>/seed<k>/`` so
+``guided_filter_stage``. Stage outputs live under ``runs/<profile>/<data name>-<digest>/seed<k>/`` so
 that later notebooks find what earlier ones produced (and rebuild it, with a message, when it
 is missing).
 """
@@ -15,12 +15,13 @@ import math
 import os
 import re
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from .checkpoint import atomic_save, library_versions
+from .checkpoint import atomic_save, atomic_write_text, file_lock, library_versions
 from .config import Config, load_config
 from .data import REPO_ROOT, DataSource, PetSegmentation, build_datasets, display_path, resolve_source
 from .guided_filter import GuidedFilterRefiner, filter_probabilities
@@ -43,8 +44,19 @@ class Workbook:
     stages: dict = field(default_factory=dict)   # stage name -> StageResult, filled as stages run
 
     @property
+    def data_id(self) -> str:
+        """What identifies the data of this run: the source's name and a digest of the ids,
+        pixels and masks of train, val and test. Two folders with the same name but different
+        contents (or one folder whose files were rewritten) never share models or results."""
+        digest = hashlib.sha1()
+        for split in sorted(self.data):
+            digest.update(f"{split}:{self.data[split].fingerprint()};".encode())
+        return f"{self.source.name}@{digest.hexdigest()[:10]}"
+
+    @property
     def run_dir(self) -> Path:
-        slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", self.source.name)
+        """``runs/<profile>/<data name>-<data digest>/seed<k>``."""
+        slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", self.data_id.replace("@", "-"))
         return RUNS_DIR / self.cfg.profile / slug / f"seed{self.cfg.seed}"
 
     @property
@@ -148,7 +160,7 @@ def _check_base(base: str) -> None:
 
 def _coarse_spec(wb: Workbook, epochs: int, base: str = "coarse") -> dict:
     c = wb.cfg
-    spec = {"stage": "coarse", "data": wb.source.name, "image_size": c.image_size, "coarse_size": c.coarse_size,
+    spec = {"stage": "coarse", "data": wb.data_id, "image_size": c.image_size, "coarse_size": c.coarse_size,
             "width": c.coarse_width, "depth": c.coarse_depth, "epochs": epochs, "lr": c.coarse_lr,
             "batch_size": c.batch_size, "seed": c.seed, "n_train": len(wb.data["train"])}
     if base == "converged":
@@ -349,26 +361,42 @@ def results_path(profile: str) -> Path:
     return RUNS_DIR / profile / "results.json"
 
 
+def read_results(path: Path) -> dict | None:
+    """``results.json`` as a dict, or None when it is missing. A file that cannot be parsed (a
+    crash of another tool, a hand edit) is moved aside with a warning instead of stopping the run."""
+    if not path.exists():
+        return None
+    try:
+        doc = json.loads(path.read_text())
+        if isinstance(doc, dict) and isinstance(doc.get("stages"), dict):
+            return doc
+        problem = "it does not hold a 'stages' table"
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        problem = f"it is not valid JSON ({exc})"
+    aside = path.with_name(f"{path.stem}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}.json")
+    os.replace(path, aside)
+    warnings.warn(f"{display_path(path)} could not be read ({problem}); moved it to {aside.name} and started a new one")
+    return None
+
+
 def record_results(wb: Workbook, *results: StageResult) -> dict:
-    """Merge stage metrics into ``runs/<profile>/results.json`` (atomic). A file written for
-    another data source or seed is started afresh, so sources are never mixed."""
+    """Merge stage metrics into ``runs/<profile>/results.json``: locked against other writers,
+    written atomically. A file written for other data (another :attr:`Workbook.data_id`) or
+    another seed is started afresh, so results are never mixed; each stage carries the time it
+    was recorded, so a partial run's table says which stages are older."""
     path = results_path(wb.cfg.profile)
-    doc = {"profile": wb.cfg.profile, "data_source": wb.source.name, "seed": wb.cfg.seed, "stages": {}}
-    if path.exists():
-        try:
-            old = json.loads(path.read_text())
-            if (old.get("data_source"), old.get("seed")) == (doc["data_source"], doc["seed"]):
-                doc["stages"] = old.get("stages", {})
-        except json.JSONDecodeError:
-            pass
-    for r in results:
-        doc["stages"][r.name] = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.row().items()}
-        doc["stages"][r.name]["test"] = {k: round(v, 4) for k, v in r.test_metrics.items()}
-    doc["versions"] = library_versions()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(doc, indent=2))
-    os.replace(tmp, path)
+    with file_lock(path):
+        doc = {"profile": wb.cfg.profile, "data_source": wb.data_id, "seed": wb.cfg.seed, "stages": {}}
+        old = read_results(path)
+        if old and (old.get("data_source"), old.get("seed")) == (doc["data_source"], doc["seed"]):
+            doc["stages"] = old["stages"]
+        now = time.strftime("%Y-%m-%dT%H:%M:%S")
+        for r in results:
+            row = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.row().items()}
+            doc["stages"][r.name] = {**row, "test": {k: round(v, 4) for k, v in r.test_metrics.items()},
+                                     "recorded": now}
+        doc["versions"] = library_versions()
+        atomic_write_text(json.dumps(doc, indent=2), path)
     return doc
 
 

@@ -190,7 +190,7 @@ def test_quality_benchmark_end_to_end_with_overrides(tmp_path, monkeypatch, caps
         assert r["miou"]["low"] <= r["miou"]["gain"] <= r["miou"]["high"]
     printed = capsys.readouterr().out
     assert "val split" in printed and "test split" in printed and "paired per-image bootstrap" in printed
-    ckpt = next((tmp_path / "smoke" / "synthetic" / "seed0").glob("coarse-*[0-9a-f].pt"))
+    ckpt = next((tmp_path / "smoke").glob("synthetic-*/seed0/coarse-*[0-9a-f].pt"))
     assert torch.load(ckpt, weights_only=False)["spec"]["coarse_size"] == 16   # the variant really trained
     with pytest.raises(SystemExit):   # argparse's error: a clear message, exit status 2
         q.main(["--profile", "smoke", "--set", "coarse_sise=16"])

@@ -22,7 +22,7 @@ def test_failure_names_notebook_and_cell(tmp_path):
     _nb(tmp_path / "01_bad.ipynb", "x = 1", "raise ValueError('broken on purpose')")
     with pytest.raises(runner.NotebookFailed, match=r"01_bad.ipynb: cell 1 failed: .*broken on purpose"):
         runner.run_notebook(tmp_path / "01_bad.ipynb", tmp_path / "out", timeout_s=120)
-    assert (tmp_path / "out" / "01_bad.ipynb").exists()     # the executed copy shows the error
+    assert (tmp_path / "out" / "01_bad.failed.ipynb").exists()     # the executed copy shows the error
 
 
 def test_main_exits_non_zero_on_failure(tmp_path, monkeypatch, capsys):
