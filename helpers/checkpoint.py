@@ -19,7 +19,9 @@ class CheckpointError(RuntimeError):
 def library_versions() -> dict:
     import torchvision
 
-    return {"torch": str(torch.__version__), "torchvision": str(torchvision.__version__), "python": platform.python_version()}
+    # the thread count is recorded because CPU results are reproducible only at the same count (README)
+    return {"torch": str(torch.__version__), "torchvision": str(torchvision.__version__), "python": platform.python_version(),
+            "torch_threads": torch.get_num_threads()}
 
 
 def _temporary_beside(path: Path) -> Path:

@@ -106,14 +106,15 @@ def parse_overrides(pairs: list[str]) -> dict:
     optional cap); an unknown field or a value of the wrong type is a clear error.
     """
     fields = {f.name: f for f in dataclasses.fields(Config)}
+    settable = [name for name in fields if name not in ("profile", "seed")]
     out = {}
     for pair in pairs:
         key, sep, raw = pair.partition("=")
         key = key.strip()
-        if not sep or key not in fields:
-            raise ValueError(f"expected FIELD=VALUE with FIELD one of {', '.join(fields)}; got {pair!r}")
         if key in ("profile", "seed"):
-            raise ValueError(f"{key} has its own option; it cannot be set with FIELD=VALUE")
+            raise ValueError(f"{key} has its own option (--{key}); it cannot be set with FIELD=VALUE")
+        if not sep or key not in fields:
+            raise ValueError(f"expected FIELD=VALUE with FIELD one of {', '.join(settable)}; got {pair!r}")
         kind = str(fields[key].type)
         raw = raw.strip()
         try:

@@ -241,13 +241,14 @@ def decode_split(root: Path, ids: list[str], size: int, on_error: str = "raise",
     """Decode and resize every pair once: images (N, 3, S, S) uint8 (antialiased), trimaps
     (N, S, S) uint8 (nearest). ``on_error="skip"`` skips bad pairs with one warning and a count."""
     from torchvision.transforms.v2 import functional as TF
-    from tqdm.auto import tqdm
+
+    from .progress import bar
 
     if on_error not in ("raise", "skip"):
         raise ValueError("on_error must be 'raise' or 'skip'")
     base = root / "oxford-iiit-pet"
     images, trimaps, kept, skipped = [], [], [], []
-    for image_id in tqdm(ids, desc=f"decoding {len(ids)} images", disable=not progress, leave=False):
+    for image_id in bar(ids, progress, desc=f"decoding {len(ids)} images", leave=False):
         try:
             rgb = load_rgb(base / "images" / f"{image_id}.jpg")
             tri = load_trimap(base / "annotations" / "trimaps" / f"{image_id}.png", rgb.size)

@@ -15,6 +15,7 @@ import threading
 import time
 from pathlib import Path
 
+from . import progress
 from .config import PROFILES
 from .data import REPO_ROOT
 
@@ -192,7 +193,15 @@ def main(argv: list[str] | None = None) -> int:
     figures.add_argument("--out", default=str(FIGURE_DIR), help="output folder (default: notebooks/figures)")
     args = parser.parse_args(argv)
     if args.command == "figures":
-        return write_figures(args)
+        from .checkpoint import CheckpointError
+        from .data import DataError
+
+        try:
+            check_settings(args.profile or os.environ.get("WORKBOOK_PROFILE") or "cpu",
+                           str(args.seed) if args.seed is not None else os.environ.get("WORKBOOK_SEED", "0"))
+            return write_figures(args)
+        except (ValueError, DataError, CheckpointError) as exc:
+            figures.error(str(exc))   # one line and argparse's exit status 2, not a traceback
 
     from .config import default_profile
     from .data import DataError, locate_root
@@ -213,13 +222,13 @@ def main(argv: list[str] | None = None) -> int:
                                 "to use data/oxford-iiit-pet or the synthetic stand-in")
             os.environ["PETS_ROOT"] = str(locate_root(root, what))
     except (ValueError, DataError) as exc:
-        parser.error(str(exc))
+        run.error(str(exc))   # the usage line of `run`, not of the top-level command
     os.environ["WORKBOOK_PROFILE"] = profile
     notebooks = numbered_notebooks()
     if args.only:
         notebooks = [p for p in notebooks if any(p.name.startswith(o) for o in args.only)]
         if not notebooks:
-            parser.error(f"--only {' '.join(args.only)} matches no notebook; the notebooks are "
+            run.error(f"--only {' '.join(args.only)} matches no notebook; the notebooks are "
                          + ", ".join(p.stem for p in numbered_notebooks()))
     if profile == "full":
         import torch
@@ -248,12 +257,18 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError:   # not the main thread (an embedding application): leave its signals alone
             pass
     current = None
+    saved_env = {k: os.environ.get(k) for k in (progress.HEADLESS_ENV, progress.PROGRESS_ENV)}
     try:
         for i, nb in enumerate(notebooks, 1):
             current = nb
             print(f"[{i}/{len(notebooks)}] {nb.name} ...", flush=True)
+            events = out_dir / f"{nb.stem}.progress.jsonl"
+            out_dir.mkdir(parents=True, exist_ok=True)
+            events.write_text("")
+            # the kernel inherits these: no widget bars in the saved notebook, epochs reported to the file
+            os.environ[progress.HEADLESS_ENV], os.environ[progress.PROGRESS_ENV] = "1", str(events)
             outcome = _in_worker(run_notebook, nb, out_dir, args.cell_timeout,
-                                 lambda client: stop.__setitem__("client", client))
+                                 lambda client: stop.__setitem__("client", client), on_wait=_follower(events))
             if stop["signal"]:
                 break
             if isinstance(outcome, NotebookFailed):
@@ -265,6 +280,11 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        for key, value in saved_env.items():   # leave the caller's environment as it was
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
     if stop["signal"]:
         print(f"\ninterrupted ({stop['signal']}) during {current.name}: its kernel was stopped; finished epochs are "
               f"checkpointed and resume on the next run; notebooks executed before it are in runs/{profile}/",
@@ -274,10 +294,21 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _in_worker(fn, *args):
+def _follower(path: Path):
+    """A callable that prints the training epochs appended to ``path`` since its last call."""
+    state = {"offset": 0}
+
+    def show():
+        events, state["offset"] = progress.follow(path, state["offset"])
+        for event in events:
+            print("      " + progress.describe(event), flush=True)
+    return show
+
+
+def _in_worker(fn, *args, on_wait=None):
     """``fn(*args)`` in a worker thread; its result, or the exception it raised. The main thread
-    only waits, so it receives Ctrl-C and SIGTERM itself (and nbclient, off the main thread,
-    leaves the process's signal handlers alone)."""
+    only waits (calling ``on_wait`` between waits), so it receives Ctrl-C and SIGTERM itself (and
+    nbclient, off the main thread, leaves the process's signal handlers alone)."""
     box = {}
 
     def work():
@@ -290,6 +321,8 @@ def _in_worker(fn, *args):
     worker.start()
     while worker.is_alive():
         worker.join(0.2)   # short waits: signal handlers run between them
+        if on_wait is not None:
+            on_wait()
     return box["value"]
 
 

@@ -13,9 +13,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from .viz import PET_CMAP, axes_off, figure_png, iteration_strip, to_numpy_image
-
-RING_LABELS = ("ring 1", "ring 2", "ring 3", "pixel itself")
+from .viz import PET_CMAP, axes_off, figure_png, iteration_strip, ring_names, to_numpy_image
 
 
 def render_frame(image: torch.Tensor, maps: list, t: int, attention: torch.Tensor | None = None,
@@ -40,14 +38,15 @@ def render_frame(image: torch.Tensor, maps: list, t: int, attention: torch.Tenso
     top[2].set_title(f"change $H^{{{t}}} - H^{{{t - 1}}}$" if t else "start (no change)")
     for ax in top[3:]:
         ax.set_visible(False)
+    labels = ring_names(n_att - 1) if n_att else []   # as many rings as the DySPN kernel has
     for r in range(n_att):
         ax = axes[1, r]
         if t == 0:
             ax.imshow(np.zeros(pet[0].shape), cmap="gray", vmin=0, vmax=1)
-            ax.set_title(f"{RING_LABELS[r]}: none at t = 0")
+            ax.set_title(f"{labels[r]}: none at t = 0", fontsize=9)
         else:
             ax.imshow(attention[t - 1, r].detach().cpu().numpy(), cmap="viridis", vmin=0, vmax=1)
-            ax.set_title(f"$\\pi^{{{t}}}$, {RING_LABELS[r]}")
+            ax.set_title(f"$\\pi^{{{t}}}$, {labels[r]}", fontsize=9)
     axes_off(axes)
     fig.suptitle(title or f"iteration t = {t} of {len(maps) - 1}")
     fig.tight_layout()

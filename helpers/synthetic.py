@@ -139,7 +139,7 @@ def write_synthetic_dataset(root: str | Path, n_trainval: int, n_test: int, seed
     ``annotations/{list,trainval,test}.txt`` with lines ``<Name>_<i> <class> <species> <breed>``.
     Written to a temporary folder first and renamed, so an interrupted run leaves nothing half-made.
     """
-    from tqdm.auto import tqdm
+    from .progress import bar
 
     root = Path(root)
     final = root / "oxford-iiit-pet"
@@ -151,7 +151,7 @@ def write_synthetic_dataset(root: str | Path, n_trainval: int, n_test: int, seed
     (tmp / "annotations" / "trimaps").mkdir(parents=True, exist_ok=True)
     lines = []
     total = n_trainval + n_test
-    for i in tqdm(range(total), desc="writing synthetic pets", disable=not progress, leave=False):
+    for i in bar(range(total), progress, desc="writing synthetic pets", leave=False):
         breed = i % len(BREEDS)
         name, species = BREEDS[breed]
         image_id = f"{name}_{i // len(BREEDS) + 1}"

@@ -112,7 +112,7 @@ def fit(model: nn.Module, *, train_set: Dataset, val_set: Dataset, epochs: int, 
     refiners' :meth:`~helpers.refiner.Refiner.training_loss`). Only parameters with
     ``requires_grad`` are optimised (the refiners keep the coarse net frozen).
     """
-    from tqdm.auto import tqdm
+    from . import progress as prog
 
     device = torch.device(device)
     seed_everything(seed)
@@ -148,11 +148,12 @@ def fit(model: nn.Module, *, train_set: Dataset, val_set: Dataset, epochs: int, 
             loader.generator.set_state(state["loader_rng"])
             print(f"resuming {desc} from epoch {start} of {epochs}")
     t0 = time.perf_counter() - history.seconds
-    epoch_bar = tqdm(range(start, epochs), desc=desc, disable=not progress, initial=start, total=epochs)
+    epoch_bar = prog.bar(range(start, epochs), progress, desc=desc, initial=start, total=epochs)
+    session_start, resumed_at = time.perf_counter(), start
     for epoch in epoch_bar:
         model.train()
         running, seen = 0.0, 0
-        batch_bar = tqdm(loader, desc=f"epoch {epoch + 1}", leave=False, disable=not progress)
+        batch_bar = prog.bar(loader, progress, desc=f"epoch {epoch + 1}", leave=False)
         for image, target in batch_bar:
             image, target = image.to(device), target.to(device)
             with autocast_for(device, amp):
@@ -184,6 +185,9 @@ def fit(model: nn.Module, *, train_set: Dataset, val_set: Dataset, epochs: int, 
         history.val.append(metrics)
         history.seconds = time.perf_counter() - t0
         epoch_bar.set_postfix(loss=f"{history.train_loss[-1]:.3f}", val_miou=f"{metrics['miou']:.3f}")
+        per_epoch = (time.perf_counter() - session_start) / (epoch + 1 - resumed_at)
+        prog.report_epoch(desc, epoch + 1, epochs, history.train_loss[-1], metrics["miou"], history.seconds,
+                          per_epoch * (epochs - epoch - 1), capped=patience is not None)
         stop = False
         if patience is not None:
             schedule.step(metrics["miou"])
@@ -206,6 +210,12 @@ def fit(model: nn.Module, *, train_set: Dataset, val_set: Dataset, epochs: int, 
             print(f"{desc}: validation mIoU has not improved for {patience} epochs; stopped after epoch {epoch + 1}, "
                   f"keeping epoch {history.best_epoch} ({history.val[history.best_epoch - 1]['miou']:.3f})")
             break
+    epoch_bar.close()
+    if progress and history.epoch and history.epoch[-1] > start:
+        # what a saved notebook shows of the training (its bars are widgets and are not saved)
+        kept = history.best_epoch or history.epoch[-1]
+        print(f"{desc}: trained {history.epoch[-1]} epochs in {history.seconds:.0f} s; final loss "
+              f"{history.train_loss[-1]:.3f}, val mIoU {history.val[kept - 1]['miou']:.3f} (epoch {kept})")
     return history
 
 

@@ -10,8 +10,13 @@ import io
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
+from matplotlib.colors import ListedColormap
+from matplotlib.patches import Patch
 
 PET_CMAP = "magma"
+# the trimap's three values, in the official coding (1 pet, 2 background, 3 boundary band)
+TRIMAP_LABELS = ("1 pet", "2 background", "3 boundary band")
+TRIMAP_CMAP = ListedColormap(["#d95f02", "#1b1b3a", "#f0e442"])
 
 
 def use_style() -> None:
@@ -28,7 +33,8 @@ def overlay(image: torch.Tensor, mask: torch.Tensor, colour=(1.0, 0.2, 0.2), alp
     """The image with ``mask`` (H, W, non-zero = pet) tinted."""
     rgb = to_numpy_image(image)
     m = (mask.detach().cpu().numpy() > 0)[..., None]
-    return np.where(m, (1 - alpha) * rgb + alpha * np.asarray(colour), rgb)
+    # clipped: the blend can round a hair above 1, which imshow would warn about
+    return np.clip(np.where(m, (1 - alpha) * rgb + alpha * np.asarray(colour), rgb), 0, 1)
 
 
 def axes_off(axes) -> None:
@@ -43,11 +49,13 @@ def show_samples(dataset, n: int = 6, title: str = "") -> plt.Figure:
     for i in range(n):
         axes[0, i].imshow(overlay(dataset.images[i].float() / 255, dataset.targets[i]))
         axes[0, i].set_title(dataset.ids[i], fontsize=8)
-        axes[1, i].imshow(dataset.trimaps[i].numpy(), cmap="viridis", vmin=1, vmax=3)
-    axes[0, 0].set_ylabel("pet mask"), axes[1, 0].set_ylabel("trimap")
+        axes[1, i].imshow(dataset.trimaps[i].numpy(), cmap=TRIMAP_CMAP, vmin=0.5, vmax=3.5)
+    axes[0, 0].set_ylabel("pet mask (red)"), axes[1, 0].set_ylabel("trimap")
     axes_off(axes)
     fig.suptitle(title)
-    fig.tight_layout()
+    handles = [Patch(color=TRIMAP_CMAP(k), label=label) for k, label in enumerate(TRIMAP_LABELS)]
+    fig.legend(handles=handles, loc="lower center", ncol=3, fontsize=8, frameon=False, title="trimap values")
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
     return fig
 
 
@@ -65,24 +73,40 @@ def compare_maps(image: torch.Tensor, target: torch.Tensor, maps: dict, title: s
     return fig
 
 
-def prediction_grid(dataset, preds: dict, indices, scores: dict | None = None) -> plt.Figure:
-    """Rows of images: RGB + ground truth + one column per named prediction set (N, H, W)."""
+def prediction_grid(dataset, preds: dict, indices, scores: dict | None = None, row_notes=None,
+                    title: str = "") -> plt.Figure:
+    """Rows of images: RGB + ground truth + one column per named prediction set (N, H, W).
+
+    ``scores``: name -> per-image mIoU, shown in each title as "name, mIoU 0.64";
+    ``row_notes``: a short label per row (e.g. "gain" / "loss"), shown beside the image id."""
     indices = list(indices)
     cols = 2 + len(preds)
-    fig, axes = plt.subplots(len(indices), cols, figsize=(2.1 * cols, 2.1 * len(indices)), squeeze=False)
+    fig, axes = plt.subplots(len(indices), cols, figsize=(2.1 * cols, 2.2 * len(indices) + 0.4), squeeze=False)
     for row, i in enumerate(indices):
         image, target = dataset.images[i].float() / 255, dataset.targets[i]   # never augmented
         axes[row, 0].imshow(to_numpy_image(image))
-        axes[row, 0].set_ylabel(dataset.ids[i], fontsize=7)
+        note = f"{row_notes[row]}\n" if row_notes is not None else ""
+        axes[row, 0].set_ylabel(f"{note}{dataset.ids[i]}", fontsize=8)
         axes[row, 1].imshow(np.asarray(target), cmap="gray", vmin=0, vmax=1)
         for col, (name, p) in enumerate(preds.items(), start=2):
             axes[row, col].imshow(np.asarray(p[i]), cmap="gray", vmin=0, vmax=1)
-            label = name if scores is None else f"{name} {scores[name][i]:.2f}"
+            label = name if scores is None else f"{name}, mIoU {scores[name][i]:.2f}"
             axes[row, col].set_title(label if row == 0 or scores else "", fontsize=8)
     axes[0, 0].set_title("RGB", fontsize=8), axes[0, 1].set_title("ground truth", fontsize=8)
     axes_off(axes)
+    fig.suptitle(title or "white = pet, black = background")
     fig.tight_layout()
     return fig
+
+
+def gains_losses_grid(dataset, preds: dict, scores: dict, gains, losses, before: str, after: str) -> plt.Figure:
+    """:func:`prediction_grid` of the images where ``after`` gains most over ``before`` (top rows)
+    and loses most (bottom rows), each row labelled with its per-image mIoU change."""
+    delta = [scores[after][i] - scores[before][i] for i in list(gains) + list(losses)]
+    notes = [f"{'gain' if k < len(gains) else 'loss'} {d:+.2f}" for k, d in enumerate(delta)]
+    return prediction_grid(dataset, preds, list(gains) + list(losses), scores, notes,
+                           title=f"where {after} gains most (top {len(gains)} rows) and loses most "
+                                 f"(bottom {len(losses)}) against {before}; white = pet")
 
 
 def iteration_strip(maps: list, image: torch.Tensor | None = None, title: str = "") -> plt.Figure:
@@ -96,26 +120,51 @@ def iteration_strip(maps: list, image: torch.Tensor | None = None, title: str = 
         k = 1
     for t, m in enumerate(maps):
         m = m[-1] if m.dim() == 3 else m
-        axes[k + t].imshow(m.detach().cpu().numpy(), cmap=PET_CMAP, vmin=0, vmax=1)
+        im = axes[k + t].imshow(m.detach().cpu().numpy(), cmap=PET_CMAP, vmin=0, vmax=1)
         axes[k + t].set_title(f"$H^{{{t}}}$" if t else "$H^0$ (start)")
     axes_off(axes)
     fig.suptitle(title)
     fig.tight_layout()
+    fig.colorbar(im, ax=axes, shrink=0.8, pad=0.01, label="pet probability")
     return fig
 
 
-def attention_figure(attention: torch.Tensor, ring_names=("ring 1 (8)", "ring 2 (16)", "ring 3 (24)", "pixel itself")) -> plt.Figure:
-    """DySPN attention pi^t of one image, (T, R + 1, H, W): a row per iteration, a column per ring."""
+def ring_names(rings: int) -> list[str]:
+    """Column labels of DySPN's attention: ring d holds the 8 d neighbours at distance d."""
+    return [f"ring {d} ({8 * d} nbrs)" for d in range(1, rings + 1)] + ["pixel itself"]
+
+
+def attention_figure(attention: torch.Tensor, image: torch.Tensor | None = None, title: str = "") -> plt.Figure:
+    """DySPN attention pi^t of one image, (T, R + 1, H, W): a row per iteration, a column per ring
+    and one for the pixel itself, the image beside the first row.
+
+    The colour scale spans the attention's own range in this image (2nd to 98th percentile), not
+    [0, 1]: the sigmoid's outputs often sit in a narrow band, and on a fixed [0, 1] scale the
+    iterations would look alike even where they differ."""
     T, R1 = attention.shape[:2]
-    fig, axes = plt.subplots(T, R1, figsize=(2.0 * R1, 1.9 * T), squeeze=False)
+    values = attention.detach().cpu().float()
+    lo, hi = (torch.quantile(values.flatten()[:: max(1, values.numel() // 200_000)], q).item() for q in (0.02, 0.98))
+    hi = max(hi, lo + 1e-3)
+    extra = int(image is not None)
+    fig, axes = plt.subplots(T, R1 + extra, figsize=(2.0 * (R1 + extra), 1.9 * T + 0.5), squeeze=False)
+    names = ring_names(R1 - 1)
     for t in range(T):
         for r in range(R1):
-            im = axes[t, r].imshow(attention[t, r].detach().cpu().numpy(), cmap="viridis", vmin=0, vmax=1)
+            ax = axes[t, r + extra]
+            im = ax.imshow(values[t, r].numpy(), cmap="viridis", vmin=lo, vmax=hi)
             if t == 0:
-                axes[t, r].set_title(ring_names[r] if r < len(ring_names) else f"channel {r}")
-        axes[t, 0].set_ylabel(f"$\\pi^{{{t + 1}}}$", fontsize=12)
-    axes_off(axes)
-    fig.colorbar(im, ax=axes, shrink=0.6, label="attention")
+                ax.set_title(names[r], fontsize=9)
+        axes[t, extra].set_ylabel(f"$\\pi^{{{t + 1}}}$ (t = {t + 1})", fontsize=11)
+    if extra:
+        axes[0, 0].imshow(to_numpy_image(image)), axes[0, 0].set_title("image", fontsize=9)
+        for t in range(1, T):
+            axes[t, 0].axis("off")
+    axes_off(axes[:, extra:])
+    if extra:
+        axes_off(axes[:1, :1])
+    fig.suptitle(title or "DySPN attention per iteration (rows) and ring (columns)")
+    fig.subplots_adjust(wspace=0.45)   # room for the row labels between the image and the first ring
+    fig.colorbar(im, ax=axes, shrink=0.6, label=f"attention (colours span {lo:.3g} to {hi:.3g})")
     return fig
 
 
@@ -144,20 +193,22 @@ def sweep_figure(sweeps: dict, trained_iterations: int, references: dict | None 
     dict drawn as horizontal lines (e.g. the coarse map and the no-propagation control)."""
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))
     for ax, key, label in zip(axes, ("miou", "boundary_iou"), ("val mIoU", "val Boundary IoU")):
-        for name, sweep in sweeps.items():
-            ax.plot(range(len(sweep)), [m[key] for m in sweep], marker="o", ms=3, label=name)
+        # distinct markers and line styles, drawn translucent: coinciding curves stay visible
+        for k, (name, sweep) in enumerate(sweeps.items()):
+            # earlier curves wider and with bigger markers, so a later one drawn on top leaves them visible
+            ax.plot(range(len(sweep)), [m[key] for m in sweep], marker="os^Dv"[k % 5], ms=(8, 5, 3, 3)[k % 4],
+                    ls=("-", "--", "-.", ":")[k % 4], lw=(3.2, 1.8, 1.2, 1.0)[k % 4], alpha=0.75, label=name)
         for k, (name, m) in enumerate((references or {}).items()):
             ax.axhline(m[key], color=f"C{len(sweeps) + k}", ls="--", lw=1, label=name)
         ax.axvline(trained_iterations, color="grey", ls=":", lw=1)
         ax.set_xlabel("iterations T at inference (dotted: the trained T)"), ax.set_ylabel(label)
         ax.grid(alpha=0.3)
-    axes[1].legend(fontsize=8, loc="best")
+        ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
     return fig
 
 
-def attention_row(image: torch.Tensor, refined: torch.Tensor, attention: torch.Tensor, t: int,
-                  ring_names=("ring 1", "ring 2", "ring 3", "pixel itself")) -> plt.Figure:
+def attention_row(image: torch.Tensor, refined: torch.Tensor, attention: torch.Tensor, t: int) -> plt.Figure:
     """One row: the image, the refined pet probability and DySPN's attention pi^t (1-based ``t``)
     per ring and for the pixel itself. refined (C, H, W); attention (T, R + 1, H, W)."""
     R1 = attention.shape[1]
@@ -167,7 +218,7 @@ def attention_row(image: torch.Tensor, refined: torch.Tensor, attention: torch.T
     axes[1].set_title(f"$H^{{{attention.shape[0]}}}$ (refined)")
     for r in range(R1):
         im = axes[2 + r].imshow(attention[t - 1, r].detach().cpu().numpy(), cmap="viridis", vmin=0, vmax=1)
-        axes[2 + r].set_title(f"$\\pi^{{{t}}}$, {ring_names[r] if r < len(ring_names) else r}")
+        axes[2 + r].set_title(f"$\\pi^{{{t}}}$, {ring_names(R1 - 1)[r]}", fontsize=9)
     axes_off(axes)
     fig.colorbar(im, ax=axes, shrink=0.8, label="attention")
     return fig

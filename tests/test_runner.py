@@ -54,3 +54,76 @@ def test_a_dead_kernel_names_the_notebook(tmp_path):
     _nb(tmp_path / "03_dies.ipynb", "import os\nos._exit(1)")
     with pytest.raises(runner.NotebookFailed, match=r"03_dies.ipynb: the kernel died"):
         runner.run_notebook(tmp_path / "03_dies.ipynb", tmp_path / "out", timeout_s=120)
+
+
+def test_headless_runs_show_live_epochs_and_save_a_summary_not_frozen_bars(tmp_path, monkeypatch, capsys):
+    """The runner prints each finished epoch while the notebook runs; the saved notebook holds
+    the stage's summary line instead of widget bars stuck at 0%."""
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parent.parent
+    _nb(tmp_path / "01_train.ipynb",
+        f"import sys\nsys.path.insert(0, {str(repo)!r})\n"
+        "from helpers.training import fit\nfrom helpers.unet import UNet\nfrom tests.toys import toy_data\n"
+        "h = fit(UNet(3, 2, width=4, depth=1), train_set=toy_data(8), val_set=toy_data(4, seed=1), epochs=3, "
+        "lr=1e-3, batch_size=4, desc='toy U-Net')")
+    monkeypatch.setattr(runner, "NOTEBOOK_DIR", tmp_path)
+    monkeypatch.setattr(runner, "REPO_ROOT", tmp_path)
+    assert runner.main(["run", "--profile", "smoke"]) == 0
+    out = capsys.readouterr().out
+    for epoch in (1, 2, 3):
+        assert f"toy U-Net: epoch {epoch}/3, loss " in out
+    assert "left" in out.split("toy U-Net: epoch 1/3")[1].splitlines()[0]
+    saved = nbformat.read(tmp_path / "runs" / "smoke" / "01_train.ipynb", as_version=4)
+    text = "".join(o.get("text", "") + str(o.get("data", {}).get("text/plain", "")) for o in saved.cells[0].outputs)
+    assert "toy U-Net: trained 3 epochs in" in text and "0%|" not in text
+    import os
+    assert "WORKBOOK_HEADLESS" not in os.environ          # the caller's environment is left as it was
+
+
+@pytest.mark.parametrize("argv,env,message", [
+    (["run", "--data-root", "/nonexistent"], {}, "python -m helpers run: error: --data-root '/nonexistent' does not hold"),
+    (["figures", "--data-root", "/nonexistent"], {}, "python -m helpers figures: error: data root '/nonexistent'"),
+    (["figures"], {"WORKBOOK_SEED": "abc"}, "python -m helpers figures: error: WORKBOOK_SEED='abc' is not an integer"),
+])
+def test_command_line_errors_are_one_line_with_the_subcommands_usage(argv, env, message, monkeypatch, capsys):
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    with pytest.raises(SystemExit) as exc:
+        runner.main(argv)
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and message in err and "Traceback" not in err
+    assert err.startswith(f"usage: python -m helpers {argv[0]} ")
+
+
+def test_overrides_list_only_the_fields_they_accept():
+    from helpers.config import parse_overrides
+
+    with pytest.raises(ValueError) as exc:
+        parse_overrides(["foo=1"])
+    accepted = str(exc.value).split("one of ")[1].split(";")[0].split(", ")
+    assert "coarse_size" in accepted and "profile" not in accepted and "seed" not in accepted
+    with pytest.raises(ValueError, match=r"seed has its own option \(--seed\)"):
+        parse_overrides(["seed=3"])
+
+
+def test_graders_command_from_notebooks_folder_runs_the_smoke_profile(tmp_path):
+    """`cd notebooks && pytest --nbval 01_coarse_unet.ipynb`, with no profile in the environment:
+    the root conftest still applies, so the notebook trains the smoke profile (its predictions
+    land under runs/smoke/, none under runs/cpu/) and passes strict nbval."""
+    import os
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parent.parent
+    env = {k: v for k, v in os.environ.items() if k not in ("WORKBOOK_PROFILE", "PYTEST_ADDOPTS")}
+    started = time.time() - 1
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--nbval",
+                           "01_coarse_unet.ipynb"], cwd=repo / "notebooks", env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    fresh = lambda profile: [p for p in (repo / "runs" / profile).glob("*/seed*/coarse-*-predictions.pt")
+                             if p.stat().st_mtime >= started]
+    assert fresh("smoke") and not fresh("cpu")
