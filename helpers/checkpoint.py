@@ -71,7 +71,11 @@ def file_lock(path: str | Path):
     lock = Path(path).with_name(Path(path).name + ".lock")
     lock.parent.mkdir(parents=True, exist_ok=True)
     with open(lock, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        except OSError:   # a file system without locks (some network mounts): atomic, not serialised
+            yield
+            return
         try:
             yield
         finally:

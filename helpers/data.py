@@ -276,7 +276,7 @@ class PetSegmentation(Dataset):
     transform) is applied jointly to ``tv_tensors.Image`` and ``tv_tensors.Mask``."""
 
     def __init__(self, images: torch.Tensor, trimaps: torch.Tensor, ids: list[str], classes: int = 2,
-                 transforms=None):
+                 transforms=None, fingerprint: str | None = None):
         if len(images) != len(trimaps) or len(images) != len(ids):
             raise ValueError("images, trimaps and ids must have the same length")
         self.images = images
@@ -285,19 +285,16 @@ class PetSegmentation(Dataset):
         self.ids = list(ids)
         self.classes = classes
         self.transforms = transforms
+        self._fingerprint = fingerprint
 
     def __len__(self) -> int:
         return len(self.ids)
 
     def fingerprint(self) -> str:
-        """A digest of what this split holds: its ids, pixels and trimaps (not file names or
-        times, so a copy of the same data is the same data, and any edited pixel is not)."""
-        if getattr(self, "_fingerprint", None) is None:
-            digest = hashlib.sha1("\n".join(self.ids).encode())
-            for t in (self.images, self.trimaps):
-                digest.update(str(tuple(t.shape)).encode())
-                digest.update(t.contiguous().numpy())
-            self._fingerprint = digest.hexdigest()
+        """A digest of what this split holds (see :func:`content_digest`): given by
+        :func:`build_datasets` from the decode cache, computed here otherwise."""
+        if self._fingerprint is None:
+            self._fingerprint = content_digest(self.ids, self.images, self.trimaps)
         return self._fingerprint
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -320,6 +317,16 @@ def train_transforms(size: int):
 def _cache_path(source: DataSource, split_file: str, size: int) -> Path:
     key = hashlib.sha1(f"{source.root.resolve()}|{split_file}|{size}|{CACHE_VERSION}".encode()).hexdigest()[:12]
     return DATA_DIR / "cache" / f"{source.root.name}-{split_file[:-4]}-{size}px-{key}.pt"
+
+
+def content_digest(ids: list[str], images: torch.Tensor, trimaps: torch.Tensor) -> str:
+    """A digest of decoded data: ids, pixels and trimaps (not file names or times, so a copy of
+    the same data is the same data, and any edited pixel is not)."""
+    digest = hashlib.sha1("\n".join(ids).encode())
+    for t in (images, trimaps):
+        digest.update(str(tuple(t.shape)).encode())
+        digest.update(t.contiguous().numpy())
+    return digest.hexdigest()
 
 
 def files_signature(root: Path, split_file: str, ids: list[str]) -> str:
@@ -356,7 +363,8 @@ def load_decoded(source: DataSource, split_file: str, size: int, on_error: str =
         except Exception:  # a stale or broken cache is only a cache: decode again
             pass
     images, trimaps, kept = decode_split(source.root, ids, size, on_error, progress)
-    data = {"images": images, "trimaps": trimaps, "ids": kept, "ids_listed": ids, "signature": signature}
+    data = {"images": images, "trimaps": trimaps, "ids": kept, "ids_listed": ids, "signature": signature,
+            "content": content_digest(kept, images, trimaps)}   # hashed once here, not in every kernel
     atomic_save(data, path)
     return data
 
@@ -387,6 +395,11 @@ def build_datasets(cfg: Config, source: DataSource, size: int | None = None, cla
     val_ids = val_ids[: cfg.max_eval] if cfg.max_eval else val_ids
     test_ids = test["ids"][: cfg.max_eval] if cfg.max_eval else test["ids"]
     augment = train_transforms(size) if cfg.augment else None
-    return {"train": PetSegmentation(*_subset(trainval, train_ids), classes, augment),
-            "val": PetSegmentation(*_subset(trainval, val_ids), classes),
-            "test": PetSegmentation(*_subset(test, test_ids), classes)}
+
+    def digest(data: dict, ids: list[str]) -> str:   # the subset's identity, from the cached content digest
+        content = data.get("content") or content_digest(data["ids"], data["images"], data["trimaps"])
+        return hashlib.sha1(f"{content}|{classes}|".encode() + "\n".join(ids).encode()).hexdigest()
+
+    return {"train": PetSegmentation(*_subset(trainval, train_ids), classes, augment, digest(trainval, train_ids)),
+            "val": PetSegmentation(*_subset(trainval, val_ids), classes, fingerprint=digest(trainval, val_ids)),
+            "test": PetSegmentation(*_subset(test, test_ids), classes, fingerprint=digest(test, test_ids))}

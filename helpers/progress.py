@@ -40,21 +40,26 @@ def report_epoch(stage: str, epoch: int, epochs: int, loss: float, val_miou: flo
     event = {"stage": stage, "epoch": epoch, "epochs": epochs, "loss": round(loss, 4),
              "val_miou": round(val_miou, 4), "seconds": round(seconds, 1), "left": round(seconds_left, 1),
              "capped": capped}
-    with open(path, "a") as handle:   # one short line per write: a reader never sees half an event
-        handle.write(json.dumps(event) + "\n")
+    with open(path, "ab") as handle:   # bytes, "\n" on every platform: the reader counts bytes
+        handle.write((json.dumps(event) + "\n").encode())
 
 
 def follow(path: Path, offset: int = 0) -> tuple[list[dict], int]:
     """Events appended to ``path`` since byte ``offset``, and the new offset (complete lines only)."""
     try:
-        with open(path) as handle:
+        with open(path, "rb") as handle:
             handle.seek(offset)
             chunk = handle.read()
     except FileNotFoundError:
         return [], offset
-    end = chunk.rfind("\n") + 1
-    events = [json.loads(line) for line in chunk[:end].splitlines() if line.strip()]
-    return events, offset + len(chunk[:end].encode())
+    end = chunk.rfind(b"\n") + 1   # a line still being written waits for the next call
+    events = []
+    for line in chunk[:end].decode(errors="replace").splitlines():
+        try:
+            events.append(json.loads(line))
+        except json.JSONDecodeError:   # progress is for display only: a bad line is skipped, never fatal
+            continue
+    return events, offset + end
 
 
 def _duration(seconds: float) -> str:

@@ -218,7 +218,9 @@ class _Propagator(nn.Module):
         T_a >= 1 when T >= 1. Values: H^0 must be probabilities (finite, in [0, 1]): the range
         guarantee only holds for a convex combination of values in range; affinities and
         attention must not hold NaN (one NaN weight spreads over the whole map in T steps;
-        infinities are fine, they are clamped or saturate the sigmoid)."""
+        infinities are fine, they are clamped or saturate the sigmoid). The value checks run for
+        every call except training steps (inputs that require gradients), where ``fit`` stops on
+        the first non-finite loss instead."""
         if h0.dim() != 4:
             raise ValueError(f"start map H^0 must be (B, C, H, W), got shape {tuple(h0.shape)}")
         K = self.affinity_channels
@@ -235,6 +237,10 @@ class _Propagator(nn.Module):
                                  f"ring and one for the pixel itself); got {tuple(attention.shape)}")
             tensors.append(attention)
         if h0.numel() == 0:
+            return
+        if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+            # a training step: the value checks would cost a host sync per step on CUDA; there,
+            # H^0 is the refiner's own softmax and a NaN stops training at the loss (fit)
             return
         # one reduction and one host sync for every value check, not one per check
         tol = 1e-3   # half-precision softmax outputs can overshoot 1 by a rounding step

@@ -77,8 +77,16 @@ def run_notebook(path: Path, out_dir: Path, timeout_s: int = 3600, started=None)
     from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
 
     nb = nbformat.read(path, as_version=4)
+    for cell in nb.cells:   # the committed outputs must not pass for this run's (cells after a failure)
+        if cell.cell_type == "code":
+            cell.outputs, cell.execution_count = [], None
+    running = {"cell": None}
+
+    def on_cell_execute(cell, cell_index, **_):
+        running["cell"] = cell_index
+
     client = NotebookClient(nb, timeout=timeout_s, kernel_name="python3", store_widget_state=False,
-                            resources={"metadata": {"path": str(path.parent)}})
+                            resources={"metadata": {"path": str(path.parent)}}, on_cell_execute=on_cell_execute)
     out_dir.mkdir(parents=True, exist_ok=True)
     failed = failed_copy(out_dir, path)
     t0 = time.perf_counter()
@@ -97,10 +105,8 @@ def run_notebook(path: Path, out_dir: Path, timeout_s: int = 3600, started=None)
                              f"the executed notebook with the error: {where}") from None
     except CellTimeoutError:
         nbformat.write(nb, failed)
-        cell = next((i for i, c in enumerate(nb.cells) if c.cell_type == "code" and not c.get("outputs")
-                     and c.get("execution_count") is None), None)
-        raise NotebookFailed(f"{path.name}: a cell ran longer than the limit of {timeout_s} s and was stopped "
-                             f"(near cell {cell}); this profile is too slow for this machine: use --profile cpu "
+        raise NotebookFailed(f"{path.name}: cell {running['cell']} ran longer than the limit of {timeout_s} s and "
+                             "was stopped; this profile is too slow for this machine: use --profile cpu "
                              f"(or smoke), or raise the limit with --cell-timeout\npartial notebook: {where}") from None
     except DeadKernelError:
         nbformat.write(nb, failed)
@@ -166,10 +172,9 @@ def _print_results(results: Path, profile: str, started: float) -> None:
     if doc is None:
         return
     print(f"results: runs/{profile}/results.json ({doc.get('data_source')}, seed {doc.get('seed')})")
-    since = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started))
     old = []
     for name, row in doc["stages"].items():
-        mark = "" if row.get("recorded", "") >= since else " *"
+        mark = " *" if row.get("recorded_at", 0) < started else ""
         old += [name] if mark else []
         print(f"  {name:22s} " + "  ".join(f"{m} {row.get(m, float('nan')):.3f}" for m in ("miou", "pet_iou",
                                                                                            "boundary_iou")) + mark)
@@ -195,12 +200,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "figures":
         from .checkpoint import CheckpointError
         from .data import DataError
+        from .training import TrainingDiverged
 
         try:
             check_settings(args.profile or os.environ.get("WORKBOOK_PROFILE") or "cpu",
                            str(args.seed) if args.seed is not None else os.environ.get("WORKBOOK_SEED", "0"))
             return write_figures(args)
-        except (ValueError, DataError, CheckpointError) as exc:
+        except (ValueError, DataError, CheckpointError, TrainingDiverged) as exc:
             figures.error(str(exc))   # one line and argparse's exit status 2, not a traceback
 
     from .config import default_profile
@@ -260,6 +266,8 @@ def main(argv: list[str] | None = None) -> int:
     saved_env = {k: os.environ.get(k) for k in (progress.HEADLESS_ENV, progress.PROGRESS_ENV)}
     try:
         for i, nb in enumerate(notebooks, 1):
+            if stop["signal"]:   # interrupted between two notebooks: start no other
+                break
             current = nb
             print(f"[{i}/{len(notebooks)}] {nb.name} ...", flush=True)
             events = out_dir / f"{nb.stem}.progress.jsonl"
@@ -267,8 +275,14 @@ def main(argv: list[str] | None = None) -> int:
             events.write_text("")
             # the kernel inherits these: no widget bars in the saved notebook, epochs reported to the file
             os.environ[progress.HEADLESS_ENV], os.environ[progress.PROGRESS_ENV] = "1", str(events)
+            follow = _follower(events)
+
+            def on_wait():
+                if stop["signal"]:
+                    _kill_kernel(stop["client"])   # again on every wait: the kernel may still be starting
+                follow()
             outcome = _in_worker(run_notebook, nb, out_dir, args.cell_timeout,
-                                 lambda client: stop.__setitem__("client", client), on_wait=_follower(events))
+                                 lambda client: stop.__setitem__("client", client), on_wait=on_wait)
             if stop["signal"]:
                 break
             if isinstance(outcome, NotebookFailed):
@@ -286,10 +300,10 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 os.environ[key] = value
     if stop["signal"]:
-        print(f"\ninterrupted ({stop['signal']}) during {current.name}: its kernel was stopped; finished epochs are "
-              f"checkpointed and resume on the next run; notebooks executed before it are in runs/{profile}/",
-              file=sys.stderr)
-        return 130
+        where = f"during {current.name}: its kernel was stopped" if current else "before the first notebook"
+        print(f"\ninterrupted ({stop['signal']}) {where}; finished epochs are checkpointed and resume on the next "
+              f"run; notebooks executed before it are in runs/{profile}/", file=sys.stderr)
+        return 128 + getattr(signal, stop["signal"])   # the shell's convention: 130 for Ctrl-C, 143 for SIGTERM
     _print_results(out_dir / "results.json", profile, started)
     return 0
 
@@ -322,7 +336,10 @@ def _in_worker(fn, *args, on_wait=None):
     while worker.is_alive():
         worker.join(0.2)   # short waits: signal handlers run between them
         if on_wait is not None:
-            on_wait()
+            try:
+                on_wait()
+            except Exception as exc:   # showing progress must never end a run
+                print(f"      (progress display failed: {exc})", file=sys.stderr)
     return box["value"]
 
 

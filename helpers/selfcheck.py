@@ -15,6 +15,9 @@ from .metrics import confusion_matrix, mean_iou
 MIN_VAL_IMAGES = 30
 MIN_TRAIN_IMAGES = 60
 MIN_VAL_FOR_GAIN = 50
+# one seed on one machine: a refiner within this much below its base net is a tie, not a failure
+# (seed-to-seed and thread-count spreads are about 0.01-0.02 mIoU; README, Reproducibility)
+GAIN_TOLERANCE = 0.01
 LEARNING_MARGIN = 0.1   # a trained net must beat "everything is background" by this much mIoU
 
 
@@ -58,8 +61,9 @@ def check_improves(refined, base, wb, what: str) -> None:
     if why_not:
         print(f"improvement check skipped: {why_not}; {what} {after:.3f} vs {before:.3f} val mIoU")
         return
-    assert after > before, (
-        f"{what} scored {after:.3f} validation mIoU, below the {before:.3f} of the net it refines: the "
-        f"refiner made the map worse. Look at its training curve above (did the loss fall?) and at the "
-        f"per-iteration maps; a refine_lr that is too high is the usual cause")
-    print(f"improvement check passed: {what} {after:.3f} vs {before:.3f} val mIoU")
+    assert after > before - GAIN_TOLERANCE, (
+        f"{what} scored {after:.3f} validation mIoU, more than {GAIN_TOLERANCE} below the {before:.3f} of the "
+        f"net it refines: the refiner made the map worse. Look at its training curve above (did the loss "
+        f"fall?) and at the per-iteration maps; a refine_lr that is too high is the usual cause")
+    verdict = "above" if after > before else f"a tie (within {GAIN_TOLERANCE})"
+    print(f"improvement check passed: {what} {after:.3f} vs {before:.3f} val mIoU, {verdict}")

@@ -169,9 +169,9 @@ def fit(model: nn.Module, *, train_set: Dataset, val_set: Dataset, epochs: int, 
                 # raised before this epoch's checkpoint is written: a diverged net is never saved,
                 # let alone as finished; the last good epoch stays on disk
                 raise TrainingDiverged(f"{desc}: the training loss became {value} in epoch {epoch + 1}, batch "
-                                       f"{seen // batch_size + 1}; the learning rate ({lr:g}) is probably too high "
-                                       "for this setting: lower it (for example halve it) and run again; "
-                                       "nothing of this epoch was saved")
+                                       f"{seen // batch_size + 1}; the learning rate ({lr:g}: coarse_lr for a U-Net, "
+                                       "refine_lr for a refiner) is probably too high for this setting: lower it "
+                                       "(for example halve it) and run again; nothing of this epoch was saved")
             running += value * len(image)
             seen += len(image)
             batch_bar.set_postfix(loss=f"{running / seen:.3f}")

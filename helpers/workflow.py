@@ -390,11 +390,12 @@ def record_results(wb: Workbook, *results: StageResult) -> dict:
         old = read_results(path)
         if old and (old.get("data_source"), old.get("seed")) == (doc["data_source"], doc["seed"]):
             doc["stages"] = old["stages"]
-        now = time.strftime("%Y-%m-%dT%H:%M:%S")
+        now = time.time()   # seconds since the epoch: comparable across time zones and clock changes
         for r in results:
             row = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.row().items()}
             doc["stages"][r.name] = {**row, "test": {k: round(v, 4) for k, v in r.test_metrics.items()},
-                                     "recorded": now}
+                                     "recorded": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now)),
+                                     "recorded_at": round(now, 3)}
         doc["versions"] = library_versions()
         atomic_write_text(json.dumps(doc, indent=2), path)
     return doc

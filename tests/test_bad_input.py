@@ -214,8 +214,8 @@ def test_only_matching_nothing_is_an_error(tmp_path, monkeypatch, capsys):
 def test_results_from_an_earlier_run_are_marked(tmp_path, capsys):
     path = tmp_path / "results.json"
     path.write_text(json.dumps({"data_source": "synthetic@x", "seed": 0, "stages": {
-        "coarse": {"miou": 0.7, "pet_iou": 0.6, "boundary_iou": 0.5, "recorded": "2020-01-01T00:00:00"},
-        "cspn": {"miou": 0.8, "pet_iou": 0.7, "boundary_iou": 0.6, "recorded": "2999-01-01T00:00:00"}}}))
+        "coarse": {"miou": 0.7, "pet_iou": 0.6, "boundary_iou": 0.5, "recorded_at": time.time() - 3600},
+        "cspn": {"miou": 0.8, "pet_iou": 0.7, "boundary_iou": 0.6, "recorded_at": time.time() + 1}}}))
     runner._print_results(path, "smoke", time.time())
     out = capsys.readouterr().out
     assert "coarse" in out and "*" in out.split("coarse")[1].splitlines()[0]
@@ -267,7 +267,7 @@ def test_the_cpu_estimate_counts_real_training_steps():
 
 def test_a_cell_time_out_is_one_line_with_what_to_do(tmp_path):
     _nb(tmp_path / "02_slow.ipynb", "x = 1", "import time\ntime.sleep(30)")
-    with pytest.raises(runner.NotebookFailed, match=r"02_slow.ipynb: a cell ran longer than the limit of 3 s.*--profile cpu"):
+    with pytest.raises(runner.NotebookFailed, match=r"02_slow.ipynb: cell 1 ran longer than the limit of 3 s.*--profile cpu"):
         runner.run_notebook(tmp_path / "02_slow.ipynb", tmp_path / "out", timeout_s=3)
 
 
@@ -318,7 +318,8 @@ def test_a_dead_kernel_points_to_the_notebook_it_left(tmp_path):
     assert "before" in (tmp_path / "out" / "03_dies.failed.ipynb").read_text()
 
 
-def test_sigterm_stops_the_runner_cleanly(tmp_path):
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
+def test_sigterm_and_ctrl_c_stop_the_runner_cleanly(tmp_path, sig):
     nbs = tmp_path / "notebooks"
     nbs.mkdir()
     _nb(nbs / "00_wait.ipynb", "import time\ntime.sleep(60)")
@@ -331,10 +332,11 @@ def test_sigterm_stops_the_runner_cleanly(tmp_path):
     while time.time() < deadline and not (tmp_path / "runs" / "smoke" / "00_wait.kernel.log").exists():
         time.sleep(0.2)
     time.sleep(3)                                       # the cell is running
-    proc.terminate()
+    import signal
+    proc.send_signal(getattr(signal, sig))
     out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130, err
-    assert "interrupted (SIGTERM) during 00_wait.ipynb" in err and "Traceback" not in err
+    assert proc.returncode == 128 + getattr(signal, sig), err
+    assert f"interrupted ({sig}) during 00_wait.ipynb" in err and "Traceback" not in err
 
 
 # ------------------------------------------------------------------ 12: loader edge cases
@@ -440,5 +442,19 @@ def test_learning_checks_are_skipped_on_small_data_and_explain_failures(capsys):
     assert "learning check passed" in capsys.readouterr().out
     worse, base = SimpleNamespace(val_metrics={"miou": 0.6}), SimpleNamespace(val_metrics={"miou": 0.7})
     check_improves(worse, base, _bench("cpu", 100, 40), "CSPN")     # 40 validation images: too few
+    check_improves(SimpleNamespace(val_metrics={"miou": 0.695}), base, _bench("cpu", 100, 60), "CSPN")   # a tie
+    assert "a tie" in capsys.readouterr().out
     with pytest.raises(AssertionError, match="CSPN scored 0.600 .* made the map worse"):
         check_improves(worse, base, _bench("cpu", 100, 60), "CSPN")
+
+
+def test_a_failed_copy_never_shows_committed_outputs_as_this_runs(tmp_path):
+    nb = new_notebook(cells=[new_code_cell("raise ValueError('fails first')"), new_code_cell("print('later')")])
+    nb.cells[1].outputs = [nbformat.v4.new_output("stream", name="stdout", text="OUTPUT COMMITTED EARLIER\n")]
+    nb.cells[1].execution_count = 7
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, tmp_path / "05_x.ipynb")
+    with pytest.raises(runner.NotebookFailed, match="cell 0 failed: ValueError: fails first"):
+        runner.run_notebook(tmp_path / "05_x.ipynb", tmp_path / "out", timeout_s=120)
+    failed = nbformat.read(tmp_path / "out" / "05_x.failed.ipynb", as_version=4)
+    assert not failed.cells[1].outputs and failed.cells[1].execution_count is None
