@@ -6,7 +6,6 @@ Executed copies go to ``runs/<profile>/``; the notebooks themselves add their st
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import signal

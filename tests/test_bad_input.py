@@ -21,24 +21,16 @@ from PIL import Image
 import helpers.data as data
 import helpers.runner as runner
 import helpers.workflow as workflow
-from helpers.checkpoint import CheckpointError, atomic_save, atomic_write_text, safe_load
+from helpers.checkpoint import CheckpointError, atomic_write_text, safe_load
 from helpers.config import load_config, profile_config
 from helpers.data import DataError, build_datasets, read_split_ids, resolve_source
 from helpers.propagation import CSPN, DySPN
 from helpers.selfcheck import check_improves, check_learned
-from helpers.synthetic import write_synthetic_dataset
 from helpers.training import TrainingDiverged, fit
 from helpers.unet import UNet
 from tests.toys import toy_data
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture(scope="module")
-def pets(tmp_path_factory):
-    root = tmp_path_factory.mktemp("pets")
-    write_synthetic_dataset(root, n_trainval=14, n_test=4, seed=0, progress=False)
-    return root
 
 
 @pytest.fixture

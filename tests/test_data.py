@@ -14,14 +14,6 @@ from helpers.data import (DataError, build_datasets, decode_split, load_rgb, rea
 from helpers.synthetic import render_sample, trimap_from_mask, write_synthetic_dataset
 
 
-@pytest.fixture(scope="module")
-def pets(tmp_path_factory):
-    """A small dataset in the official layout (written by the synthetic generator)."""
-    root = tmp_path_factory.mktemp("pets")
-    write_synthetic_dataset(root, n_trainval=14, n_test=4, seed=0, progress=False)
-    return root
-
-
 def _pair(root, image_id):
     base = root / "oxford-iiit-pet"
     return base / "images" / f"{image_id}.jpg", base / "annotations" / "trimaps" / f"{image_id}.png"
