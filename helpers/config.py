@@ -142,6 +142,21 @@ def default_profile() -> str:
     return "full" if torch.cuda.is_available() else "cpu"
 
 
+def check_settings(profile: str, seed) -> tuple[str, int]:
+    """The profile and the seed (an int or the text of ``WORKBOOK_SEED``), checked, with messages
+    that name the variable: the runner calls this before any notebook starts (inside a kernel a
+    bad value would fail late, in another library's words), :func:`load_config` on every call."""
+    if profile not in PROFILES:
+        raise ValueError(f"WORKBOOK_PROFILE={profile!r} is not a profile: use one of {', '.join(PROFILES)}")
+    try:
+        value = int(seed)
+    except ValueError:
+        raise ValueError(f"WORKBOOK_SEED={seed!r} is not an integer (use e.g. WORKBOOK_SEED=0)") from None
+    if not 0 <= value < 2 ** 32:
+        raise ValueError(f"WORKBOOK_SEED={value} is outside 0 .. 2**32 - 1 (NumPy's seed range)")
+    return profile, value
+
+
 def load_config(profile: str | None = None, seed: int | None = None, **overrides) -> Config:
     """Build the run's configuration from arguments, then the environment, then defaults.
 
@@ -149,14 +164,7 @@ def load_config(profile: str | None = None, seed: int | None = None, **overrides
     """
     import torch
 
-    profile = profile or os.environ.get("WORKBOOK_PROFILE") or default_profile()
-    if seed is None:
-        raw = os.environ.get("WORKBOOK_SEED", "0")
-        try:
-            seed = int(raw)
-        except ValueError:
-            raise ValueError(f"WORKBOOK_SEED must be an integer, got {raw!r}") from None
-    if not 0 <= seed < 2 ** 32:
-        raise ValueError(f"the seed (WORKBOOK_SEED) must be in 0 .. 2**32 - 1, got {seed}")
+    profile, seed = check_settings(profile or os.environ.get("WORKBOOK_PROFILE") or default_profile(),
+                                   seed if seed is not None else os.environ.get("WORKBOOK_SEED", "0"))
     overrides.setdefault("device", "cuda" if torch.cuda.is_available() else "cpu")
     return profile_config(profile, seed=seed, **overrides)

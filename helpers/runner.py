@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from . import progress
-from .config import PROFILES
+from .config import PROFILES, check_settings
 from .data import REPO_ROOT
 
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
@@ -116,20 +116,6 @@ def run_notebook(path: Path, out_dir: Path, timeout_s: int = 3600, started=None)
     nbformat.write(nb, out_dir / path.name)
     failed.unlink(missing_ok=True)   # a stale failure would contradict the good copy
     return time.perf_counter() - t0
-
-
-def check_settings(profile: str, seed: str) -> tuple[str, int]:
-    """The profile and seed a run will use, checked before any notebook starts (inside a kernel
-    a bad value fails late, in another library's words)."""
-    if profile not in PROFILES:
-        raise ValueError(f"WORKBOOK_PROFILE={profile!r} is not a profile: use one of {', '.join(PROFILES)}")
-    try:
-        value = int(seed)
-    except ValueError:
-        raise ValueError(f"WORKBOOK_SEED={seed!r} is not an integer (use e.g. WORKBOOK_SEED=0)") from None
-    if not 0 <= value < 2 ** 32:
-        raise ValueError(f"WORKBOOK_SEED={value} is outside 0 .. 2**32 - 1 (NumPy's seed range)")
-    return profile, value
 
 
 def estimate_cpu_hours(profile: str) -> float:
