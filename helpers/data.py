@@ -75,10 +75,6 @@ def resolve_source(cfg: Config, data_root: str | Path | None = None, download: b
     """
     what = "data root" if data_root is not None else "PETS_ROOT"
     root = data_root if data_root is not None else os.environ.get("PETS_ROOT")
-    if root is not None and not str(root).strip():
-        # an empty value is a mistake (a typo in an export), never a request for the synthetic data
-        raise DataError(f"{what} is set but empty: set it to the folder holding oxford-iiit-pet/, "
-                        "or unset it to use data/oxford-iiit-pet or the synthetic stand-in")
     if root is not None:
         source = DataSource("root" if data_root is not None else "env", locate_root(root, what))
     elif (DATA_DIR / "oxford-iiit-pet" / "annotations").is_dir():
@@ -106,6 +102,10 @@ def locate_root(root: str | Path, what: str = "PETS_ROOT") -> Path:
     user started the runner in (``WORKBOOK_START_DIR``), then against the repository root:
     notebook kernels run in ``notebooks/``, so a path that is valid from where the user typed
     it must not break there."""
+    if not str(root).strip():
+        # an empty value is a mistake (a typo in an export), never a request for the synthetic data
+        raise DataError(f"{what} is set but empty: set it to the folder holding oxford-iiit-pet/, "
+                        "or unset it to use data/oxford-iiit-pet or the synthetic stand-in")
     root = Path(root).expanduser()
     bases = [Path.cwd()]
     if not root.is_absolute():

@@ -208,9 +208,6 @@ def main(argv: list[str] | None = None) -> int:
         # the kernels run in notebooks/: hand them an absolute data folder, resolved from here
         what, root = ("--data-root", args.data_root) if args.data_root is not None else ("PETS_ROOT", os.environ.get("PETS_ROOT"))
         if root is not None:
-            if not root.strip():
-                raise DataError(f"{what} is set but empty: give the folder holding oxford-iiit-pet/, or unset it "
-                                "to use data/oxford-iiit-pet or the synthetic stand-in")
             os.environ["PETS_ROOT"] = str(locate_root(root, what))
     except (ValueError, DataError) as exc:
         run.error(str(exc))   # the usage line of `run`, not of the top-level command
