@@ -1,4 +1,4 @@
-"""First-cell set-up: a no-op on a normal install, the few steps Colab needs elsewhere."""
+"""First-cell set-up: the few steps Colab needs, and one-line messages for the exercises everywhere."""
 from __future__ import annotations
 
 import importlib.util
@@ -20,8 +20,12 @@ def setup(verbose: bool = True) -> list[str]:
 
     On Colab: installs only the missing extras (never torch), enables the widget manager so the
     iteration slider renders, and picks the ``full`` profile on a GPU unless one was chosen.
-    Elsewhere: nothing.
+    Everywhere, in IPython: the exercises' errors are shown in one line (see
+    :func:`helpers.exercises.install_one_line_errors`).
     """
+    from .exercises import install_one_line_errors
+
+    install_one_line_errors()   # an unsolved or failing exercise shows as one line, not a traceback
     done = []
     if in_colab():
         missing = [p for p in COLAB_EXTRAS if importlib.util.find_spec(p) is None]

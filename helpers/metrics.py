@@ -16,19 +16,30 @@ import torch.nn.functional as F
 
 
 def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int = 2) -> torch.Tensor:
-    """(C, C) int64 counts; row = ground truth class, column = predicted class."""
+    """(C, C) int64 counts; row = ground truth class, column = predicted class.
+
+    pred, target: integer maps of the same shape (any, e.g. (B, H, W)) with values 0..C-1;
+    ``cm[i, j]`` counts the pixels of class i predicted as class j (on the CPU).
+    """
+    # BEGIN EXERCISE miou
     if pred.shape != target.shape:
         raise ValueError(f"prediction {tuple(pred.shape)} and target {tuple(target.shape)} differ in shape")
     idx = target.reshape(-1).long() * num_classes + pred.reshape(-1).long()
     return torch.bincount(idx, minlength=num_classes * num_classes).reshape(num_classes, num_classes).cpu()
+    # END EXERCISE
 
 
 def iou_per_class(cm: torch.Tensor) -> torch.Tensor:
-    """IoU_c = TP / (TP + FP + FN) for each class (float64, ``nan`` where the union is empty)."""
+    """IoU_c = TP / (TP + FP + FN) for each class (float64, ``nan`` where the union is empty).
+
+    cm: (C, C) counts from :func:`confusion_matrix` (rows ground truth) -> (C,) float64.
+    """
+    # BEGIN EXERCISE miou
     cm = cm.double()
     tp = cm.diag()
     union = cm.sum(0) + cm.sum(1) - tp
     return torch.where(union > 0, tp / union.clamp(min=1), torch.full_like(tp, float("nan")))
+    # END EXERCISE
 
 
 def mean_iou(cm: torch.Tensor) -> float:
@@ -40,13 +51,16 @@ def boundary_band(mask: torch.Tensor, width: int) -> torch.Tensor:
     """Pixels of ``mask`` (B, H, W bool) within ``width`` px (chessboard) of its contour.
 
     As in Cheng et al. (CVPR 2021) the image border counts as contour: a mask touching the
-    border has a band along it.
+    border has a band along it. mask (B, H, W) bool -> band (B, H, W) bool: mask AND NOT
+    erode(mask, width), the erosion by a (2 width + 1)^2 square.
     """
+    # BEGIN EXERCISE boundary-band
     inside = mask.float().unsqueeze(1)
     # erosion = 1 - dilation of the complement; padding with 1 puts "outside" beyond the border
     outside = F.pad(1.0 - inside, (width,) * 4, value=1.0)
     eroded = 1.0 - F.max_pool2d(outside, 2 * width + 1, stride=1)
     return (inside - eroded).squeeze(1) > 0.5
+    # END EXERCISE
 
 
 def boundary_width(height: int, width: int, ratio: float = 0.02) -> int:

@@ -272,9 +272,30 @@ class CSPN(_Propagator):
     kernel = 3
 
     def normalise(self, raw: torch.Tensor) -> torch.Tensor:
-        """(B, 8, H, W) raw head output -> kappa (B, 8, H, W), non-negative, sum <= 1."""
+        """(B, 8, H, W) raw head output k -> kappa (B, 8, H, W), non-negative, sum <= 1:
+
+        kappa_j = k_j^+ / max(1, sum_j |k_j|), with k clamped and its out-of-image neighbours
+        zeroed first (:func:`prepare_affinity` returns k^+ and |k|).
+        """
+        # BEGIN EXERCISE cspn-affinity
         pos, mag = prepare_affinity(raw, self.kernel)
         return pos / mag.sum(1, keepdim=True).clamp(min=1.0)
+        # END EXERCISE
+
+    def step(self, d: torch.Tensor | None, base: torch.Tensor, kappa: torch.Tensor) -> torch.Tensor:
+        """One iteration in residual form, on the change D^t = H^t - H^0 of the propagated classes:
+
+        D^{t+1} = sum_j kappa_j D^t_j + base,   base = sum_j kappa_j (H^0_j - H^0)
+
+        (subtract H^0 from both sides of the update). d (B, C', H, W), or None for D^0 = 0;
+        base (B, C', H, W); kappa (B, 8, H, W) -> D^{t+1} (B, C', H, W).
+        ``ring_sums(d, kappa, 3)[:, 0]`` is sum_j kappa_j D^t_j (one ring for a 3x3 window).
+        """
+        # BEGIN EXERCISE cspn-step
+        if d is None:   # D^0 = 0: the neighbour sum vanishes
+            return base
+        return base + ring_sums(d, kappa, self.kernel)[:, 0]
+        # END EXERCISE
 
     def forward(self, h0: torch.Tensor, raw_affinity: torch.Tensor, iterations: int | None = None) -> PropagationResult:
         """h0 (B, C, H, W) probabilities; raw_affinity (B, 8, H, W) -> PropagationResult."""
@@ -288,7 +309,7 @@ class CSPN(_Propagator):
             base = ring_sums(free_channels(h0), kappa, self.kernel, centred=True)[:, 0]
             maps, d = [h0], None
             for _ in range(T):
-                d = base if d is None else base + ring_sums(d, kappa, self.kernel)[:, 0]
+                d = self.step(d, base, kappa)
                 maps.append(h0 + with_all_channels(d, h0.shape[1]))
         return PropagationResult(maps[-1], maps, kappa)
 
@@ -321,9 +342,34 @@ class DySPN(_Propagator):
         return self.rings + 1
 
     def ring_magnitudes(self, mag: torch.Tensor) -> torch.Tensor:
-        """(B, K, H, W) |w| -> (B, R, H, W) A_r."""
+        """(B, K, H, W) |w| -> (B, R, H, W) A_r = sum_{j in ring r} |w_j| (K = 8 + 16 + 24 = 48
+        neighbours for 7x7, ring by ring, ``self.sizes`` per ring)."""
+        # BEGIN EXERCISE dyspn-step
         # split, not slicing: its backward is one concatenation instead of a zero-filled copy per ring
         return torch.stack([part.sum(1) for part in torch.split(mag, self.sizes, 1)], 1)
+        # END EXERCISE
+
+    def step(self, d: torch.Tensor | None, base: torch.Tensor, pos: torch.Tensor, A: torch.Tensor,
+             p: torch.Tensor) -> torch.Tensor:
+        """One iteration in residual form, on D^t = H^t - H^0 of the propagated classes:
+
+        D^{t+1} = [ sum_r pi^t_r (base_r + sum_{j in r} w_j^+ D^t_j) + pi^t_self D^t ] / G^t
+        G^t = sum_r pi^t_r A_r + pi^t_self + eps,   base_r = sum_{j in r} w_j^+ (H^0_j - H^0)
+
+        Diffusion suppression is the |w| in G^t: the negative affinities count in the normaliser
+        but weigh no neighbour, so their share of the weight goes to H^0 (whose D is 0).
+        d (B, C', H, W) or None for D^0 = 0; base (B, R, C', H, W); pos (B, K, H, W) = w^+;
+        A (B, R, H, W); p (B, R + 1, H, W) = pi^t (rings, then the pixel itself) -> (B, C', H, W).
+        ``ring_sums(d, pos, kernel)`` (B, R, C', H, W) is sum_{j in r} w_j^+ D^t_j for every ring.
+        """
+        # BEGIN EXERCISE dyspn-step
+        G = (p[:, :self.rings] * A).sum(1, keepdim=True) + p[:, self.rings:] + EPS
+        S = base if d is None else base + ring_sums(d, pos, self.kernel)
+        step = (p[:, :self.rings, None] * S).sum(1)
+        if d is not None:
+            step = step + p[:, self.rings:] * d
+        return step / G
+        # END EXERCISE
 
     def forward(self, h0: torch.Tensor, raw_affinity: torch.Tensor, raw_attention: torch.Tensor,
                 iterations: int | None = None, suppression: bool = True) -> PropagationResult:
@@ -348,13 +394,7 @@ class DySPN(_Propagator):
             base = ring_sums(free_channels(h0), pos, self.kernel, centred=True)   # (B, R, C', H, W)
             maps, d = [h0], None
             for t in range(T):
-                p = pi[:, min(t, pi.shape[1] - 1)]
-                G = (p[:, :self.rings] * A).sum(1, keepdim=True) + p[:, self.rings:] + EPS
-                S = base if d is None else base + ring_sums(d, pos, self.kernel)
-                step = (p[:, :self.rings, None] * S).sum(1)
-                if d is not None:
-                    step = step + p[:, self.rings:] * d
-                d = step / G
+                d = self.step(d, base, pos, A, pi[:, min(t, pi.shape[1] - 1)])
                 maps.append(h0 + with_all_channels(d, h0.shape[1]))
             with torch.no_grad():  # for figures only: keep it out of the backward pass
                 affinity = pos / (mag if suppression else pos).sum(1, keepdim=True).clamp(min=EPS)

@@ -126,9 +126,12 @@ class Refiner(nn.Module):
                    cfg.iterations, cfg.dyspn_kernel, cfg.perturb, cfg.deep_supervision, cfg.boundary_weight)
 
     def train(self, mode: bool = True) -> "Refiner":
+        """Train (or eval) mode for the guidance U-Net; the frozen coarse net stays in eval mode."""
+        # BEGIN EXERCISE refiner-loss
         super().train(mode)
         self.coarse.eval()  # frozen: its BatchNorm statistics must not drift
         return self
+        # END EXERCISE
 
     def refine(self, image: torch.Tensor, iterations: int | None = None, suppression: bool = True) -> RefineOutput:
         """image (B, 3, H, W) -> :class:`RefineOutput`; ``iterations`` overrides T (an iteration
@@ -156,8 +159,14 @@ class Refiner(nn.Module):
 
     def training_loss(self, image: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Loss of one batch, image (B, 3, H, W) and target (B, H, W): cross-entropy of H^T, or of
-        every H^t with ``deep_supervision``, boundary band weighted by ``boundary_weight``."""
+        every H^t with ``deep_supervision``, boundary band weighted by ``boundary_weight``.
+
+        :meth:`refine` gives the maps H^0 .. H^T (``out.propagation.maps``; the control has no
+        propagation: its maps are the coarse map and its output) and computes the coarse map
+        without gradients; :func:`~helpers.losses.refinement_loss` is the cross-entropy."""
+        # BEGIN EXERCISE refiner-loss
         out = self.refine(image)
         # the control has no iterations: its corrected map is its only output
         maps = out.propagation.maps if out.propagation is not None else [out.coarse, out.probs]
         return refinement_loss(maps, target, self.deep_supervision, self.boundary_weight)
+        # END EXERCISE

@@ -167,6 +167,30 @@ def _print_results(results: Path, profile: str, started: float) -> None:
         print(f"  * recorded by an earlier run, not this one ({len(old)} of {len(doc['stages'])} stages)")
 
 
+def _assignment_command(args, parser) -> int:
+    """``assignment OUT``, ``grade PATH`` and ``references``: see :mod:`helpers.assignment`."""
+    import json
+
+    from . import assignment, exercises
+    from .checkpoint import atomic_write_text
+
+    try:
+        if args.command == "assignment":
+            written = assignment.make_student_edition(args.out)
+            print(f"student edition: {len(written)} files in {args.out}; its ASSIGNMENT.md lists the "
+                  f"{len(exercises.EXERCISES)} exercises")
+        elif args.command == "references":
+            print(f"wrote {exercises.make_references()}")
+        else:
+            doc = assignment.grade(args.path, args.timeout)
+            print(assignment.format_grades(doc))
+            atomic_write_text(json.dumps(doc, indent=2) + "\n", args.json)
+            print(f"grades written to {args.json}")
+    except (assignment.AssignmentError, FileNotFoundError) as exc:
+        parser.error(str(exc))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m helpers", description="Run the workbook headless.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -181,7 +205,16 @@ def main(argv: list[str] | None = None) -> int:
     figures.add_argument("--data-root", help="a folder holding oxford-iiit-pet/ (overrides PETS_ROOT)")
     figures.add_argument("--seed", type=int, help="overrides WORKBOOK_SEED")
     figures.add_argument("--out", default=str(FIGURE_DIR), help="output folder (default: notebooks/figures)")
+    assignment = sub.add_parser("assignment", help="write the student edition (exercises stubbed, outputs cleared)")
+    assignment.add_argument("out", help="a new or empty folder")
+    grade = sub.add_parser("grade", help="run the exercise checks on a submission or a folder of submissions")
+    grade.add_argument("path", help="a student's copy (a folder with helpers/) or a folder of such copies")
+    grade.add_argument("--json", default="grades.json", help="where to write the grades (default: grades.json)")
+    grade.add_argument("--timeout", type=float, default=120.0, help="seconds per submission (default 120)")
+    sub.add_parser("references", help="recompute the exercises' reference tensors from this (the solution) edition")
     args = parser.parse_args(argv)
+    if args.command in ("assignment", "grade", "references"):
+        return _assignment_command(args, parser)
     if args.command == "figures":
         from .checkpoint import CheckpointError
         from .data import DataError

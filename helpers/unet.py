@@ -53,11 +53,14 @@ class Up(nn.Module):
         self.conv = DoubleConv(up_ch + skip_ch, out_ch)
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        """x (B, C_in, h, w), skip (B, C_skip, H, W) -> DoubleConv([skip, up(x)]) (B, C_out, H, W)."""
+        # BEGIN EXERCISE unet-up
         x = self.up(x)
         dy, dx = skip.shape[-2] - x.shape[-2], skip.shape[-1] - x.shape[-1]
         # negative padding crops: odd sizes lose a row in pooling and gain it back here
         x = F.pad(x, [dx // 2, dx - dx // 2, dy // 2, dy - dy // 2])
         return self.conv(torch.cat([skip, x], dim=1))
+        # END EXERCISE
 
 
 class OutConv(nn.Module):

@@ -101,7 +101,8 @@ def browser():
 
 # JavaScript run in the page (window.jupyterapp exists with --expose-app-in-browser). The notebook
 # is found by its path, never as "the current widget", which another restored tab could be.
-FIND = """const find = (path) => { for (const w of window.jupyterapp.shell.widgets('main')) {
+FIND = """const find = (path) => { if (!window.jupyterapp) return null;   // the page is still loading
+    for (const w of window.jupyterapp.shell.widgets('main')) {
     if (w.context && w.context.path === path && w.content && w.sessionContext) return w; } return null; };"""
 KERNEL_READY = f"""(path) => {{ {FIND} const nb = find(path);
     return !!(nb && nb.sessionContext.session && nb.sessionContext.session.kernel

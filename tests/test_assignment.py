@@ -1,0 +1,237 @@
+"""The assignment edition: markers, the student edition, the checks and the grader.
+
+The student edition is generated once per session (a few seconds); every grading runs in a
+subprocess, as an instructor's would.
+"""
+import json
+import shutil
+from pathlib import Path
+
+import nbclient
+import nbformat
+import pytest
+import torch
+
+from helpers import assignment, exercises
+from helpers.assignment import AssignmentError, fill_back, find_regions, make_student_edition, strip_solutions
+from helpers.exercises import EXERCISES
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def student(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("editions") / "student"
+    make_student_edition(out)
+    return out
+
+
+def _fill(student: Path, dest: Path, keys=None) -> Path:
+    """A copy of the student edition with the solution put back (of ``keys`` only, if given)."""
+    shutil.copytree(student, dest)
+    for path in (dest / "helpers").rglob("*.py"):
+        solution = (ROOT / path.relative_to(dest)).read_text(encoding="utf-8")
+        path.write_text(fill_back(path.read_text(encoding="utf-8"), solution, keys), encoding="utf-8")
+    return dest
+
+
+def _by_key(results) -> dict:
+    return {r["key"] if isinstance(r, dict) else r.key: r for r in results}
+
+
+# ------------------------------------------------------------------------------ the markers
+def test_every_exercise_has_a_region_and_the_solution_passes_every_check():
+    files = assignment.exercise_files(ROOT)
+    assert set(files) == {e.key for e in EXERCISES}
+    results = exercises.run_checks()
+    assert [r.key for r in results if not r.passed] == [], [r.message for r in results if not r.passed]
+    assert sum(r.points for r in results) == sum(e.points for e in EXERCISES) == 100
+
+
+def test_references_are_those_of_the_current_solution(tmp_path):
+    """`python -m helpers references` would write what is committed (else a check tests stale outputs)."""
+    fresh = exercises.load_references(exercises.make_references(path=tmp_path / "refs.pt"))
+    committed = exercises.load_references()
+
+    def compare(a, b, where):
+        if isinstance(a, dict):
+            assert a.keys() == b.keys(), where
+            for k in a:
+                compare(a[k], b[k], f"{where}/{k}")
+        else:
+            assert a.dtype == b.dtype and a.shape == b.shape, where
+            assert exercises.rel_error(a, b) < 1e-5, where
+
+    compare(fresh, committed, "references")
+
+
+def test_markers_are_checked():
+    with pytest.raises(AssignmentError, match="never closed"):
+        find_regions("    # BEGIN EXERCISE miou\n    x = 1\n")
+    with pytest.raises(AssignmentError, match="unknown exercise 'nope'"):
+        find_regions("# BEGIN EXERCISE nope\n# END EXERCISE\n")
+    with pytest.raises(AssignmentError, match="inside the region"):
+        find_regions("# BEGIN EXERCISE miou\n# BEGIN EXERCISE unet-up\n# END EXERCISE\n# END EXERCISE\n")
+    with pytest.raises(AssignmentError, match="without a BEGIN"):
+        find_regions("x = 1\n# END EXERCISE\n")
+
+
+def test_a_stub_keeps_the_markers_and_indentation_and_raises_the_exercise_message():
+    text = "def f(x):\n    \"\"\"doc\"\"\"\n    # BEGIN EXERCISE cspn-step\n    return x + 1\n    # END EXERCISE\n"
+    stub = strip_solutions(text)
+    assert "return x + 1" not in stub and "# BEGIN EXERCISE cspn-step" in stub and '"""doc"""' in stub
+    namespace = {}
+    exec(compile(stub, "stub", "exec"), namespace)
+    with pytest.raises(NotImplementedError, match=r"^Exercise 5 \(CSPN step\): not done yet: write it in "
+                                                  r"helpers/propagation.py, CSPN.step. Hint: "):
+        namespace["f"](1)
+    assert fill_back(stub, text) == text
+
+
+# ------------------------------------------------------------------------------ the student edition
+def test_student_edition_strips_every_solution_and_clears_outputs(student):
+    assert (student / "ASSIGNMENT.md").read_text().count("| ") >= 7 * 5
+    for key, files in assignment.exercise_files(ROOT).items():
+        for path in files:
+            mine = (student / path.relative_to(ROOT)).read_text(encoding="utf-8")
+            solution = path.read_text(encoding="utf-8")
+            regions = [r for r in find_regions(mine) if r.key == key]
+            lines = mine.splitlines()
+            for r in regions:
+                body = lines[r.begin + 1:r.end]
+                assert len(body) == 2 and body[1].strip().startswith("raise NotImplementedError("), body
+            assert mine != solution
+    for nb_path in (student / "notebooks").glob("*.ipynb"):
+        nb = json.loads(nb_path.read_text(encoding="utf-8"))
+        assert all(c.get("outputs", []) == [] and c.get("execution_count") is None
+                   for c in nb["cells"] if c["cell_type"] == "code"), nb_path.name
+        assert "widgets" not in nb["metadata"]
+    # nothing local travels: no runs, downloaded data, caches or git metadata (data/README.md does)
+    assert not any((student / d).exists() for d in ("runs", ".git")) and (student / "data" / "README.md").is_file()
+    assert [p.name for p in (student / "data").iterdir()] == ["README.md"]
+    assert not list(student.rglob("__pycache__"))
+
+
+def test_student_edition_refuses_a_folder_that_is_not_empty(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(AssignmentError, match="not an empty folder"):
+        make_student_edition(tmp_path)
+    assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
+
+
+def test_filling_the_regions_back_gives_the_solution_byte_for_byte(student, tmp_path):
+    filled = _fill(student, tmp_path / "filled")
+    for path in (ROOT / "helpers").rglob("*.py"):
+        assert (filled / path.relative_to(ROOT)).read_bytes() == path.read_bytes(), path.name
+
+
+# ------------------------------------------------------------------------------ grading
+def test_the_student_edition_fails_exactly_the_exercise_checks_each_named(student):
+    results = assignment.grade_one(student, timeout=300)
+    assert [r.key for r in results] == [e.key for e in EXERCISES]
+    for r, e in zip(results, EXERCISES):
+        assert not r.passed and r.points == 0 and r.max_points == e.points
+        assert r.message.startswith(e.label), r.message
+        assert "not done yet" in r.message or "needs Exercise" in r.message, r.message
+
+
+def test_filled_back_submission_gets_full_marks_and_partial_ones_only_their_exercises(student, tmp_path):
+    _fill(student, tmp_path / "subs" / "alice")
+    _fill(student, tmp_path / "subs" / "bob", keys={"cspn-step", "boundary-band", "refiner-loss"})
+    doc = assignment.grade(tmp_path / "subs", timeout=300)
+    subs = {s["name"]: s for s in doc["submissions"]}
+    assert subs["alice"]["score"] == subs["alice"]["max_score"] == 100
+    bob = _by_key(subs["bob"]["exercises"])
+    assert {k for k, r in bob.items() if r["passed"]} == {"cspn-step", "boundary-band", "refiner-loss"}
+    assert subs["bob"]["score"] == 15 + 10 + 15
+    table = assignment.format_grades(doc)
+    assert "alice: 100 / 100 points" in table and "bob: 40 / 100 points" in table
+
+
+def test_a_wrong_solution_fails_its_check_with_what_differs(student, tmp_path):
+    sub = _fill(student, tmp_path / "wrong")
+    prop = sub / "helpers" / "propagation.py"
+    text = prop.read_text()
+    # CSPN step without the neighbour sum; DySPN normalised without the pixel's own attention
+    text = text.replace("return base + ring_sums(d, kappa, self.kernel)[:, 0]", "return base + 0 * d")
+    text = text.replace("G = (p[:, :self.rings] * A).sum(1, keepdim=True) + p[:, self.rings:] + EPS",
+                        "G = (p[:, :self.rings] * A).sum(1, keepdim=True) + EPS")
+    refiner = sub / "helpers" / "refiner.py"
+    # the coarse net left in train mode: its BatchNorm statistics would drift
+    refiner.write_text(refiner.read_text().replace("        self.coarse.eval()  # frozen", "        pass  # frozen"))
+    metrics = sub / "helpers" / "metrics.py"
+    # IoU without subtracting the intersection from the union
+    metrics.write_text(metrics.read_text().replace("union = cm.sum(0) + cm.sum(1) - tp", "union = cm.sum(0) + cm.sum(1)"))
+    prop.write_text(text)
+    results = _by_key(assignment.grade_one(sub, timeout=300))
+    assert not results["cspn-step"].passed and "D^1..D^3 of three steps differs" in results["cspn-step"].message
+    assert not results["dyspn-step"].passed and "differs from the reference" in results["dyspn-step"].message
+    assert not results["refiner-loss"].passed and "coarse net must be in eval mode" in results["refiner-loss"].message
+    assert not results["miou"].passed and "iou_per_class (2 classes) differs" in results["miou"].message
+    assert {k for k, r in results.items() if r.passed} == {"boundary-band", "unet-up", "cspn-affinity"}
+
+
+def test_a_gradient_broken_by_detach_fails_gradcheck(student, tmp_path):
+    sub = _fill(student, tmp_path / "detached")
+    prop = sub / "helpers" / "propagation.py"
+    prop.write_text(prop.read_text().replace("return base + ring_sums(d, kappa, self.kernel)[:, 0]",
+                                             "return base + ring_sums(d.detach(), kappa, self.kernel)[:, 0]"))
+    result = _by_key(assignment.grade_one(sub, timeout=300))["cspn-step"]
+    assert not result.passed and "gradcheck of CSPN.step failed" in result.message
+
+
+def test_grading_stops_a_submission_that_never_finishes(student, tmp_path):
+    sub = _fill(student, tmp_path / "loop")
+    init = sub / "helpers" / "__init__.py"
+    init.write_text(init.read_text() + "\nwhile True:\n    pass\n")
+    results = assignment.grade_one(sub, timeout=3)
+    assert all(not r.passed and "did not finish within 3 s" in r.message for r in results)
+
+
+def test_grade_refuses_a_folder_without_submissions(tmp_path):
+    with pytest.raises(AssignmentError, match="holds no submission"):
+        assignment.grade(tmp_path)
+
+
+def test_the_grader_uses_its_own_checks_not_the_submissions(student, tmp_path):
+    """A submission that edits its copy of the checks to always pass still gets no points."""
+    sub = shutil.copytree(student, tmp_path / "cheat")
+    ex = sub / "helpers" / "exercises.py"
+    ex.write_text(ex.read_text().replace("def check_one(", "def _real_check_one(") + (
+        "\n\ndef check_one(key, pkg=None, refs=None):\n"
+        "    e = lookup(key)\n"
+        "    return Result(e.key, e.number, e.title, e.points, e.points, True, 'passed')\n"))
+    assert all(not r.passed for r in assignment.grade_one(sub, timeout=300))
+
+
+# ------------------------------------------------------------------------------ in a notebook
+def test_a_failing_check_cell_is_one_line_and_later_cells_repeat_it(student):
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell("from helpers import colab, exercises\n_ = colab.setup()"),
+                nbformat.v4.new_code_cell('exercises.check("cspn-step")'),
+                nbformat.v4.new_code_cell('exercises.require("cspn-step")\nrefined = 1'),
+                nbformat.v4.new_code_cell("refined + 1"),
+                nbformat.v4.new_code_cell("raise NotImplementedError('not an exercise')")]
+    nbclient.NotebookClient(nb, timeout=120, kernel_name="python3", allow_errors=True,
+                            resources={"metadata": {"path": str(student)}}).execute()
+    errors = [[o for o in c.outputs if o["output_type"] == "error"] for c in nb.cells]
+    assert errors[0] == []
+    for i in (1, 2, 3):
+        assert len(errors[i]) == 1 and len(errors[i][0]["traceback"]) == 1, errors[i]
+    assert errors[1][0]["ename"] == "ExerciseFailed"
+    assert errors[1][0]["evalue"].startswith("Exercise 5 (CSPN step) is not done yet: write it in helpers/propagation.py")
+    assert errors[2][0]["evalue"] == errors[1][0]["evalue"]
+    assert errors[3][0]["ename"] == "NameError"
+    assert errors[3][0]["traceback"][0].endswith("because an earlier cell stopped: " + errors[1][0]["evalue"])
+    assert len(errors[4][0]["traceback"]) > 1   # any other error keeps its traceback
+
+
+def test_check_prints_the_relative_error_and_leaves_the_random_state_alone(capsys):
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    result = exercises.check("dyspn-step")
+    assert result.passed and torch.equal(torch.rand(3), expected)
+    out = capsys.readouterr().out
+    assert out.startswith("Exercise 7 (DySPN ring attention and step): passed") and "relative error" in out \
+        and "gradcheck passed" in out
