@@ -27,7 +27,6 @@ import argparse
 import json
 import os
 import platform
-import re
 import statistics
 import sys
 import time
@@ -87,8 +86,8 @@ def comparisons(stages: list[str]) -> list[tuple[str, str]]:
     """(after, before) pairs whose gain decides a claim: every stage over its base net; each
     refiner over its setting's no-propagation control and over the base net trained on; DySPN
     over CSPN."""
-    from helpers.comparison import base_of
-    from helpers.workflow import stage_name
+    from helpers.results import base_of
+    from helpers.stages import stage_name
 
     pairs = [(s, base_of(s)) for s in stages if s != base_of(s)]
     for base in dict.fromkeys(base_of(s) for s in stages):
@@ -134,15 +133,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", nargs="+", default=[], metavar="FIELD=VALUE", dest="overrides",
                         help="configuration overrides, e.g. coarse_size=64 refine_lr=1e-3 (a tuning variant)")
     parser.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples of the images")
-    parser.add_argument("--json", help="output file (default: runs/<profile>/quality-<data>[-<overrides>]-seeds<...>.json)")
+    parser.add_argument("--json", help="output file (default: <runs-dir>/<profile>/quality-<data>[-<overrides>]-seeds<...>.json)")
+    parser.add_argument("--runs-dir", help="where checkpoints and the JSON go (default: the repository's runs/)")
     args = parser.parse_args(argv)
 
-    from helpers.comparison import CONVERGED_STAGES, STAGES, all_stages, base_of, comparison_rows, estimate_seconds
-    from helpers.checkpoint import atomic_write_text
+    from helpers.checkpoint import atomic_write_text, display_path, file_slug
     from helpers.config import parse_overrides
-    from helpers.data import display_path
+    from helpers.results import comparison_rows
+    from helpers.stages import SETTINGS
     from helpers.statistics import image_counts
-    from helpers.workflow import RUNS_DIR, open_workbook
+    from helpers.timing import estimate_seconds
+    from helpers.workflow import all_stages, open_workbook
 
     if args.data_root and not (Path(args.data_root).expanduser() / "oxford-iiit-pet").is_dir():
         parser.error(f"--data-root {args.data_root} does not hold an 'oxford-iiit-pet' folder")
@@ -151,8 +152,9 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:
         parser.error(str(err))
     converged = "converged" in args.settings
-    names = [s for s in STAGES + CONVERGED_STAGES if base_of(s) in args.settings]
-    books = [open_workbook(args.profile, args.data_root, seed, verbose=(k == 0), **overrides)
+    names = [s for setting in ("coarse", "converged") if setting in args.settings for s in SETTINGS[setting]]
+    folders = {"runs_dir": Path(args.runs_dir)} if args.runs_dir else {}
+    books = [open_workbook(args.profile, args.data_root, seed, verbose=(k == 0), **folders, **overrides)
              for k, seed in enumerate(args.seeds)]
     wb0 = books[0]
     splits = ("val", "test") if len(wb0.data["test"]) else ("val",)
@@ -175,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"--- seed {wb.cfg.seed}", flush=True)
         stages = all_stages(wb, converged=converged)
         stages = {s: stages[s] for s in names}
-        rows = [{**row, "base": base_of(row["stage"])} for row in comparison_rows(wb, stages, "val")]  # times inference once
+        rows = comparison_rows(wb, stages, "val")   # times inference once
         per_seed["val"][wb.cfg.seed] = rows
         if "test" in splits:
             per_seed["test"][wb.cfg.seed] = [{**row, **stages[row["stage"]].test_metrics} for row in rows]
@@ -200,8 +202,8 @@ def main(argv: list[str] | None = None) -> int:
 
     variant = "".join(f"-{k}={v}" for k, v in overrides.items())
     seeds = "-seeds" + "-".join(map(str, args.seeds))
-    slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", wb0.source.name + variant + seeds)   # a file name every system accepts
-    out = Path(args.json) if args.json else RUNS_DIR / wb0.cfg.profile / f"quality-{slug}.json"
+    slug = file_slug(wb0.source.name + variant + seeds)
+    out = Path(args.json) if args.json else wb0.profile_dir / f"quality-{slug}.json"
     doc = {"data_source": wb0.data_id, "profile": wb0.cfg.profile, "overrides": overrides,
            "config": wb0.cfg.to_dict(), "images": {s: len(wb0.data[s]) for s in splits},
            "train_images": len(wb0.data["train"]), "seeds": args.seeds, "settings": args.settings,

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import subprocess
 import sys
 import time
@@ -27,7 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-# the fields that decide the coarse and converged U-Nets (see helpers.workflow._coarse_spec)
+# the fields that decide the coarse and converged U-Nets (see helpers.stages.Stage.spec)
 BASE_FIELDS = {"image_size", "coarse_size", "coarse_width", "coarse_depth", "coarse_epochs", "coarse_lr",
                "coarse_min_steps", "batch_size", "val_fraction", "max_train", "max_eval", "augment",
                "converged_max_epochs", "converged_patience", "weight_decay"}
@@ -78,9 +77,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--resamples", type=int, default=2000)
     args = parser.parse_args(argv)
 
+    sys.path.insert(0, str(ROOT))   # the workbook, installed or not
+    from helpers.checkpoint import file_slug
+
     logs = ROOT / "runs" / args.profile / "sweep-logs"
     logs.mkdir(parents=True, exist_ok=True)
-    slug = lambda v: re.sub(r"[^A-Za-z0-9_.=-]+", "_", v.strip()) or "defaults"   # noqa: E731
+    slug = lambda v: file_slug(v.strip(), "_", keep="=") or "defaults"   # noqa: E731
     first, rest, seen = [], [], set()
     for variant in args.variant:
         for seed in args.seeds:

@@ -4,12 +4,12 @@ from __future__ import annotations
 import contextlib
 import os
 import platform
+import re
 import uuid
 from pathlib import Path
 
 import torch
 
-from .data import display_path
 
 
 class CheckpointError(RuntimeError):
@@ -22,6 +22,23 @@ def library_versions() -> dict:
     # the thread count is recorded because CPU results are reproducible only at the same count (README)
     return {"torch": str(torch.__version__), "torchvision": str(torchvision.__version__), "python": platform.python_version(),
             "torch_threads": torch.get_num_threads()}
+
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def display_path(path: Path) -> str:
+    """A path relative to the repository where possible, so outputs hold no machine paths."""
+    try:
+        return str(Path(path).resolve().relative_to(REPO_ROOT))
+    except ValueError:
+        return Path(path).name if os.environ.get("WORKBOOK_HIDE_PATHS") else str(path)
+
+
+def file_slug(text: str, fill: str = "-", keep: str = "") -> str:
+    """``text`` as a file name every system accepts: letters, digits, ``_.-`` and the characters
+    of ``keep`` stay, every run of others becomes ``fill``."""
+    return re.sub(f"[^A-Za-z0-9_.{re.escape(keep)}-]+", fill, text)
 
 
 def _temporary_beside(path: Path) -> Path:

@@ -31,6 +31,8 @@ class Config:
     max_eval: int | None = None          # cap on val / test images
     synthetic_trainval: int = 480        # size of the embedded synthetic dataset
     synthetic_test: int = 120
+    pets_root: str | None = None         # a folder holding oxford-iiit-pet/ (PETS_ROOT); None: data/ or synthetic
+    download: bool = False               # may torchvision download the dataset (on Colab, or WORKBOOK_DOWNLOAD=1)
     allow_split_overlap: bool = False    # an image in both trainval.txt and test.txt is an error unless set
     augment: bool = True                 # joint flips / crops of image and mask while training
     num_workers: int = 0
@@ -160,11 +162,17 @@ def check_settings(profile: str, seed) -> tuple[str, int]:
 def load_config(profile: str | None = None, seed: int | None = None, **overrides) -> Config:
     """Build the run's configuration from arguments, then the environment, then defaults.
 
-    ``WORKBOOK_PROFILE`` and ``WORKBOOK_SEED`` are read here (not at import).
+    The run's settings in the environment are read here, and only here (never at import):
+    ``WORKBOOK_PROFILE``, ``WORKBOOK_SEED``, ``PETS_ROOT`` and ``WORKBOOK_DOWNLOAD`` (a download
+    is also allowed on Colab).
     """
     import torch
+
+    from .colab import in_colab
 
     profile, seed = check_settings(profile or os.environ.get("WORKBOOK_PROFILE") or default_profile(),
                                    seed if seed is not None else os.environ.get("WORKBOOK_SEED", "0"))
     overrides.setdefault("device", "cuda" if torch.cuda.is_available() else "cpu")
+    overrides.setdefault("pets_root", os.environ.get("PETS_ROOT"))
+    overrides.setdefault("download", in_colab() or os.environ.get("WORKBOOK_DOWNLOAD") == "1")
     return profile_config(profile, seed=seed, **overrides)

@@ -11,6 +11,7 @@ trimap with ``classes=3`` (0 background, 1 pet, 2 boundary).
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import socket
@@ -24,10 +25,9 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
-from .colab import in_colab
+from .checkpoint import REPO_ROOT, atomic_save, display_path
 from .config import Config
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 DATA_DIR = REPO_ROOT / "data"
 SPLITS = ("train", "val", "test")
 CACHE_VERSION = 1
@@ -56,36 +56,28 @@ class DataSource:
         return f"data source: {where} -> {display_path(self.root / 'oxford-iiit-pet')}"
 
 
-def display_path(path: Path) -> str:
-    """A path relative to the repository where possible, so outputs hold no machine paths."""
-    try:
-        return str(Path(path).resolve().relative_to(REPO_ROOT))
-    except ValueError:
-        return Path(path).name if os.environ.get("WORKBOOK_HIDE_PATHS") else str(path)
-
-
 def resolve_source(cfg: Config, data_root: str | Path | None = None, download: bool | None = None,
-                   verbose: bool = True) -> DataSource:
+                   verbose: bool = True, data_dir: Path = DATA_DIR) -> DataSource:
     """Pick the data source, in this order, and print the choice.
 
-    1. ``data_root`` or the environment variable ``PETS_ROOT`` (must hold ``oxford-iiit-pet/``);
-    2. ``data/oxford-iiit-pet`` inside the repository;
-    3. a torchvision download into ``data/`` when allowed (on Colab, or ``WORKBOOK_DOWNLOAD=1``);
-    4. otherwise the embedded synthetic dataset, generated once into ``data/``.
+    1. ``data_root``, or ``cfg.pets_root`` (the environment variable ``PETS_ROOT``, read by
+       :func:`~helpers.config.load_config`); the folder must hold ``oxford-iiit-pet/``;
+    2. ``data_dir/oxford-iiit-pet`` (``data_dir``: the repository's ``data/`` unless given);
+    3. a torchvision download into ``data_dir`` when allowed (``download``, default
+       ``cfg.download``: on Colab, or with ``WORKBOOK_DOWNLOAD=1``);
+    4. otherwise the embedded synthetic dataset, generated once into ``data_dir``.
     """
     what = "data root" if data_root is not None else "PETS_ROOT"
-    root = data_root if data_root is not None else os.environ.get("PETS_ROOT")
+    root = data_root if data_root is not None else cfg.pets_root
     if root is not None:
         source = DataSource("root" if data_root is not None else "env", locate_root(root, what))
-    elif (DATA_DIR / "oxford-iiit-pet" / "annotations").is_dir():
-        source = DataSource("local", DATA_DIR)
+    elif (data_dir / "oxford-iiit-pet" / "annotations").is_dir():
+        source = DataSource("local", data_dir)
     else:
-        if download is None:
-            download = in_colab() or os.environ.get("WORKBOOK_DOWNLOAD") == "1"
-        source = _try_download(DATA_DIR) if download else None
+        source = _try_download(data_dir) if (cfg.download if download is None else download) else None
         if source is None:
             n_tv, n_te = cfg.synthetic_trainval, cfg.synthetic_test
-            folder = DATA_DIR / f"synthetic-v{CACHE_VERSION}-{n_tv}-{n_te}"
+            folder = data_dir / f"synthetic-v{CACHE_VERSION}-{n_tv}-{n_te}"
             from .synthetic import write_synthetic_dataset
 
             write_synthetic_dataset(folder, n_tv, n_te, seed=0, progress=verbose)
@@ -172,10 +164,24 @@ def read_split_ids(root: Path, split_file: str) -> list[str]:
     return ids
 
 
+@contextlib.contextmanager
+def _decoding(what: str, path: Path):
+    """PIL's errors while decoding ``path`` as one :class:`DataError` naming the file (``what``:
+    image or trimap): missing, too large to decode safely (a decompression bomb), unreadable."""
+    try:
+        yield
+    except FileNotFoundError:
+        raise DataError(f"missing {what}: {path}") from None
+    except Image.DecompressionBombError as exc:
+        raise DataError(f"{what} too large to decode safely: {path} ({exc})") from None
+    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+        raise DataError(f"unreadable {what}: {path} ({exc})") from None
+
+
 def load_rgb(path: Path) -> Image.Image:
     """Open any image the real dataset holds as RGB: JPEG, PNG with alpha, GIF, modes
     RGB / P / RGBA / L / CMYK. Transparent pixels are composited onto black."""
-    try:
+    with _decoding("image", path):
         with Image.open(path) as img:
             img.seek(0)  # GIF: first frame
             img.load()
@@ -186,28 +192,15 @@ def load_rgb(path: Path) -> Image.Image:
                 base.paste(img.convert("RGBA"), mask=img.convert("RGBA").getchannel("A"))
                 return base
             return img.convert("RGB")
-    except FileNotFoundError:
-        raise DataError(f"missing image: {path}") from None
-    except Image.DecompressionBombError as exc:
-        raise DataError(f"image too large to decode safely: {path} ({exc})") from None
-    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
-        raise DataError(f"unreadable image: {path} ({exc})") from None
 
 
 def load_trimap(path: Path, size: tuple[int, int]) -> np.ndarray:
     """The trimap (H, W) uint8 with values in {1, 2, 3}, checked against the image size (W, H)."""
-    try:
-        with Image.open(path) as img:
-            img.load()
-            if img.size != size:
-                raise DataError(f"trimap {path} is {img.size[0]}x{img.size[1]} but its image is {size[0]}x{size[1]}")
-            arr = np.array(img.convert("L") if img.mode not in ("L", "P") else img)
-    except FileNotFoundError:
-        raise DataError(f"missing trimap: {path}") from None
-    except Image.DecompressionBombError as exc:
-        raise DataError(f"trimap too large to decode safely: {path} ({exc})") from None
-    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
-        raise DataError(f"unreadable trimap: {path} ({exc})") from None
+    with _decoding("trimap", path), Image.open(path) as img:
+        img.load()
+        if img.size != size:
+            raise DataError(f"trimap {path} is {img.size[0]}x{img.size[1]} but its image is {size[0]}x{size[1]}")
+        arr = np.array(img.convert("L") if img.mode not in ("L", "P") else img)
     bad = np.setdiff1d(np.unique(arr), (1, 2, 3))
     if bad.size:
         raise DataError(f"trimap {path} has values {bad.tolist()} outside {{1, 2, 3}}")
@@ -314,9 +307,9 @@ def train_transforms(size: int):
                        v2.RandomResizedCrop(size, scale=(0.6, 1.0), ratio=(0.8, 1.25), antialias=True)])
 
 
-def _cache_path(source: DataSource, split_file: str, size: int) -> Path:
+def _cache_path(source: DataSource, split_file: str, size: int, data_dir: Path = DATA_DIR) -> Path:
     key = hashlib.sha1(f"{source.root.resolve()}|{split_file}|{size}|{CACHE_VERSION}".encode()).hexdigest()[:12]
-    return DATA_DIR / "cache" / f"{source.root.name}-{split_file[:-4]}-{size}px-{key}.pt"
+    return data_dir / "cache" / f"{source.root.name}-{split_file[:-4]}-{size}px-{key}.pt"
 
 
 def content_digest(ids: list[str], images: torch.Tensor, trimaps: torch.Tensor) -> str:
@@ -345,14 +338,12 @@ def files_signature(root: Path, split_file: str, ids: list[str]) -> str:
 
 
 def load_decoded(source: DataSource, split_file: str, size: int, on_error: str = "raise",
-                 progress: bool = True) -> dict:
+                 progress: bool = True, data_dir: Path = DATA_DIR) -> dict:
     """Decoded pairs of one list file, cached on disk (atomic write, ``weights_only`` load).
 
     The cache is used only while the list and every listed file are unchanged (same
     :func:`files_signature`); any edit on disk decodes again."""
-    from .checkpoint import atomic_save
-
-    path = _cache_path(source, split_file, size)
+    path = _cache_path(source, split_file, size, data_dir)
     ids = read_split_ids(source.root, split_file)
     signature = files_signature(source.root, split_file, ids)
     if path.exists():
@@ -376,14 +367,15 @@ def _subset(data: dict, ids: list[str]) -> tuple[torch.Tensor, torch.Tensor, lis
 
 
 def build_datasets(cfg: Config, source: DataSource, size: int | None = None, classes: int = 2,
-                   on_error: str = "raise", progress: bool = True) -> dict[str, PetSegmentation]:
-    """train / val / test datasets at ``size`` (default ``cfg.image_size``); caps from the config.
+                   on_error: str = "raise", progress: bool = True, data_dir: Path = DATA_DIR) -> dict[str, PetSegmentation]:
+    """train / val / test datasets at ``size`` (default ``cfg.image_size``); caps from the config;
+    the decoded pairs are cached under ``data_dir/cache``.
 
     Train and val come from trainval (see :func:`split_ids`); test is the official test list.
     """
     size = size or cfg.image_size
-    trainval = load_decoded(source, "trainval.txt", size, on_error, progress)
-    test = load_decoded(source, "test.txt", size, on_error, progress)
+    trainval = load_decoded(source, "trainval.txt", size, on_error, progress, data_dir)
+    test = load_decoded(source, "test.txt", size, on_error, progress, data_dir)
     shared = sorted(set(trainval["ids_listed"]) & set(test["ids_listed"]))
     if shared and not cfg.allow_split_overlap:
         # a test image seen in training makes every test number optimistic

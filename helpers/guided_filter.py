@@ -16,6 +16,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .metrics import SegmentationMeter
+
+GUIDED_FILTER_GRID = {"radius": (2, 4, 8), "eps": (1e-3, 1e-2, 1e-1)}   # what tune_guided_filter searches
+
 
 def box_mean(x: torch.Tensor, radius: int) -> torch.Tensor:
     """Mean of x (B, C, H, W) over the (2r + 1)^2 window around each pixel, the window clipped at
@@ -83,3 +87,20 @@ class GuidedFilterRefiner(nn.Module):
         with torch.no_grad():
             coarse = self.coarse(image)
         return filter_probabilities(image, coarse, self.radius, self.eps)
+
+
+def tune_guided_filter(coarse_probs: torch.Tensor, dataset, batch_size: int,
+                       grid: dict | None = None) -> tuple[tuple[int, float], dict]:
+    """The (radius, eps) of ``grid`` whose filtered maps of ``coarse_probs`` (N, 2, H, W) score the
+    best pooled mIoU on ``dataset`` (whose images guide the filter), and every setting's score."""
+    grid = grid or GUIDED_FILTER_GRID
+    scores = {}
+    for radius in grid["radius"]:
+        for eps in grid["eps"]:
+            meter = SegmentationMeter(num_classes=coarse_probs.shape[1])
+            for lo in range(0, len(dataset), batch_size):   # batches: the 3x3 solves are memory-hungry
+                images = dataset.images[lo:lo + batch_size].float() / 255
+                probs = filter_probabilities(images, coarse_probs[lo:lo + batch_size], radius, eps)
+                meter.update(probs.argmax(1), dataset.targets[lo:lo + batch_size].long())
+            scores[(radius, eps)] = meter.summary()["miou"]
+    return max(scores, key=scores.get), scores

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from . import progress
 from .config import PROFILES, check_settings
-from .data import REPO_ROOT
+from .checkpoint import REPO_ROOT
 
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
 
@@ -26,9 +26,9 @@ FIGURE_DIR = NOTEBOOK_DIR / "figures"
 
 def write_figures(args) -> int:
     """``python -m helpers figures``: the README's figures from the whole trained chain."""
-    from .comparison import all_stages, save_readme_figures
-    from .data import display_path
-    from .workflow import open_workbook
+    from .checkpoint import display_path
+    from .viz import save_readme_figures
+    from .workflow import all_stages, open_workbook
 
     wb = open_workbook(args.profile, args.data_root, args.seed)
     if wb.source.kind != "synthetic":
@@ -124,17 +124,17 @@ def estimate_cpu_hours(profile: str) -> float:
     size (batch of 2, scaled to the profile's batch and epochs). Used to warn before a run."""
     import torch
 
-    from .comparison import _step_seconds
-    from .config import profile_config
+    from .config import load_config
     from .refiner import CoarseSegmenter, Refiner
-    from .workflow import epochs_for
+    from .stages import epochs_for
+    from .timing import step_seconds
 
-    cfg = profile_config(profile, device="cpu")
+    cfg = load_config(profile, device="cpu")
     n_train = round(cfg.synthetic_trainval * (1 - cfg.val_fraction))
-    if os.environ.get("PETS_ROOT"):
+    if cfg.pets_root:
         from .data import read_split_ids
 
-        n_train = round(len(read_split_ids(Path(os.environ["PETS_ROOT"]), "trainval.txt")) * (1 - cfg.val_fraction))
+        n_train = round(len(read_split_ids(Path(cfg.pets_root), "trainval.txt")) * (1 - cfg.val_fraction))
     if cfg.max_train:
         n_train = min(n_train, cfg.max_train)
     images = torch.rand(2, 3, cfg.image_size, cfg.image_size)
@@ -143,15 +143,15 @@ def estimate_cpu_hours(profile: str) -> float:
     steps_per_epoch = -(-n_train // cfg.batch_size) * cfg.batch_size / 2
     coarse_epochs = epochs_for(cfg.coarse_epochs, cfg.coarse_min_steps, n_train, cfg.batch_size)
     refine_epochs = epochs_for(cfg.refine_epochs, cfg.refine_min_steps, n_train, cfg.batch_size)
-    seconds = _step_seconds(coarse, images, targets) * (coarse_epochs + refine_epochs) * steps_per_epoch
+    seconds = step_seconds(coarse, images, targets) * (coarse_epochs + refine_epochs) * steps_per_epoch
     for method in ("control", "cspn", "dyspn"):
         refiner = Refiner.from_config(cfg, coarse, method)
-        seconds += _step_seconds(refiner, images, targets) * refine_epochs * steps_per_epoch
+        seconds += step_seconds(refiner, images, targets) * refine_epochs * steps_per_epoch
     return seconds / 3600
 
 
 def _print_results(results: Path, profile: str, started: float) -> None:
-    from .workflow import read_results
+    from .results import read_results
 
     doc = read_results(results)
     if doc is None:

@@ -66,19 +66,26 @@ class History:
         return cls(list(d["epoch"]), list(d["train_loss"]), list(d["val"]), float(d["seconds"]), d.get("best_epoch"))
 
 
+@contextlib.contextmanager
+def eval_mode(model: nn.Module):
+    """``model`` in eval mode inside the block, its own mode restored after (even on an error)."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
 @torch.inference_mode()
 def predict(model: nn.Module, dataset: Dataset, batch_size: int, device: str | torch.device,
             amp: bool = False) -> torch.Tensor:
     """Probabilities (N, C, H, W) float32 on the CPU for a whole dataset, in dataset order."""
-    was_training = model.training
-    model.eval()
     out = []
-    try:
+    with eval_mode(model):
         for image, _ in make_loader(dataset, batch_size, shuffle=False):
             with autocast_for(device, amp):
                 out.append(model(image.to(device)).float().cpu())
-    finally:
-        model.train(was_training)
     return torch.cat(out)
 
 
@@ -94,6 +101,50 @@ def evaluate_probs(probs: torch.Tensor, dataset: Dataset) -> tuple[dict, list]:
 def evaluate(model: nn.Module, dataset: Dataset, batch_size: int, device, amp: bool = False) -> dict:
     """Pooled mIoU, pet IoU and Boundary IoU of ``model`` on ``dataset`` (train mode restored)."""
     return evaluate_probs(predict(model, dataset, batch_size, device, amp), dataset)[0]
+
+
+@torch.inference_mode()
+def iteration_sweep(model: nn.Module, dataset: Dataset, device, batch_size: int, max_iterations: int = 12,
+                    suppression: bool = True, amp: bool = False) -> list[dict]:
+    """Metrics of a refiner run with T = 0, 1, ..., ``max_iterations`` at inference: entry t is the
+    pooled mIoU / pet IoU / Boundary IoU of H^t on ``dataset`` (one pass: the maps of a T_max run
+    are, iteration by iteration, those of every shorter run). DySPN reuses its last attention
+    beyond the trained T; ``suppression=False`` drops its diffusion suppression (an ablation)."""
+    if model.propagator is None:
+        raise ValueError("the control has no propagation to sweep")
+    device = torch.device(device)
+    meters = [SegmentationMeter(num_classes=model.classes) for _ in range(max_iterations + 1)]
+    with eval_mode(model):
+        for images, targets in make_loader(dataset, batch_size, shuffle=False):
+            with autocast_for(device, amp):   # as in evaluation, so entry T is the stage's own score
+                out = model.refine(images.to(device), max_iterations, suppression)
+            for meter, h in zip(meters, out.propagation.maps):
+                meter.update(h.argmax(1).cpu(), targets)
+    return [m.summary() for m in meters]
+
+
+def make_optimiser(model: nn.Module, lr: float, weight_decay: float = 1e-4) -> torch.optim.Optimizer:
+    """AdamW over the parameters that require gradients (a refiner's frozen coarse net has none)."""
+    return torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=weight_decay)
+
+
+def train_step(model: nn.Module, optimiser: torch.optim.Optimizer, image: torch.Tensor, target: torch.Tensor,
+               loss_fn=None, amp: bool = False, scaler: torch.amp.GradScaler | None = None) -> torch.Tensor:
+    """One optimiser step on a batch: the loss under autocast (CUDA only), backward, update.
+
+    ``loss_fn(image, target)`` defaults to the cross-entropy of ``model(image)``; ``scaler``
+    scales float16 losses. Returns the loss (a tensor: reading it is a host sync on CUDA)."""
+    with autocast_for(image.device, amp):
+        loss = loss_fn(image, target) if loss_fn is not None else segmentation_loss(model(image), target)
+    optimiser.zero_grad(set_to_none=True)
+    if scaler is None:
+        loss.backward()
+        optimiser.step()
+    else:
+        scaler.scale(loss).backward()
+        scaler.step(optimiser)
+        scaler.update()
+    return loss
 
 
 def fit(model: nn.Module, *, train_set: Dataset, val_set: Dataset, epochs: int, lr: float,
@@ -118,8 +169,8 @@ def fit(model: nn.Module, *, train_set: Dataset, val_set: Dataset, epochs: int, 
     seed_everything(seed)
     model.to(device)
     loader = make_loader(train_set, batch_size, shuffle=True, seed=seed)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimiser = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    optimiser = make_optimiser(model, lr, weight_decay)
+    params = [p for group in optimiser.param_groups for p in group["params"]]
     if patience is None:
         schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=lr, total_steps=max(1, epochs * len(loader)),
                                                        pct_start=0.15)
@@ -131,7 +182,6 @@ def fit(model: nn.Module, *, train_set: Dataset, val_set: Dataset, epochs: int, 
                                                               patience=max(1, patience // 3))
     scaler = torch.amp.GradScaler("cuda", enabled=amp and device.type == "cuda"
                                   and not torch.cuda.is_bf16_supported())
-    loss_fn = loss_fn or (lambda image, target: segmentation_loss(model(image), target))
     history, start, best_state = History(), 0, None
     spec = spec or {}
     if checkpoint is not None and Path(checkpoint).exists():
@@ -156,12 +206,7 @@ def fit(model: nn.Module, *, train_set: Dataset, val_set: Dataset, epochs: int, 
         batch_bar = prog.bar(loader, progress, desc=f"epoch {epoch + 1}", leave=False)
         for image, target in batch_bar:
             image, target = image.to(device), target.to(device)
-            with autocast_for(device, amp):
-                loss = loss_fn(image, target)
-            optimiser.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimiser)
-            scaler.update()
+            loss = train_step(model, optimiser, image, target, loss_fn, amp, scaler)
             if patience is None:
                 schedule.step()
             value = loss.item()

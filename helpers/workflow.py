@@ -1,33 +1,37 @@
-"""The workbook's stages, as the notebooks call them: open a run, get the coarse model, refine.
+"""The workbook's stages, as the notebooks call them: open a run, then train or load any stage.
 
-A :class:`Workbook` ties together one configuration, one data source and the datasets. Stages:
-``coarse_stage`` (notebook 01), ``refine_stage`` (control / cspn / dyspn, notebooks 02-03), and
-the baselines of notebook 04, ``coarse_longer_stage`` (the equal-compute control) and
-``guided_filter_stage``. Stage outputs live under ``runs/<profile>/<data name>-<digest>/seed<k>/`` so
-that later notebooks find what earlier ones produced (and rebuild it, with a message, when it
-is missing).
+A :class:`Workbook` ties together one configuration, one data source, the datasets and the run's
+folders. :func:`run_stage` is the one way from a stage of the registry (:mod:`helpers.stages`)
+to a :class:`StageResult`:
+
+1. its base net is loaded (or trained first, with a message) for controls and refiners;
+2. the model is built and seeded; the spec names its checkpoint;
+3. a finished run of that spec is loaded, else it is trained (:func:`helpers.training.fit`,
+   resuming an unfinished run);
+4. its probabilities and metrics on validation and test are computed; a base net's
+   probabilities are saved for the later notebooks.
+
+The notebooks' names for it: ``coarse_stage`` / ``load_coarse`` (01), ``refine_stage``
+(02-03), ``coarse_longer_stage`` and ``guided_filter_stage`` (04), ``all_stages`` (the whole
+chain). Outputs live under ``runs/<profile>/<data name>-<digest>/seed<k>/``.
 """
 from __future__ import annotations
 
 import hashlib
-import json
-import math
-import os
-import re
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from .checkpoint import atomic_save, atomic_write_text, file_lock, library_versions
+from . import stages as registry
+from .checkpoint import REPO_ROOT, atomic_save, display_path, file_slug
 from .config import Config, load_config
-from .data import REPO_ROOT, DataSource, PetSegmentation, build_datasets, display_path, resolve_source
-from .guided_filter import GuidedFilterRefiner, filter_probabilities
-from .metrics import SegmentationMeter
-from .refiner import CoarseSegmenter, Refiner
-from .training import History, evaluate_probs, fit, load_trained, predict, seed_everything
+from .data import DATA_DIR, DataSource, PetSegmentation, build_datasets, resolve_source
+from .guided_filter import GuidedFilterRefiner, tune_guided_filter
+from .refiner import Refiner
+from .stages import Stage
+from .training import History, eval_mode, evaluate_probs, fit, load_trained, predict, seed_everything
 from .unet import count_parameters
 
 SHOWCASE_ID = "Abyssinian_100"   # the report's Fig. 2-4 image
@@ -36,12 +40,13 @@ RUNS_DIR = REPO_ROOT / "runs"
 
 @dataclass
 class Workbook:
-    """One run: configuration, data source, train / val / test datasets, output folder."""
+    """One run: configuration, data source, train / val / test datasets, and its folders."""
 
     cfg: Config
     source: DataSource
     data: dict[str, PetSegmentation]
-    stages: dict = field(default_factory=dict)   # stage name -> StageResult, filled as stages run
+    runs_dir: Path = RUNS_DIR                      # runs/<profile>/... (checkpoints, results.json)
+    stages: dict = field(default_factory=dict)     # base nets already loaded in this session
 
     @property
     def data_id(self) -> str:
@@ -54,10 +59,14 @@ class Workbook:
         return f"{self.source.name}@{digest.hexdigest()[:10]}"
 
     @property
+    def profile_dir(self) -> Path:
+        """``runs/<profile>``: the executed notebooks, ``results.json`` and every data source's runs."""
+        return self.runs_dir / self.cfg.profile
+
+    @property
     def run_dir(self) -> Path:
         """``runs/<profile>/<data name>-<data digest>/seed<k>``."""
-        slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", self.data_id.replace("@", "-"))
-        return RUNS_DIR / self.cfg.profile / slug / f"seed{self.cfg.seed}"
+        return self.profile_dir / file_slug(self.data_id.replace("@", "-")) / f"seed{self.cfg.seed}"
 
     @property
     def device(self) -> torch.device:
@@ -76,12 +85,15 @@ class Workbook:
 
 
 def open_workbook(profile: str | None = None, data_root: str | Path | None = None, seed: int | None = None,
-                  verbose: bool = True, **overrides) -> Workbook:
-    """Configuration from the environment, data source resolved and printed, datasets decoded."""
+                  verbose: bool = True, runs_dir: str | Path = RUNS_DIR, data_dir: str | Path = DATA_DIR,
+                  **overrides) -> Workbook:
+    """Configuration from the environment, data source resolved and printed, datasets decoded.
+    ``runs_dir`` and ``data_dir`` (default: the repository's ``runs/`` and ``data/``) are where
+    this run writes."""
     cfg = load_config(profile, seed, **overrides)
-    source = resolve_source(cfg, data_root, verbose=verbose)
-    data = build_datasets(cfg, source, progress=verbose)
-    wb = Workbook(cfg, source, data)
+    source = resolve_source(cfg, data_root, verbose=verbose, data_dir=Path(data_dir))
+    data = build_datasets(cfg, source, progress=verbose, data_dir=Path(data_dir))
+    wb = Workbook(cfg, source, data, Path(runs_dir))
     if verbose:
         print(wb.summary())
     return wb
@@ -100,6 +112,7 @@ class StageResult:
     test_metrics: dict
     image_miou: list          # per validation image
     settings: dict = field(default_factory=dict)   # what was chosen for this stage (e.g. the filter's radius)
+    base: str = "coarse"      # the setting: the base net its gains are measured against
 
     @property
     def parameters(self) -> int:
@@ -115,84 +128,52 @@ class StageResult:
         return {**row, "settings": self.settings} if self.settings else row
 
 
-def epochs_for(epochs: int, min_steps: int, n_train: int, batch_size: int, what: str | None = None) -> int:
-    """``epochs``, raised where needed so that training takes at least ``min_steps`` optimiser
-    steps: an epoch of a few dozen images is not an epoch of thousands. Says so when it acts."""
-    steps_per_epoch = max(1, math.ceil(n_train / batch_size))
-    needed = max(epochs, math.ceil(min_steps / steps_per_epoch))
-    if needed > epochs and what:
-        print(f"{what}: {n_train} training images make {steps_per_epoch} steps per epoch; "
-              f"training {needed} epochs instead of {epochs} to reach {min_steps} steps")
-    return needed
+# ------------------------------------------------------------------------------ one stage
+def run_stage(wb: Workbook, stage: str | Stage, retrain: bool = False, progress: bool = True) -> StageResult:
+    """Train (or load a finished run of) ``stage`` on ``wb``; see the module docstring's steps."""
+    stage = registry.get(stage)
+    cfg = wb.cfg
+    # 1. what it builds on
+    base = load_coarse(wb, progress, stage.base) if stage.trains_on else None
+    if stage.kind == "filter":
+        return _guided_filter(wb, stage, base)
+    # 2. the model and its identity
+    epochs = stage.train_epochs(wb, verbose=True)
+    seed_everything(cfg.seed)
+    model = stage.build(cfg, base.model if base else None).to(wb.device)
+    spec, ckpt = stage.spec(wb), stage.checkpoint(wb)
+    # 3. load or train
+    label = _label(stage, epochs)
+    if retrain and ckpt.exists():
+        ckpt.unlink()
+    history = load_trained(model, ckpt, spec, epochs)
+    if history is None:
+        history = fit(model, train_set=wb.data["train"], val_set=wb.data["val"], epochs=epochs, lr=stage.lr(cfg),
+                      batch_size=cfg.batch_size, device=wb.device, seed=cfg.seed, weight_decay=cfg.weight_decay,
+                      amp=cfg.amp, checkpoint=ckpt, spec=spec, desc=label, progress=progress,
+                      patience=stage.patience(cfg),
+                      loss_fn=model.training_loss if isinstance(model, Refiner) else None)
+    else:
+        print(f"loaded the trained {label} from {display_path(ckpt)}")
+    # 4. evaluate (and hand a base net's maps to the later notebooks)
+    settings = {"extra_epochs": epochs} if stage.kind == "longer" else None
+    result = _finish(wb, stage, model, history, settings)
+    if stage.kind == "base":
+        wb.stages[stage.name] = result
+        atomic_save({"val": result.val_probs.half(), "test": result.test_probs.half(),
+                     "val_ids": wb.data["val"].ids, "test_ids": wb.data["test"].ids, "spec": spec},
+                    predictions_path(wb, stage.name))
+    return result
 
 
-# The two settings of the comparison: refine the report's minimally trained coarse U-Net
-# ("coarse"), or a coarse U-Net trained until its validation mIoU stops improving ("converged").
-BASES = ("coarse", "converged")
+def _label(stage: Stage, epochs: int) -> str:
+    """What progress bars and messages call the stage."""
+    if stage.kind == "longer":
+        return f"{registry.get(stage.base).label}, {epochs} more epochs"
+    return f"{stage.name} refiner" if stage.kind == "refiner" else stage.label
 
 
-def stage_name(base: str, what: str) -> str:
-    """The stage's name: ``coarse`` / ``converged`` for the base net, ``<base>-longer`` for its
-    equal-compute control, ``cspn`` / ``converged+cspn`` (etc.) for a refiner on it."""
-    if what == "base":
-        return base
-    if what == "longer":
-        return f"{base}-longer"
-    return what if base == "coarse" else f"{base}+{what}"
-
-
-def parse_stage(name: str) -> tuple[str, str]:
-    """Inverse of :func:`stage_name`: ``"converged+cspn"`` -> ``("converged", "cspn")``."""
-    base, plus, what = name.partition("+")
-    if plus:
-        return base, what
-    if name in BASES:
-        return name, "base"
-    if name.endswith("-longer") and name[:-len("-longer")] in BASES:
-        return name[:-len("-longer")], "longer"
-    return "coarse", name
-
-
-def _check_base(base: str) -> None:
-    if base not in BASES:
-        raise ValueError(f"base must be one of {BASES}, got {base!r}")
-
-
-def _coarse_spec(wb: Workbook, epochs: int, base: str = "coarse") -> dict:
-    c = wb.cfg
-    spec = {"stage": "coarse", "data": wb.data_id, "image_size": c.image_size, "coarse_size": c.coarse_size,
-            "width": c.coarse_width, "depth": c.coarse_depth, "epochs": epochs, "lr": c.coarse_lr,
-            "batch_size": c.batch_size, "seed": c.seed, "n_train": len(wb.data["train"])}
-    if base == "converged":
-        spec.update(stage="converged", patience=c.converged_patience)
-    return spec
-
-
-def _refiner_spec(wb: Workbook, method: str, start: str, base_epochs: int, epochs: int, base: str = "coarse") -> dict:
-    c = wb.cfg
-    return {**_coarse_spec(wb, base_epochs, base), "stage": method, "base": base, "start": start,
-            "refiner_width": c.refiner_width, "refiner_depth": c.refiner_depth, "iterations": c.iterations,
-            "kernel": c.dyspn_kernel, "refine_epochs": epochs, "refine_lr": c.refine_lr, "perturb": c.perturb,
-            "deep_supervision": c.deep_supervision, "boundary_weight": c.boundary_weight}
-
-
-def checkpoint_path(wb: Workbook, name: str, spec: dict) -> Path:
-    """``run_dir/<name>-<hash of spec>.pt``: another setting gets its own file, so changing the
-    configuration never overwrites (or is refused by) what an earlier setting trained."""
-    digest = hashlib.sha1(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:8]
-    return wb.run_dir / f"{name}-{digest}.pt"
-
-
-def coarse_epochs(wb: Workbook, verbose: bool = True, base: str = "coarse") -> int:
-    """Epochs the base U-Net trains: the profile's (raised for small training sets), or for the
-    converged net the cap of its early stopping."""
-    c = wb.cfg
-    epochs = epochs_for(c.coarse_epochs, c.coarse_min_steps, len(wb.data["train"]), c.batch_size,
-                        "coarse U-Net" if verbose and base == "coarse" else None)
-    return max(epochs, c.converged_max_epochs) if base == "converged" else epochs
-
-
-def _finish(wb: Workbook, name: str, model, history: History, settings: dict | None = None) -> StageResult:
+def _finish(wb: Workbook, stage: Stage, model, history: History, settings: dict | None = None) -> StageResult:
     cfg = wb.cfg
     val = predict(model, wb.data["val"], cfg.batch_size, wb.device, cfg.amp)
     val_metrics, image_miou = evaluate_probs(val, wb.data["val"])
@@ -201,217 +182,84 @@ def _finish(wb: Workbook, name: str, model, history: History, settings: dict | N
         test_metrics, _ = evaluate_probs(test, wb.data["test"])
     else:  # a folder without test.txt: there is nothing to report on
         test, test_metrics = val.new_zeros((0,) + val.shape[1:]), {}
-    result = StageResult(name, model, history, val, test, val_metrics, test_metrics, image_miou, settings or {})
-    wb.stages[name] = result
-    return result
+    return StageResult(stage.name, model, history, val, test, val_metrics, test_metrics, image_miou, settings or {},
+                       stage.base)
 
 
-def _train_or_load(wb: Workbook, model: torch.nn.Module, name: str, label: str, spec: dict, epochs: int,
-                   lr: float, retrain: bool, progress: bool, **fit_options) -> tuple[History, Path]:
-    """Load the finished run of ``spec`` into ``model``, or train it (resuming an unfinished one)."""
-    cfg = wb.cfg
-    ckpt = checkpoint_path(wb, name, spec)
-    if retrain and ckpt.exists():
-        ckpt.unlink()
-    history = load_trained(model, ckpt, spec, epochs)
-    if history is None:
-        history = fit(model, train_set=wb.data["train"], val_set=wb.data["val"], epochs=epochs, lr=lr,
-                      batch_size=cfg.batch_size, device=wb.device, seed=cfg.seed, weight_decay=cfg.weight_decay,
-                      amp=cfg.amp, checkpoint=ckpt, spec=spec, desc=label, progress=progress, **fit_options)
-    else:
-        print(f"loaded the trained {label} from {display_path(ckpt)}")
-    return history, ckpt
+def _guided_filter(wb: Workbook, stage: Stage, coarse: StageResult, grid: dict | None = None) -> StageResult:
+    t0 = time.perf_counter()
+    (radius, eps), _ = tune_guided_filter(coarse.val_probs, wb.data["val"], wb.cfg.batch_size, grid)
+    model = GuidedFilterRefiner(coarse.model, radius, eps)
+    return _finish(wb, stage, model, History(seconds=time.perf_counter() - t0), {"radius": radius, "eps": eps})
 
 
-BASE_LABELS = {"coarse": "coarse U-Net", "converged": "converged U-Net"}
-
-
-def _coarse_predictions_path(wb: Workbook, base: str = "coarse") -> Path:
-    ckpt = checkpoint_path(wb, base, _coarse_spec(wb, coarse_epochs(wb, False, base), base))
+def predictions_path(wb: Workbook, base: str = "coarse") -> Path:
+    """Where a base net's validation and test probabilities are saved (beside its checkpoint)."""
+    ckpt = registry.get(base).checkpoint(wb)
     return ckpt.with_name(ckpt.stem + "-predictions.pt")
 
 
+# ------------------------------------------------------------------------------ the notebooks' names
 def coarse_stage(wb: Workbook, retrain: bool = False, progress: bool = True, base: str = "coarse") -> StageResult:
-    """Train (or load a finished run of) the base U-Net; save its predictions for 02 and 03.
-
-    ``base="coarse"``: the report's minimally trained net (``coarse_epochs``); ``"converged"``:
-    trained until validation mIoU stops improving for ``converged_patience`` epochs (best
-    weights kept), at most ``converged_max_epochs``."""
-    _check_base(base)
-    cfg = wb.cfg
-    seed_everything(cfg.seed)
-    model = CoarseSegmenter.from_config(cfg).to(wb.device)
-    epochs = coarse_epochs(wb, base=base)
-    spec = _coarse_spec(wb, epochs, base)
-    patience = cfg.converged_patience if base == "converged" else None
-    history, _ = _train_or_load(wb, model, base, BASE_LABELS[base], spec, epochs, cfg.coarse_lr, retrain, progress,
-                                patience=patience)
-    result = _finish(wb, base, model, history)
-    atomic_save({"val": result.val_probs.half(), "test": result.test_probs.half(),
-                 "val_ids": wb.data["val"].ids, "test_ids": wb.data["test"].ids, "spec": spec},
-                _coarse_predictions_path(wb, base))
-    return result
+    """Train (or load) the base U-Net: ``"coarse"``, the report's minimally trained net, or
+    ``"converged"``, trained until validation mIoU stops improving for ``converged_patience``
+    epochs (best weights kept), at most ``converged_max_epochs``."""
+    return run_stage(wb, _base(base), retrain, progress)
 
 
 def load_coarse(wb: Workbook, progress: bool = True, base: str = "coarse") -> StageResult:
-    """The base stage for notebooks 02 / 03 (and the converged setting): loaded if it ran, else rebuilt."""
-    _check_base(base)
+    """The base net for the later notebooks: already loaded in this session, loaded from its
+    checkpoint, or trained now (with a message)."""
+    stage = _base(base)
     if base in wb.stages:
         return wb.stages[base]
-    if not _coarse_predictions_path(wb, base).exists():
-        what = "no coarse U-Net" if base == "coarse" else "no converged U-Net"
-        print(f"{what} for this profile, data and seed yet: training it now"
+    if not predictions_path(wb, base).exists():
+        print(f"no {stage.label} for this profile, data and seed yet: training it now"
               + (" (as notebook 01 does)" if base == "coarse" else ""))
-    return coarse_stage(wb, progress=progress, base=base)
+    return run_stage(wb, stage, progress=progress)
 
 
 def load_coarse_predictions(wb: Workbook) -> dict:
     """The saved coarse probabilities (float16) with their ids, as notebook 01 wrote them."""
-    return torch.load(_coarse_predictions_path(wb), map_location="cpu", weights_only=True)
+    return torch.load(predictions_path(wb), map_location="cpu", weights_only=True)
 
 
 def refine_stage(wb: Workbook, method: str, start: str | None = None, epochs: int | None = None,
                  retrain: bool = False, progress: bool = True, base: str = "coarse") -> StageResult:
-    """Train (or load) a refiner of ``method`` (control / cspn / dyspn) on the frozen ``base`` net
-    (the report's coarse U-Net, or the converged one)."""
-    _check_base(base)
-    cfg = wb.cfg
-    start = start or cfg.start_map
-    name = stage_name(base, method if start == cfg.start_map else f"{method}-{start}")
-    epochs = epochs or refine_epochs(wb, f"{name} refiner")
-    coarse = load_coarse(wb, progress, base).model
-    seed_everything(cfg.seed)
-    model = Refiner.from_config(cfg, coarse, method, start).to(wb.device)
-    spec = _refiner_spec(wb, method, start, coarse_epochs(wb, False, base), epochs, base)
-    history, _ = _train_or_load(wb, model, name, f"{name} refiner", spec, epochs, cfg.refine_lr, retrain, progress,
-                                loss_fn=model.training_loss)
-    return _finish(wb, name, model, history)
-
-
-def refine_epochs(wb: Workbook, what: str | None = None) -> int:
-    """Epochs every refiner trains (the profile's, raised for small training sets)."""
-    c = wb.cfg
-    return epochs_for(c.refine_epochs, c.refine_min_steps, len(wb.data["train"]), c.batch_size, what)
-
-
-def _coarse_longer_spec(wb: Workbook, base: str = "coarse") -> dict:
-    return {**_coarse_spec(wb, coarse_epochs(wb, False, base), base), "stage": stage_name(base, "longer"),
-            "extra_epochs": refine_epochs(wb)}
+    """Train (or load) a refiner of ``method`` (control / cspn / dyspn) on the frozen ``base`` net;
+    ``start`` and ``epochs`` choose a variant (see :meth:`Stage.variant`)."""
+    stage = registry.refiner(base, method).variant(wb.cfg, start, epochs)
+    return run_stage(wb, stage, retrain, progress)
 
 
 def coarse_longer_stage(wb: Workbook, retrain: bool = False, progress: bool = True,
                         base: str = "coarse") -> StageResult:
     """The equal-compute control: the ``base`` U-Net trained on, from its own weights, for as
     many extra epochs as every refiner gets. A refiner must beat this, not only its base net."""
-    _check_base(base)
-    cfg = wb.cfg
-    first = load_coarse(wb, progress, base)
-    extra = refine_epochs(wb)
-    seed_everything(cfg.seed)
-    model = CoarseSegmenter.from_config(cfg).to(wb.device)
-    model.load_state_dict(first.model.state_dict())
-    spec = _coarse_longer_spec(wb, base)
-    name = stage_name(base, "longer")
-    label = f"{BASE_LABELS[base]}, {extra} more epochs"
-    history, _ = _train_or_load(wb, model, name, label, spec, extra, cfg.coarse_lr, retrain, progress)
-    return _finish(wb, name, model, history, {"extra_epochs": extra})
-
-
-GUIDED_FILTER_GRID = {"radius": (2, 4, 8), "eps": (1e-3, 1e-2, 1e-1)}
+    return run_stage(wb, registry.get(registry.stage_name(_base(base).name, "longer")), retrain, progress)
 
 
 def guided_filter_stage(wb: Workbook, grid: dict | None = None) -> StageResult:
     """The classical baseline: the guided filter on the coarse map, with the image as guide.
     Nothing is trained; its radius and eps are the best of ``grid`` on the validation set."""
-    grid = grid or GUIDED_FILTER_GRID
-    coarse = load_coarse(wb)
-    val = wb.data["val"]
-    t0 = time.perf_counter()
-    scores = {}
-    for radius in grid["radius"]:
-        for eps in grid["eps"]:
-            meter = SegmentationMeter(num_classes=coarse.val_probs.shape[1])
-            for lo in range(0, len(val), wb.cfg.batch_size):   # batches: the 3x3 solves are memory-hungry
-                images = val.images[lo:lo + wb.cfg.batch_size].float() / 255
-                probs = filter_probabilities(images, coarse.val_probs[lo:lo + wb.cfg.batch_size], radius, eps)
-                meter.update(probs.argmax(1), val.targets[lo:lo + wb.cfg.batch_size].long())
-            scores[(radius, eps)] = meter.summary()["miou"]
-    radius, eps = max(scores, key=scores.get)
-    history = History(seconds=time.perf_counter() - t0)
-    model = GuidedFilterRefiner(coarse.model, radius, eps)
-    return _finish(wb, "guided-filter", model, history, {"radius": radius, "eps": eps})
+    return _guided_filter(wb, registry.get("guided-filter"), load_coarse(wb), grid)
 
 
-def stage_checkpoint(wb: Workbook, name: str) -> Path:
-    """Where the trained stage ``name`` (coarse, coarse-longer, control, cspn, dyspn, and the
-    same on the converged net: converged, converged-longer, converged+cspn, ...) of ``wb`` is,
-    or will be, saved with the current configuration."""
-    base, what = parse_stage(name)
-    base_epochs = coarse_epochs(wb, False, base)
-    if what == "base":
-        return checkpoint_path(wb, name, _coarse_spec(wb, base_epochs, base))
-    if what == "longer":
-        return checkpoint_path(wb, name, _coarse_longer_spec(wb, base))
-    spec = _refiner_spec(wb, what, wb.cfg.start_map, base_epochs, refine_epochs(wb), base)
-    return checkpoint_path(wb, name, spec)
+def all_stages(wb: Workbook, progress: bool = True, converged: bool = True) -> dict[str, StageResult]:
+    """Every registered stage of the report's setting and, with ``converged``, of the converged
+    one, each loaded from its checkpoint or trained now, in the registry's order."""
+    names = registry.SETTINGS["coarse"] + (registry.SETTINGS["converged"] if converged else ())
+    return {name: load_coarse(wb, progress, name) if registry.get(name).kind == "base" else
+            run_stage(wb, name, progress=progress) for name in names}
 
 
-# ------------------------------------------------------------------------------ results.json
-def results_path(profile: str) -> Path:
-    return RUNS_DIR / profile / "results.json"
+def _base(base: str) -> Stage:
+    if base not in registry.BASES:
+        raise ValueError(f"base must be one of {registry.BASES}, got {base!r}")
+    return registry.get(base)
 
 
-def read_results(path: Path) -> dict | None:
-    """``results.json`` as a dict, or None when it is missing. A file that cannot be parsed (a
-    crash of another tool, a hand edit) is moved aside with a warning instead of stopping the run."""
-    if not path.exists():
-        return None
-    try:
-        doc = json.loads(path.read_text())
-        if isinstance(doc, dict) and isinstance(doc.get("stages"), dict):
-            return doc
-        problem = "it does not hold a 'stages' table"
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        problem = f"it is not valid JSON ({exc})"
-    aside = path.with_name(f"{path.stem}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}.json")
-    os.replace(path, aside)
-    warnings.warn(f"{display_path(path)} could not be read ({problem}); moved it to {aside.name} and started a new one")
-    return None
-
-
-def record_results(wb: Workbook, *results: StageResult) -> dict:
-    """Merge stage metrics into ``runs/<profile>/results.json``: locked against other writers,
-    written atomically. A file written for other data (another :attr:`Workbook.data_id`) or
-    another seed is started afresh, so results are never mixed; each stage carries the time it
-    was recorded, so a partial run's table says which stages are older."""
-    path = results_path(wb.cfg.profile)
-    with file_lock(path):
-        doc = {"profile": wb.cfg.profile, "data_source": wb.data_id, "seed": wb.cfg.seed, "stages": {}}
-        old = read_results(path)
-        if old and (old.get("data_source"), old.get("seed")) == (doc["data_source"], doc["seed"]):
-            doc["stages"] = old["stages"]
-        now = time.time()   # seconds since the epoch: comparable across time zones and clock changes
-        for r in results:
-            row = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.row().items()}
-            doc["stages"][r.name] = {**row, "test": {k: round(v, 4) for k, v in r.test_metrics.items()},
-                                     "recorded": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now)),
-                                     "recorded_at": round(now, 3)}
-        doc["versions"] = library_versions()
-        atomic_write_text(json.dumps(doc, indent=2), path)
-    return doc
-
-
-# ------------------------------------------------------------------------------ reporting
-def compare_table(results: dict, split: str = "val") -> str:
-    """A plain-text table of metrics for named :class:`StageResult` s (or metric dicts)."""
-    lines = [f"{'':26s} {'mIoU':>7s} {'pet IoU':>8s} {'Boundary IoU':>13s} {'params':>10s} {'train s':>8s}"]
-    for name, r in results.items():
-        m = r.val_metrics if split == "val" else r.test_metrics
-        lines.append(f"{name:26s} {m['miou']:7.3f} {m['pet_iou']:8.3f} {m['boundary_iou']:13.3f} "
-                     f"{r.parameters:10,d} {r.history.seconds:8.0f}")
-    return "\n".join(lines)
-
-
+# ------------------------------------------------------------------------------ looking at results
 def gains_and_losses(before: list, after: list, k: int = 3) -> tuple[list, list]:
     """Indices of the ``k`` largest per-image mIoU gains and the ``k`` largest losses."""
     delta = torch.tensor(after) - torch.tensor(before)
@@ -423,11 +271,7 @@ def gains_and_losses(before: list, after: list, k: int = 3) -> tuple[list, list]
 @torch.inference_mode()
 def refine_images(model: Refiner, dataset: PetSegmentation, indices, device, iterations: int | None = None):
     """Images (N, 3, H, W) and the refiner's :class:`~helpers.refiner.RefineOutput` for them."""
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         images = torch.stack([dataset[i][0] for i in indices]).to(device)
         out = model.refine(images, iterations)
-    finally:
-        model.train(was_training)
     return images.cpu(), out

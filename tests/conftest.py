@@ -11,3 +11,11 @@ def pets(tmp_path_factory):
     root = tmp_path_factory.mktemp("pets")
     write_synthetic_dataset(root, n_trainval=14, n_test=4, seed=0, progress=False)
     return root
+
+
+@pytest.fixture
+def folders(tmp_path, monkeypatch):
+    """Where a test's runs and decoded data go (never the repository's ``runs/`` and ``data/``),
+    as :func:`helpers.workflow.open_workbook` takes them; no PETS_ROOT from the user's shell."""
+    monkeypatch.delenv("PETS_ROOT", raising=False)
+    return {"runs_dir": tmp_path / "runs", "data_dir": tmp_path / "data"}

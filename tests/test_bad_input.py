@@ -19,7 +19,9 @@ from nbformat.v4 import new_code_cell, new_notebook
 from PIL import Image
 
 import helpers.data as data
+import helpers.results as results
 import helpers.runner as runner
+import helpers.stages as stages
 import helpers.workflow as workflow
 from helpers.checkpoint import CheckpointError, atomic_write_text, safe_load
 from helpers.config import load_config, profile_config
@@ -34,12 +36,17 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
-def isolated(tmp_path, monkeypatch):
-    """Caches and runs in a temporary folder; no PETS_ROOT from the user's shell."""
-    monkeypatch.setattr(data, "DATA_DIR", tmp_path / "data")
-    monkeypatch.setattr(workflow, "RUNS_DIR", tmp_path / "runs")
-    monkeypatch.delenv("PETS_ROOT", raising=False)
+def isolated(tmp_path, folders):
+    """Caches and runs in a temporary folder (see ``folders``); no PETS_ROOT from the user's shell."""
     return tmp_path
+
+
+def _open(isolated, **kwargs):
+    return workflow.open_workbook("smoke", verbose=False, runs_dir=isolated / "runs", data_dir=isolated / "data", **kwargs)
+
+
+def _datasets(isolated, cfg, source):
+    return build_datasets(cfg, source, progress=False, data_dir=isolated / "data")
 
 
 def _copy(pets, dest):
@@ -62,23 +69,23 @@ def _swap_classes(root):
 def test_same_folder_name_different_data_never_share_models(pets, isolated):
     a, b = _copy(pets, isolated / "A" / "data"), _copy(pets, isolated / "B" / "data")
     _swap_classes(b)
-    wa = workflow.open_workbook("smoke", data_root=a, verbose=False)
-    wb = workflow.open_workbook("smoke", data_root=b, verbose=False)
+    wa = _open(isolated, data_root=a)
+    wb = _open(isolated, data_root=b)
     assert wa.source.name == wb.source.name                    # the folder names agree ...
     assert wa.data_id != wb.data_id and wa.run_dir != wb.run_dir   # ... the identities do not
-    assert workflow.stage_checkpoint(wa, "coarse") != workflow.stage_checkpoint(wb, "coarse")
+    assert stages.get("coarse").checkpoint(wa) != stages.get("coarse").checkpoint(wb)
     # a copy of the same data elsewhere is the same data (pixels, not paths or times)
     c = _copy(pets, isolated / "C" / "data")
-    assert workflow.open_workbook("smoke", data_root=c, verbose=False).data_id == wa.data_id
+    assert _open(isolated, data_root=c).data_id == wa.data_id
 
 
 def test_rewritten_files_are_decoded_again(pets, isolated):
     root = _copy(pets, isolated / "D")
     cfg = profile_config("smoke")
     source = data.DataSource("root", root)
-    before = build_datasets(cfg, source, progress=False)
+    before = _datasets(isolated, cfg, source)
     _swap_classes(root)
-    after = build_datasets(cfg, source, progress=False)
+    after = _datasets(isolated, cfg, source)
     # not the cached old masks: pet and background swapped (the boundary band, 3, stays)
     assert torch.equal(after["val"].trimaps == 1, before["val"].trimaps == 2)
     assert after["val"].fingerprint() != before["val"].fingerprint()
@@ -89,10 +96,10 @@ def test_results_of_other_data_are_not_merged(pets, isolated):
     _swap_classes(b)
     stage = SimpleNamespace(name="coarse", test_metrics={"miou": 0.5},
                             row=lambda: {"stage": "coarse", "miou": 0.5, "pet_iou": 0.4, "boundary_iou": 0.3})
-    wa = workflow.open_workbook("smoke", data_root=a, verbose=False)
-    wb = workflow.open_workbook("smoke", data_root=b, verbose=False)
-    workflow.record_results(wa, stage)
-    doc = workflow.record_results(wb, SimpleNamespace(**{**vars(stage), "name": "cspn"}))
+    wa = _open(isolated, data_root=a)
+    wb = _open(isolated, data_root=b)
+    results.record_results(wa, stage)
+    doc = results.record_results(wb, SimpleNamespace(**{**vars(stage), "name": "cspn"}))
     assert doc["data_source"] == wb.data_id and set(doc["stages"]) == {"cspn"}
 
 
@@ -104,8 +111,8 @@ def test_test_images_inside_trainval_are_refused_unless_allowed(pets, isolated):
     (ann / "trainval.txt").write_text((ann / "trainval.txt").read_text() + "\n".join(test_lines[:2]) + "\n")
     source = data.DataSource("root", root)
     with pytest.raises(DataError, match=r"2 image\(s\) are listed in both .*allow_split_overlap"):
-        build_datasets(profile_config("smoke"), source, progress=False)
-    ds = build_datasets(profile_config("smoke", allow_split_overlap=True), source, progress=False)
+        _datasets(isolated, profile_config("smoke"), source)
+    ds = _datasets(isolated, profile_config("smoke", allow_split_overlap=True), source)
     assert len(ds["test"]) == 4
 
 
@@ -177,7 +184,7 @@ def test_an_empty_batch_propagates_to_an_empty_batch(prop, args):
 def test_empty_pets_root_is_an_error_not_the_synthetic_data(isolated, monkeypatch):
     monkeypatch.setenv("PETS_ROOT", "")
     with pytest.raises(DataError, match="PETS_ROOT is set but empty"):
-        resolve_source(profile_config("smoke"), verbose=False)
+        resolve_source(load_config("smoke"), verbose=False, data_dir=isolated / "data")
     assert not (isolated / "data").exists()            # nothing generated in its place
     with pytest.raises(SystemExit):
         runner.main(["run", "--data-root", ""])
@@ -190,9 +197,9 @@ def test_relative_pets_root_is_found_from_where_the_user_started(pets, isolated,
     monkeypatch.chdir(start / "notebooks")                 # where a kernel runs
     monkeypatch.setenv("PETS_ROOT", "mydata")
     with pytest.raises(DataError, match="looked in"):
-        resolve_source(profile_config("smoke"), verbose=False)
+        resolve_source(load_config("smoke"), verbose=False)
     monkeypatch.setenv("WORKBOOK_START_DIR", str(start))  # the runner records where it was started
-    assert resolve_source(profile_config("smoke"), verbose=False).root == (start / "mydata").resolve()
+    assert resolve_source(load_config("smoke"), verbose=False).root == (start / "mydata").resolve()
 
 
 def test_only_matching_nothing_is_an_error(tmp_path, monkeypatch, capsys):
@@ -338,7 +345,7 @@ def test_list_file_with_a_byte_order_mark(pets, isolated):
     path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
     ids = read_split_ids(root, "test.txt")
     assert len(ids) == 4 and not ids[0].startswith("\ufeff")
-    assert len(build_datasets(profile_config("smoke"), data.DataSource("root", root), progress=False)["test"]) == 4
+    assert len(_datasets(isolated, profile_config("smoke"), data.DataSource("root", root))["test"]) == 4
 
 
 def test_an_oversized_image_names_the_file(pets, isolated, monkeypatch):
@@ -355,7 +362,7 @@ def test_an_empty_list_file_says_so(pets, isolated):
     root = _copy(pets, isolated / "I")
     (root / "oxford-iiit-pet" / "annotations" / "test.txt").write_text("# no images yet\n")
     with pytest.raises(DataError, match=r"test.txt lists no images"):
-        build_datasets(profile_config("smoke"), data.DataSource("root", root), progress=False)
+        _datasets(isolated, profile_config("smoke"), data.DataSource("root", root))
 
 
 # ------------------------------------------------------------------ 13: concurrent writers
@@ -381,30 +388,30 @@ def test_concurrent_atomic_writes_never_collide(tmp_path):
 def test_concurrent_results_updates_keep_every_stage(pets, isolated):
     """Two processes recording different stages into one results.json: none is lost."""
     root = _copy(pets, isolated / "J")
-    script = ("import sys, helpers.workflow as w, helpers.data as d; from pathlib import Path; "
+    script = ("import sys, helpers.workflow as w, helpers.results as r\n"
               "from types import SimpleNamespace as N\n"
-              f"d.DATA_DIR = Path({str(isolated / 'data')!r}); w.RUNS_DIR = Path({str(isolated / 'runs')!r})\n"
-              f"wb = w.open_workbook('smoke', data_root={str(root)!r}, verbose=False)\n"
+              f"wb = w.open_workbook('smoke', data_root={str(root)!r}, verbose=False, "
+              f"runs_dir={str(isolated / 'runs')!r}, data_dir={str(isolated / 'data')!r})\n"
               "for i in range(25):\n"
               "    name = f'{sys.argv[1]}{i}'\n"
-              "    w.record_results(wb, N(name=name, test_metrics={}, row=lambda: {'miou': 0.5}))\n")
-    workflow.open_workbook("smoke", data_root=root, verbose=False)   # decode once, before the race
+              "    r.record_results(wb, N(name=name, test_metrics={}, row=lambda: {'miou': 0.5}))\n")
+    _open(isolated, data_root=root)   # decode once, before the race
     procs = [subprocess.Popen([sys.executable, "-c", script, tag], cwd=REPO, stderr=subprocess.PIPE, text=True)
              for tag in ("a", "b")]
     for p in procs:
         assert p.wait(timeout=120) == 0, p.stderr.read()
-    stages = json.loads((isolated / "runs" / "smoke" / "results.json").read_text())["stages"]
-    assert set(stages) == {f"{t}{i}" for t in "ab" for i in range(25)}
+    recorded = json.loads((isolated / "runs" / "smoke" / "results.json").read_text())["stages"]
+    assert set(recorded) == {f"{t}{i}" for t in "ab" for i in range(25)}
 
 
 def test_a_corrupt_results_file_is_moved_aside(pets, isolated):
-    wb = workflow.open_workbook("smoke", data_root=_copy(pets, isolated / "K"), verbose=False)
-    path = workflow.results_path("smoke")
+    wb = _open(isolated, data_root=_copy(pets, isolated / "K"))
+    path = results.results_path(wb)
     path.parent.mkdir(parents=True)
     path.write_text('{"stages": {"coarse": ')          # a half-written file from a crash
     stage = SimpleNamespace(name="cspn", test_metrics={}, row=lambda: {"miou": 0.5})
     with pytest.warns(UserWarning, match="could not be read"):
-        doc = workflow.record_results(wb, stage)
+        doc = results.record_results(wb, stage)
     assert set(doc["stages"]) == {"cspn"} and len(list(path.parent.glob("results.corrupt-*.json"))) == 1
 
 

@@ -81,39 +81,60 @@ def test_every_notebook_starts_with_the_same_setup_cell():
     assert len({setup_cell(p) for p in NOTEBOOKS}) == 1
 
 
-def test_setup_cell_finds_the_workbook_from_notebooks_and_the_root(monkeypatch, capsys):
-    for cwd in (REPO, REPO / "notebooks"):
+def test_setup_cell_imports_the_installed_workbook_from_any_folder(monkeypatch, tmp_path, capsys):
+    for cwd in (REPO, REPO / "notebooks", tmp_path):
         monkeypatch.chdir(cwd)
         ns = {}
         exec(setup_cell(NOTEBOOKS[0]), ns)
-        assert ns["ROOT"] == REPO and capsys.readouterr().out == ""   # nothing to say outside Colab
+        assert ns["colab"] is colab and capsys.readouterr().out == ""   # nothing to say outside Colab
 
 
-def test_setup_cell_on_colab_clones_then_reuses_the_clone(fake_colab, monkeypatch, tmp_path, capsys):
+def _not_installed(monkeypatch, fetched: list):
+    """``helpers`` cannot be found until a clone is on sys.path (a fresh Colab runtime)."""
+    import importlib.util
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: (real_find_spec(name, *a) if name != "helpers" or fetched else None))
+
+
+def test_setup_cell_outside_colab_names_the_install_command(monkeypatch):
+    monkeypatch.delitem(sys.modules, "google.colab", raising=False)
+    _not_installed(monkeypatch, [])
+    with pytest.raises(ModuleNotFoundError, match=r"pip install -r requirements.txt"):
+        exec(setup_cell(NOTEBOOKS[0]), {})
+
+
+def test_setup_cell_on_colab_clones_installs_then_reuses_the_clone(fake_colab, monkeypatch, tmp_path):
     clone = tmp_path / "content" / "spn-workbook"
     monkeypatch.setenv("WORKBOOK_CLONE_DIR", str(clone))
     monkeypatch.setenv("WORKBOOK_PROFILE", "smoke")
-    monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "path", list(sys.path))
     source = setup_cell(NOTEBOOKS[0])
+    clones, installs = [], []
+    _not_installed(monkeypatch, installs)
     monkeypatch.delenv("WORKBOOK_REPO_URL", raising=False)
     with pytest.raises(RuntimeError, match="WORKBOOK_REPO_URL"):
         exec(source, {})
-    clones = []
 
-    def git(cmd, *args, **kwargs):
+    def run(cmd, *args, **kwargs):
         if cmd[:2] == ["git", "clone"]:
             clones.append(cmd)
             shutil.copytree(REPO / "helpers", Path(cmd[-1]) / "helpers", ignore=shutil.ignore_patterns("__pycache__"))
-            return subprocess.CompletedProcess(cmd, 0)
-        raise AssertionError(f"unexpected command {cmd}")
+        elif cmd[:3] == [sys.executable, "-m", "pip"]:
+            installs.append(cmd)
+        else:
+            raise AssertionError(f"unexpected command {cmd}")
+        return subprocess.CompletedProcess(cmd, 0)
 
-    monkeypatch.setattr(subprocess, "run", git)
+    monkeypatch.setattr(subprocess, "run", run)
     monkeypatch.setenv("WORKBOOK_REPO_URL", "https://example.invalid/workbook.git")
     ns = {}
     exec(source, ns)
-    assert ns["ROOT"] == clone and str(clone) in sys.path
-    assert clones[0][-2:] == ["https://example.invalid/workbook.git", str(clone)]
-    assert "cloned the workbook into" in capsys.readouterr().out
-    exec(source, {})                       # running the cell again reuses the clone
+    assert clones[0][-2:] == ["https://example.invalid/workbook.git", str(clone)] and str(clone) in sys.path
+    # installed without its dependencies: Colab's own torch is never replaced
+    assert installs == [[sys.executable, "-m", "pip", "install", "-q", "--no-deps", "-e", str(clone)]]
+    assert ns["colab"] is colab
+    installs.clear()
+    exec(source, {})                       # the cell again, the runtime restarted: the clone is reused
     assert len(clones) == 1

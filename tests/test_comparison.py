@@ -6,10 +6,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers.comparison import CONVERGED_STAGES, STAGES, estimate_seconds, iteration_sweep, seconds_per_image
+from helpers import stages as registry
 from helpers.propagation import DySPN
 from helpers.refiner import Refiner
-from helpers.training import evaluate_probs, predict
+from helpers.timing import estimate_seconds, seconds_per_image
+from helpers.training import evaluate_probs, iteration_sweep, predict
+
+STAGES, CONVERGED_STAGES = registry.SETTINGS["coarse"], registry.SETTINGS["converged"]
 from toys import toy_data as squares
 
 
@@ -75,14 +78,10 @@ def test_seconds_per_image_restores_train_mode():
 
 
 @pytest.fixture
-def smoke_workbook(tmp_path, monkeypatch):
-    import helpers.data as data
+def smoke_workbook(folders):
     import helpers.workflow as workflow
 
-    monkeypatch.setattr(data, "DATA_DIR", tmp_path / "data")
-    monkeypatch.setattr(workflow, "RUNS_DIR", tmp_path / "runs")
-    monkeypatch.delenv("PETS_ROOT", raising=False)
-    return workflow.open_workbook("smoke", seed=0, verbose=False)
+    return workflow.open_workbook("smoke", seed=0, verbose=False, **folders)
 
 
 def test_equal_compute_control_and_guided_filter_stages(smoke_workbook):
@@ -97,9 +96,9 @@ def test_equal_compute_control_and_guided_filter_stages(smoke_workbook):
     assert all(v > 0 for v in before.values())
     coarse = workflow.coarse_stage(wb, progress=False)
     longer = workflow.coarse_longer_stage(wb, progress=False)
-    assert workflow.stage_checkpoint(wb, "coarse-longer").exists()
+    assert registry.get("coarse-longer").checkpoint(wb).exists()
     assert estimate_seconds(wb)["coarse"] == 0 and estimate_seconds(wb)["coarse-longer"] == 0
-    assert longer.settings["extra_epochs"] == workflow.refine_epochs(wb) == len(longer.history.epoch)
+    assert longer.settings["extra_epochs"] == registry.get("cspn").train_epochs(wb) == len(longer.history.epoch)
     assert longer.parameters == coarse.parameters
     # it trained on from the coarse weights: its first epoch scores near the coarse net, not near chance
     assert not torch.equal(longer.val_probs, coarse.val_probs)
@@ -125,15 +124,16 @@ def test_converged_setting_builds_on_its_own_net(smoke_workbook):
     wb = smoke_workbook
     coarse = workflow.coarse_stage(wb, progress=False)
     conv = workflow.coarse_stage(wb, progress=False, base="converged")
-    assert workflow.stage_checkpoint(wb, "converged") != workflow.stage_checkpoint(wb, "coarse")
+    assert registry.get("converged").checkpoint(wb) != registry.get("coarse").checkpoint(wb)
     assert conv.history.best_epoch is not None and len(conv.history.epoch) <= wb.cfg.converged_max_epochs
     assert conv.val_metrics["miou"] == pytest.approx(conv.history.val[conv.history.best_epoch - 1]["miou"], abs=1e-9)
     refined = workflow.refine_stage(wb, "cspn", progress=False, base="converged")
-    assert refined.name == "converged+cspn" and workflow.stage_checkpoint(wb, "converged+cspn").exists()
+    assert refined.name == "converged+cspn" and registry.get("converged+cspn").checkpoint(wb).exists()
     for a, b in zip(refined.model.coarse.state_dict().values(), conv.model.state_dict().values()):
         assert torch.equal(a, b)                       # frozen on top of the converged net
     longer = workflow.coarse_longer_stage(wb, progress=False, base="converged")
-    assert longer.name == "converged-longer" and longer.settings["extra_epochs"] == workflow.refine_epochs(wb)
+    assert longer.name == "converged-longer"
+    assert longer.settings["extra_epochs"] == registry.get("converged+cspn").train_epochs(wb)
     assert not torch.equal(conv.val_probs, coarse.val_probs)
     with pytest.raises(ValueError, match="base must be one of"):
         workflow.refine_stage(wb, "cspn", base="pretrained")
@@ -172,11 +172,8 @@ def test_quality_benchmark_end_to_end_with_overrides(tmp_path, monkeypatch, caps
     per stage, and a misspelt field is refused by the command line."""
     import json
 
-    import helpers.workflow as workflow
-
     q = _quality_module()
-    monkeypatch.setattr(workflow, "RUNS_DIR", tmp_path)
-    assert q.main(["--profile", "smoke", "--seeds", "0", "--set", "coarse_size=16"]) == 0
+    assert q.main(["--profile", "smoke", "--seeds", "0", "--set", "coarse_size=16", "--runs-dir", str(tmp_path)]) == 0
     out = tmp_path / "smoke" / "quality-synthetic-coarse_size-16-seeds0.json"
     doc = json.loads(out.read_text())
     assert doc["overrides"] == {"coarse_size": 16} and doc["config"]["coarse_size"] == 16

@@ -136,18 +136,17 @@ def test_split_is_deterministic_disjoint_and_covers_trainval():
     assert set(val2) == set(val)            # independent of order
 
 
-def test_datasets_resize_cache_and_augment(pets, monkeypatch, tmp_path):
-    monkeypatch.setattr(data, "DATA_DIR", tmp_path / "data")
+def test_datasets_resize_cache_and_augment(pets, tmp_path):
     cfg = profile_config("smoke", max_train=None, max_eval=None)
     source = data.DataSource("env", pets)
-    ds = build_datasets(cfg, source, size=40, progress=False)
+    ds = build_datasets(cfg, source, size=40, progress=False, data_dir=tmp_path / "data")
     assert set(ds["train"].ids).isdisjoint(ds["val"].ids)
     assert len(ds["train"]) + len(ds["val"]) == 14 and len(ds["test"]) == 4
     image, target = ds["val"][0]
     assert image.shape == (3, 40, 40) and image.dtype == torch.float32 and 0 <= image.min() and image.max() <= 1
     assert target.shape == (40, 40) and set(target.unique().tolist()) <= {0, 1}
     assert list((tmp_path / "data" / "cache").glob("*.pt"))         # decoded once, cached
-    again = build_datasets(cfg, source, size=40, progress=False)
+    again = build_datasets(cfg, source, size=40, progress=False, data_dir=tmp_path / "data")
     assert torch.equal(again["val"].images, ds["val"].images)
     img, tgt = ds["train"][0]                       # augmented items keep the configured size
     assert img.shape == (3, 40, 40) and tgt.shape == (40, 40)
@@ -167,19 +166,23 @@ def test_joint_flip_keeps_image_and_mask_aligned(pets):
 
 
 def test_source_order_env_then_local_then_synthetic(pets, tmp_path, monkeypatch, capsys):
-    cfg = profile_config("smoke")
-    monkeypatch.setattr(data, "DATA_DIR", tmp_path / "data")
+    from helpers.config import load_config
+
+    folder = {"data_dir": tmp_path / "data"}
     monkeypatch.setenv("PETS_ROOT", str(pets))
-    assert resolve_source(cfg).kind == "env"
+    cfg = load_config("smoke")                                # the environment is read here
+    assert cfg.pets_root == str(pets) and resolve_source(cfg, **folder).kind == "env"
     assert "PETS_ROOT" in capsys.readouterr().out            # the choice is printed
-    assert resolve_source(cfg, data_root=pets).kind == "root"  # an argument wins over PETS_ROOT
+    assert resolve_source(cfg, data_root=pets, **folder).kind == "root"  # an argument wins over PETS_ROOT
     assert "data root given" in capsys.readouterr().out
     monkeypatch.setenv("PETS_ROOT", str(tmp_path / "nowhere"))
     with pytest.raises(DataError, match="oxford-iiit-pet"):
-        resolve_source(cfg)
+        resolve_source(load_config("smoke"), **folder)
     monkeypatch.delenv("PETS_ROOT")
-    src = resolve_source(cfg, download=False)
+    cfg = load_config("smoke")
+    src = resolve_source(cfg, download=False, **folder)
     assert src.kind == "synthetic" and (src.root / "oxford-iiit-pet" / "annotations" / "test.txt").is_file()
+    assert src.root.parent == tmp_path / "data"
     import shutil
     shutil.copytree(pets / "oxford-iiit-pet", tmp_path / "data" / "oxford-iiit-pet")
-    assert resolve_source(cfg, download=False).kind == "local"
+    assert resolve_source(cfg, download=False, **folder).kind == "local"

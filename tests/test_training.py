@@ -123,7 +123,7 @@ def test_corrected_start_layout():
 
 
 def test_small_training_sets_get_enough_steps(capsys):
-    from helpers.workflow import epochs_for
+    from helpers.stages import epochs_for
 
     assert epochs_for(3, 72, n_train=369, batch_size=16) == 3            # 24 steps x 3 = 72: unchanged
     assert epochs_for(3, 72, n_train=55, batch_size=16, what="coarse") == 18   # 4 steps per epoch
@@ -131,15 +131,11 @@ def test_small_training_sets_get_enough_steps(capsys):
     assert epochs_for(12, 0, n_train=5, batch_size=16) == 12
 
 
-def test_smoke_profile_is_repeatable(tmp_path, monkeypatch):
+def test_smoke_profile_is_repeatable(folders):
     """Same profile and seed on the CPU: the same coarse metrics, trained twice from scratch."""
-    import helpers.data as data
     import helpers.workflow as workflow
 
-    monkeypatch.setattr(data, "DATA_DIR", tmp_path / "data")
-    monkeypatch.setattr(workflow, "RUNS_DIR", tmp_path / "runs")
-    monkeypatch.delenv("PETS_ROOT", raising=False)
-    wb = workflow.open_workbook("smoke", seed=3, verbose=False)
+    wb = workflow.open_workbook("smoke", seed=3, verbose=False, **folders)
     first = workflow.coarse_stage(wb, progress=False)
     second = workflow.coarse_stage(wb, retrain=True, progress=False)
     assert first.val_metrics == second.val_metrics and first.history.train_loss == second.history.train_loss
@@ -181,11 +177,26 @@ def test_early_stopping_keeps_the_best_epoch_and_finishes_the_checkpoint(tmp_pat
         assert torch.equal(a, b)
 
 
-def test_stage_names_round_trip():
-    from helpers.workflow import BASES, parse_stage, stage_name
+def test_stage_registry_declares_each_stage_once():
+    """Every stage of both settings is one registry entry; names, bases and kinds agree with
+    how the workflow builds them, and a variant gets its own name (and so its own file)."""
+    from helpers import stages
+    from helpers.config import profile_config
 
-    for base in BASES:
-        for what in ("base", "longer", "control", "cspn", "dyspn", "cspn-corrected"):
-            assert parse_stage(stage_name(base, what)) == (base, what)
-    assert stage_name("coarse", "cspn") == "cspn" and stage_name("converged", "cspn") == "converged+cspn"
-    assert stage_name("converged", "longer") == "converged-longer"
+    assert stages.SETTINGS["coarse"] == ("coarse", "guided-filter", "coarse-longer", "control", "cspn", "dyspn")
+    assert stages.SETTINGS["converged"] == ("converged", "converged-longer", "converged+control", "converged+cspn",
+                                            "converged+dyspn")
+    for name, stage in stages.REGISTRY.items():
+        assert stages.get(name) is stage and name in stages.SETTINGS[stage.base]
+        assert (stage.trains_on is None) == (stage.kind == "base")
+        if stage.kind == "refiner":
+            assert stages.refiner(stage.base, stage.method) is stage
+            assert name == stages.stage_name(stage.base, stage.method)
+    cfg = profile_config("smoke")
+    corrected = stages.get("converged+cspn").variant(cfg, start="corrected")
+    assert corrected.name == "converged+cspn-corrected" and corrected.base == "converged"
+    assert stages.get("cspn").variant(cfg, start=cfg.start_map) is stages.get("cspn")
+    with pytest.raises(KeyError, match="no stage 'cspn2'"):
+        stages.get("cspn2")
+    with pytest.raises(ValueError, match="needs a method"):
+        stages.Stage("x", "x", "refiner")

@@ -1,0 +1,79 @@
+"""How long things take: inference per image, and the training time of every stage, estimated
+from a timed real training step before anything is trained."""
+from __future__ import annotations
+
+import math
+import time
+
+import torch
+
+from . import stages as registry
+from .refiner import CoarseSegmenter, Refiner
+from .training import eval_mode, make_loader, make_optimiser, train_step
+
+
+def synchronise(device: torch.device) -> None:
+    """Wait for the GPU (timings of asynchronous CUDA work are meaningless without it)."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@torch.inference_mode()
+def seconds_per_image(model: torch.nn.Module, dataset, device, batch_size: int, max_images: int = 64) -> float:
+    """Wall time of one image's inference, batched as in evaluation (after one warm-up batch)."""
+    device = torch.device(device)
+    with eval_mode(model):
+        n = min(max_images, len(dataset))
+        batches = [torch.stack([dataset[i][0] for i in range(lo, min(lo + batch_size, n))]).to(device)
+                   for lo in range(0, n, batch_size)]
+        model(batches[0])
+        synchronise(device)
+        t0 = time.perf_counter()
+        for images in batches:
+            model(images)
+        synchronise(device)
+    return (time.perf_counter() - t0) / n
+
+
+def step_seconds(model: torch.nn.Module, images: torch.Tensor, targets: torch.Tensor, steps: int = 2,
+                 amp: bool = False) -> float:
+    """Seconds of one training step of ``model`` (:func:`helpers.training.train_step`: forward,
+    backward, update; a refiner's real loss) on one batch; the first step is a warm-up."""
+    optimiser = make_optimiser(model, lr=1e-4)
+    loss_fn = model.training_loss if isinstance(model, Refiner) else None
+    model.train()
+    times = []
+    for _ in range(steps):
+        synchronise(images.device)
+        t0 = time.perf_counter()
+        train_step(model, optimiser, images, targets, loss_fn=loss_fn, amp=amp)
+        synchronise(images.device)
+        times.append(time.perf_counter() - t0)
+    return min(times[1:] or times)
+
+
+def estimate_seconds(wb, converged: bool = True) -> dict[str, float]:
+    """Seconds each registered stage (of the report's setting, and with ``converged`` of the
+    converged one) will need to train on ``wb``, from a timed step of each kind of model on one
+    training batch (evaluation passes counted as a third of a step per batch); 0 for a stage
+    whose checkpoint exists (it is loaded); the converged net counted at its cap (an upper
+    bound: early stopping usually ends it sooner). Nothing is trained or saved."""
+    cfg = wb.cfg
+    images, targets = next(iter(make_loader(wb.data["train"], cfg.batch_size, shuffle=False)))
+    images, targets = images.to(wb.device), targets.to(wb.device)
+    steps = math.ceil(len(wb.data["train"]) / cfg.batch_size)
+    evals = math.ceil((len(wb.data["val"]) + len(wb.data["test"])) / cfg.batch_size)
+    per_step = {"coarse": step_seconds(CoarseSegmenter.from_config(cfg).to(wb.device), images, targets)}
+    frozen = CoarseSegmenter.from_config(cfg).to(wb.device)
+    for method in ("control", "cspn", "dyspn"):
+        per_step[method] = step_seconds(Refiner.from_config(cfg, frozen, method).to(wb.device), images, targets)
+    names = registry.SETTINGS["coarse"] + (registry.SETTINGS["converged"] if converged else ())
+    estimate = {}
+    for name in names:
+        stage = registry.get(name)
+        if stage.kind == "filter":   # a grid of 9 filters over the evaluation batches, nothing trained
+            estimate[name] = per_step["coarse"] * 9 * evals / 3
+            continue
+        step = per_step[stage.method or "coarse"]
+        estimate[name] = 0.0 if stage.checkpoint(wb).exists() else step * stage.train_epochs(wb) * (steps + evals / 3)
+    return estimate
