@@ -1,11 +1,19 @@
-"""Speed and memory of the propagation modules against the ``F.unfold`` reference.
+"""Speed and memory of the propagation, every implementation side by side in one run.
 
 Forward + backward of T iterations at batch 8, 2 classes, for CSPN (3x3) and DySPN (7x7), at
-128x128 and 256x256. Each measurement runs in a fresh subprocess so that peak memory (CUDA: the
-allocator's peak; CPU: the process's peak resident set above its state after building the
-inputs) is not polluted by the others. Also printed: how close an iteration comes to the memory
-bandwidth limit, as its time over the time of one plain copy of the bytes it must at least move
-(read H^t, H^0 and the affinities, write H^{t+1}).
+128x128 and 256x256, of:
+
+* ``torch``: this workbook's PyTorch path (``backend="torch"``, the CPU default);
+* ``triton``: its fused Triton kernels (``backend="triton"``, the CUDA default; CUDA only);
+* ``unfold``: the slow reference (``F.unfold``, one copy of the map per neighbour);
+* ``grouped``: the same update with the neighbours gathered by a grouped convolution with
+  one-hot filters, the fast way to write it in plain PyTorch (written for this benchmark).
+
+Each measurement runs in a fresh subprocess so that peak memory (CUDA: the allocator's peak;
+CPU: the process's peak resident set above its state after building the inputs) is not polluted
+by the others. Also printed: how close an iteration comes to the memory-bandwidth bound, as its
+time over the time of one plain copy of the bytes it must at least move (read H^t, H^0 and the
+affinities, write H^{t+1}), and each implementation's speed-up over the grouped convolution.
 
     python benchmarks/propagation.py                  # both sizes, both methods
     python benchmarks/propagation.py --sizes 128 --repeats 3
@@ -36,15 +44,19 @@ def measure(method: str, impl: str, size: int, batch: int, iterations: int, repe
     h0 = torch.softmax(torch.randn(batch, 2, size, size, device=dev), 1)
     aff = torch.randn(batch, K, size, size, device=dev, requires_grad=True)
     att = torch.randn(batch, iterations * 4, size, size, device=dev, requires_grad=True)
-    module = CSPN(iterations).to(dev) if method == "cspn" else DySPN(iterations).to(dev)
+    backend = impl if impl in ("torch", "triton") else "torch"
+    module = CSPN(iterations, backend=backend).to(dev) if method == "cspn" else DySPN(iterations, backend=backend).to(dev)
+    gather = grouped_neighbours if impl == "grouped" else None
+
+    def forward():
+        if impl in ("torch", "triton"):
+            return module(h0, aff) if method == "cspn" else module(h0, aff, att)
+        return reference_cspn(h0, aff, iterations, gather) if method == "cspn" else \
+            reference_dyspn(h0, aff, att, iterations, neighbours=gather)
 
     def step():
-        if impl == "ours":
-            out = module(h0, aff).final if method == "cspn" else module(h0, aff, att).final
-        else:
-            out = reference_cspn(h0, aff, iterations)[-1] if method == "cspn" else \
-                reference_dyspn(h0, aff, att, iterations)[-1]
-        out.square().sum().backward()
+        out = forward()
+        (out.final if hasattr(out, "final") else out[-1]).square().sum().backward()
 
     def sync():
         if dev.type == "cuda":
@@ -86,12 +98,27 @@ def measure(method: str, impl: str, size: int, batch: int, iterations: int, repe
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        if impl == "ours":
-            module(h0, aff) if method == "cspn" else module(h0, aff, att)
-        else:
-            reference_cspn(h0, aff, iterations) if method == "cspn" else reference_dyspn(h0, aff, att, iterations)
+        forward()
     return {"seconds": min(times), "peak_bytes": max(peak, 0), "saved_bytes": sum(storages.values()),
             "copy_seconds": copy_s}
+
+
+def grouped_neighbours(x, kernel: int):
+    """(B, C, H, W) -> (B, C, K, H, W): every neighbour of the window (centre left out, in
+    ``window_offsets`` order) by one grouped convolution with one-hot filters."""
+    import torch
+    import torch.nn.functional as F
+
+    from helpers.propagation import window_offsets
+
+    B, C, H, W = x.shape
+    r = kernel // 2
+    offsets = window_offsets(kernel)
+    onehot = torch.zeros(len(offsets), 1, kernel, kernel, device=x.device, dtype=x.dtype)
+    for j, (dy, dx) in enumerate(offsets):
+        onehot[j, 0, r + dy, r + dx] = 1.0
+    out = F.conv2d(x.reshape(B * C, 1, H, W), onehot, padding=r)
+    return out.view(B, C, len(offsets), H, W)
 
 
 def run_isolated(args_ns, method, impl, size) -> dict:
@@ -116,22 +143,22 @@ def main() -> None:
         method, impl, size = a.child
         print(json.dumps(measure(method, impl, int(size), a.batch, a.iterations, a.repeats, a.device)))
         return
-    print(f"device {a.device} ({torch.get_num_threads()} threads), batch {a.batch}, 2 classes, "
-          f"T = {a.iterations}, forward + backward, best of {a.repeats}")
-    print(f"{'method':7s} {'size':>5s} {'ours ms':>9s} {'unfold ms':>10s} {'speed-up':>9s} "
-          f"{'ours MB':>8s} {'unfold MB':>10s} {'peak ratio':>11s} {'saved ratio':>12s} {'iter / copy':>12s}")
+    impls = ["torch"] + (["triton"] if a.device.startswith("cuda") else []) + ["unfold", "grouped"]
+    print(f"device {a.device} ({torch.cuda.get_device_name(0) if a.device.startswith('cuda') else f'{torch.get_num_threads()} threads'}), "
+          f"batch {a.batch}, 2 classes, T = {a.iterations}, forward + backward, best of {a.repeats}")
+    print(f"{'method':7s} {'size':>5s} {'impl':8s} {'ms':>9s} {'vs grouped':>11s} {'peak MB':>9s} {'saved MB':>9s} "
+          f"{'iter / copy':>12s}")
     for size in a.sizes:
         for method in ("cspn", "dyspn"):
-            ours = run_isolated(a, method, "ours", size)
-            ref = run_isolated(a, method, "unfold", size)
-            per_iter = ours["seconds"] / a.iterations
-            print(f"{method:7s} {size:5d} {1e3 * ours['seconds']:9.1f} {1e3 * ref['seconds']:10.1f} "
-                  f"{ref['seconds'] / ours['seconds']:8.1f}x {ours['peak_bytes'] / 2**20:8.1f} "
-                  f"{ref['peak_bytes'] / 2**20:10.1f} {ours['peak_bytes'] / max(ref['peak_bytes'], 1):10.2f}x "
-                  f"{ours['saved_bytes'] / ref['saved_bytes']:11.2f}x {per_iter / ours['copy_seconds']:11.1f}x", flush=True)
-    print("speed-up: unfold time / ours; MB and peak ratio: peak memory above the inputs, ours / unfold;\n"
-          "saved ratio: bytes autograd keeps for backward, ours / unfold (lower is better);\n"
-          "iter / copy: one forward+backward iteration over one plain copy of the bytes it must move.")
+            rows = {impl: run_isolated(a, method, impl, size) for impl in impls}
+            for impl, r in rows.items():
+                per_iter = r["seconds"] / a.iterations
+                print(f"{method:7s} {size:5d} {impl:8s} {1e3 * r['seconds']:9.1f} "
+                      f"{rows['grouped']['seconds'] / r['seconds']:10.1f}x {r['peak_bytes'] / 2**20:9.1f} "
+                      f"{r['saved_bytes'] / 2**20:9.1f} {per_iter / r['copy_seconds']:11.1f}x", flush=True)
+    print("vs grouped: the grouped-convolution time over this one (higher is faster); peak MB: peak memory\n"
+          "above the inputs; saved MB: what autograd keeps for the backward pass; iter / copy: one\n"
+          "forward+backward iteration over one plain copy of the bytes it must move (1x = the bandwidth bound).")
 
 
 if __name__ == "__main__":

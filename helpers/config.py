@@ -60,6 +60,9 @@ class Config:
     iterations: int = 6                  # T, the report's iter=6
     dyspn_kernel: int = 7                # 7x7 window: rings of 8, 16, 24 neighbours
     start_map: str = "coarse"            # "coarse" (the report) or "corrected" (NLSPN-style start)
+    # "auto": fused Triton kernels on CUDA, PyTorch on the CPU; "torch" / "triton" force one
+    # (the same numbers either way, to float32 rounding: not part of a checkpoint's identity)
+    propagation_backend: str = "auto"
     # refiner training (see helpers/perturb.py and helpers/losses.py)
     # together these lifted DySPN's test gain on the real sample from +0.023 to +0.035 mIoU and
     # +0.037 to +0.072 Boundary IoU (3 seeds, the tuning runs on a GPU; README, tuning table)

@@ -32,6 +32,7 @@ class's change being minus the sum of the others' (all classes share the weights
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -41,6 +42,7 @@ from torch.autograd.function import once_differentiable
 
 AFFINITY_LIMIT = 1e4   # raw affinities are clamped here: the normaliser dominates far earlier
 EPS = 1e-6             # keeps DySPN's normaliser positive when every attention underflows
+BACKENDS = ("auto", "torch", "triton")   # auto: the fused Triton kernels on CUDA, PyTorch elsewhere
 
 
 # ------------------------------------------------------------------------------ neighbourhoods
@@ -200,11 +202,28 @@ class PropagationResult:
 class _Propagator(nn.Module):
     kernel = 3
 
-    def __init__(self, iterations: int = 6):
+    def __init__(self, iterations: int = 6, backend: str = "auto"):
         super().__init__()
         if iterations < 0:
             raise ValueError("iterations must be >= 0")
-        self.iterations = iterations
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        self.iterations, self.backend = iterations, backend
+
+    def uses_kernel(self, x: torch.Tensor) -> bool:
+        """Whether the steps run as fused Triton kernels (:mod:`helpers.propagation_kernels`) for
+        tensors like ``x``: on CUDA with ``backend="auto"``, always with ``"triton"`` (on the CPU
+        only under ``TRITON_INTERPRET=1``, Triton's interpreter, as the tests do)."""
+        if self.backend == "torch" or (self.backend == "auto" and x.device.type != "cuda"):
+            return False
+        if self.backend == "auto":
+            import importlib.util
+
+            return importlib.util.find_spec("triton") is not None
+        if x.device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+            raise RuntimeError("backend='triton' on CPU tensors needs Triton's interpreter: set TRITON_INTERPRET=1 "
+                               "before starting Python (or use backend='torch')")
+        return True
 
     @property
     def affinity_channels(self) -> int:
@@ -297,6 +316,12 @@ class CSPN(_Propagator):
         return base + ring_sums(d, kappa, self.kernel)[:, 0]
         # END EXERCISE
 
+    def _fused_step(self, d: torch.Tensor | None, base: torch.Tensor, kappa: torch.Tensor) -> torch.Tensor:
+        """:meth:`step` as one fused Triton kernel (the CUDA path)."""
+        from .propagation_kernels import fused_step
+
+        return base if d is None else fused_step(d, kappa, base, self.kernel)
+
     def forward(self, h0: torch.Tensor, raw_affinity: torch.Tensor, iterations: int | None = None) -> PropagationResult:
         """h0 (B, C, H, W) probabilities; raw_affinity (B, 8, H, W) -> PropagationResult."""
         T = self.iterations if iterations is None else iterations
@@ -308,8 +333,9 @@ class CSPN(_Propagator):
             # base is computed once, and D is exactly 0 for a constant map
             base = ring_sums(free_channels(h0), kappa, self.kernel, centred=True)[:, 0]
             maps, d = [h0], None
+            step = self._fused_step if self.uses_kernel(h0) else self.step
             for _ in range(T):
-                d = self.step(d, base, kappa)
+                d = step(d, base, kappa)
                 maps.append(h0 + with_all_channels(d, h0.shape[1]))
         return PropagationResult(maps[-1], maps, kappa)
 
@@ -329,8 +355,8 @@ class DySPN(_Propagator):
     is the negative affinity's magnitude, so every weight is non-negative.
     """
 
-    def __init__(self, iterations: int = 6, kernel: int = 7):
-        super().__init__(iterations)
+    def __init__(self, iterations: int = 6, kernel: int = 7, backend: str = "auto"):
+        super().__init__(iterations, backend)
         window_offsets(kernel)  # validates the kernel
         self.kernel = kernel
         self.rings = len(ring_sizes(kernel))
@@ -371,6 +397,18 @@ class DySPN(_Propagator):
         return step / G
         # END EXERCISE
 
+    def _fused_step(self, d: torch.Tensor | None, base: torch.Tensor, pos: torch.Tensor, A: torch.Tensor,
+                    p: torch.Tensor) -> torch.Tensor:
+        """:meth:`step` with the neighbour sums, the pixel's own term and the division in one fused
+        Triton kernel (the CUDA path); G^t and the attention-weighted base are per-pixel sums."""
+        from .propagation_kernels import fused_step
+
+        G = (p[:, :self.rings] * A).sum(1, keepdim=True) + p[:, self.rings:] + EPS
+        weighted_base = (p[:, :self.rings, None] * base).sum(1)
+        if d is None:
+            return weighted_base / G
+        return fused_step(d, pos, weighted_base, self.kernel, a=p[:, :self.rings], s=p[:, self.rings:], g=G)
+
     def forward(self, h0: torch.Tensor, raw_affinity: torch.Tensor, raw_attention: torch.Tensor,
                 iterations: int | None = None, suppression: bool = True) -> PropagationResult:
         """h0 (B, C, H, W); raw_affinity (B, 48, H, W); raw_attention (B, T_a * (R + 1), H, W),
@@ -393,8 +431,9 @@ class DySPN(_Propagator):
             # base_r = sum_{j in r} w_j (H^0_j - H^0), computed once (see CSPN.forward)
             base = ring_sums(free_channels(h0), pos, self.kernel, centred=True)   # (B, R, C', H, W)
             maps, d = [h0], None
+            step = self._fused_step if self.uses_kernel(h0) else self.step
             for t in range(T):
-                d = self.step(d, base, pos, A, pi[:, min(t, pi.shape[1] - 1)])
+                d = step(d, base, pos, A, pi[:, min(t, pi.shape[1] - 1)])
                 maps.append(h0 + with_all_channels(d, h0.shape[1]))
             with torch.no_grad():  # for figures only: keep it out of the backward pass
                 affinity = pos / (mag if suppression else pos).sum(1, keepdim=True).clamp(min=EPS)

@@ -26,20 +26,24 @@ def _valid(x: torch.Tensor, kernel: int) -> torch.Tensor:
     return _unfold_neighbours(ones, kernel)[:, 0]  # (B, K, H, W)
 
 
-def reference_cspn(h0: torch.Tensor, raw: torch.Tensor, iterations: int) -> list[torch.Tensor]:
-    """H^0..H^T with kappa_j = k_j^+ / max(1, sum|k|), H^{t+1} = sum kappa H^t_j + (1 - sum kappa) H^0."""
+def reference_cspn(h0: torch.Tensor, raw: torch.Tensor, iterations: int, neighbours=None) -> list[torch.Tensor]:
+    """H^0..H^T with kappa_j = k_j^+ / max(1, sum|k|), H^{t+1} = sum kappa H^t_j + (1 - sum kappa) H^0.
+    ``neighbours(x, kernel)`` -> (B, C, K, H, W) gathers them (default: ``F.unfold``)."""
+    neighbours = neighbours or _unfold_neighbours
     k = raw.clamp(-AFFINITY_LIMIT, AFFINITY_LIMIT) * _valid(h0, 3)
     kappa = k.clamp(min=0) / k.abs().sum(1, keepdim=True).clamp(min=1)
     maps = [h0]
     for _ in range(iterations):
-        nb = _unfold_neighbours(maps[-1], 3)                       # (B, C, 8, H, W)
+        nb = neighbours(maps[-1], 3)                               # (B, C, 8, H, W)
         maps.append((kappa[:, None] * nb).sum(2) + (1 - kappa.sum(1, keepdim=True)) * h0)
     return maps
 
 
 def reference_dyspn(h0: torch.Tensor, raw: torch.Tensor, raw_attention: torch.Tensor, iterations: int,
-                    kernel: int = 7) -> list[torch.Tensor]:
-    """H^0..H^T of the DySPN update in weighted-sum form (see helpers.propagation.DySPN)."""
+                    kernel: int = 7, neighbours=None) -> list[torch.Tensor]:
+    """H^0..H^T of the DySPN update in weighted-sum form (see helpers.propagation.DySPN);
+    ``neighbours`` as for :func:`reference_cspn`."""
+    neighbours = neighbours or _unfold_neighbours
     B, C, H, W = h0.shape
     w = raw.clamp(-AFFINITY_LIMIT, AFFINITY_LIMIT) * _valid(h0, kernel)
     pos, neg = w.clamp(min=0), (-w).clamp(min=0)
@@ -50,7 +54,7 @@ def reference_dyspn(h0: torch.Tensor, raw: torch.Tensor, raw_attention: torch.Te
     maps = [h0]
     for t in range(iterations):
         p = pi[:, min(t, pi.shape[1] - 1)]
-        nb = _unfold_neighbours(maps[-1], kernel)
+        nb = neighbours(maps[-1], kernel)
         num = p[:, R:] * maps[-1]
         to_h0 = torch.zeros_like(h0[:, :1])
         G = p[:, R:] + EPS

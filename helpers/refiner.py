@@ -97,7 +97,8 @@ class Refiner(nn.Module):
 
     def __init__(self, coarse: CoarseSegmenter, method: str = "cspn", start: str = "coarse", classes: int = 2,
                  width: int = 16, depth: int = 4, iterations: int = 6, kernel: int = 7,
-                 perturb: float = 0.0, deep_supervision: bool = False, boundary_weight: float = 1.0):
+                 perturb: float = 0.0, deep_supervision: bool = False, boundary_weight: float = 1.0,
+                 backend: str = "auto"):
         super().__init__()
         if method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {method!r}")
@@ -107,10 +108,10 @@ class Refiner(nn.Module):
         self.method, self.start_mode, self.classes = method, start, classes
         self.perturb, self.deep_supervision, self.boundary_weight = perturb, deep_supervision, boundary_weight
         if method == "cspn":
-            self.propagator = CSPN(iterations)
+            self.propagator = CSPN(iterations, backend)
             layout = HeadLayout.build(method, start, classes, affinity=self.propagator.affinity_channels)
         elif method == "dyspn":
-            self.propagator = DySPN(iterations, kernel)
+            self.propagator = DySPN(iterations, kernel, backend)
             layout = HeadLayout.build(method, start, classes, affinity=self.propagator.affinity_channels,
                                       attention=iterations * self.propagator.attention_channels)
         else:
@@ -123,7 +124,8 @@ class Refiner(nn.Module):
     def from_config(cls, cfg: Config, coarse: CoarseSegmenter, method: str, start: str | None = None,
                     classes: int = 2) -> "Refiner":
         return cls(coarse, method, start or cfg.start_map, classes, cfg.refiner_width, cfg.refiner_depth,
-                   cfg.iterations, cfg.dyspn_kernel, cfg.perturb, cfg.deep_supervision, cfg.boundary_weight)
+                   cfg.iterations, cfg.dyspn_kernel, cfg.perturb, cfg.deep_supervision, cfg.boundary_weight,
+                   cfg.propagation_backend)
 
     def train(self, mode: bool = True) -> "Refiner":
         """Train (or eval) mode for the guidance U-Net; the frozen coarse net stays in eval mode."""

@@ -1,0 +1,112 @@
+"""The fused Triton propagation kernels against the PyTorch path, on the CPU.
+
+Triton runs kernels on CPU tensors with ``TRITON_INTERPRET=1``; the variable must be set before
+Triton compiles anything, so these tests run in a fresh interpreter (a subprocess) with it set.
+The kernels are the CUDA path; this is how CI checks them without a GPU.
+"""
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("triton")
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_interpreted(code: str) -> str:
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
+
+
+def test_kernels_match_the_pytorch_path_forward_and_backward():
+    out = run_interpreted("""
+        import torch
+        import helpers.propagation_kernels as kernels
+        from helpers.propagation import CSPN, DySPN
+
+        launched, fused = [0], kernels._FusedStep.apply
+        kernels._FusedStep.apply = lambda *args: (launched.__setitem__(0, launched[0] + 1), fused(*args))[1]
+        g = torch.Generator().manual_seed(0)
+        for classes in (2, 3):
+            h0 = torch.softmax(3 * torch.randn(2, classes, 9, 11, generator=g), 1)
+            for make, extra in ((lambda b: CSPN(4, backend=b), (torch.randn(2, 8, 9, 11, generator=g),)),
+                                (lambda b: DySPN(4, 7, backend=b), (torch.randn(2, 48, 9, 11, generator=g),
+                                                                    torch.randn(2, 16, 9, 11, generator=g))),
+                                (lambda b: DySPN(3, 5, backend=b), (torch.randn(2, 24, 9, 11, generator=g),
+                                                                    torch.randn(2, 9, 9, 11, generator=g)))):
+                maps, grads = {}, {}
+                for backend in ("torch", "triton"):
+                    inputs = [t.clone().requires_grad_() for t in (h0, *extra)]
+                    res = make(backend)(*inputs)
+                    weights = torch.linspace(-1, 1, res.final.numel()).view_as(res.final)
+                    loss = sum((m * weights).sum() for m in res.maps[1:])   # every iteration's gradient path
+                    loss.backward()
+                    maps[backend], grads[backend] = [m.detach() for m in res.maps], [t.grad for t in inputs]
+                for a, b in zip(maps["torch"] + grads["torch"], maps["triton"] + grads["triton"]):
+                    torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
+                # the range guarantee holds on the kernel path too
+                assert all(m.min() >= -1e-6 and m.max() <= 1 + 1e-6 for m in maps["triton"])
+        assert launched[0] == 2 * (3 + 3 + 2)   # every step after the first ran as a kernel
+        print("ok")
+    """)
+    assert out.strip() == "ok"
+
+
+def test_kernels_keep_constant_maps_exactly_and_mask_the_borders():
+    out = run_interpreted("""
+        import torch
+        from helpers.propagation import CSPN, DySPN
+
+        g = torch.Generator().manual_seed(1)
+        constant = torch.full((1, 2, 6, 7), 0.25)
+        constant[:, 0] = 0.75
+        cspn = CSPN(6, backend="triton")(constant, 5 * torch.randn(1, 8, 6, 7, generator=g))
+        dyspn = DySPN(6, backend="triton")(constant, 5 * torch.randn(1, 48, 6, 7, generator=g),
+                                           torch.randn(1, 24, 6, 7, generator=g))
+        assert all(torch.equal(m, constant) for m in cspn.maps + dyspn.maps)
+        # a map that is 1 in one corner: nothing of it appears at the far side (no wrap-around)
+        h0 = torch.zeros(1, 2, 6, 7)
+        h0[:, 0] = 1
+        h0[0, :, 0, 0] = torch.tensor([0.0, 1.0])
+        raw = torch.full((1, 8, 6, 7), 10.0)
+        out = CSPN(1, backend="triton")(h0, raw).final
+        ref = CSPN(1, backend="torch")(h0, raw).final
+        torch.testing.assert_close(out, ref)
+        assert out[0, 1, -1].abs().max() == 0 and out[0, 1, :, -1].abs().max() == 0
+        print("ok")
+    """)
+    assert out.strip() == "ok"
+
+
+def test_half_precision_inputs_accumulate_in_float32():
+    out = run_interpreted("""
+        import torch
+        from helpers.propagation import DySPN
+
+        g = torch.Generator().manual_seed(2)
+        h0 = torch.softmax(torch.randn(1, 2, 8, 8, generator=g), 1)
+        raw, att = torch.randn(1, 48, 8, 8, generator=g), torch.randn(1, 24, 8, 8, generator=g)
+        ref = DySPN(6, backend="torch")(h0, raw, att).final
+        half = DySPN(6, backend="triton")(h0.bfloat16(), raw.bfloat16(), att.bfloat16()).final
+        assert half.dtype == torch.float32
+        assert (half - ref).abs().max() < 2e-2
+        print("ok")
+    """)
+    assert out.strip() == "ok"
+
+
+def test_auto_backend_is_pytorch_on_the_cpu_and_triton_needs_cuda_or_the_interpreter(monkeypatch):
+    from helpers import propagation
+
+    assert not propagation.CSPN(2).uses_kernel(propagation.torch.zeros(1, device="cpu"))
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
+        propagation.CSPN(2, backend="triton").uses_kernel(propagation.torch.zeros(1))
+    with pytest.raises(ValueError, match="backend must be one of"):
+        propagation.CSPN(2, backend="cuda")
