@@ -32,6 +32,9 @@ from .exercises import BY_KEY, EXERCISES, REFERENCES, Result
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BEGIN = re.compile(r"^(?P<indent>[ \t]*)# BEGIN EXERCISE (?P<key>[a-z0-9-]+)[ \t]*$")
 END = re.compile(r"^[ \t]*# END EXERCISE[ \t]*$")
+# settings that differ in the student edition: on a GPU the propagators would otherwise run the
+# fused Triton kernels (the solution) instead of the student's CSPN.step / DySPN.step
+STUDENT_SETTINGS = {"helpers/config.py": (('propagation_backend: str = "auto"', 'propagation_backend: str = "torch"'),)}
 # never copied into a student edition: local runs, data, caches, a failed notebook's copy
 SKIP_DIRS = {".git", "runs", "data", "__pycache__", ".pytest_cache", ".ipynb_checkpoints", ".benchmarks"}
 
@@ -153,6 +156,10 @@ def make_student_edition(out_dir: str | Path, root: Path = REPO_ROOT) -> list[Pa
         dst.parent.mkdir(parents=True, exist_ok=True)
         if src.suffix == ".py" and rel.parts[0] == "helpers":
             text = strip_solutions(src.read_text(encoding="utf-8"))
+            for old, new in STUDENT_SETTINGS.get(rel.as_posix(), ()):
+                if old not in text:
+                    raise AssignmentError(f"{rel}: expected {old!r} to set the student edition's default")
+                text = text.replace(old, new)
             compile(text, str(rel), "exec")   # a stub that does not parse would be a broken hand-out
             dst.write_text(text, encoding="utf-8")
         elif src.suffix == ".ipynb":
