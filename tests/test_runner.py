@@ -1,4 +1,7 @@
 """``python -m helpers run``: order of notebooks, failure reporting, argument checks."""
+import os
+from pathlib import Path
+
 import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_notebook
@@ -127,3 +130,18 @@ def test_graders_command_from_notebooks_folder_runs_the_smoke_profile(tmp_path):
     fresh = lambda profile: [p for p in (repo / "runs" / profile).glob("*/seed*/coarse-*-predictions.pt")
                              if p.stat().st_mtime >= started]
     assert fresh("smoke") and not fresh("cpu")
+
+
+def test_the_installed_workbook_runs_from_any_folder(tmp_path):
+    """`pip install -r requirements.txt` installs the package: `python -m helpers` works outside
+    the checkout, and names the notebooks of the checkout it was installed from."""
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.run([sys.executable, "-m", "helpers", "run", "--only", "99"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "--only 99 matches no notebook; the notebooks are 00_data" in proc.stderr
+    import helpers
+
+    assert Path(helpers.__file__).resolve().parent == Path(__file__).resolve().parent.parent / "helpers"
