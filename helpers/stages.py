@@ -124,7 +124,11 @@ class Stage:
                 "perturb": c.perturb, "deep_supervision": c.deep_supervision, "boundary_weight": c.boundary_weight}
 
     def start_map(self, cfg: Config) -> str:
-        return self.start or cfg.start_map
+        """H^0 of a refiner: its variant's, else its setting's (``start_map`` / ``converged_start_map``)."""
+        return self.start or self.default_start(cfg)
+
+    def default_start(self, cfg: Config) -> str:
+        return cfg.start_map if self.base == "coarse" else cfg.converged_start_map
 
     def checkpoint(self, wb: "Workbook") -> Path:
         """``run_dir/<name>-<hash of spec>.pt``: another setting gets its own file, so changing the
@@ -146,12 +150,12 @@ class Stage:
     def variant(self, cfg: Config, start: str | None = None, epochs: int | None = None) -> "Stage":
         """This refiner with another start map or epoch budget; another start map is another name
         (``cspn-corrected``), so the two are told apart in tables and files."""
-        if start in (None, cfg.start_map) and epochs is None:
+        if start in (None, self.default_start(cfg)) and epochs is None:
             return self
         if self.kind != "refiner":
             raise ValueError(f"only a refiner has start / epochs variants, not {self.name!r}")
         name, label = self.name, self.label
-        if start not in (None, cfg.start_map):
+        if start not in (None, self.default_start(cfg)):
             name, label = f"{self.name}-{start}", f"{self.label} ({start} start)"
         return replace(self, name=name, label=label, start=start, epochs=epochs)
 
