@@ -70,9 +70,13 @@ class HeadLayout:
     def channels(self) -> int:
         return max(self.affinity[1], self.attention[1], self.start[1])
 
-    def take(self, head: torch.Tensor, name: str) -> torch.Tensor:
-        lo, hi = getattr(self, name)
-        return head[:, lo:hi]
+    def split(self, head: torch.Tensor) -> dict[str, torch.Tensor]:
+        """(B, channels, H, W) -> {"affinity", "attention", "start"}: views of consecutive ranges.
+        One ``torch.split``, not three slices: the backward of a slice is a zero-filled copy of
+        the whole head (three per training step, the size of DySPN's 72-channel head)."""
+        names = ("affinity", "attention", "start")
+        parts = torch.split(head, [getattr(self, n)[1] - getattr(self, n)[0] for n in names], 1)
+        return dict(zip(names, parts))
 
     @classmethod
     def build(cls, method: str, start: str, classes: int, affinity: int = 0, attention: int = 0) -> "HeadLayout":
@@ -143,15 +147,14 @@ class Refiner(nn.Module):
             coarse = self.coarse(image)
             if self.training:
                 coarse = perturb_map(coarse, self.perturb)
-        head = self.guidance(torch.cat([image, coarse.to(image.dtype)], 1)).float()
+        head = self.layout.split(self.guidance(torch.cat([image, coarse.to(image.dtype)], 1)).float())
         start = coarse
-        if self.layout.start[1] > self.layout.start[0]:
-            start = (torch.log(coarse.clamp_min(1e-6)) + self.layout.take(head, "start")).softmax(1)
+        if head["start"].shape[1]:
+            start = (torch.log(coarse.clamp_min(1e-6)) + head["start"]).softmax(1)
         if self.method == "cspn":
-            result = self.propagator(start, self.layout.take(head, "affinity"), iterations)
+            result = self.propagator(start, head["affinity"], iterations)
         elif self.method == "dyspn":
-            result = self.propagator(start, self.layout.take(head, "affinity"),
-                                     self.layout.take(head, "attention"), iterations, suppression)
+            result = self.propagator(start, head["affinity"], head["attention"], iterations, suppression)
         else:
             return RefineOutput(start, coarse, start, None)
         return RefineOutput(result.final, coarse, start, result)
