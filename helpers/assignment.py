@@ -1,11 +1,10 @@
 """The two editions of the workbook, and grading a folder of submissions.
 
 The solution edition is this repository: every exercise region is marked in ``helpers/`` by
-comments, so it runs exactly as without them::
-
-    # BEGIN EXERCISE cspn-step
-    ...the solution...
-    # END EXERCISE
+two comment lines, so it runs exactly as without them: a line ``# BEGIN EXERCISE`` followed by
+the exercise's key (``cspn-step``) opens a region, a line ``# END EXERCISE`` closes it. Regions
+keyed ``solution-only`` hold code that would give an exercise away (the slow reference, the
+fused step's set-up): the student edition replaces them too, with a note instead of a hint.
 
 * :func:`make_student_edition` (``python -m helpers assignment OUT``) copies the workbook and
   replaces each region by ``raise NotImplementedError("Exercise 5 (CSPN step): ... Hint: ...")``,
@@ -20,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import secrets
 import shutil
 import subprocess
 import sys
@@ -27,11 +27,17 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .exercises import BY_KEY, EXERCISES, REFERENCES, Result
+import torch
+
+from .exercises import BY_KEY, EXERCISES, Result
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BEGIN = re.compile(r"^(?P<indent>[ \t]*)# BEGIN EXERCISE (?P<key>[a-z0-9-]+)[ \t]*$")
 END = re.compile(r"^[ \t]*# END EXERCISE[ \t]*$")
+MARKER = re.compile(r"^[ \t]*#\s*(BEGIN|END)\s+EXERCISE", re.IGNORECASE)   # anything that looks like one
+SOLUTION_ONLY = "solution-only"
+NOT_IN_STUDENT_EDITION = ("not part of the student edition (it would give an exercise away); "
+                          "the workbook runs without it")
 # settings that differ in the student edition: on a GPU the propagators would otherwise run the
 # fused Triton kernels (the solution) instead of the student's CSPN.step / DySPN.step
 STUDENT_SETTINGS = {"helpers/config.py": (('propagation_backend: str = "auto"', 'propagation_backend: str = "torch"'),)}
@@ -61,14 +67,18 @@ def find_regions(text: str, name: str = "<text>") -> list[Region]:
             if open_ is not None:
                 raise AssignmentError(f"{name}:{i + 1}: BEGIN EXERCISE {m['key']} inside the region opened at "
                                       f"line {open_[1] + 1}")
-            if m["key"] not in BY_KEY:
-                raise AssignmentError(f"{name}:{i + 1}: unknown exercise {m['key']!r} (known: {', '.join(BY_KEY)})")
+            if m["key"] not in BY_KEY and m["key"] != SOLUTION_ONLY:
+                raise AssignmentError(f"{name}:{i + 1}: unknown exercise {m['key']!r} (known: {', '.join(BY_KEY)}, "
+                                      f"{SOLUTION_ONLY})")
             open_ = (m["key"], i, m["indent"])
         elif END.match(line):
             if open_ is None:
                 raise AssignmentError(f"{name}:{i + 1}: END EXERCISE without a BEGIN")
             regions.append(Region(open_[0], open_[1], i, open_[2]))
             open_ = None
+        elif MARKER.match(line):   # a near miss would leave its solution in the student edition
+            raise AssignmentError(f"{name}:{i + 1}: malformed exercise marker {line.strip()!r}: write "
+                                  "'# BEGIN EXERCISE <key>' or '# END EXERCISE', nothing else on the line")
     if open_ is not None:
         raise AssignmentError(f"{name}:{open_[1] + 1}: BEGIN EXERCISE {open_[0]} is never closed")
     return regions
@@ -87,6 +97,8 @@ def _replace_regions(text: str, body_for) -> str:
 def strip_solutions(text: str) -> str:
     """The student version of a source file: each region's body becomes the exercise's stub."""
     def stub(region: Region) -> list[str]:
+        if region.key == SOLUTION_ONLY:
+            return [f"{region.indent}raise NotImplementedError({NOT_IN_STUDENT_EDITION!r})\n"]
         ex = BY_KEY[region.key]
         return [f"{region.indent}# Your code here: replace the raise below (see {ex.label} in notebook {ex.notebook}).\n",
                 f"{region.indent}raise NotImplementedError({ex.stub_message()!r})\n"]
@@ -111,7 +123,7 @@ def exercise_files(root: Path = REPO_ROOT) -> dict[str, list[Path]]:
     found: dict[str, list[Path]] = {e.key: [] for e in EXERCISES}
     for path in sorted((root / "helpers").rglob("*.py")):
         for region in find_regions(path.read_text(encoding="utf-8"), str(path)):
-            if path not in found[region.key]:
+            if region.key in found and path not in found[region.key]:
                 found[region.key].append(path)
     missing = [k for k, files in found.items() if not files]
     if missing:
@@ -207,10 +219,20 @@ def submissions(path: str | Path) -> list[Path]:
 
 
 def grade_one(submission: Path, timeout: float = 120.0) -> list[Result]:
-    """Run every check on one submission in a subprocess (the instructor's checks and references)."""
+    """Grade one submission: fresh random inputs for every check; the submission's code runs on
+    them in a subprocess with a time limit; its outputs (tensors only, loaded with
+    ``weights_only=True``) are compared here with what the instructor's solution computes on the
+    same inputs, and the points are this process's. Nothing the submission prints or writes
+    decides its grade, and a table of the shipped reference outputs does not help."""
+    from .exercises import _own_package, _package, draw_inputs, outcome, run_exercise
+
     grader = Path(__file__).resolve().with_name("exercises.py")
+    seed = secrets.randbits(31)
+    inputs = {e.key: draw_inputs(e.key, seed) for e in EXERCISES}
+    solution = _package(_own_package())
     with tempfile.TemporaryDirectory(prefix="workbook-grade-") as tmp:
-        out = Path(tmp) / "results.json"
+        inputs_file, out = Path(tmp) / "inputs.pt", Path(tmp) / "outputs.pt"
+        torch.save(inputs, inputs_file)
         code = ("import importlib.util, sys\n"
                 "spec = importlib.util.spec_from_file_location('workbook_grader', sys.argv[1])\n"
                 "mod = importlib.util.module_from_spec(spec); sys.modules['workbook_grader'] = mod\n"
@@ -218,15 +240,26 @@ def grade_one(submission: Path, timeout: float = 120.0) -> list[Result]:
                 "mod._worker(sys.argv[2], sys.argv[3], sys.argv[4])\n")
         env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "WORKBOOK_"))}
         env.update(WORKBOOK_HEADLESS="1", OMP_NUM_THREADS="1")
-        cmd = [sys.executable, "-I", "-c", code, str(grader), str(submission.resolve()), str(REFERENCES), str(out)]
+        cmd = [sys.executable, "-I", "-c", code, str(grader), str(submission.resolve()), str(inputs_file), str(out)]
         try:
             proc = subprocess.run(cmd, cwd=tmp, env=env, capture_output=True, text=True, timeout=timeout)
         except subprocess.TimeoutExpired:
             return _all_failed(f"the checks did not finish within {timeout:g} s (an endless loop, or work at import?)")
-        if proc.returncode != 0 or not out.exists():
+        try:
+            produced = torch.load(out, map_location="cpu", weights_only=True)
+        except Exception:   # no file, or one that is not plain tensors
             last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
             return _all_failed(f"the submission's package could not be checked: {last}")
-        return [Result(**r) for r in json.loads(out.read_text())]
+    results = []
+    for e in EXERCISES:
+        got = produced.get(e.key) if isinstance(produced, dict) else None
+        if not isinstance(got, dict):
+            results.append(_all_failed("the grading process returned nothing for it")[e.number - 1])
+            continue
+        error = tuple(got["error"]) if got.get("error") else None
+        want = run_exercise(e.key, solution, inputs[e.key])
+        results.append(outcome(e.key, got.get("outputs"), want, error))
+    return results
 
 
 def _all_failed(why: str) -> list[Result]:

@@ -28,7 +28,7 @@ import torch
 import torch.nn as nn
 
 REFERENCES = Path(__file__).resolve().with_name("exercise_data") / "references.pt"
-TOLERANCE = 1e-5       # relative error accepted in float32 (CS231n asks for about 1e-7 in float64)
+TOLERANCE = 1e-5       # accepted relative error (normwise, see rel_error): float32 rounding, another thread count
 
 
 @dataclass(frozen=True)
@@ -101,7 +101,9 @@ def lookup(key: str | int) -> Exercise:
 
 # ------------------------------------------------------------------------------ comparisons
 def rel_error(x: torch.Tensor, y: torch.Tensor) -> float:
-    """max |x - y| / max(|x| + |y|, 1e-8), as CS231n's ``rel_error``; inf if the shapes differ."""
+    """max |x - y| / max |y|: the largest difference relative to the reference's scale (``inf`` if
+    the shapes differ; entries that are nan in both agree). Normwise rather than per element, so
+    that float32 rounding in entries near zero does not read as an error."""
     x, y = torch.as_tensor(x).double(), torch.as_tensor(y).double()
     if x.shape != y.shape:
         return float("inf")
@@ -109,7 +111,7 @@ def rel_error(x: torch.Tensor, y: torch.Tensor) -> float:
         return 0.0
     both_nan = torch.isnan(x) & torch.isnan(y)
     x, y = torch.where(both_nan, 0.0, x), torch.where(both_nan, 0.0, y)
-    err = ((x - y).abs() / (x.abs() + y.abs()).clamp_min(1e-8)).max().item()
+    err = ((x - y).abs().max() / y.abs().max().clamp_min(1e-12)).item()
     return float("inf") if err != err else err
 
 
@@ -127,7 +129,7 @@ def _equal(name: str, got, want) -> None:
     got = torch.as_tensor(got)
     if tuple(got.shape) != tuple(want.shape):
         raise _Mismatch(f"{name} has shape {tuple(got.shape)}, expected {tuple(want.shape)}")
-    wrong = int((got.to(want.dtype) != want).sum())
+    wrong = int((got.double() != want.double()).sum())   # no cast to the reference's dtype: 0.3 is not True
     if wrong:
         raise _Mismatch(f"{name} differs from the reference in {wrong} of {want.numel()} entries")
 
@@ -179,226 +181,261 @@ class _StandInPropagation(nn.Module):
         return self.result_type(maps[-1], maps, raw)
 
 
-def _stand_in_refiner(pkg, method: str, deep: bool, boundary_weight: float, state: dict | None = None):
-    """The student's :class:`Refiner` with stand-in networks: only ``train`` and
-    ``training_loss`` (and ``refine``, not an exercise) of the student's code run."""
-    gen = torch.Generator().manual_seed(7)
+def _stand_in_refiner(pkg, method: str, deep: bool, boundary_weight: float, state: dict):
+    """The student's :class:`Refiner` with stand-in networks whose weights are ``state``: only
+    ``train`` and ``training_loss`` (and ``refine``, not an exercise) of the student's code run."""
     model = pkg.refiner.Refiner(_StandInCoarse(), method, "coarse", 2, width=2, depth=1, iterations=2,
                                 perturb=0.0, deep_supervision=deep, boundary_weight=boundary_weight)
     model.guidance = nn.Conv2d(5, model.layout.channels, 3, padding=1)
     if model.propagator is not None:
         model.propagator = _StandInPropagation(pkg.propagation.PropagationResult)
-    if state is None:
-        with torch.no_grad():
-            for p in model.parameters():
-                p.copy_(_rand(gen, *p.shape, scale=0.5))
-            model.coarse.norm.running_mean.copy_(_rand(gen, 2, scale=0.2))
-            model.coarse.norm.running_var.copy_(1 + torch.rand(2, generator=gen))
-    else:
-        model.load_state_dict(state)
+    model.load_state_dict(state)
     return model
 
 
-# ------------------------------------------------------------------------------ the checks
-# Each exercise has a ``_make_<key>(pkg)`` (inputs and the solution's outputs, run once by
-# ``python -m helpers references``) and a ``_check_<key>(pkg, ref)`` that returns what passed.
+def _stand_in_state(method: str, gen: torch.Generator) -> dict:
+    """Random weights for :func:`_stand_in_refiner` (BatchNorm statistics included)."""
+    channels = {"cspn": 8, "control": 2}[method]
+    state = {"coarse.conv.weight": _rand(gen, 2, 3, 3, 3, scale=0.5), "coarse.conv.bias": _rand(gen, 2, scale=0.5),
+             "coarse.norm.weight": 1 + _rand(gen, 2, scale=0.2), "coarse.norm.bias": _rand(gen, 2, scale=0.2),
+             "coarse.norm.running_mean": _rand(gen, 2, scale=0.2), "coarse.norm.running_var": 1 + torch.rand(2, generator=gen),
+             "coarse.norm.num_batches_tracked": torch.tensor(0),
+             "guidance.weight": _rand(gen, channels, 5, 3, 3, scale=0.5), "guidance.bias": _rand(gen, channels, scale=0.5)}
+    return state
 
-def _make_miou(pkg) -> dict:
-    gen = torch.Generator().manual_seed(1)
+
+# ------------------------------------------------------------------------------ the checks
+# Each exercise has three parts, so that grading never trusts a submission's process:
+# ``_inputs_<key>(gen)`` draws small inputs (fixed ones for the shipped references, fresh ones
+# for every grading run); ``_run_<key>(pkg, inputs)`` runs a package's code on them and returns
+# tensors only (the student's package in a subprocess when grading, the solution's for the
+# reference); ``_compare_<key>(got, want)`` compares the two in the grader's own process and
+# says what differs. Gradients are compared with the solution's, in float64 for the
+# propagation, so a ``.detach()`` or an in-place edit fails.
+
+def _inputs_miou(gen) -> dict:
     pred2, target2 = torch.randint(0, 2, (2, 5, 7), generator=gen), torch.randint(0, 2, (2, 5, 7), generator=gen)
     pred3, target3 = torch.randint(0, 2, (3, 4, 6), generator=gen), torch.randint(0, 3, (3, 4, 6), generator=gen)
     target3[target3 == 2] = 1   # class 2 absent from both maps: its IoU is nan and leaves the mean
-    cm2, cm3 = pkg.metrics.confusion_matrix(pred2, target2, 2), pkg.metrics.confusion_matrix(pred3, target3, 3)
-    return {"pred2": pred2, "target2": target2, "pred3": pred3, "target3": target3, "cm2": cm2, "cm3": cm3,
-            "iou2": pkg.metrics.iou_per_class(cm2), "iou3": pkg.metrics.iou_per_class(cm3)}
+    return {"pred2": pred2, "target2": target2, "pred3": pred3, "target3": target3}
 
 
-def _check_miou(pkg, ref: dict) -> str:
+def _run_miou(pkg, x: dict) -> dict:
     m = pkg.metrics
-    _equal("confusion_matrix (2 classes)", m.confusion_matrix(ref["pred2"], ref["target2"], 2), ref["cm2"])
-    _equal("confusion_matrix (3 classes)", m.confusion_matrix(ref["pred3"], ref["target3"], 3), ref["cm3"])
-    iou3 = m.iou_per_class(ref["cm3"])
-    if not torch.isnan(torch.as_tensor(iou3)[2]):
+    cm2, cm3 = m.confusion_matrix(x["pred2"], x["target2"], 2), m.confusion_matrix(x["pred3"], x["target3"], 3)
+    return {"cm2": cm2, "cm3": cm3, "iou2": m.iou_per_class(x["cm2_ref"]), "iou3": m.iou_per_class(x["cm3_ref"]),
+            "miou3": torch.tensor(m.mean_iou(x["cm3_ref"]))}
+
+
+def _compare_miou(got: dict, want: dict) -> str:
+    _equal("confusion_matrix (2 classes)", got["cm2"], want["cm2"])
+    _equal("confusion_matrix (3 classes)", got["cm3"], want["cm3"])
+    if not torch.isnan(torch.as_tensor(got["iou3"])[2]):
         raise _Mismatch("iou_per_class must be nan for a class absent from prediction and ground truth "
-                        f"(got {float(torch.as_tensor(iou3)[2]):.3g})")
-    err = max(_close("iou_per_class (2 classes)", m.iou_per_class(ref["cm2"]), ref["iou2"]),
-              _close("iou_per_class (3 classes)", iou3, ref["iou3"]))
-    _close("mean_iou", torch.tensor(m.mean_iou(ref["cm3"])), torch.nanmean(ref["iou3"]))
+                        f"(got {float(torch.as_tensor(got['iou3'])[2]):.3g})")
+    err = max(_close("iou_per_class (2 classes)", got["iou2"], want["iou2"]),
+              _close("iou_per_class (3 classes)", got["iou3"], want["iou3"]))
+    _close("mean_iou", got["miou3"], want["miou3"])
     return f"confusion matrices exact, IoU relative error {err:.1e}"
 
 
-def _make_boundary_band(pkg) -> dict:
-    gen = torch.Generator().manual_seed(2)
+def _inputs_boundary_band(gen) -> dict:
     masks = _blobs(gen, 3, 12, 14)
     masks[2] = False
     masks[2, 3:9, 4:14] = True          # touches the right border: the band runs along it
-    return {"masks": masks, "band1": pkg.metrics.boundary_band(masks, 1), "band2": pkg.metrics.boundary_band(masks, 2)}
+    return {"masks": masks}
 
 
-def _check_boundary_band(pkg, ref: dict) -> str:
+def _run_boundary_band(pkg, x: dict) -> dict:
+    return {f"band{w}": pkg.metrics.boundary_band(x["masks"], w) for w in (1, 2)}
+
+
+def _compare_boundary_band(got: dict, want: dict) -> str:
     for width in (1, 2):
-        _equal(f"boundary_band(mask, width={width})", pkg.metrics.boundary_band(ref["masks"], width), ref[f"band{width}"])
+        _equal(f"boundary_band(mask, width={width})", got[f"band{width}"], want[f"band{width}"])
     return "bands exact at widths 1 and 2, border included"
 
 
-def _make_unet_up(pkg) -> dict:
-    gen = torch.Generator().manual_seed(3)
-    up = pkg.unet.Up(6, 4, 5)
-    with torch.no_grad():
-        for name, t in up.state_dict().items():
-            if t.is_floating_point():   # variances must be positive; everything else any value
-                t.copy_(_rand(gen, *t.shape, scale=0.5).abs() + 0.5 if name.endswith("running_var")
-                        else _rand(gen, *t.shape, scale=0.5))
-    up.eval()
-    x, pad, crop = _rand(gen, 2, 6, 3, 5), _rand(gen, 2, 4, 7, 11), _rand(gen, 2, 4, 5, 9)
-    with torch.no_grad():
-        return {"state": up.state_dict(), "x": x, "skip_pad": pad, "skip_crop": crop,
-                "out_pad": up(x, pad), "out_crop": up(x, crop)}
+def _inputs_unet_up(gen) -> dict:
+    shapes = {"conv.block.0.weight": (5, 10, 3, 3), "conv.block.1.weight": (5,), "conv.block.1.bias": (5,),
+              "conv.block.1.running_mean": (5,), "conv.block.3.weight": (5, 5, 3, 3), "conv.block.4.weight": (5,),
+              "conv.block.4.bias": (5,), "conv.block.4.running_mean": (5,)}
+    state = {k: _rand(gen, *shape, scale=0.5) for k, shape in shapes.items()}
+    for k in ("conv.block.1.running_var", "conv.block.4.running_var"):   # variances must be positive
+        state[k] = 0.5 + _rand(gen, 5, scale=0.5).abs()
+    state["conv.block.1.num_batches_tracked"] = state["conv.block.4.num_batches_tracked"] = torch.tensor(0)
+    return {"state": state, "x": _rand(gen, 2, 6, 3, 5), "skip_pad": _rand(gen, 2, 4, 7, 11),
+            "skip_crop": _rand(gen, 2, 4, 5, 9)}
 
 
-def _check_unet_up(pkg, ref: dict) -> str:
+def _run_unet_up(pkg, x: dict) -> dict:
     up = pkg.unet.Up(6, 4, 5)
-    up.load_state_dict(ref["state"])
+    up.load_state_dict(x["state"])
     up.eval()
     with torch.no_grad():
-        err = max(_close("Up(x, skip) with a larger skip (padding)", up(ref["x"], ref["skip_pad"]), ref["out_pad"]),
-                  _close("Up(x, skip) with a smaller skip (cropping)", up(ref["x"], ref["skip_crop"]), ref["out_crop"]))
+        return {"pad": up(x["x"], x["skip_pad"]), "crop": up(x["x"], x["skip_crop"])}
+
+
+def _compare_unet_up(got: dict, want: dict) -> str:
+    err = max(_close("Up(x, skip) with a larger skip (padding)", got["pad"], want["pad"]),
+              _close("Up(x, skip) with a smaller skip (cropping)", got["crop"], want["crop"]))
     return f"padded and cropped skips, relative error {err:.1e}"
 
 
-def _make_cspn_affinity(pkg) -> dict:
-    gen = torch.Generator().manual_seed(4)
+def _inputs_cspn_affinity(gen) -> dict:
     raw = _rand(gen, 2, 8, 6, 7, scale=0.5)
     raw[0, :, 2, 3] = 0.0                        # a zero head: kappa = 0, the identity
     raw[1, :, 4, 4] = 1e9                        # clamped, then normalised by the sum
-    return {"raw": raw, "kappa": pkg.propagation.CSPN(3).normalise(raw)}
+    return {"raw": raw}
 
 
-def _check_cspn_affinity(pkg, ref: dict) -> str:
-    kappa = pkg.propagation.CSPN(3).normalise(ref["raw"])
-    err = _close("kappa", kappa, ref["kappa"])
+def _run_cspn_affinity(pkg, x: dict) -> dict:
+    return {"kappa": pkg.propagation.CSPN(3).normalise(x["raw"])}
+
+
+def _compare_cspn_affinity(got: dict, want: dict) -> str:
+    err = _close("kappa", got["kappa"], want["kappa"])
     return f"kappa relative error {err:.1e} (borders, a zero head and a clamped one included)"
 
 
-def _dyspn_inputs(pkg, kernel: int, gen: torch.Generator, B=2, C=1, H=6, W=7, dtype=torch.float32) -> dict:
-    dyspn = pkg.propagation.DySPN(2, kernel)
-    K, R = sum(dyspn.sizes), dyspn.rings
-    pos, mag = pkg.propagation.prepare_affinity(_rand(gen, B, K, H, W, scale=0.7, dtype=dtype), kernel)
-    return {"base": _rand(gen, B, R, C, H, W, scale=0.1, dtype=dtype), "pos": pos, "mag": mag,
-            "p": torch.sigmoid(_rand(gen, 3, B, R + 1, H, W, dtype=dtype))}
+def _inputs_cspn_step(gen) -> dict:
+    kappa = torch.rand(2, 8, 6, 7, generator=gen, dtype=torch.float64) / 8   # non-negative, sum <= 1
+    return {"kappa": kappa, "base": _rand(gen, 2, 1, 6, 7, scale=0.1, dtype=torch.float64),
+            "weights": _rand(gen, 3, 2, 1, 6, 7, dtype=torch.float64)}
 
 
-def _make_cspn_step(pkg) -> dict:
-    gen = torch.Generator().manual_seed(5)
+def _run_cspn_step(pkg, x: dict) -> dict:
     cspn = pkg.propagation.CSPN(3)
-    kappa = cspn.normalise(_rand(gen, 2, 8, 6, 7, scale=0.7))
-    base = _rand(gen, 2, 1, 6, 7, scale=0.1)
-    ds, d = [], None
+    base, kappa = x["base"].clone().requires_grad_(), x["kappa"].clone().requires_grad_()
+    d, ds = None, []
     for _ in range(3):
         d = cspn.step(d, base, kappa)
         ds.append(d)
-    return {"kappa": kappa, "base": base, "d": torch.stack(ds)}
+    ds = torch.stack(ds)
+    (ds * x["weights"]).sum().backward()
+    return {"d": ds.detach(), "grad_base": _grad(base), "grad_kappa": _grad(kappa)}
 
 
-def _check_cspn_step(pkg, ref: dict) -> str:
-    cspn = pkg.propagation.CSPN(3)
-    d, ds = None, []
-    for _ in range(len(ref["d"])):
-        d = cspn.step(d, ref["base"], ref["kappa"])
-        ds.append(d)
-    err = _close("D^1..D^3 of three steps", torch.stack(ds), ref["d"])
-    gen = torch.Generator().manual_seed(50)
-    kappa = torch.rand(1, 8, 4, 5, generator=gen, dtype=torch.float64) / 8   # non-negative, sum <= 1
-    args = (_rand(gen, 1, 1, 4, 5, dtype=torch.float64), _rand(gen, 1, 1, 4, 5, dtype=torch.float64), kappa)
-    _gradcheck("CSPN.step", lambda d, base, k: cspn.step(d, base, k), tuple(a.requires_grad_() for a in args))
-    return f"three steps, relative error {err:.1e}; gradcheck passed"
+def _compare_steps(got: dict, want: dict) -> str:
+    err = _close("D^1..D^3 of three steps", got["d"], want["d"])
+    for name in sorted(k for k in want if k.startswith("grad_")):
+        _close(f"the gradient of {name[5:]} through three steps", got[name], want[name])
+    return f"three steps and their gradients, relative error {err:.1e}"
 
 
-def _make_dyspn_step(pkg) -> dict:
-    gen = torch.Generator().manual_seed(6)
+_compare_cspn_step = _compare_steps
+
+
+def _inputs_dyspn_step(gen) -> dict:
+    K, R = 48, 3
+    w = _rand(gen, 2, K, 6, 7, scale=0.7, dtype=torch.float64)
+    return {"pos": w.clamp(min=0), "mag": w.abs(), "base": _rand(gen, 2, R, 1, 6, 7, scale=0.1, dtype=torch.float64),
+            "p": torch.sigmoid(_rand(gen, 3, 2, R + 1, 6, 7, dtype=torch.float64)),
+            "weights": _rand(gen, 3, 2, 1, 6, 7, dtype=torch.float64)}
+
+
+def _run_dyspn_step(pkg, x: dict) -> dict:
     dyspn = pkg.propagation.DySPN(3, 7)
-    inp = _dyspn_inputs(pkg, 7, gen)
-    A = dyspn.ring_magnitudes(inp["mag"])
-    ds, d = [], None
+    mag = x["mag"].clone().requires_grad_()
+    A = dyspn.ring_magnitudes(mag)
+    base, pos, p = (x[k].clone().requires_grad_() for k in ("base", "pos", "p"))
+    d, ds = None, []
     for t in range(3):
-        d = dyspn.step(d, inp["base"], inp["pos"], A, inp["p"][t])
+        d = dyspn.step(d, base, pos, A, p[t])
         ds.append(d)
-    return {**inp, "A": A, "d": torch.stack(ds)}
+    ds = torch.stack(ds)
+    (ds * x["weights"]).sum().backward()
+    return {"A": A.detach(), "d": ds.detach(), "grad_mag": _grad(mag), "grad_base": _grad(base), "grad_pos": _grad(pos),
+            "grad_pi": _grad(p)}
 
 
-def _check_dyspn_step(pkg, ref: dict) -> str:
-    dyspn = pkg.propagation.DySPN(3, 7)
-    err = _close("ring_magnitudes (A_r)", dyspn.ring_magnitudes(ref["mag"]), ref["A"])
-    d, ds = None, []
-    for t in range(len(ref["d"])):
-        d = dyspn.step(d, ref["base"], ref["pos"], ref["A"], ref["p"][t])
-        ds.append(d)
-    err = max(err, _close("D^1..D^3 of three steps", torch.stack(ds), ref["d"]))
-    small = pkg.propagation.DySPN(2, 5)
-    gen = torch.Generator().manual_seed(60)
-    inp = _dyspn_inputs(pkg, 5, gen, B=1, H=4, W=5, dtype=torch.float64)
-    A = 0.5 + torch.rand(1, small.rings, 4, 5, generator=gen, dtype=torch.float64)
-    d0 = _rand(gen, 1, 1, 4, 5, scale=0.1, dtype=torch.float64)
-    args = tuple(t.detach().requires_grad_() for t in (d0, inp["base"], inp["pos"], A, inp["p"][0]))
-    _gradcheck("DySPN.step", lambda d, base, pos, A, p: small.step(d, base, pos, A, p), args)
-    return f"A_r and three steps, relative error {err:.1e}; gradcheck passed"
+def _compare_dyspn_step(got: dict, want: dict) -> str:
+    err = _close("ring_magnitudes (A_r)", got["A"], want["A"])
+    return f"A_r (relative error {err:.1e}), " + _compare_steps(got, want)
+
+
+def _grad(t: torch.Tensor) -> torch.Tensor:
+    return t.grad if t.grad is not None else torch.zeros_like(t)   # no gradient at all: zeros, which differ
 
 
 _REFINER_CASES = {"cspn-deep": ("cspn", True, 4.0), "cspn-last": ("cspn", False, 1.0), "control": ("control", True, 4.0)}
 
 
-def _refiner_batch() -> tuple[torch.Tensor, torch.Tensor]:
-    gen = torch.Generator().manual_seed(8)
-    return torch.rand(2, 3, 12, 12, generator=gen), _blobs(gen, 2, 12, 12).long()
+def _inputs_refiner_loss(gen) -> dict:
+    image, target = torch.rand(2, 3, 12, 12, generator=gen), _blobs(gen, 2, 12, 12).long()
+    return {"image": image, "target": target,
+            **{f"state:{name}": _stand_in_state(method, gen) for name, (method, _, _) in _REFINER_CASES.items()}}
 
 
-def _make_refiner_loss(pkg) -> dict:
-    image, target = _refiner_batch()
+def _run_refiner_loss(pkg, x: dict) -> dict:
     out = {}
     for name, (method, deep, bw) in _REFINER_CASES.items():
-        model = _stand_in_refiner(pkg, method, deep, bw).train()
-        loss = model.training_loss(image, target)
+        model = _stand_in_refiner(pkg, method, deep, bw, x[f"state:{name}"])
+        frozen = {k: v.clone() for k, v in model.coarse.state_dict().items()}
+        returned = model.train()
+        flags = [returned is model, model.coarse.training, model.guidance.training]
+        loss = model.training_loss(x["image"], x["target"])
+        if not isinstance(loss, torch.Tensor) or loss.dim() != 0:
+            raise TypeError(f"training_loss must return a scalar tensor, got {type(loss).__name__} "
+                            f"{tuple(loss.shape) if isinstance(loss, torch.Tensor) else ''}")
         loss.backward()
-        out[name] = {"state": {k: v.detach().clone() for k, v in model.state_dict().items()}, "loss": loss.detach(),
-                     "grad": model.guidance.weight.grad.clone()}
+        coarse_grad = sum(float(p.grad.abs().sum()) for p in model.coarse.parameters() if p.grad is not None)
+        drift = any(not torch.equal(v, frozen[k]) for k, v in model.coarse.state_dict().items())
+        out[name] = {"flags": torch.tensor(flags + [drift]), "coarse_grad": torch.tensor(coarse_grad),
+                     "loss": loss.detach(), "grad": _grad(model.guidance.weight)}
     return out
 
 
-def _check_refiner_loss(pkg, ref: dict) -> str:
-    image, target = _refiner_batch()
+def _compare_refiner_loss(got: dict, want: dict) -> str:
     err = 0.0
     for name, (method, deep, bw) in _REFINER_CASES.items():
-        model = _stand_in_refiner(pkg, method, deep, bw, ref[name]["state"])
-        frozen = {k: v.clone() for k, v in model.coarse.state_dict().items()}
-        result = model.train()
-        if result is not model:
+        returns_self, coarse_training, guidance_training, drift = got[name]["flags"].tolist()
+        if not returns_self:
             raise _Mismatch("Refiner.train must return self (as nn.Module.train does)")
-        if model.coarse.training or not model.guidance.training:
+        if coarse_training or not guidance_training:
             raise _Mismatch("after model.train() the coarse net must be in eval mode (frozen BatchNorm) and the "
-                            f"guidance net in train mode; got coarse.training={model.coarse.training}, "
-                            f"guidance.training={model.guidance.training}")
+                            f"guidance net in train mode; got coarse.training={coarse_training}, "
+                            f"guidance.training={guidance_training}")
         what = f"training_loss ({method}, deep_supervision={deep}, boundary_weight={bw:g})"
-        loss = model.training_loss(image, target)
-        if not isinstance(loss, torch.Tensor) or loss.dim() != 0:
-            raise _Mismatch(f"{what} must return a scalar tensor, got {type(loss).__name__} "
-                            f"{tuple(loss.shape) if isinstance(loss, torch.Tensor) else ''}")
-        err = max(err, _close(what, loss.detach(), ref[name]["loss"]))
-        loss.backward()
-        if model.guidance.weight.grad is None:
+        err = max(err, _close(what, got[name]["loss"], want[name]["loss"]))
+        if float(got[name]["grad"].abs().sum()) == 0:
             raise _Mismatch(f"{what}: no gradient reaches the guidance net (is the loss detached?)")
-        err = max(err, _close(f"the guidance gradient of {what}", model.guidance.weight.grad, ref[name]["grad"]))
-        if any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.coarse.parameters()):
+        err = max(err, _close(f"the guidance gradient of {what}", got[name]["grad"], want[name]["grad"]))
+        if float(got[name]["coarse_grad"]) > 0:
             raise _Mismatch("the coarse net received a gradient: it must stay frozen")
-        for k, v in model.coarse.state_dict().items():
-            if not torch.equal(v, frozen[k]):
-                raise _Mismatch(f"the coarse net's {k} changed during the training step: it must stay frozen "
-                                "(eval mode keeps BatchNorm's running statistics)")
+        if drift:
+            raise _Mismatch("the coarse net's weights or BatchNorm statistics changed during the training step: it "
+                            "must stay frozen (eval mode keeps BatchNorm's running statistics)")
     return f"losses and gradients of 3 settings, relative error {err:.1e}; coarse net frozen"
 
 
-_CHECKS = {e.key: (globals()[f"_make_{e.key.replace('-', '_')}"], globals()[f"_check_{e.key.replace('-', '_')}"])
-           for e in EXERCISES}
+def _parts(key: str):
+    name = key.replace("-", "_")
+    return globals()[f"_inputs_{name}"], globals()[f"_run_{name}"], globals()[f"_compare_{name}"]
+
+
 _NEEDS = {"refiner-loss": ("boundary-band",)}   # the boundary-weighted loss uses the band
+
+
+def draw_inputs(key: str, seed: int) -> dict:
+    """The inputs of ``key``'s check drawn with ``seed`` (the references use seed 0; grading a fresh one)."""
+    inputs = _parts(key)[0](torch.Generator().manual_seed(seed))
+    if key == "miou":   # IoU is checked on the reference confusion matrices: one bug, one failure
+        inputs["cm2_ref"] = _bincount(inputs["pred2"], inputs["target2"], 2)
+        inputs["cm3_ref"] = _bincount(inputs["pred3"], inputs["target3"], 3)
+    return inputs
+
+
+def _bincount(pred, target, classes):
+    return torch.bincount(target.reshape(-1) * classes + pred.reshape(-1), minlength=classes ** 2).reshape(classes, classes)
+
+
+def run_exercise(key: str, pkg, inputs: dict) -> dict:
+    """A package's outputs for ``key`` on ``inputs`` (tensors only), with the random state kept."""
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        with torch.enable_grad():
+            return _detached(_parts(key)[1](pkg, inputs))
 
 
 # ------------------------------------------------------------------------------ running checks
@@ -431,16 +468,15 @@ def load_references(path: str | Path = REFERENCES) -> dict:
 
 
 def make_references(package: str | None = None, path: str | Path = REFERENCES) -> Path:
-    """Run the solution on the fixed inputs and save inputs and outputs (``python -m helpers references``)."""
+    """Run the solution on the fixed inputs (seed 0) and save inputs and outputs (``python -m helpers references``)."""
     pkg = _package(package or _own_package())
     refs = {}
-    for key, (make, _) in _CHECKS.items():
-        with torch.no_grad() if key != "refiner-loss" else torch.enable_grad():
-            refs[key] = make(pkg)
-    refs = _detached(refs)
+    for e in EXERCISES:
+        inputs = draw_inputs(e.key, 0)
+        refs[e.key] = {"inputs": inputs, "outputs": run_exercise(e.key, pkg, inputs)}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(refs, path)
+    torch.save(_detached(refs), path)
     return path
 
 
@@ -450,32 +486,80 @@ def _detached(tree):
     return tree.detach().clone().contiguous() if isinstance(tree, torch.Tensor) else tree
 
 
-def check_one(key: str, pkg=None, refs: dict | None = None) -> Result:
-    """Run one exercise's check; never raises for the student's errors (they become the message)."""
+def outcome(key: str, outputs: dict | None, reference: dict, error: tuple[str, str] | None = None) -> Result:
+    """The result of ``key`` from a package's ``outputs`` (or the ``error`` it raised: kind and
+    message) against the solution's ``reference`` outputs, compared here."""
     ex = lookup(key)
-    pkg = pkg or _package(_own_package())
-    refs = refs if refs is not None else load_references()
-    try:
-        with torch.random.fork_rng():   # a check never moves the notebook's random state
-            torch.manual_seed(0)
-            detail = _CHECKS[ex.key][1](pkg, refs[ex.key])
-        return Result(ex.key, ex.number, ex.title, ex.points, ex.points, True, f"{ex.label}: passed: {detail}")
-    except NotImplementedError as exc:
-        text = str(exc)
-        if text.startswith("Exercise ") and not text.startswith(ex.label):
-            blocker = text.split(":")[0]
-            msg = f"{ex.label} cannot be checked yet: it needs {blocker} first"
+    msg = None
+    if error is not None:
+        kind, text = error
+        if kind == "not-done":
+            msg = (f"{ex.label} cannot be checked yet: it needs {text.split(':')[0]} first"
+                   if text.startswith("Exercise ") and not text.startswith(ex.label)
+                   else f"{ex.label} is not done yet: write it in {ex.where}")
         else:
-            msg = f"{ex.label} is not done yet: write it in {ex.where}"
-    except _Mismatch as exc:
-        msg = f"{ex.label} failed: {exc}; edit {ex.where}"
-    except Exception as exc:  # the student's code raised: name the error and where it came from
-        frame = _student_frame(exc)
-        msg = f"{ex.label} failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}{frame}"
+            msg = f"{ex.label} failed: {text}"
+    else:
+        try:
+            detail = _parts(ex.key)[2](outputs, reference)
+            return Result(ex.key, ex.number, ex.title, ex.points, ex.points, True, f"{ex.label}: passed: {detail}")
+        except _Mismatch as exc:
+            msg = f"{ex.label} failed: {exc}; edit {ex.where}"
+        except (KeyError, TypeError, AttributeError, RuntimeError) as exc:   # outputs of the wrong kind
+            msg = f"{ex.label} failed: its outputs could not be compared ({type(exc).__name__}: {exc}); edit {ex.where}"
     needs = [lookup(n).label for n in _NEEDS.get(ex.key, ())]
     if needs and "cannot be checked" not in msg:
         msg += f" (this check also uses {', '.join(needs)})"
     return Result(ex.key, ex.number, ex.title, 0, ex.points, False, msg)
+
+
+def attempt(key: str, pkg, inputs: dict) -> tuple[dict | None, tuple[str, str] | None]:
+    """Run a package's code for ``key``: (outputs, None), or (None, (kind, message)) if it raised."""
+    try:
+        return run_exercise(key, pkg, inputs), None
+    except NotImplementedError as exc:
+        return None, ("not-done", str(exc))
+    except Exception as exc:  # the student's code raised: name the error and where it came from
+        return None, ("raised", f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+                                f"{_student_frame(exc)}")
+
+
+def check_one(key: str, pkg=None, refs: dict | None = None) -> Result:
+    """Run one exercise's check on the shipped reference inputs; never raises for the student's errors."""
+    pkg = pkg or _package(_own_package())
+    refs = refs if refs is not None else load_references()
+    ref = refs[lookup(key).key]
+    outputs, error = attempt(lookup(key).key, pkg, ref["inputs"])
+    result = outcome(key, outputs, ref["outputs"], error)
+    if result.passed and lookup(key).key in _GRADCHECKS:
+        try:
+            _GRADCHECKS[lookup(key).key](pkg)
+            result.message += "; gradcheck passed"
+        except _Mismatch as exc:
+            ex = lookup(key)
+            result = Result(ex.key, ex.number, ex.title, 0, ex.points, False, f"{ex.label} failed: {exc}; edit {ex.where}")
+    return result
+
+
+def _gradcheck_cspn(pkg) -> None:
+    cspn, gen = pkg.propagation.CSPN(3), torch.Generator().manual_seed(50)
+    args = (_rand(gen, 1, 1, 4, 5, dtype=torch.float64), _rand(gen, 1, 1, 4, 5, dtype=torch.float64),
+            torch.rand(1, 8, 4, 5, generator=gen, dtype=torch.float64) / 8)
+    _gradcheck("CSPN.step", lambda d, base, k: cspn.step(d, base, k), tuple(a.requires_grad_() for a in args))
+
+
+def _gradcheck_dyspn(pkg) -> None:
+    dyspn, gen = pkg.propagation.DySPN(2, 5), torch.Generator().manual_seed(60)
+    w = _rand(gen, 1, 24, 4, 5, dtype=torch.float64)
+    args = (_rand(gen, 1, 1, 4, 5, scale=0.1, dtype=torch.float64), _rand(gen, 1, 2, 1, 4, 5, scale=0.1, dtype=torch.float64),
+            w.clamp(min=0), 0.5 + torch.rand(1, 2, 4, 5, generator=gen, dtype=torch.float64),
+            torch.sigmoid(_rand(gen, 1, 3, 4, 5, dtype=torch.float64)))
+    _gradcheck("DySPN.step", lambda d, base, pos, A, p: dyspn.step(d, base, pos, A, p),
+               tuple(a.requires_grad_() for a in args))
+
+
+# in a notebook, the propagation's backward pass is also checked against finite differences
+_GRADCHECKS = {"cspn-step": _gradcheck_cspn, "dyspn-step": _gradcheck_dyspn}
 
 
 def _student_frame(exc: BaseException) -> str:
@@ -489,7 +573,7 @@ def _student_frame(exc: BaseException) -> str:
 
 
 def run_checks(package: str | None = None, references: str | Path = REFERENCES) -> list[Result]:
-    """Every exercise's check against the package named ``package`` (the student's, when grading)."""
+    """Every exercise's check against the package named ``package``, on the shipped references."""
     pkg = _package(package or _own_package())
     refs = load_references(references)
     return [check_one(e.key, pkg, refs) for e in EXERCISES]
@@ -531,7 +615,12 @@ def install_one_line_errors() -> None:
         shell._showtraceback(etype, value, stb)
         return stb
 
+    def forget(result):   # a cell that ran cleanly: later NameErrors are the student's own again
+        if result.error_in_exec is None and result.error_before_exec is None:
+            shell._workbook_exercise_error = None
+
     shell.set_custom_exc((ExerciseFailed, NotImplementedError, NameError), handler)
+    shell.events.register("post_run_cell", forget)
     shell._workbook_exercise_handler = True
 
 
@@ -565,8 +654,22 @@ def require(*keys: str | int) -> None:
     _passed()
 
 
-def _worker(submission: str, references: str, out: str) -> None:
-    """Entry point of the grading subprocess: the submission's package comes first on the path."""
-    sys.path.insert(0, submission)
-    results = run_checks("helpers", references)
-    Path(out).write_text(json.dumps([asdict(r) for r in results]))
+def _worker(submission: str, inputs_file: str, out: str) -> None:
+    """The grading subprocess: run the submission's code on the grader's inputs and save what it
+    returns (tensors, or the error it raised); the grader compares, in its own process. Only the
+    submission's own files count: an installed copy of the workbook is taken off the import path."""
+    sys.meta_path[:] = [f for f in sys.meta_path if "editable" not in repr(f).lower()]
+    sys.path[:] = [submission] + [p for p in sys.path if "__editable__" not in p]
+    inputs = torch.load(inputs_file, map_location="cpu", weights_only=True)
+    root = (Path(submission) / "helpers").resolve()
+    try:
+        pkg = _package("helpers")
+        stray = [m.__name__ for m in vars(pkg).values() if root not in Path(m.__file__).resolve().parents]
+        error = ("raised", f"helpers/{stray[0].split('.')[-1]}.py is missing from the submission") if stray else None
+    except Exception as exc:   # a module that does not import
+        pkg, error = None, ("raised", f"the submission's helpers package does not import: {type(exc).__name__}: {exc}")
+    results = {}
+    for e in EXERCISES:
+        outputs, err = (None, error) if error else attempt(e.key, pkg, inputs[e.key])
+        results[e.key] = {"outputs": outputs, "error": list(err) if err else None}
+    torch.save(results, out)

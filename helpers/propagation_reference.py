@@ -29,6 +29,7 @@ def _valid(x: torch.Tensor, kernel: int) -> torch.Tensor:
 def reference_cspn(h0: torch.Tensor, raw: torch.Tensor, iterations: int, neighbours=None) -> list[torch.Tensor]:
     """H^0..H^T with kappa_j = k_j^+ / max(1, sum|k|), H^{t+1} = sum kappa H^t_j + (1 - sum kappa) H^0.
     ``neighbours(x, kernel)`` -> (B, C, K, H, W) gathers them (default: ``F.unfold``)."""
+    # BEGIN EXERCISE solution-only
     neighbours = neighbours or _unfold_neighbours
     k = raw.clamp(-AFFINITY_LIMIT, AFFINITY_LIMIT) * _valid(h0, 3)
     kappa = k.clamp(min=0) / k.abs().sum(1, keepdim=True).clamp(min=1)
@@ -37,12 +38,14 @@ def reference_cspn(h0: torch.Tensor, raw: torch.Tensor, iterations: int, neighbo
         nb = neighbours(maps[-1], 3)                               # (B, C, 8, H, W)
         maps.append((kappa[:, None] * nb).sum(2) + (1 - kappa.sum(1, keepdim=True)) * h0)
     return maps
+    # END EXERCISE
 
 
 def reference_dyspn(h0: torch.Tensor, raw: torch.Tensor, raw_attention: torch.Tensor, iterations: int,
                     kernel: int = 7, neighbours=None) -> list[torch.Tensor]:
     """H^0..H^T of the DySPN update in weighted-sum form (see helpers.propagation.DySPN);
     ``neighbours`` as for :func:`reference_cspn`."""
+    # BEGIN EXERCISE solution-only
     neighbours = neighbours or _unfold_neighbours
     B, C, H, W = h0.shape
     w = raw.clamp(-AFFINITY_LIMIT, AFFINITY_LIMIT) * _valid(h0, kernel)
@@ -66,3 +69,4 @@ def reference_dyspn(h0: torch.Tensor, raw: torch.Tensor, raw_attention: torch.Te
         num = num + (to_h0 + EPS) * h0
         maps.append(num / G)
     return maps
+    # END EXERCISE

@@ -33,6 +33,8 @@ def stage_rows(stages: dict[str, StageResult], split: str = "val") -> list[dict]
     rows = []
     for label, r in stages.items():
         m = r.val_metrics if split == "val" else r.test_metrics
+        if not m:   # a folder without test images has no test metrics
+            continue
         rows.append({"stage": r.name, "base": r.base, "label": label, **m, "parameters": r.parameters,
                      "train_seconds": r.history.seconds, "epochs": len(r.history.epoch), "settings": r.settings})
     return rows
@@ -41,7 +43,8 @@ def stage_rows(stages: dict[str, StageResult], split: str = "val") -> list[dict]
 def comparison_rows(wb: Workbook, stages: dict[str, StageResult], split: str = "val") -> list[dict]:
     """:func:`stage_rows` of stages keyed by registry name, labelled from the registry, with the
     inference time per image (``ms_per_image``, batched as in evaluation)."""
-    rows = stage_rows({registry.get(name).label: r for name, r in stages.items()}, split)
+    rows = stage_rows({registry.REGISTRY[name].label if name in registry.REGISTRY else name: r
+                       for name, r in stages.items()}, split)
     for row, r in zip(rows, stages.values()):
         row["ms_per_image"] = 1000 * seconds_per_image(r.model, wb.data["val"], wb.device, wb.cfg.batch_size)
     return rows
@@ -61,9 +64,10 @@ def format_table(rows: list[dict]) -> str:
         if base != setting:
             setting = base
             lines += ([""] if lines else []) + [registry.SETTING_TITLES[base], head]
-        ref = by_stage.get(base, r)
-        lines.append(f"{r['label']:42s} {r['miou']:6.3f} {r['miou'] - ref['miou']:+7.3f} {r['pet_iou']:8.3f} "
-                     f"{r['boundary_iou']:8.3f} {r['boundary_iou'] - ref['boundary_iou']:+7.3f} {r['parameters']:9,d} "
+        ref = by_stage.get(base)
+        gain = (lambda m: f"{r[m] - ref[m]:+7.3f}") if ref else (lambda m: f"{'':7s}")   # no base row: no gain
+        lines.append(f"{r['label']:42s} {r['miou']:6.3f} {gain('miou')} {r['pet_iou']:8.3f} "
+                     f"{r['boundary_iou']:8.3f} {gain('boundary_iou')} {r['parameters']:9,d} "
                      f"{r['train_seconds']:8.0f}" + (f" {r['ms_per_image']:7.1f}" if timed else ""))
     return "\n".join(lines)
 

@@ -148,15 +148,17 @@ class Stage:
         return model
 
     def variant(self, cfg: Config, start: str | None = None, epochs: int | None = None) -> "Stage":
-        """This refiner with another start map or epoch budget; another start map is another name
-        (``cspn-corrected``), so the two are told apart in tables and files."""
+        """This refiner with another start map or epoch budget; a variant has its own name
+        (``cspn-corrected``, ``cspn-e24``), so tables and ``results.json`` tell it apart."""
         if start in (None, self.default_start(cfg)) and epochs is None:
             return self
         if self.kind != "refiner":
             raise ValueError(f"only a refiner has start / epochs variants, not {self.name!r}")
         name, label = self.name, self.label
         if start not in (None, self.default_start(cfg)):
-            name, label = f"{self.name}-{start}", f"{self.label} ({start} start)"
+            name, label = f"{name}-{start}", f"{label} ({start} start)"
+        if epochs is not None:
+            name, label = f"{name}-e{epochs}", f"{label} ({epochs} epochs)"
         return replace(self, name=name, label=label, start=start, epochs=epochs)
 
 

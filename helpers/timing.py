@@ -63,17 +63,20 @@ def estimate_seconds(wb, converged: bool = True) -> dict[str, float]:
     images, targets = images.to(wb.device), targets.to(wb.device)
     steps = math.ceil(len(wb.data["train"]) / cfg.batch_size)
     evals = math.ceil((len(wb.data["val"]) + len(wb.data["test"])) / cfg.batch_size)
-    per_step = {"coarse": step_seconds(CoarseSegmenter.from_config(cfg).to(wb.device), images, targets)}
-    frozen = CoarseSegmenter.from_config(cfg).to(wb.device)
-    for method in ("control", "cspn", "dyspn"):
-        per_step[method] = step_seconds(Refiner.from_config(cfg, frozen, method).to(wb.device), images, targets)
     names = registry.SETTINGS["coarse"] + (registry.SETTINGS["converged"] if converged else ())
+    amp = cfg.amp and wb.device.type == "cuda"   # time the step as training runs it
+    coarse = CoarseSegmenter.from_config(cfg).to(wb.device)
+    per_step = {None: step_seconds(coarse, images, targets, amp=amp)}
+    for stage in (registry.get(n) for n in names if registry.get(n).kind == "refiner"):
+        key = (stage.method, stage.start_map(cfg))   # the head's size depends on both
+        if key not in per_step:
+            per_step[key] = step_seconds(stage.build(cfg, coarse).to(wb.device), images, targets, amp=amp)
     estimate = {}
     for name in names:
         stage = registry.get(name)
         if stage.kind == "filter":   # a grid of 9 filters over the evaluation batches, nothing trained
-            estimate[name] = per_step["coarse"] * 9 * evals / 3
+            estimate[name] = per_step[None] * 9 * evals / 3
             continue
-        step = per_step[stage.method or "coarse"]
+        step = per_step[(stage.method, stage.start_map(cfg)) if stage.kind == "refiner" else None]
         estimate[name] = 0.0 if stage.checkpoint(wb).exists() else step * stage.train_epochs(wb) * (steps + evals / 3)
     return estimate

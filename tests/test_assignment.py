@@ -74,6 +74,9 @@ def test_markers_are_checked():
         find_regions("# BEGIN EXERCISE miou\n# BEGIN EXERCISE unet-up\n# END EXERCISE\n# END EXERCISE\n")
     with pytest.raises(AssignmentError, match="without a BEGIN"):
         find_regions("x = 1\n# END EXERCISE\n")
+    for near_miss in ("    # BEGIN EXERCISE cspn_step\n", "# BEGIN EXERCISE miou (see notebook 01)\n", "#begin exercise miou\n"):
+        with pytest.raises(AssignmentError, match="malformed exercise marker"):
+            find_regions(near_miss)
 
 
 def test_a_stub_keeps_the_markers_and_indentation_and_raises_the_exercise_message():
@@ -186,7 +189,21 @@ def test_a_gradient_broken_by_detach_fails_gradcheck(student, tmp_path):
     prop.write_text(prop.read_text().replace("return base + ring_sums(d, kappa, self.kernel)[:, 0]",
                                              "return base + ring_sums(d.detach(), kappa, self.kernel)[:, 0]"))
     result = _by_key(assignment.grade_one(sub, timeout=300))["cspn-step"]
-    assert not result.passed and "gradcheck of CSPN.step failed" in result.message
+    assert not result.passed and "the gradient of" in result.message and "differs" in result.message
+    # in a notebook the same bug also fails the finite-difference gradcheck
+    from helpers.exercises import _gradcheck_cspn, _Mismatch
+    from types import SimpleNamespace
+    import importlib.util
+    import sys
+    spec = importlib.util.spec_from_file_location("helpers.detached_propagation", prop)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module   # its dataclasses look their module up
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        del sys.modules[spec.name]
+    with pytest.raises(_Mismatch, match="gradcheck of CSPN.step failed"):
+        _gradcheck_cspn(SimpleNamespace(propagation=module))
 
 
 def test_grading_stops_a_submission_that_never_finishes(student, tmp_path):
@@ -244,3 +261,42 @@ def test_check_prints_the_relative_error_and_leaves_the_random_state_alone(capsy
     out = capsys.readouterr().out
     assert out.startswith("Exercise 7 (DySPN ring attention and step): passed") and "relative error" in out \
         and "gradcheck passed" in out
+
+
+def test_a_submission_cannot_forge_its_grade(student, tmp_path):
+    """Code in a submission runs in the grading subprocess and can replace anything there; here it
+    answers every check with the shipped reference outputs (a lookup table). The grader draws
+    fresh inputs and compares in its own process: no points."""
+    sub = shutil.copytree(student, tmp_path / "forger")
+    init = sub / "helpers" / "__init__.py"
+    init.write_text(init.read_text() + (
+        "\nimport sys as _sys, torch as _torch\nfrom pathlib import Path as _Path\n"
+        "_grader = _sys.modules.get('workbook_grader')\n"
+        "if _grader is not None:\n"
+        "    _refs = _torch.load(_Path(__file__).parent / 'exercise_data' / 'references.pt', weights_only=True)\n"
+        "    _grader.attempt = lambda key, pkg, inputs: (_refs[key]['outputs'], None)\n"))
+    results = assignment.grade_one(sub, timeout=300)
+    assert sum(r.points for r in results) == 0
+    assert all("differs from the reference" in r.message for r in results if r.key != "refiner-loss")
+
+
+def test_a_missing_file_is_not_graded_with_the_installed_solution(student, tmp_path):
+    """The workbook is installed (editable) on the grader's machine: a submission without
+    helpers/metrics.py must not be given the instructor's copy of it."""
+    sub = _fill(student, tmp_path / "incomplete")
+    (sub / "helpers" / "metrics.py").unlink()
+    results = assignment.grade_one(sub, timeout=300)
+    assert sum(r.points for r in results) == 0
+    assert all("does not import" in r.message or "missing from the submission" in r.message for r in results)
+
+
+def test_the_one_line_name_error_ends_with_the_next_clean_cell(student):
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell("from helpers import colab, exercises\n_ = colab.setup()"),
+                nbformat.v4.new_code_cell('exercises.check("miou")'),
+                nbformat.v4.new_code_cell("x = 1"),
+                nbformat.v4.new_code_cell("undefined_name + 1")]
+    nbclient.NotebookClient(nb, timeout=120, kernel_name="python3", allow_errors=True,
+                            resources={"metadata": {"path": str(student)}}).execute()
+    error = [o for o in nb.cells[3].outputs if o["output_type"] == "error"][0]
+    assert error["ename"] == "NameError" and len(error["traceback"]) > 1   # its own traceback again

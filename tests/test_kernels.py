@@ -110,3 +110,6 @@ def test_auto_backend_is_pytorch_on_the_cpu_and_triton_needs_cuda_or_the_interpr
         propagation.CSPN(2, backend="triton").uses_kernel(propagation.torch.zeros(1))
     with pytest.raises(ValueError, match="backend must be one of"):
         propagation.CSPN(2, backend="cuda")
+    # float64 (gradcheck) stays on the PyTorch path even on CUDA: the kernels compute in float32
+    monkeypatch.setattr(propagation.torch.Tensor, "device", property(lambda self: propagation.torch.device("cuda")))
+    assert not propagation.CSPN(2).uses_kernel(propagation.torch.zeros(1, dtype=propagation.torch.float64))

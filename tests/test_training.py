@@ -196,6 +196,18 @@ def test_stage_registry_declares_each_stage_once():
     corrected = stages.get("converged+cspn").variant(cfg, start="corrected")
     assert corrected.name == "converged+cspn-corrected" and corrected.base == "converged"
     assert stages.get("cspn").variant(cfg, start=cfg.start_map) is stages.get("cspn")
+    # an epoch budget is a variant too: it must not overwrite the registered stage's row
+    assert stages.get("cspn").variant(cfg, epochs=24).name == "cspn-e24"
+    assert stages.get("converged+dyspn").variant(cfg, start="corrected", epochs=5).name == "converged+dyspn-corrected-e5"
+    # the start map is per setting: the converged refiners start from the converged map
+    assert stages.get("cspn").start_map(cfg) == cfg.start_map == "corrected"
+    assert stages.get("converged+cspn").start_map(cfg) == cfg.converged_start_map == "coarse"
+
+    from helpers.results import format_table
+    row = {"stage": "converged+cspn-e5", "base": "converged", "label": "variant", "miou": 0.7, "pet_iou": 0.6,
+           "boundary_iou": 0.3, "parameters": 1, "train_seconds": 1.0}
+    table = format_table([row])   # a variant without its base row: no gain is invented
+    assert "+0.000" not in table and "variant" in table
     with pytest.raises(KeyError, match="no stage 'cspn2'"):
         stages.get("cspn2")
     with pytest.raises(ValueError, match="needs a method"):
