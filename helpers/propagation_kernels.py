@@ -33,13 +33,18 @@ BLOCK = 128   # pixels per program
 
 
 @triton.jit
+def _pixels(H, W, BLOCK: tl.constexpr):
+    """This program's image (axis 0) and block of pixels (axis 1): (b, H * W, flat indices, in
+    the image, row, column)."""
+    HW = H * W
+    p = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    return tl.program_id(0), HW, p, p < HW, p // W, p % W
+
+
+@triton.jit
 def _step_forward(d_ptr, w_ptr, a_ptr, s_ptr, b_ptr, g_ptr, out_ptr, dy_ptr, dx_ptr, ring_ptr,
                   C, H, W, K: tl.constexpr, R: tl.constexpr, WEIGHTED: tl.constexpr, BLOCK: tl.constexpr):
-    pid_b, pid_p = tl.program_id(0), tl.program_id(1)
-    HW = H * W
-    p = pid_p * BLOCK + tl.arange(0, BLOCK)
-    inside = p < HW
-    y, x = p // W, p % W
+    pid_b, HW, p, inside, y, x = _pixels(H, W, BLOCK)
     if WEIGHTED:
         s = tl.load(s_ptr + pid_b * HW + p, mask=inside, other=0.0).to(tl.float32)
         g = tl.load(g_ptr + pid_b * HW + p, mask=inside, other=1.0).to(tl.float32)
@@ -64,11 +69,7 @@ def _step_backward_pixel(go_ptr, d_ptr, w_ptr, a_ptr, s_ptr, g_ptr, out_ptr, dy_
                          WEIGHTED: tl.constexpr, BLOCK: tl.constexpr):
     """Per pixel p: grad w_j = a_r(j) sum_c u d_{p+o_j}, grad a_r = sum_{j in r} w_j sum_c u d_{p+o_j},
     grad s = sum_c u d_p, grad g = -sum_c u out_p, with u = grad_out / g."""
-    pid_b, pid_p = tl.program_id(0), tl.program_id(1)
-    HW = H * W
-    p = pid_p * BLOCK + tl.arange(0, BLOCK)
-    inside = p < HW
-    y, x = p // W, p % W
+    pid_b, HW, p, inside, y, x = _pixels(H, W, BLOCK)
     inv_g = tl.full([BLOCK], 1.0, tl.float32)
     if WEIGHTED:
         inv_g = 1.0 / tl.load(g_ptr + pid_b * HW + p, mask=inside, other=1.0).to(tl.float32)
@@ -106,11 +107,7 @@ def _step_backward_pixel(go_ptr, d_ptr, w_ptr, a_ptr, s_ptr, g_ptr, out_ptr, dy_
 def _step_backward_gather(go_ptr, w_ptr, a_ptr, s_ptr, g_ptr, gd_ptr, dy_ptr, dx_ptr, ring_ptr,
                           C, H, W, K: tl.constexpr, R: tl.constexpr, WEIGHTED: tl.constexpr, BLOCK: tl.constexpr):
     """Per pixel q: grad d_q = s_q u_q + sum_j a_r(j) w_j u at q - o_j (the pixels that read q)."""
-    pid_b, pid_p = tl.program_id(0), tl.program_id(1)
-    HW = H * W
-    q = pid_p * BLOCK + tl.arange(0, BLOCK)
-    inside = q < HW
-    y, x = q // W, q % W
+    pid_b, HW, q, inside, y, x = _pixels(H, W, BLOCK)
     for c in range(C):
         plane = (pid_b * C + c) * HW
         acc = tl.zeros([BLOCK], tl.float32)
