@@ -29,7 +29,6 @@ from .checkpoint import REPO_ROOT, atomic_save, display_path
 from .config import Config
 
 DATA_DIR = REPO_ROOT / "data"
-SPLITS = ("train", "val", "test")
 CACHE_VERSION = 1
 
 

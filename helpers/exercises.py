@@ -18,10 +18,9 @@ submission cannot change how it is graded.
 from __future__ import annotations
 
 import importlib
-import json
 import sys
 import types
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
