@@ -11,12 +11,20 @@ Forward + backward of T iterations at batch 8, 2 classes, for CSPN (3x3) and DyS
 
 Each measurement runs in a fresh subprocess so that peak memory (CUDA: the allocator's peak;
 CPU: the process's peak resident set above its state after building the inputs) is not polluted
-by the others. Also printed: how close an iteration comes to the memory-bandwidth bound, as its
+by the others; each keeps freed memory for reuse as the workbook does (:mod:`helpers.runtime`). Also printed: how close an iteration comes to the memory-bandwidth bound, as its
 time over the time of one plain copy of the bytes it must at least move (read H^t, H^0 and the
 affinities, write H^{t+1}), and each implementation's speed-up over the grouped convolution.
 
     python benchmarks/propagation.py                  # both sizes, both methods
     python benchmarks/propagation.py --sizes 128 --repeats 3
+
+``--training`` times whole refiner training steps instead (guidance U-Net, propagation, loss,
+AdamW; the ``cpu`` profile's models, batch 16 at 128 px unless ``--batch`` / ``--sizes`` say
+otherwise), for the no-propagation control, CSPN and DySPN, each with glibc's default allocator
+and with :func:`helpers.runtime.keep_freed_memory` (which the workbook uses), each in its own
+process: the DySPN / CSPN ratio and what keeping freed memory buys, side by side.
+
+    python benchmarks/propagation.py --training
 """
 from __future__ import annotations
 
@@ -37,7 +45,9 @@ def measure(method: str, impl: str, size: int, batch: int, iterations: int, repe
 
     from helpers.propagation import CSPN, DySPN
     from helpers.propagation_reference import reference_cspn, reference_dyspn
+    from helpers.runtime import keep_freed_memory
 
+    keep_freed_memory()   # as the workbook runs, for every implementation alike
     torch.manual_seed(0)
     dev = torch.device(device)
     K = 8 if method == "cspn" else 48
@@ -103,6 +113,51 @@ def measure(method: str, impl: str, size: int, batch: int, iterations: int, repe
             "copy_seconds": copy_s}
 
 
+def measure_training(method: str, allocator: str, size: int, batch: int, repeats: int, device: str) -> dict:
+    """Seconds of one refiner training step (best of ``repeats`` after a warm-up), a child process."""
+    import torch
+
+    from helpers.config import profile_config
+    from helpers.refiner import CoarseSegmenter, Refiner
+    from helpers.runtime import keep_freed_memory
+    from helpers.timing import step_seconds
+
+    applied = keep_freed_memory() if allocator == "keep" else False
+    torch.manual_seed(0)
+    cfg = profile_config("cpu", image_size=size, device=device)
+    dev = torch.device(device)
+    images = torch.rand(batch, 3, size, size, device=dev)
+    targets = (torch.rand(batch, size, size, device=dev) > 0.5).long()
+    model = Refiner.from_config(cfg, CoarseSegmenter.from_config(cfg), method).to(dev)
+    seconds = step_seconds(model, images, targets, steps=repeats + 1, amp=cfg.amp and dev.type == "cuda")
+    return {"seconds": seconds, "applied": applied}
+
+
+def training_table(a) -> None:
+    """Refiner training steps: control, CSPN, DySPN x default / kept allocator, side by side."""
+    import platform
+
+    size = a.sizes[0]
+    batch = a.batch_given or 16
+    print(f"refiner training step, {a.device} ({platform.machine()}, {__import__('os').cpu_count()} cores), "
+          f"cpu-profile models, batch {batch}, {size} px, best of {a.repeats} after a warm-up")
+    print(f"{'method':8s} {'allocator':10s} {'s / step':>9s} {'vs CSPN':>8s} {'kept vs default':>16s}")
+    rows = {}
+    for allocator in ("default", "keep"):
+        for method in ("cspn", "dyspn", "control"):    # CSPN first: the others' times are given relative to it
+            cmd = [sys.executable, __file__, "--child-training", method, allocator, str(size), "--batch", str(batch),
+                   "--repeats", str(a.repeats), "--device", a.device]
+            out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+            rows[method, allocator] = r = json.loads(out.stdout.strip().splitlines()[-1])
+            if allocator == "keep" and not r["applied"]:
+                print("(keep_freed_memory does nothing on this platform: the two allocator rows are the same setting)")
+            speedup = f"{rows[method, 'default']['seconds'] / r['seconds']:15.2f}x" if allocator == "keep" else ""
+            ratio = r["seconds"] / rows["cspn", allocator]["seconds"]
+            print(f"{method:8s} {allocator:10s} {r['seconds']:9.3f} {ratio:7.2f}x {speedup}", flush=True)
+    print("vs CSPN: this step over the CSPN step with the same allocator (the issue's target: DySPN <= 1.5x);\n"
+          "kept vs default: the default allocator's step time over the kept one's (higher: keeping freed memory pays).")
+
+
 def grouped_neighbours(x, kernel: int):
     """(B, C, H, W) -> (B, C, K, H, W): every neighbour of the window (centre left out, in
     ``window_offsets`` order) by one grouped convolution with one-hot filters."""
@@ -133,12 +188,24 @@ def main() -> None:
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sizes", type=int, nargs="+", default=[128, 256])
-    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--batch", type=int, default=None, help="default: 8 (propagation), 16 (--training)")
     p.add_argument("--iterations", type=int, default=6)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--training", action="store_true", help="time refiner training steps (see above)")
     p.add_argument("--child", nargs=3, metavar=("METHOD", "IMPL", "SIZE"), help=argparse.SUPPRESS)
+    p.add_argument("--child-training", nargs=3, metavar=("METHOD", "ALLOCATOR", "SIZE"), help=argparse.SUPPRESS)
     a = p.parse_args()
+    a.batch_given, a.batch = a.batch, a.batch or 8
+    if a.child_training:
+        method, allocator, size = a.child_training
+        print(json.dumps(measure_training(method, allocator, int(size), a.batch, a.repeats, a.device)))
+        return
+    if a.training:
+        if a.sizes == [128, 256]:
+            a.sizes = [128]
+        training_table(a)
+        return
     if a.child:
         method, impl, size = a.child
         print(json.dumps(measure(method, impl, int(size), a.batch, a.iterations, a.repeats, a.device)))

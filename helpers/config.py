@@ -75,6 +75,12 @@ class Config:
     perturb: float = 0.5                 # share of training start maps degraded (CascadePSP-style)
     deep_supervision: bool = True        # cross-entropy on every H^t, t = 1..T, not only H^T
     boundary_weight: float = 4.0         # loss weight of pixels in the target's boundary band
+    # fine-tune (a copy of) the base net with the refiner, end to end through the refiner's loss
+    # (BatchNorm statistics frozen), instead of keeping it frozen. Off: on the real sample (3
+    # seeds, test) it lifted the no-propagation control as much as the refiners (propagation then
+    # added nothing over it: DySPN -0.004, CSPN -0.000 mIoU) and did not help on the converged net
+    # (DySPN +0.004 instead of +0.009); README, tuning table
+    tune_base: bool = False
     amp: bool = True                     # autocast, used only on CUDA
 
     @property

@@ -17,12 +17,17 @@
   is exactly the corrected start with no propagation. Every head is zero-initialised, so each
   refiner starts as the identity on the coarse map.
 
+With ``tune_base`` the refiner fine-tunes its own copy of the coarse segmenter end to end, through
+the refiner's loss (the coarse map then carries gradients into the start map and the guidance
+input); its BatchNorm statistics stay frozen either way.
+
 Training (see :meth:`Refiner.training_loss`): in train mode a share ``perturb`` of the coarse
 maps is degraded before the refiner sees them (:mod:`helpers.perturb`), and the loss may
 supervise every iteration and weigh the boundary band (:mod:`helpers.losses`).
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import torch
@@ -102,13 +107,15 @@ class Refiner(nn.Module):
     def __init__(self, coarse: CoarseSegmenter, method: str = "cspn", start: str = "coarse", classes: int = 2,
                  width: int = 16, depth: int = 4, iterations: int = 6, kernel: int = 7,
                  perturb: float = 0.0, deep_supervision: bool = False, boundary_weight: float = 1.0,
-                 backend: str = "auto"):
+                 backend: str = "auto", tune_base: bool = False):
         super().__init__()
         if method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {method!r}")
         if start not in STARTS:
             raise ValueError(f"start must be one of {STARTS}, got {start!r}")
-        self.coarse = coarse.requires_grad_(False).eval()
+        # a tuned base is a copy: the caller's net (shared by the other stages) never changes
+        self.tune_base = tune_base
+        self.coarse = (copy.deepcopy(coarse) if tune_base else coarse).requires_grad_(tune_base).eval()
         self.method, self.start_mode, self.classes = method, start, classes
         self.perturb, self.deep_supervision, self.boundary_weight = perturb, deep_supervision, boundary_weight
         if method == "cspn":
@@ -129,7 +136,7 @@ class Refiner(nn.Module):
                     classes: int = 2) -> "Refiner":
         return cls(coarse, method, start or cfg.start_map, classes, cfg.refiner_width, cfg.refiner_depth,
                    cfg.iterations, cfg.dyspn_kernel, cfg.perturb, cfg.deep_supervision, cfg.boundary_weight,
-                   cfg.propagation_backend)
+                   cfg.propagation_backend, cfg.tune_base)
 
     def train(self, mode: bool = True) -> "Refiner":
         """Train (or eval) mode for the guidance U-Net; the frozen coarse net stays in eval mode."""
@@ -143,10 +150,10 @@ class Refiner(nn.Module):
         """image (B, 3, H, W) -> :class:`RefineOutput`; ``iterations`` overrides T (an iteration
         sweep); ``suppression=False`` drops DySPN's diffusion suppression (an ablation).
         In train mode the coarse map is degraded first (``perturb``); never in eval mode."""
-        with torch.no_grad():
+        with torch.set_grad_enabled(self.tune_base and torch.is_grad_enabled()):
             coarse = self.coarse(image)
-            if self.training:
-                coarse = perturb_map(coarse, self.perturb)
+        if self.training:
+            coarse = perturb_map(coarse, self.perturb)   # differentiable: a tuned base learns through it
         head = self.layout.split(self.guidance(torch.cat([image, coarse.to(image.dtype)], 1)).float())
         start = coarse
         if head["start"].shape[1]:

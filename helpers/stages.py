@@ -118,10 +118,12 @@ class Stage:
             return base
         if self.kind == "longer":
             return {**base, "stage": self.name, "extra_epochs": self.train_epochs(wb)}
-        return {**base, "stage": self.method, "base": self.base, "start": self.start_map(c),
+        spec = {**base, "stage": self.method, "base": self.base, "start": self.start_map(c),
                 "refiner_width": c.refiner_width, "refiner_depth": c.refiner_depth, "iterations": c.iterations,
                 "kernel": c.dyspn_kernel, "refine_epochs": self.train_epochs(wb), "refine_lr": c.refine_lr,
                 "perturb": c.perturb, "deep_supervision": c.deep_supervision, "boundary_weight": c.boundary_weight}
+        # added only when set: the checkpoints of frozen-base refiners keep their names
+        return {**spec, "tune_base": True} if c.tune_base else spec
 
     def start_map(self, cfg: Config) -> str:
         """H^0 of a refiner: its variant's, else its setting's (``start_map`` / ``converged_start_map``)."""
@@ -139,7 +141,8 @@ class Stage:
     # -------------------------------------------------------------------------- the model
     def build(self, cfg: Config, base_model: nn.Module | None = None) -> nn.Module:
         """A fresh model of this stage: a coarse U-Net (a ``longer`` one starts from its base's
-        weights), or a refiner on the frozen ``base_model``."""
+        weights), or a refiner on ``base_model`` (frozen; with ``tune_base`` on a copy of it,
+        so that fine-tuning never changes the base net the other stages share)."""
         if self.kind == "refiner":
             return Refiner.from_config(cfg, base_model, self.method, self.start_map(cfg))
         model = CoarseSegmenter.from_config(cfg)

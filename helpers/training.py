@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 from .checkpoint import atomic_save, check_spec, library_versions, safe_load
 from .losses import segmentation_loss
 from .metrics import SegmentationMeter
+from .runtime import keep_freed_memory
 
 
 class TrainingDiverged(RuntimeError):
@@ -166,6 +167,7 @@ def fit(model: nn.Module, *, train_set: Dataset, val_set: Dataset, epochs: int, 
     from . import progress as prog
 
     device = torch.device(device)
+    keep_freed_memory()   # a step's large tensors reuse the last step's memory (helpers/runtime.py)
     seed_everything(seed)
     model.to(device)
     loader = make_loader(train_set, batch_size, shuffle=True, seed=seed)

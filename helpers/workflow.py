@@ -30,6 +30,7 @@ from .config import Config, load_config
 from .data import DATA_DIR, DataSource, PetSegmentation, build_datasets, resolve_source
 from .guided_filter import GuidedFilterRefiner, tune_guided_filter
 from .refiner import Refiner
+from .runtime import keep_freed_memory
 from .stages import Stage
 from .training import History, eval_mode, evaluate_probs, fit, load_trained, predict, seed_everything
 from .unet import count_parameters
@@ -91,6 +92,7 @@ def open_workbook(profile: str | None = None, data_root: str | Path | None = Non
     ``runs_dir`` and ``data_dir`` (default: the repository's ``runs/`` and ``data/``) are where
     this run writes."""
     cfg = load_config(profile, seed, **overrides)
+    keep_freed_memory()   # evaluation and training reuse freed memory (helpers/runtime.py)
     source = resolve_source(cfg, data_root, verbose=verbose, data_dir=Path(data_dir))
     data = build_datasets(cfg, source, progress=verbose, data_dir=Path(data_dir))
     wb = Workbook(cfg, source, data, Path(runs_dir))
@@ -116,11 +118,13 @@ class StageResult:
 
     @property
     def parameters(self) -> int:
-        """Parameters this stage trained (a refiner's guidance U-Net; the coarse net is shared;
-        the guided filter trains none)."""
+        """Parameters this stage trained (a refiner's guidance U-Net, and its copy of the coarse
+        net where it tunes it; a frozen coarse net is shared; the guided filter trains none)."""
         if isinstance(self.model, GuidedFilterRefiner):
             return 0
-        return count_parameters(getattr(self.model, "guidance", self.model))
+        if isinstance(self.model, Refiner):
+            return count_parameters(self.model, trainable_only=True)
+        return count_parameters(self.model)
 
     def row(self) -> dict:
         row = {**self.val_metrics, "test": self.test_metrics, "parameters": self.parameters,

@@ -116,6 +116,55 @@ def test_refiner_starts_as_identity_and_freezes_coarse(method):
     assert all(p.grad is None for p in r.coarse.parameters())
 
 
+@pytest.mark.parametrize("method", ["control", "dyspn"])
+def test_tune_base_trains_a_copy_and_round_trips(method):
+    """With ``tune_base`` the refiner fine-tunes its own copy of the base net through its loss:
+    the copy changes, the caller's net (shared by the other stages) does not, BatchNorm
+    statistics stay frozen, and a checkpoint of the refiner restores the tuned copy."""
+    coarse = model()
+    before = {k: v.clone() for k, v in coarse.state_dict().items()}
+    r = Refiner(coarse, method, start="corrected", width=4, depth=2, iterations=3, tune_base=True)
+    assert r.coarse is not coarse and all(p.requires_grad for p in r.coarse.parameters())
+    r.train()
+    assert not r.coarse.training     # statistics frozen, weights trained
+    opt = torch.optim.AdamW([p for p in r.parameters() if p.requires_grad], lr=1e-2)
+    x, y = torch.rand(4, 3, 20, 20), (torch.rand(4, 20, 20) > 0.5).long()
+    for _ in range(2):
+        opt.zero_grad()
+        r.training_loss(x, y).backward()
+        opt.step()
+    tuned = r.coarse.state_dict()
+    weights = [k for k in before if "running" not in k and "num_batches" not in k]
+    assert any(not torch.equal(tuned[k], before[k]) for k in weights)
+    for k, v in coarse.state_dict().items():
+        assert torch.equal(v, before[k]), f"the shared base net changed: {k}"
+    for k in before:
+        if "running" in k:
+            assert torch.equal(tuned[k], before[k]), f"BatchNorm statistics drifted: {k}"
+    r.eval()
+    fresh = Refiner(coarse, method, start="corrected", width=4, depth=2, iterations=3, tune_base=True)
+    fresh.load_state_dict(r.state_dict())
+    fresh.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(x), r(x), atol=0, rtol=0)
+        assert not torch.allclose(fresh.refine(x).coarse, coarse(x))
+
+
+def test_tune_base_has_its_own_checkpoint_and_leaves_old_names(folders):
+    """The frozen-base spec is unchanged (existing checkpoints keep their names); a tuned-base
+    refiner gets its own file."""
+    from helpers import stages
+    from helpers.workflow import open_workbook
+
+    wb = open_workbook(profile="smoke", **folders)
+    frozen = stages.get("dyspn").spec(wb)
+    assert "tune_base" not in frozen
+    tuned = open_workbook(profile="smoke", tune_base=True, **folders)
+    assert stages.get("dyspn").spec(tuned) == {**frozen, "tune_base": True}
+    assert stages.get("dyspn").checkpoint(tuned) != stages.get("dyspn").checkpoint(wb)
+    assert stages.get("coarse").spec(tuned) == stages.get("coarse").spec(wb)
+
+
 def test_corrected_start_layout():
     r = Refiner(model(), "dyspn", start="corrected", width=4, depth=2, iterations=6)
     assert r.layout.affinity == (0, 48) and r.layout.attention == (48, 72) and r.layout.start == (72, 74)

@@ -1,0 +1,43 @@
+"""Process settings for fast CPU training: freed memory is kept for reuse, not given back.
+
+A refiner's training step allocates and frees tensors of tens of megabytes: DySPN's 48 neighbour
+weights of a batch of 16 at 128 px are 48 MB, and so is every gradient and intermediate of
+them. glibc's ``malloc`` serves each block above 32 MB with a fresh ``mmap`` and unmaps it when
+it is freed, so the next step's tensor of the same size starts as untouched pages: the kernel
+zeroes and maps every 4 KB page again (a page fault each). On the 2-core machine that was about
+half of a DySPN training step (``benchmarks/propagation.py --training``). Two ``mallopt``
+settings keep freed blocks in the heap, where the next step reuses them:
+
+* ``M_MMAP_MAX = 0``: no block is served by its own ``mmap``;
+* ``M_TRIM_THRESHOLD = 2 GiB``: free memory at the top of the heap is not handed back.
+
+The cost: a process keeps the memory it has used at its peak until it exits (training does
+anyway). The arithmetic does not change: the same numbers, to the last bit.
+"""
+from __future__ import annotations
+
+import ctypes
+import platform
+
+M_TRIM_THRESHOLD = -1      # glibc's mallopt parameter numbers (malloc.h)
+M_MMAP_MAX = -4
+TRIM_THRESHOLD = 2 ** 31 - 1   # mallopt takes an int
+
+
+def keep_freed_memory() -> bool:
+    """Ask glibc's ``malloc`` to keep freed memory for reuse (see the module docstring).
+
+    Returns True where the settings were applied (Linux with glibc: this machine, Colab), False
+    where there is nothing to do (macOS, Windows, musl). Idempotent, cheap, and process-wide,
+    like ``torch.set_num_threads``: :func:`helpers.training.fit` and
+    :func:`helpers.workflow.open_workbook` call it."""
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        libc = ctypes.CDLL(None)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
+    # mallopt returns 1 on success
+    return bool(mallopt(M_MMAP_MAX, 0)) and bool(mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
