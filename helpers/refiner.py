@@ -102,7 +102,9 @@ class RefineOutput:
 
 
 class Refiner(nn.Module):
-    """Frozen coarse segmenter + guidance U-Net + propagation: (B, 3, H, W) -> (B, C, H, W)."""
+    """Coarse segmenter (frozen unless ``tune_base``) + guidance U-Net + propagation:
+    (B, 3, H, W) -> (B, C, H, W). ``self.coarse`` is the caller's base net, or with ``tune_base``
+    the refiner's own copy of it (so ``RefineOutput.coarse`` is then that copy's map)."""
 
     def __init__(self, coarse: CoarseSegmenter, method: str = "cspn", start: str = "coarse", classes: int = 2,
                  width: int = 16, depth: int = 4, iterations: int = 6, kernel: int = 7,
@@ -139,7 +141,8 @@ class Refiner(nn.Module):
                    cfg.propagation_backend, cfg.tune_base)
 
     def train(self, mode: bool = True) -> "Refiner":
-        """Train (or eval) mode for the guidance U-Net; the frozen coarse net stays in eval mode."""
+        """Train (or eval) mode for the guidance U-Net; the coarse net stays in eval mode (frozen, or
+        with ``tune_base`` trained with its BatchNorm statistics frozen)."""
         # BEGIN EXERCISE refiner-loss
         super().train(mode)
         self.coarse.eval()  # frozen: its BatchNorm statistics must not drift
@@ -175,7 +178,7 @@ class Refiner(nn.Module):
 
         :meth:`refine` gives the maps H^0 .. H^T (``out.propagation.maps``; the control has no
         propagation: its maps are the coarse map and its output) and computes the coarse map
-        without gradients; :func:`~helpers.losses.refinement_loss` is the cross-entropy."""
+        without gradients (with them where ``tune_base`` trains it); :func:`~helpers.losses.refinement_loss` is the cross-entropy."""
         # BEGIN EXERCISE refiner-loss
         out = self.refine(image)
         # the control has no iterations: its corrected map is its only output

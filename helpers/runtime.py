@@ -8,11 +8,12 @@ zeroes and maps every 4 KB page again (a page fault each). On the 2-core machine
 half of a DySPN training step (``benchmarks/propagation.py --training``). Two ``mallopt``
 settings keep freed blocks in the heap, where the next step reuses them:
 
-* ``M_MMAP_MAX = 0``: no block is served by its own ``mmap``;
+* ``M_MMAP_MAX = 0``: no block is served by its own ``mmap`` (except where a thread's own
+  arena cannot hold it; PyTorch allocates a step's tensors from the main thread);
 * ``M_TRIM_THRESHOLD = 2 GiB``: free memory at the top of the heap is not handed back.
 
 The cost: a process keeps the memory it has used at its peak until it exits (training does
-anyway). The arithmetic does not change: the same numbers, to the last bit.
+anyway), so the workbook applies it on the CPU only; on CUDA host memory is not the bottleneck. The arithmetic does not change: the same numbers, to the last bit.
 """
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ def keep_freed_memory() -> bool:
     Returns True where the settings were applied (Linux with glibc: this machine, Colab), False
     where there is nothing to do (macOS, Windows, musl). Idempotent, cheap, and process-wide,
     like ``torch.set_num_threads``: :func:`helpers.training.fit` and
-    :func:`helpers.workflow.open_workbook` call it."""
+    :func:`helpers.workflow.open_workbook` call it for CPU runs."""
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return False
     try:

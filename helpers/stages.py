@@ -47,7 +47,7 @@ def epochs_for(epochs: int, min_steps: int, n_train: int, batch_size: int, what:
 @dataclass(frozen=True)
 class Stage:
     """One stage. ``kind``: ``base`` (a U-Net trained from scratch), ``longer`` (its base trained
-    on for a refiner's budget), ``refiner`` (control / cspn / dyspn on its frozen base) or
+    on for a refiner's budget), ``refiner`` (control / cspn / dyspn on its base, frozen unless ``tune_base``) or
     ``filter`` (the guided filter on the coarse map, nothing trained). ``start`` and ``epochs``
     are a refiner's variants (None: the configuration's)."""
 

@@ -35,7 +35,7 @@ def seconds_per_image(model: torch.nn.Module, dataset, device, batch_size: int, 
     return (time.perf_counter() - t0) / n
 
 
-def step_seconds(model: torch.nn.Module, images: torch.Tensor, targets: torch.Tensor, steps: int = 2,
+def step_seconds(model: torch.nn.Module, images: torch.Tensor, targets: torch.Tensor, steps: int = 4,
                  amp: bool = False) -> float:
     """Seconds of one training step of ``model`` (:func:`helpers.training.train_step`: forward,
     backward, update; a refiner's real loss) on one batch; the first step is a warm-up."""
@@ -55,14 +55,17 @@ def step_seconds(model: torch.nn.Module, images: torch.Tensor, targets: torch.Te
 def estimate_seconds(wb, converged: bool = True) -> dict[str, float]:
     """Seconds each registered stage (of the report's setting, and with ``converged`` of the
     converged one) will need to train on ``wb``, from a timed step of each kind of model on one
-    training batch (evaluation passes counted as a third of a step per batch); 0 for a stage
+    training batch (an epoch: its images over the batch size, the last batch partial; evaluation
+    passes counted as a third of a step per batch, the validation set after every epoch and
+    validation + test once at the end, as :func:`~helpers.training.fit` and the workflow run them); 0 for a stage
     whose checkpoint exists (it is loaded); the converged net counted at its cap (an upper
     bound: early stopping usually ends it sooner). Nothing is trained or saved."""
     cfg = wb.cfg
     images, targets = next(iter(make_loader(wb.data["train"], cfg.batch_size, shuffle=False)))
     images, targets = images.to(wb.device), targets.to(wb.device)
-    steps = math.ceil(len(wb.data["train"]) / cfg.batch_size)
-    evals = math.ceil((len(wb.data["val"]) + len(wb.data["test"])) / cfg.batch_size)
+    steps = len(wb.data["train"]) / cfg.batch_size          # full-batch equivalents per epoch
+    val_batches = math.ceil(len(wb.data["val"]) / cfg.batch_size)
+    evals = val_batches + math.ceil(len(wb.data["test"]) / cfg.batch_size)
     names = registry.SETTINGS["coarse"] + (registry.SETTINGS["converged"] if converged else ())
     amp = cfg.amp and wb.device.type == "cuda"   # time the step as training runs it
     coarse = CoarseSegmenter.from_config(cfg).to(wb.device)
@@ -78,5 +81,6 @@ def estimate_seconds(wb, converged: bool = True) -> dict[str, float]:
             estimate[name] = per_step[None] * 9 * evals / 3
             continue
         step = per_step[(stage.method, stage.start_map(cfg)) if stage.kind == "refiner" else None]
-        estimate[name] = 0.0 if stage.checkpoint(wb).exists() else step * stage.train_epochs(wb) * (steps + evals / 3)
+        epochs = stage.train_epochs(wb)
+        estimate[name] = 0.0 if stage.checkpoint(wb).exists() else step * (epochs * (steps + val_batches / 3) + evals / 3)
     return estimate

@@ -162,12 +162,13 @@ def fit(model: nn.Module, *, train_set: Dataset, val_set: Dataset, epochs: int, 
     keep the best epoch's weights (``epochs`` is then a cap). The checkpoint is marked finished.
     ``loss_fn(image, target)`` replaces the default cross-entropy of ``model(image)`` (the
     refiners' :meth:`~helpers.refiner.Refiner.training_loss`). Only parameters with
-    ``requires_grad`` are optimised (the refiners keep the coarse net frozen).
+    ``requires_grad`` are optimised (a refiner's frozen coarse net has none).
     """
     from . import progress as prog
 
     device = torch.device(device)
-    keep_freed_memory()   # a step's large tensors reuse the last step's memory (helpers/runtime.py)
+    if device.type == "cpu":
+        keep_freed_memory()   # a step's large tensors reuse the last step's memory (helpers/runtime.py)
     seed_everything(seed)
     model.to(device)
     loader = make_loader(train_set, batch_size, shuffle=True, seed=seed)

@@ -92,7 +92,8 @@ def open_workbook(profile: str | None = None, data_root: str | Path | None = Non
     ``runs_dir`` and ``data_dir`` (default: the repository's ``runs/`` and ``data/``) are where
     this run writes."""
     cfg = load_config(profile, seed, **overrides)
-    keep_freed_memory()   # evaluation and training reuse freed memory (helpers/runtime.py)
+    if not cfg.cuda:
+        keep_freed_memory()   # evaluation and training reuse freed memory (helpers/runtime.py)
     source = resolve_source(cfg, data_root, verbose=verbose, data_dir=Path(data_dir))
     data = build_datasets(cfg, source, progress=verbose, data_dir=Path(data_dir))
     wb = Workbook(cfg, source, data, Path(runs_dir))
@@ -230,7 +231,7 @@ def load_coarse_predictions(wb: Workbook) -> dict:
 
 def refine_stage(wb: Workbook, method: str, start: str | None = None, epochs: int | None = None,
                  retrain: bool = False, progress: bool = True, base: str = "coarse") -> StageResult:
-    """Train (or load) a refiner of ``method`` (control / cspn / dyspn) on the frozen ``base`` net;
+    """Train (or load) a refiner of ``method`` (control / cspn / dyspn) on the ``base`` net (frozen unless ``tune_base``);
     ``start`` and ``epochs`` choose a variant (see :meth:`Stage.variant`)."""
     stage = registry.refiner(base, method).variant(wb.cfg, start, epochs)
     return run_stage(wb, stage, retrain, progress)

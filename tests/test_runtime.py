@@ -1,4 +1,5 @@
 """Process settings: freed memory is kept for reuse (helpers/runtime.py)."""
+import os
 import platform
 import subprocess
 import sys
@@ -26,7 +27,12 @@ def run(mode):
     return applied, int(faults), float(total)
 
 
-@pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc only")
+GLIBC_DEFAULTS = (platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+                  and "malloc" not in os.environ.get("LD_PRELOAD", "")      # jemalloc / tcmalloc
+                  and not any(k.startswith("MALLOC_") or k == "GLIBC_TUNABLES" for k in os.environ))
+
+
+@pytest.mark.skipif(not GLIBC_DEFAULTS, reason="needs glibc's malloc with its default settings")
 def test_freed_memory_is_reused_without_page_faults():
     """With glibc's defaults a freed 64 MB tensor is unmapped and the next large one page-faults
     in every one of its ~16,000 pages again; after keep_freed_memory() it reuses them.
@@ -42,5 +48,9 @@ def test_freed_memory_is_reused_without_page_faults():
 def test_elsewhere_it_says_it_did_nothing(monkeypatch):
     from helpers import runtime
 
+    def no_libc(*args):
+        raise AssertionError("keep_freed_memory must not load libc off glibc")
+
     monkeypatch.setattr(runtime.platform, "system", lambda: "Darwin")
+    monkeypatch.setattr(runtime.ctypes, "CDLL", no_libc)
     assert runtime.keep_freed_memory() is False

@@ -145,9 +145,12 @@ def test_tune_base_trains_a_copy_and_round_trips(method):
     fresh = Refiner(coarse, method, start="corrected", width=4, depth=2, iterations=3, tune_base=True)
     fresh.load_state_dict(r.state_dict())
     fresh.eval()
+    coarse.eval()   # compared as the refiner runs its base: eval mode, running statistics
     with torch.no_grad():
         torch.testing.assert_close(fresh(x), r(x), atol=0, rtol=0)
-        assert not torch.allclose(fresh.refine(x).coarse, coarse(x))
+        untuned = Refiner(coarse, method, start="corrected", width=4, depth=2, iterations=3).eval()
+        torch.testing.assert_close(untuned.refine(x).coarse, coarse(x), atol=0, rtol=0)
+        assert not torch.allclose(fresh.refine(x).coarse, coarse(x)), "the tuned copy must differ from the base"
 
 
 def test_tune_base_has_its_own_checkpoint_and_leaves_old_names(folders):
