@@ -84,6 +84,25 @@ def smoke_workbook(folders):
     return workflow.open_workbook("smoke", seed=0, verbose=False, **folders)
 
 
+def test_estimates_count_what_training_runs(smoke_workbook, monkeypatch):
+    """With every step timed at 1 s, a stage's estimate is the number of full-batch steps it
+    trains plus a third of a step per evaluation batch: validation after every epoch, validation
+    and test once at the end (not the test split every epoch)."""
+    import math
+
+    from helpers import timing
+
+    wb = smoke_workbook
+    monkeypatch.setattr(timing, "step_seconds", lambda *args, **kwargs: 1.0)
+    got = timing.estimate_seconds(wb)
+    bs = wb.cfg.batch_size
+    val, test = math.ceil(len(wb.data["val"]) / bs), math.ceil(len(wb.data["test"]) / bs)
+    for name in ("coarse", "coarse-longer", "dyspn"):
+        epochs = registry.get(name).train_epochs(wb)
+        want = epochs * (len(wb.data["train"]) / bs + val / 3) + (val + test) / 3
+        assert got[name] == pytest.approx(want), name
+
+
 def test_equal_compute_control_and_guided_filter_stages(smoke_workbook):
     from helpers import workflow
     from helpers.guided_filter import filter_probabilities
