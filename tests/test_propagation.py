@@ -2,7 +2,8 @@
 import pytest
 import torch
 
-from helpers.propagation import CSPN, DySPN, border_mask, ring_sizes, window_offsets
+from helpers.propagation import (AFFINITY_LIMIT, CSPN, DySPN, border_mask, prepare_affinity, rectify, ring_sizes,
+                                 window_offsets)
 from helpers.propagation_reference import reference_cspn, reference_dyspn
 
 T = 6
@@ -42,6 +43,35 @@ def test_neighbourhood_layout():
     m = border_mask(3, 4, 5)
     assert m[:, 1:-1, 1:-1].eq(1).all()           # interior pixels see all 8 neighbours
     assert m[:, 0, 0].sum() == 3                   # a corner sees 3
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("kernel", [3, 7])
+def test_prepared_affinity_is_autograd_of_the_reference_bit_for_bit(kernel, dtype):
+    """The hand-written backward of prepare_affinity against autograd through clamp, the border
+    mask and rectify: equal to the last bit, at the cases that differ between formulas too:
+    exact zeros (a zero-initialised head: slope 1 for k+, 0 for |k|), the clamp limit itself
+    and beyond it (no gradient), and out-of-image neighbours (no gradient)."""
+    K = len(window_offsets(kernel))
+    raw = randn(3, K, 9, 11, dtype=dtype, scale=2.0)
+    raw[0, :3] = 0.0
+    raw[1, 0, 4, 4], raw[1, 1, 4, 5] = 3 * AFFINITY_LIMIT, -2 * AFFINITY_LIMIT
+    raw[2, 2, 4, 4], raw[2, 3, 4, 4] = AFFINITY_LIMIT, -AFFINITY_LIMIT
+    g_pos, g_mag = randn(*raw.shape, dtype=dtype, seed=5), randn(*raw.shape, dtype=dtype, seed=6)
+    fast = raw.clone().requires_grad_()
+    pos, mag = prepare_affinity(fast, kernel)
+    torch.autograd.backward([pos, mag], [g_pos, g_mag])
+    slow = raw.clone().requires_grad_()
+    k = slow.clamp(-AFFINITY_LIMIT, AFFINITY_LIMIT) * border_mask(kernel, 9, 11, dtype=dtype)
+    pos_ref, mag_ref = rectify(k)
+    torch.autograd.backward([pos_ref, mag_ref], [g_pos, g_mag])
+    assert torch.equal(pos, pos_ref) and torch.equal(mag, mag_ref)
+    assert torch.equal(fast.grad, slow.grad)
+    # the cases themselves, spelled out
+    assert torch.equal(fast.grad[0, :3, 4, 4], g_pos[0, :3, 4, 4])          # k = 0: k+ has slope 1, |k| slope 0
+    assert fast.grad[1, 0, 4, 4] == 0 and fast.grad[2, 2, 4, 4] == 0 and fast.grad[2, 3, 4, 4] == 0
+    outside = border_mask(kernel, 9, 11, dtype=dtype).expand_as(raw) == 0
+    assert outside.any() and (fast.grad[outside] == 0).all()
 
 
 @pytest.mark.parametrize("method", METHODS)
