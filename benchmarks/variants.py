@@ -1,0 +1,74 @@
+"""Is a tuning variant better than the defaults? Stage by stage, paired over the same images.
+
+``benchmarks/quality.py`` compares the stages of one configuration with each other. Deciding a
+default needs the other comparison: the same stage (say ``dyspn``) under two configurations,
+on the same images and seeds. This script opens both configurations (each stage loaded from
+its checkpoint, or trained when missing: run ``quality.py`` for both first), and prints, for
+every stage whose configuration differs, the gain of the variant over the baseline, averaged
+over seeds, with the paired per-image bootstrap 95% interval (the same as ``quality.py``'s)::
+
+    python benchmarks/variants.py --data-root $PETS_ROOT --profile cpu --seeds 0 1 2 --variant refiner_width=16
+    python benchmarks/variants.py ... --baseline boundary_weight=1 --variant boundary_weight=4
+
+Stages that the change does not touch (the base nets, when only a refiner setting changes)
+load the same checkpoint twice and are left out.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data-root", help="a folder holding oxford-iiit-pet/ (default: PETS_ROOT, data/, or synthetic)")
+    parser.add_argument("--profile", choices=("smoke", "cpu", "full"), help="default: WORKBOOK_PROFILE, else cpu / full")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--baseline", nargs="*", default=[], metavar="FIELD=VALUE", help="overrides of the baseline (default: none)")
+    parser.add_argument("--variant", nargs="+", required=True, metavar="FIELD=VALUE", help="overrides of the variant")
+    parser.add_argument("--settings", nargs="+", choices=("coarse", "converged"), default=["coarse", "converged"])
+    parser.add_argument("--resamples", type=int, default=2000)
+    args = parser.parse_args(argv)
+
+    from helpers.config import parse_overrides
+    from helpers import stages as registry
+    from helpers.statistics import image_counts, paired_bootstrap
+    from helpers.workflow import all_stages, open_workbook
+
+    try:
+        configs = {"baseline": parse_overrides(args.baseline), "variant": parse_overrides(args.variant)}
+    except ValueError as err:
+        parser.error(str(err))
+    names = [s for setting in ("coarse", "converged") if setting in args.settings for s in registry.SETTINGS[setting]]
+    counts = {side: {"val": {}, "test": {}} for side in configs}
+    paths = {side: {} for side in configs}
+    for side, overrides in configs.items():
+        for seed in args.seeds:
+            wb = open_workbook(args.profile, args.data_root, seed, verbose=False, **overrides)
+            results = all_stages(wb, progress=False, converged="converged" in args.settings)
+            for name in names:
+                result = results[name]
+                # the checkpoint names the stage's whole identity: equal paths, the same stage
+                paths[side][(seed, name)] = registry.get(name).checkpoint(wb)
+                for split in ("val", "test"):
+                    probs = result.val_probs if split == "val" else result.test_probs
+                    targets = wb.data[split].targets.long()
+                    counts[side][split].setdefault(name, []).append(image_counts(probs.argmax(1), targets, probs.shape[1]))
+    changed = [n for n in names if any(paths["baseline"][(s, n)] != paths["variant"][(s, n)] for s in args.seeds)]
+    print(f"variant {configs['variant']} over baseline {configs['baseline'] or 'the defaults'}, seeds "
+          f"{', '.join(map(str, args.seeds))}: gain averaged over seeds [paired per-image bootstrap 95%]")
+    for split in ("test", "val"):
+        print(f"\n{split} split")
+        print(f"{'stage':22s} {'mIoU':>26s} {'Boundary IoU':>26s}")
+        for name in changed:
+            b = paired_bootstrap(counts["baseline"][split][name], counts["variant"][split][name], args.resamples)
+            cell = lambda m: f"{b[m]['gain']:+.3f} [{b[m]['low']:+.3f}, {b[m]['high']:+.3f}]{'*' if b[m]['excludes_zero'] else ' '}"  # noqa: E731
+            print(f"{name:22s} {cell('miou'):>26s} {cell('boundary_iou'):>26s}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
