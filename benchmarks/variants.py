@@ -22,6 +22,34 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
+def compare(baseline: dict, variant: dict, profile: str | None, data_root: str | None, seeds: list[int],
+            settings: list[str], resamples: int = 2000, runs_dir: str | None = None) -> dict[str, dict[str, dict]]:
+    """{split: {stage: paired_bootstrap of the variant's stage over the baseline's}} for every
+    stage whose checkpoint differs between the two configurations (the same checkpoint is the
+    same stage: its name holds a hash of everything that defines it)."""
+    from helpers import stages as registry
+    from helpers.statistics import image_counts, paired_bootstrap
+    from helpers.workflow import all_stages, open_workbook
+
+    names = [s for setting in ("coarse", "converged") if setting in settings for s in registry.SETTINGS[setting]]
+    folders = {"runs_dir": Path(runs_dir)} if runs_dir else {}
+    counts = {side: {"val": {}, "test": {}} for side in ("baseline", "variant")}
+    paths = {side: {} for side in ("baseline", "variant")}
+    for side, overrides in (("baseline", baseline), ("variant", variant)):
+        for seed in seeds:
+            wb = open_workbook(profile, data_root, seed, verbose=False, **folders, **overrides)
+            results = all_stages(wb, progress=False, converged="converged" in settings)
+            for name in names:
+                paths[side][(seed, name)] = registry.get(name).checkpoint(wb)
+                for split in ("val", "test"):
+                    probs = results[name].val_probs if split == "val" else results[name].test_probs
+                    targets = wb.data[split].targets.long()
+                    counts[side][split].setdefault(name, []).append(image_counts(probs.argmax(1), targets, probs.shape[1]))
+    changed = [n for n in names if any(paths["baseline"][(s, n)] != paths["variant"][(s, n)] for s in seeds)]
+    return {split: {n: paired_bootstrap(counts["baseline"][split][n], counts["variant"][split][n], resamples)
+                    for n in changed} for split in ("test", "val")}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-root", help="a folder holding oxford-iiit-pet/ (default: PETS_ROOT, data/, or synthetic)")
@@ -31,40 +59,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--variant", nargs="+", required=True, metavar="FIELD=VALUE", help="overrides of the variant")
     parser.add_argument("--settings", nargs="+", choices=("coarse", "converged"), default=["coarse", "converged"])
     parser.add_argument("--resamples", type=int, default=2000)
+    parser.add_argument("--runs-dir", help="where the checkpoints are (default: the repository's runs/)")
     args = parser.parse_args(argv)
 
     from helpers.config import parse_overrides
-    from helpers import stages as registry
-    from helpers.statistics import image_counts, paired_bootstrap
-    from helpers.workflow import all_stages, open_workbook
 
     try:
-        configs = {"baseline": parse_overrides(args.baseline), "variant": parse_overrides(args.variant)}
+        baseline, variant = parse_overrides(args.baseline), parse_overrides(args.variant)
     except ValueError as err:
         parser.error(str(err))
-    names = [s for setting in ("coarse", "converged") if setting in args.settings for s in registry.SETTINGS[setting]]
-    counts = {side: {"val": {}, "test": {}} for side in configs}
-    paths = {side: {} for side in configs}
-    for side, overrides in configs.items():
-        for seed in args.seeds:
-            wb = open_workbook(args.profile, args.data_root, seed, verbose=False, **overrides)
-            results = all_stages(wb, progress=False, converged="converged" in args.settings)
-            for name in names:
-                result = results[name]
-                # the checkpoint names the stage's whole identity: equal paths, the same stage
-                paths[side][(seed, name)] = registry.get(name).checkpoint(wb)
-                for split in ("val", "test"):
-                    probs = result.val_probs if split == "val" else result.test_probs
-                    targets = wb.data[split].targets.long()
-                    counts[side][split].setdefault(name, []).append(image_counts(probs.argmax(1), targets, probs.shape[1]))
-    changed = [n for n in names if any(paths["baseline"][(s, n)] != paths["variant"][(s, n)] for s in args.seeds)]
-    print(f"variant {configs['variant']} over baseline {configs['baseline'] or 'the defaults'}, seeds "
-          f"{', '.join(map(str, args.seeds))}: gain averaged over seeds [paired per-image bootstrap 95%]")
-    for split in ("test", "val"):
+    table = compare(baseline, variant, args.profile, args.data_root, args.seeds, args.settings, args.resamples,
+                    args.runs_dir)
+    print(f"variant {variant} over baseline {baseline or 'the defaults'}, seeds {', '.join(map(str, args.seeds))}: "
+          "gain averaged over seeds [paired per-image bootstrap 95%]; * = the interval excludes 0")
+    if not table["test"]:
+        print("no stage differs between the two configurations (the same checkpoints)")
+    for split, rows in table.items():
+        if not rows:
+            continue
         print(f"\n{split} split")
         print(f"{'stage':22s} {'mIoU':>26s} {'Boundary IoU':>26s}")
-        for name in changed:
-            b = paired_bootstrap(counts["baseline"][split][name], counts["variant"][split][name], args.resamples)
+        for name, b in rows.items():
             cell = lambda m: f"{b[m]['gain']:+.3f} [{b[m]['low']:+.3f}, {b[m]['high']:+.3f}]{'*' if b[m]['excludes_zero'] else ' '}"  # noqa: E731
             print(f"{name:22s} {cell('miou'):>26s} {cell('boundary_iou'):>26s}")
     return 0

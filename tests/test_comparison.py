@@ -158,12 +158,16 @@ def test_converged_setting_builds_on_its_own_net(smoke_workbook):
         workflow.refine_stage(wb, "cspn", base="pretrained")
 
 
-def _quality_module():
-    path = Path(__file__).resolve().parent.parent / "benchmarks" / "quality.py"
-    spec = importlib.util.spec_from_file_location("quality_benchmark", path)
+def _benchmark(name: str):
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"{name}_benchmark", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def _quality_module():
+    return _benchmark("quality")
 
 
 def test_quality_summary_mean_spread_and_gains():
@@ -211,3 +215,25 @@ def test_quality_benchmark_end_to_end_with_overrides(tmp_path, monkeypatch, caps
     with pytest.raises(SystemExit):   # argparse's error: a clear message, exit status 2
         q.main(["--profile", "smoke", "--set", "coarse_sise=16"])
     assert "coarse_sise" in capsys.readouterr().err
+
+
+def test_variants_compares_each_stage_under_two_configurations(tmp_path, capsys):
+    """benchmarks/variants.py pairs the same stage under the baseline and the variant: only the
+    stages the change touches are compared (a refiner setting leaves the base nets and the
+    guided filter alone), every interval holds its gain, the variant really trained (the gains
+    are not all zero), and a variant equal to the baseline compares nothing."""
+    v = _benchmark("variants")
+    table = v.compare({}, {"refiner_width": 4}, "smoke", None, [0], ["coarse"], resamples=200, runs_dir=str(tmp_path))
+    assert set(table) == {"test", "val"}
+    assert list(table["test"]) == list(table["val"]) == ["control", "cspn", "dyspn"]
+    for rows in table.values():
+        for b in rows.values():
+            for m in ("miou", "boundary_iou"):
+                assert b[m]["low"] <= b[m]["gain"] <= b[m]["high"]
+    assert any(b["miou"]["gain"] != 0 for b in table["test"].values())
+    # the smoke profile's own width: the same checkpoints, nothing to compare
+    same = v.compare({}, {"refiner_width": 8}, "smoke", None, [0], ["coarse"], resamples=200, runs_dir=str(tmp_path))
+    assert same == {"test": {}, "val": {}}
+    assert v.main(["--profile", "smoke", "--seeds", "0", "--settings", "coarse", "--variant", "refiner_width=8",
+                   "--runs-dir", str(tmp_path)]) == 0
+    assert "no stage differs" in capsys.readouterr().out
