@@ -106,7 +106,7 @@ _PROFILE_SETTINGS: dict[str, dict] = {
                   max_train=24, max_eval=12, coarse_min_steps=0, refine_min_steps=0, coarse_width=8, coarse_depth=2, refiner_width=8,
                   refiner_depth=2, batch_size=4, coarse_epochs=4, coarse_lr=1e-2, refine_epochs=1, iterations=6,
                   converged_max_epochs=8, converged_patience=2),
-    # the default without a GPU: real learning at 128 px, the whole workbook in about 15 minutes
+    # the default without a GPU: real learning at 128 px, the whole workbook in about 20 minutes
     "cpu": dict(),
     # the default with CUDA: the report's settings
     "full": dict(image_size=256, coarse_size=64, synthetic_trainval=2000, synthetic_test=400,

@@ -258,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
             print("warning: profile full without a GPU; timing one training step of each model ...", flush=True)
             hours = estimate_cpu_hours(profile)
             print(f"warning: the full profile would take about {hours:.0f} hours on this CPU "
-                  "(it is the GPU profile); stop with Ctrl-C and use --profile cpu (about 15 minutes)", flush=True)
+                  "(it is the GPU profile); stop with Ctrl-C and use --profile cpu (about 20 minutes)", flush=True)
     out_dir = REPO_ROOT / "runs" / profile
     print(f"profile {profile}, seed {seed}, data {os.environ.get('PETS_ROOT', 'auto (data/ or synthetic)')}; "
           f"{len(notebooks)} notebooks")
