@@ -298,12 +298,18 @@ class PetSegmentation(Dataset):
         return image.as_subclass(torch.Tensor).float() / 255.0, target.as_subclass(torch.Tensor).long()
 
 
+# the training crops: a share of the image's area and an aspect ratio (w / h) range. Mild, so the
+# pet stays in view; one definition for the DataLoader path and the GPU path (helpers/batches.py)
+CROP_SCALE = (0.6, 1.0)
+CROP_RATIO = (0.8, 1.25)
+
+
 def train_transforms(size: int):
     """Joint augmentation for training: flips and mild crops (image bilinear, mask nearest)."""
     from torchvision.transforms import v2
 
     return v2.Compose([v2.RandomHorizontalFlip(),
-                       v2.RandomResizedCrop(size, scale=(0.6, 1.0), ratio=(0.8, 1.25), antialias=True)])
+                       v2.RandomResizedCrop(size, scale=CROP_SCALE, ratio=CROP_RATIO, antialias=True)])
 
 
 def _cache_path(source: DataSource, split_file: str, size: int, data_dir: Path = DATA_DIR) -> Path:

@@ -73,7 +73,7 @@ EXERCISES: tuple[Exercise, ...] = (
     Exercise("refiner-loss", 6, "refiner training step", 15, "02_cspn_refinement",
              "helpers/refiner.py, Refiner.train and Refiner.training_loss",
              "train() must keep self.coarse in eval mode; the loss is refinement_loss of the maps H^0..H^T "
-             "from self.refine(image) ([coarse, output] for the control)"),
+             "from self.refine(image, truth=target) ([coarse, output] for the control)"),
     Exercise("dyspn-step", 7, "DySPN ring attention and step", 25, "03_dyspn_refinement",
              "helpers/propagation.py, DySPN.ring_magnitudes and DySPN.step",
              "A_r sums |w| over ring r (torch.split by self.sizes); G^t = sum_r pi_r A_r + pi_self + EPS; "

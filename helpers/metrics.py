@@ -70,11 +70,12 @@ def boundary_width(height: int, width: int, ratio: float = 0.02) -> int:
 
 def boundary_counts(pred: torch.Tensor, target: torch.Tensor, num_classes: int = 2,
                     ratio: float = 0.02) -> torch.Tensor:
-    """(C, 2) int64: per class, intersection and union of the boundary bands of pred and target."""
+    """(C, 2) int64 on pred's device: per class, intersection and union of the boundary bands of
+    pred and target (counted where the maps are, so a GPU's maps are never copied)."""
     if pred.dim() == 2:
         pred, target = pred[None], target[None]
     d = boundary_width(pred.shape[-2], pred.shape[-1], ratio)
-    out = torch.zeros(num_classes, 2, dtype=torch.int64)
+    out = torch.zeros(num_classes, 2, dtype=torch.int64, device=pred.device)
     for c in range(num_classes):
         bp = boundary_band(pred == c, d)
         bt = boundary_band(target == c, d)
@@ -110,9 +111,11 @@ class SegmentationMeter:
         self.bcounts = torch.zeros(self.num_classes, 2, dtype=torch.int64)
 
     def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
-        pred, target = pred.detach().cpu(), target.detach().cpu()
-        self.cm += confusion_matrix(pred, target, self.num_classes)
-        self.bcounts += boundary_counts(pred, target, self.num_classes)
+        """Add a batch of label maps (B, H, W) (or one (H, W)), both on one device: the counting
+        runs there, only the counts come back to the CPU."""
+        pred, target = pred.detach(), target.detach().to(pred.device)
+        self.cm += confusion_matrix(pred, target, self.num_classes).cpu()
+        self.bcounts += boundary_counts(pred, target, self.num_classes).cpu()
         self.image_miou.extend(per_image_miou(pred, target, self.num_classes).tolist())
 
     def summary(self) -> dict:

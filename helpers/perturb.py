@@ -14,6 +14,8 @@ each map of a batch is, with probability ``rate``, put through a random chain of
 * **shift**: a translation by up to ``max_shift`` px with the border replicated,
 
 each step taken with probability 1/2, radii up to ``max_radius`` (both fractions of the side).
+:func:`truth_starts` applies the same chain to the ground truth instead (CascadePSP's own recipe),
+for a share of the batch.
 The result is renormalised so that it stays a probability map. Randomness comes from torch's
 global generator, which :func:`helpers.training.fit` seeds, so training stays reproducible.
 """
@@ -80,3 +82,21 @@ def perturb_map(p: torch.Tensor, rate: float, max_radius: float = 0.04, max_shif
                 q = shift(q, _randint(-s_max, s_max), _randint(-s_max, s_max))
         out.append(q)
     return torch.cat(out)
+
+
+def truth_starts(p: torch.Tensor, target: torch.Tensor, rate: float) -> torch.Tensor:
+    """Replace each map of ``p`` (B, C, H, W), with probability ``rate``, by the ground truth
+    ``target`` (B, H, W) as a one-hot map, degraded by :func:`perturb_map` (every chosen map
+    goes through the random chain). CascadePSP trains on such maps only; here they are a share,
+    so the refiner also meets the coarse net's own errors. Returns a new tensor."""
+    if rate <= 0 or p.shape[0] == 0:
+        return p
+    chosen = torch.rand(p.shape[0]) < rate
+    if not chosen.any():
+        return p
+    index = chosen.nonzero()[:, 0].to(p.device)
+    truth = F.one_hot(target[index].long(), p.shape[1]).permute(0, 3, 1, 2).to(p.dtype)
+    out = p.clone()
+    out[index] = perturb_map(truth, 1.0)
+    return out
+

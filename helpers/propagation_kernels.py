@@ -35,10 +35,15 @@ BLOCK = 128   # pixels per program
 @triton.jit
 def _pixels(H, W, BLOCK: tl.constexpr):
     """This program's image (axis 0) and block of pixels (axis 1): (b, H * W, flat indices, in
-    the image, row, column)."""
+    the image, row, column).
+
+    The image index is int64, so every offset computed from it (``(b * K + j) * H * W + p``) is
+    int64 too: in int32 such an offset wraps once a tensor holds 2**31 elements, e.g. DySPN's 48
+    weights of a batch of 683 images at 256 px, and the kernel would read another image's memory.
+    """
     HW = H * W
     p = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
-    return tl.program_id(0), HW, p, p < HW, p // W, p % W
+    return tl.program_id(0).to(tl.int64), HW, p, p < HW, p // W, p % W
 
 
 @triton.jit

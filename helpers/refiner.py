@@ -36,7 +36,7 @@ import torch.nn.functional as F
 
 from .config import Config
 from .losses import refinement_loss
-from .perturb import perturb_map
+from .perturb import perturb_map, truth_starts
 from .propagation import CSPN, DySPN, PropagationResult
 from .unet import UNet
 
@@ -109,7 +109,7 @@ class Refiner(nn.Module):
     def __init__(self, coarse: CoarseSegmenter, method: str = "cspn", start: str = "coarse", classes: int = 2,
                  width: int = 16, depth: int = 4, iterations: int = 6, kernel: int = 7,
                  perturb: float = 0.0, deep_supervision: bool = False, boundary_weight: float = 1.0,
-                 backend: str = "auto", tune_base: bool = False):
+                 backend: str = "auto", tune_base: bool = False, perturb_truth: float = 0.0):
         super().__init__()
         if method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {method!r}")
@@ -120,6 +120,7 @@ class Refiner(nn.Module):
         self.coarse = (copy.deepcopy(coarse) if tune_base else coarse).requires_grad_(tune_base).eval()
         self.method, self.start_mode, self.classes = method, start, classes
         self.perturb, self.deep_supervision, self.boundary_weight = perturb, deep_supervision, boundary_weight
+        self.perturb_truth = perturb_truth
         if method == "cspn":
             self.propagator = CSPN(iterations, backend)
             layout = HeadLayout.build(method, start, classes, affinity=self.propagator.affinity_channels)
@@ -138,7 +139,7 @@ class Refiner(nn.Module):
                     classes: int = 2) -> "Refiner":
         return cls(coarse, method, start or cfg.start_map, classes, cfg.refiner_width, cfg.refiner_depth,
                    cfg.iterations, cfg.dyspn_kernel, cfg.perturb, cfg.deep_supervision, cfg.boundary_weight,
-                   cfg.propagation_backend, cfg.tune_base)
+                   cfg.propagation_backend, cfg.tune_base, cfg.perturb_truth)
 
     def train(self, mode: bool = True) -> "Refiner":
         """Train (or eval) mode for the guidance U-Net; the coarse net stays in eval mode (frozen, or
@@ -149,14 +150,19 @@ class Refiner(nn.Module):
         return self
         # END EXERCISE
 
-    def refine(self, image: torch.Tensor, iterations: int | None = None, suppression: bool = True) -> RefineOutput:
+    def refine(self, image: torch.Tensor, iterations: int | None = None, suppression: bool = True,
+               truth: torch.Tensor | None = None) -> RefineOutput:
         """image (B, 3, H, W) -> :class:`RefineOutput`; ``iterations`` overrides T (an iteration
         sweep); ``suppression=False`` drops DySPN's diffusion suppression (an ablation).
-        In train mode the coarse map is degraded first (``perturb``); never in eval mode."""
+        In train mode the coarse map is degraded first (``perturb``), and given the ground truth
+        ``truth`` (B, H, W) a share ``perturb_truth`` of the maps is replaced by degraded truth;
+        never in eval mode."""
         with torch.set_grad_enabled(self.tune_base and torch.is_grad_enabled()):
             coarse = self.coarse(image)
         if self.training:
             coarse = perturb_map(coarse, self.perturb)   # differentiable: a tuned base learns through it
+            if truth is not None:
+                coarse = truth_starts(coarse, truth, self.perturb_truth)
         head = self.layout.split(self.guidance(torch.cat([image, coarse.to(image.dtype)], 1)).float())
         start = coarse
         if head["start"].shape[1]:
@@ -180,7 +186,7 @@ class Refiner(nn.Module):
         propagation: its maps are the coarse map and its output) and computes the coarse map
         without gradients (with them where ``tune_base`` trains it); :func:`~helpers.losses.refinement_loss` is the cross-entropy."""
         # BEGIN EXERCISE refiner-loss
-        out = self.refine(image)
+        out = self.refine(image, truth=target)
         # the control has no iterations: its corrected map is its only output
         maps = out.propagation.maps if out.propagation is not None else [out.coarse, out.probs]
         return refinement_loss(maps, target, self.deep_supervision, self.boundary_weight)

@@ -123,7 +123,11 @@ class Stage:
                 "kernel": c.dyspn_kernel, "refine_epochs": self.train_epochs(wb), "refine_lr": c.refine_lr,
                 "perturb": c.perturb, "deep_supervision": c.deep_supervision, "boundary_weight": c.boundary_weight}
         # added only when set: the checkpoints of frozen-base refiners keep their names
-        return {**spec, "tune_base": True} if c.tune_base else spec
+        if c.tune_base:
+            spec["tune_base"] = True
+        if c.perturb_truth:
+            spec["perturb_truth"] = c.perturb_truth
+        return spec
 
     def start_map(self, cfg: Config) -> str:
         """H^0 of a refiner: its variant's, else its setting's (``start_map`` / ``converged_start_map``)."""

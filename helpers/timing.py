@@ -1,5 +1,6 @@
 """How long things take: inference per image, and the training time of every stage, estimated
-from a timed real training step before anything is trained."""
+before anything is trained from a timed training step, a timed pass of the training batches and
+a timed evaluation."""
 from __future__ import annotations
 
 import math
@@ -9,7 +10,8 @@ import torch
 
 from . import stages as registry
 from .refiner import CoarseSegmenter, Refiner
-from .training import eval_mode, make_loader, make_optimiser, train_step
+from .batches import make_batches
+from .training import eval_mode, evaluate, make_loader, make_optimiser, train_step
 
 
 def synchronise(device: torch.device) -> None:
@@ -52,35 +54,69 @@ def step_seconds(model: torch.nn.Module, images: torch.Tensor, targets: torch.Te
     return min(times[1:] or times)
 
 
+def loading_seconds(dataset, batch_size: int, seed: int, device) -> float:
+    """Seconds of one pass over the training batches as :func:`~helpers.training.fit` serves
+    them (DataLoader and transforms on the CPU, or :mod:`helpers.batches` on the GPU), no model."""
+    device = torch.device(device)
+    synchronise(device)
+    t0 = time.perf_counter()
+    for images, targets in make_batches(dataset, batch_size, shuffle=True, seed=seed, device=device):
+        images.to(device), targets.to(device)
+    synchronise(device)
+    return time.perf_counter() - t0
+
+
+def evaluation_seconds(model: torch.nn.Module, dataset, batch_size: int, device, amp: bool = False) -> float:
+    """Seconds of one :func:`~helpers.training.evaluate` of ``model`` on ``dataset`` (the pass
+    run after every epoch: forward passes and the metrics)."""
+    device = torch.device(device)
+    synchronise(device)
+    t0 = time.perf_counter()
+    evaluate(model, dataset, batch_size, device, amp)
+    synchronise(device)
+    return time.perf_counter() - t0
+
+
 def estimate_seconds(wb, converged: bool = True) -> dict[str, float]:
     """Seconds each registered stage (of the report's setting, and with ``converged`` of the
-    converged one) will need to train on ``wb``, from a timed step of each kind of model on one
-    training batch (an epoch: its images over the batch size, the last batch partial; evaluation
-    passes counted as a third of a step per batch, the validation set after every epoch and
-    validation + test once at the end, as :func:`~helpers.training.fit` and the workflow run them); 0 for a stage
-    whose checkpoint exists (it is loaded); the converged net counted at its cap (an upper
-    bound: early stopping usually ends it sooner). Nothing is trained or saved."""
+    converged one) will need to train on ``wb``; 0 for a stage whose checkpoint exists (it is
+    loaded); the converged net counted at its cap (an upper bound: early stopping usually ends
+    it sooner). Nothing is trained or saved.
+
+    An epoch is timed in its three real parts: the training steps (a timed step of each kind of
+    model on one training batch, times the epoch's images over the batch size), one pass of the
+    training batches as :func:`~helpers.training.fit` loads them, and the evaluation on the
+    validation split that follows every epoch (timed for each kind of model); validation and
+    test are evaluated once more at the end, as the workflow does."""
     cfg = wb.cfg
     images, targets = next(iter(make_loader(wb.data["train"], cfg.batch_size, shuffle=False)))
     images, targets = images.to(wb.device), targets.to(wb.device)
     steps = len(wb.data["train"]) / cfg.batch_size          # full-batch equivalents per epoch
-    val_batches = math.ceil(len(wb.data["val"]) / cfg.batch_size)
-    evals = val_batches + math.ceil(len(wb.data["test"]) / cfg.batch_size)
+    loading = loading_seconds(wb.data["train"], cfg.batch_size, cfg.seed, wb.device)
+    test_share = len(wb.data["test"]) / max(1, len(wb.data["val"]))
     names = registry.SETTINGS["coarse"] + (registry.SETTINGS["converged"] if converged else ())
     amp = cfg.amp and wb.device.type == "cuda"   # time the step as training runs it
+
+    def timed(model):   # (a training step, an evaluation of the validation split)
+        return (step_seconds(model, images, targets, amp=amp),
+                evaluation_seconds(model, wb.data["val"], cfg.batch_size, wb.device, amp))
+
     coarse = CoarseSegmenter.from_config(cfg).to(wb.device)
-    per_step = {None: step_seconds(coarse, images, targets, amp=amp)}
+    per_kind = {None: timed(coarse)}
     for stage in (registry.get(n) for n in names if registry.get(n).kind == "refiner"):
         key = (stage.method, stage.start_map(cfg))   # the head's size depends on both
-        if key not in per_step:
-            per_step[key] = step_seconds(stage.build(cfg, coarse).to(wb.device), images, targets, amp=amp)
+        if key not in per_kind:
+            per_kind[key] = timed(stage.build(cfg, coarse).to(wb.device))
     estimate = {}
     for name in names:
         stage = registry.get(name)
-        if stage.kind == "filter":   # a grid of 9 filters over the evaluation batches, nothing trained
-            estimate[name] = per_step[None] * 9 * evals / 3
+        if stage.kind == "filter":   # a grid of 9 filters over validation, the best on test; never saved
+            estimate[name] = per_kind[None][1] * (9 + test_share)
             continue
-        step = per_step[(stage.method, stage.start_map(cfg)) if stage.kind == "refiner" else None]
+        if stage.checkpoint(wb).exists():
+            estimate[name] = 0.0
+            continue
+        step, evaluation = per_kind[(stage.method, stage.start_map(cfg)) if stage.kind == "refiner" else None]
         epochs = stage.train_epochs(wb)
-        estimate[name] = 0.0 if stage.checkpoint(wb).exists() else step * (epochs * (steps + val_batches / 3) + evals / 3)
+        estimate[name] = epochs * (step * steps + loading + evaluation) + evaluation * (1 + test_share)
     return estimate

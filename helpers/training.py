@@ -17,10 +17,11 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset
 
+from .batches import make_batches, split_batches
 from .checkpoint import atomic_save, check_spec, library_versions, safe_load
 from .losses import segmentation_loss
 from .metrics import SegmentationMeter
-from .runtime import keep_freed_memory
+from .runtime import keep_freed_memory, limit_cpu_threads
 
 
 class TrainingDiverged(RuntimeError):
@@ -84,9 +85,9 @@ def predict(model: nn.Module, dataset: Dataset, batch_size: int, device: str | t
     """Probabilities (N, C, H, W) float32 on the CPU for a whole dataset, in dataset order."""
     out = []
     with eval_mode(model):
-        for image, _ in make_loader(dataset, batch_size, shuffle=False):
+        for image, _ in split_batches(dataset, batch_size, device):
             with autocast_for(device, amp):
-                out.append(model(image.to(device)).float().cpu())
+                out.append(model(image).float().cpu())
     return torch.cat(out)
 
 
@@ -99,9 +100,22 @@ def evaluate_probs(probs: torch.Tensor, dataset: Dataset) -> tuple[dict, list]:
     return meter.summary(), meter.image_miou
 
 
+@torch.inference_mode()
 def evaluate(model: nn.Module, dataset: Dataset, batch_size: int, device, amp: bool = False) -> dict:
-    """Pooled mIoU, pet IoU and Boundary IoU of ``model`` on ``dataset`` (train mode restored)."""
-    return evaluate_probs(predict(model, dataset, batch_size, device, amp), dataset)[0]
+    """Pooled mIoU, pet IoU and Boundary IoU of ``model`` on ``dataset`` (train mode restored).
+
+    The same numbers as :func:`evaluate_probs` of :func:`predict`, but the maps never leave the
+    device: on a GPU the metrics are computed there, and only their counts are copied back."""
+    meter = None
+    with eval_mode(model):
+        for images, targets in split_batches(dataset, batch_size, device):
+            with autocast_for(device, amp):
+                probs = model(images)
+            meter = meter or SegmentationMeter(num_classes=probs.shape[1])
+            meter.update(probs.argmax(1), targets)
+    if meter is None:
+        raise ValueError("cannot evaluate on an empty dataset")
+    return meter.summary()
 
 
 @torch.inference_mode()
@@ -116,11 +130,11 @@ def iteration_sweep(model: nn.Module, dataset: Dataset, device, batch_size: int,
     device = torch.device(device)
     meters = [SegmentationMeter(num_classes=model.classes) for _ in range(max_iterations + 1)]
     with eval_mode(model):
-        for images, targets in make_loader(dataset, batch_size, shuffle=False):
+        for images, targets in split_batches(dataset, batch_size, device):
             with autocast_for(device, amp):   # as in evaluation, so entry T is the stage's own score
-                out = model.refine(images.to(device), max_iterations, suppression)
+                out = model.refine(images, max_iterations, suppression)
             for meter, h in zip(meters, out.propagation.maps):
-                meter.update(h.argmax(1).cpu(), targets)
+                meter.update(h.argmax(1), targets)
     return [m.summary() for m in meters]
 
 
@@ -151,7 +165,8 @@ def train_step(model: nn.Module, optimiser: torch.optim.Optimizer, image: torch.
 def fit(model: nn.Module, *, train_set: Dataset, val_set: Dataset, epochs: int, lr: float,
         batch_size: int, device: str | torch.device = "cpu", seed: int = 0, weight_decay: float = 1e-4,
         amp: bool = True, checkpoint: str | Path | None = None, spec: dict | None = None,
-        desc: str = "training", progress: bool = True, loss_fn=None, patience: int | None = None) -> History:
+        desc: str = "training", progress: bool = True, loss_fn=None, patience: int | None = None,
+        data_on_device: bool | None = None) -> History:
     """Train ``model`` with AdamW and a one-cycle schedule; return the :class:`History`.
 
     Steps: 1. seed and build the loader; 2. resume from ``checkpoint`` if it holds an unfinished
@@ -163,15 +178,19 @@ def fit(model: nn.Module, *, train_set: Dataset, val_set: Dataset, epochs: int, 
     ``loss_fn(image, target)`` replaces the default cross-entropy of ``model(image)`` (the
     refiners' :meth:`~helpers.refiner.Refiner.training_loss`). Only parameters with
     ``requires_grad`` are optimised (a refiner's frozen coarse net has none).
+    ``data_on_device`` serves the training batches from the device (:mod:`helpers.batches`);
+    the default does so on CUDA when the split fits, and keeps the DataLoader on the CPU.
     """
     from . import progress as prog
 
     device = torch.device(device)
     if device.type == "cpu":
         keep_freed_memory()   # a step's large tensors reuse the last step's memory (helpers/runtime.py)
+    else:
+        limit_cpu_threads()   # the GPU does the work: processes side by side must not fight for cores
     seed_everything(seed)
     model.to(device)
-    loader = make_loader(train_set, batch_size, shuffle=True, seed=seed)
+    loader = make_batches(train_set, batch_size, shuffle=True, seed=seed, device=device, on_device=data_on_device)
     optimiser = make_optimiser(model, lr, weight_decay)
     params = [p for group in optimiser.param_groups for p in group["params"]]
     if patience is None:
@@ -208,7 +227,7 @@ def fit(model: nn.Module, *, train_set: Dataset, val_set: Dataset, epochs: int, 
         running, seen = 0.0, 0
         batch_bar = prog.bar(loader, progress, desc=f"epoch {epoch + 1}", leave=False)
         for image, target in batch_bar:
-            image, target = image.to(device), target.to(device)
+            image, target = image.to(device, non_blocking=True), target.to(device, non_blocking=True)
             loss = train_step(model, optimiser, image, target, loss_fn, amp, scaler)
             if patience is None:
                 schedule.step()

@@ -85,22 +85,25 @@ def smoke_workbook(folders):
 
 
 def test_estimates_count_what_training_runs(smoke_workbook, monkeypatch):
-    """With every step timed at 1 s, a stage's estimate is the number of full-batch steps it
-    trains plus a third of a step per evaluation batch: validation after every epoch, validation
-    and test once at the end (not the test split every epoch)."""
-    import math
-
+    """With a step timed at 1 s, a pass of the training batches at 10 s and an evaluation of the
+    validation split at 100 s (1000 s for a refiner), a stage's estimate is, per epoch, its
+    full-batch steps, one loading pass and one evaluation, plus validation and test evaluated
+    once at the end (not the test split every epoch); the guided filter evaluates a grid of 9."""
     from helpers import timing
+    from helpers.refiner import Refiner
 
     wb = smoke_workbook
     monkeypatch.setattr(timing, "step_seconds", lambda *args, **kwargs: 1.0)
+    monkeypatch.setattr(timing, "loading_seconds", lambda *args, **kwargs: 10.0)
+    monkeypatch.setattr(timing, "evaluation_seconds",
+                        lambda model, *args, **kwargs: 1000.0 if isinstance(model, Refiner) else 100.0)
     got = timing.estimate_seconds(wb)
-    bs = wb.cfg.batch_size
-    val, test = math.ceil(len(wb.data["val"]) / bs), math.ceil(len(wb.data["test"]) / bs)
-    for name in ("coarse", "coarse-longer", "dyspn"):
+    bs, test_share = wb.cfg.batch_size, len(wb.data["test"]) / len(wb.data["val"])
+    for name, evaluation in (("coarse", 100.0), ("coarse-longer", 100.0), ("dyspn", 1000.0)):
         epochs = registry.get(name).train_epochs(wb)
-        want = epochs * (len(wb.data["train"]) / bs + val / 3) + (val + test) / 3
+        want = epochs * (len(wb.data["train"]) / bs + 10.0 + evaluation) + evaluation * (1 + test_share)
         assert got[name] == pytest.approx(want), name
+    assert got["guided-filter"] == pytest.approx(100.0 * (9 + test_share))
 
 
 def test_equal_compute_control_and_guided_filter_stages(smoke_workbook):

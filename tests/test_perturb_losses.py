@@ -4,7 +4,7 @@ import torch
 
 from helpers.losses import boundary_weights, refinement_loss, segmentation_loss
 from helpers.metrics import boundary_band
-from helpers.perturb import blur, grow, perturb_map, resample, shift
+from helpers.perturb import blur, grow, perturb_map, resample, shift, truth_starts
 from helpers.refiner import CoarseSegmenter, Refiner
 
 
@@ -57,6 +57,45 @@ def test_refiner_perturbs_only_in_train_mode():
     model.train()
     torch.manual_seed(1)
     assert not torch.equal(model.refine(image).coarse, out.coarse)
+
+
+def test_truth_starts_replace_a_share_by_degraded_ground_truth():
+    g = torch.Generator().manual_seed(0)
+    target = (torch.rand(64, 1, 6, 6, generator=g) > 0.5).float()
+    target = torch.nn.functional.interpolate(target, size=(24, 24), mode="nearest")[:, 0].long()   # blobs
+    flat = torch.full((64, 2, 24, 24), 0.5)
+    assert truth_starts(flat, target, 0.0) is flat
+    torch.manual_seed(0)
+    out = truth_starts(flat, target, 0.5)
+    assert flat.eq(0.5).all()                                          # the input is not changed
+    torch.testing.assert_close(out.sum(1), torch.ones(64, 24, 24))     # still probability maps
+    replaced = ~out.eq(0.5).flatten(1).all(1)
+    assert 16 <= int(replaced.sum()) <= 48                              # about half the batch
+    agree = (out.argmax(1) == target).flatten(1).double().mean(1)
+    assert agree[replaced].mean() > 0.8                                 # degraded, but the truth's shapes
+    torch.manual_seed(0)
+    every = truth_starts(flat, target, 1.0)
+    exact = [torch.equal(m, torch.nn.functional.one_hot(t, 2).permute(2, 0, 1).float()) for m, t in zip(every, target)]
+    assert any(exact) and not all(exact)                                # the chain skips all its steps 1 in 16 times
+
+
+def test_truth_starts_only_in_train_mode_and_only_when_asked():
+    coarse = CoarseSegmenter(width=4, depth=2, coarse_size=12)
+    image = torch.rand(4, 3, 24, 24)
+    target = torch.zeros(4, 24, 24, dtype=torch.long)
+    target[:, 6:18, 4:16] = 1                                               # a pet, not noise
+    plain = Refiner(coarse, "cspn", width=4, depth=2, iterations=2, perturb=0.5).train()
+    torch.manual_seed(3)
+    a = plain.refine(image, truth=target).coarse
+    torch.manual_seed(3)
+    torch.testing.assert_close(a, plain.refine(image).coarse, rtol=0, atol=0)   # rate 0: the same random stream
+    truth = Refiner(coarse, "cspn", width=4, depth=2, iterations=2, perturb_truth=1.0)
+    truth.eval()
+    torch.testing.assert_close(truth.refine(image, truth=target).coarse, coarse(image))
+    truth.train()
+    torch.manual_seed(3)
+    seen = truth.refine(image, truth=target).coarse
+    assert ((seen.argmax(1) == target).double().mean()) > 0.8
 
 
 def test_boundary_weights_mark_the_band_of_every_class():
