@@ -43,6 +43,8 @@ class Config:
     # over the same images: CSPN +0.008 test mIoU, converged + DySPN +0.006 and +0.012 Boundary IoU,
     # no stage worse; benchmarks/variants.py). It costs the cpu workbook about 5 minutes
     refiner_width: int = 16
+    # 4, not 5: a deeper guidance U-Net tied in the report's setting and lost on the converged net
+    # (converged + DySPN +0.010 test mIoU against +0.014; real sample, 3 seeds; README)
     refiner_depth: int = 4
     # training
     batch_size: int = 16
