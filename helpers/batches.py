@@ -142,9 +142,9 @@ class DeviceBatches:
 
 def fits_on_device(dataset: PetSegmentation, device: torch.device, share: float = DEVICE_SHARE) -> bool:
     """Whether the decoded split takes at most ``share`` of the device's free memory (CUDA)."""
-    need = dataset.images.numel() * dataset.images.element_size() + dataset.targets.numel() * dataset.targets.element_size()
     if device.type != "cuda":
         return True
+    need = dataset.images.numel() * dataset.images.element_size() + dataset.targets.numel() * dataset.targets.element_size()
     free, _ = torch.cuda.mem_get_info(device)
     return need <= share * free
 

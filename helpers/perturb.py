@@ -99,4 +99,3 @@ def truth_starts(p: torch.Tensor, target: torch.Tensor, rate: float) -> torch.Te
     out = p.clone()
     out[index] = perturb_map(truth, 1.0)
     return out
-

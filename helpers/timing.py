@@ -3,7 +3,6 @@ before anything is trained from a timed training step, a timed pass of the train
 a timed evaluation."""
 from __future__ import annotations
 
-import math
 import time
 
 import torch
