@@ -70,6 +70,27 @@ def border_mask(kernel: int, height: int, width: int, device=None, dtype=torch.f
     return ((ys >= 0) & (ys < height) & (xs >= 0) & (xs < width)).to(dtype)   # one broadcast, no loop
 
 
+def neighbour_values(x: torch.Tensor, kernel: int) -> torch.Tensor:
+    """(B, 1, H, W) -> (B, K, H, W): the value of ``x`` at neighbour j of every pixel, in
+    :func:`window_offsets` order, 0 outside the image. ``F.unfold``, whose backward is one
+    ``fold``: K shifted slices would each have a zero-filled copy of the map as their backward."""
+    B, _, H, W = x.shape
+    r = kernel // 2
+    order = torch.tensor([(dy + r) * kernel + (dx + r) for dy, dx in window_offsets(kernel)], device=x.device)
+    cols = nn.functional.unfold(x, kernel, padding=r)                       # (B, kernel^2, H W)
+    return cols.index_select(1, order).view(B, len(order), H, W)
+
+
+def confident_weights(pos: torch.Tensor, raw_confidence: torch.Tensor | None, kernel: int) -> torch.Tensor:
+    """NLSPN's confidence-incorporated affinity: w_j^+ c_j with c = sigmoid(raw confidence)
+    (B, 1, H, W) read at the neighbour j, so an unreliable pixel spreads less of its value.
+    pos (B, K, H, W) -> (B, K, H, W). The normaliser keeps counting the full |w_j|, so the
+    share (1 - c_j) w_j^+ goes to H^0: the update stays a convex combination."""
+    if raw_confidence is None:
+        return pos
+    return pos * neighbour_values(torch.sigmoid(as_float(raw_confidence)), kernel)
+
+
 def as_float(x: torch.Tensor) -> torch.Tensor:
     """Half precision (from autocast) is promoted to float32; float64 stays (for gradcheck)."""
     return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
@@ -229,12 +250,14 @@ class PropagationResult:
     final: (B, C, H, W) H^T.  maps: T + 1 tensors (B, C, H, W), H^0 .. H^T.
     affinity: (B, K, H, W) the normalised neighbour weights (CSPN kappa; DySPN w+ / sum|w|).
     attention: (B, T, R + 1, H, W) DySPN's pi^t per ring and for the pixel itself; None for CSPN.
+    confidence: (B, 1, H, W) the confidence c of each pixel as a neighbour; None without it.
     """
 
     final: torch.Tensor
     maps: list
     affinity: torch.Tensor
     attention: torch.Tensor | None = None
+    confidence: torch.Tensor | None = None
 
 
 class _Propagator(nn.Module):
@@ -268,16 +291,16 @@ class _Propagator(nn.Module):
         return len(window_offsets(self.kernel))
 
     def _check(self, h0: torch.Tensor, raw: torch.Tensor, attention: torch.Tensor | None = None,
-               iterations: int = 0) -> None:
+               iterations: int = 0, confidence: torch.Tensor | None = None) -> None:
         """Refuse what would propagate garbage, with a message naming the input.
 
         Shapes: H^0 (B, C, H, W), affinities (B, K, H, W), attention (B, T_a (R + 1), H, W) with
-        T_a >= 1 when T >= 1. Values: H^0 must be probabilities (finite, in [0, 1]): the range
-        guarantee only holds for a convex combination of values in range; affinities and
-        attention must not hold NaN (one NaN weight spreads over the whole map in T steps;
-        infinities are fine, they are clamped or saturate the sigmoid). The value checks run for
-        every call except training steps (inputs that require gradients), where ``fit`` stops on
-        the first non-finite loss instead."""
+        T_a >= 1 when T >= 1, confidence (B, 1, H, W). Values: H^0 must be probabilities
+        (finite, in [0, 1]): the range guarantee only holds for a convex combination of values
+        in range; affinities, attention and confidence must not hold NaN (one NaN weight spreads
+        over the whole map in T steps; infinities are fine, they are clamped or saturate the
+        sigmoid). The value checks run for every call except training steps (inputs that require
+        gradients), where ``fit`` stops on the first non-finite loss instead."""
         if h0.dim() != 4:
             raise ValueError(f"start map H^0 must be (B, C, H, W), got shape {tuple(h0.shape)}")
         K = self.affinity_channels
@@ -293,6 +316,12 @@ class _Propagator(nn.Module):
                                  f"{h0.shape[2]} x {h0.shape[3]} and T >= 1 ({per} channels per iteration: one per "
                                  f"ring and one for the pixel itself); got {tuple(attention.shape)}")
             tensors.append(attention)
+        if confidence is not None:
+            c = confidence
+            if c.dim() != 4 or c.shape[:2] != (h0.shape[0], 1) or c.shape[-2:] != h0.shape[-2:]:
+                raise ValueError(f"confidence must be (B, 1, H, W) = ({h0.shape[0]}, 1, {h0.shape[2]}, {h0.shape[3]}) "
+                                 f"to match the start map {tuple(h0.shape)}; got {tuple(confidence.shape)}")
+            tensors.append(confidence)
         if h0.numel() == 0:
             return
         if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
@@ -307,7 +336,9 @@ class _Propagator(nn.Module):
             lo, hi = h0.nan_to_num().aminmax()
             raise ValueError(f"start map H^0 must hold probabilities in [0, 1]; got values from {lo.item():.3g} "
                              f"to {hi.item():.3g}{' and NaN or infinity' if bad[0] else ''} (apply softmax first)")
-        for name, flag in zip(("affinities", "attention"), bad[2:]):
+        names = [name for name, t in (("affinities", raw), ("attention", attention), ("confidence", confidence))
+                 if t is not None]
+        for name, flag in zip(names, bad[2:]):
             if flag:
                 raise ValueError(f"the {name} hold NaN: check the guidance network's output (a diverged "
                                  "training run, or NaN in the input image)")
@@ -360,13 +391,16 @@ class CSPN(_Propagator):
 
         return base if d is None else fused_step(d, kappa, base, self.kernel)
 
-    def forward(self, h0: torch.Tensor, raw_affinity: torch.Tensor, iterations: int | None = None) -> PropagationResult:
-        """h0 (B, C, H, W) probabilities; raw_affinity (B, 8, H, W) -> PropagationResult."""
+    def forward(self, h0: torch.Tensor, raw_affinity: torch.Tensor, iterations: int | None = None,
+                raw_confidence: torch.Tensor | None = None) -> PropagationResult:
+        """h0 (B, C, H, W) probabilities; raw_affinity (B, 8, H, W) -> PropagationResult.
+        With ``raw_confidence`` (B, 1, H, W), kappa_j is multiplied by c_j = sigmoid(raw)_j at
+        the neighbour (:func:`confident_weights`, NLSPN); the rest of the weight goes to H^0."""
         T = self.iterations if iterations is None else iterations
-        self._check(h0, raw_affinity, iterations=T)
+        self._check(h0, raw_affinity, iterations=T, confidence=raw_confidence)
         with torch.autocast(h0.device.type, enabled=False):  # propagation stays in float32
             h0 = as_float(h0)
-            kappa = self.normalise(raw_affinity)
+            kappa = confident_weights(self.normalise(raw_affinity), raw_confidence, self.kernel)
             # D^t = H^t - H^0 obeys D^{t+1} = sum_j kappa_j D^t_j + base, base = sum_j kappa_j (H^0_j - H^0):
             # base is computed once, and D is exactly 0 for a constant map
             base = ring_sums(free_channels(h0), kappa, self.kernel, centred=True)[:, 0]
@@ -375,7 +409,7 @@ class CSPN(_Propagator):
             for _ in range(T):
                 d = step(d, base, kappa)
                 maps.append(h0 + with_all_channels(d, h0.shape[1]))
-        return PropagationResult(maps[-1], maps, kappa)
+        return PropagationResult(maps[-1], maps, kappa, confidence=_confidence(raw_confidence))
 
 
 class DySPN(_Propagator):
@@ -450,21 +484,28 @@ class DySPN(_Propagator):
         # END EXERCISE
 
     def forward(self, h0: torch.Tensor, raw_affinity: torch.Tensor, raw_attention: torch.Tensor,
-                iterations: int | None = None, suppression: bool = True) -> PropagationResult:
+                iterations: int | None = None, suppression: bool = True,
+                raw_confidence: torch.Tensor | None = None) -> PropagationResult:
         """h0 (B, C, H, W); raw_affinity (B, 48, H, W); raw_attention (B, T_a * (R + 1), H, W),
         T_a >= T (an iteration sweep beyond the trained T reuses the last attention).
 
         ``suppression=False`` is an ablation for inference: the negative affinities are dropped
         instead of being sent to H^0 (A_r counts only w^+), so nothing anchors the map to H^0
-        but the attention on the pixel itself."""
+        but the attention on the pixel itself.
+
+        With ``raw_confidence`` (B, 1, H, W), w_j^+ is multiplied by c_j = sigmoid(raw)_j at the
+        neighbour (:func:`confident_weights`, NLSPN) while A_r keeps the full |w_j|: the
+        confidence's share goes to H^0, as diffusion suppression does."""
         T = self.iterations if iterations is None else iterations
-        self._check(h0, raw_affinity, raw_attention, T)
+        self._check(h0, raw_affinity, raw_attention, T, raw_confidence)
         B, _, H, W = h0.shape
         per = self.attention_channels
         with torch.autocast(h0.device.type, enabled=False):
             h0 = as_float(h0)
             pos, mag = prepare_affinity(raw_affinity, self.kernel)
-            A = self.ring_magnitudes(mag if suppression else pos)           # (B, R, H, W)
+            norm = mag if suppression else pos                               # what the normaliser counts
+            A = self.ring_magnitudes(norm)                                   # (B, R, H, W)
+            pos = confident_weights(pos, raw_confidence, self.kernel)       # after A: c_j never renormalises
             # the iteration count is spelled out: with B = 0, view(B, -1, ...) cannot infer it
             pi = torch.sigmoid(as_float(raw_attention)).view(B, raw_attention.shape[1] // per, per, H, W)
             # in D^t = H^t - H^0 the neighbour terms split into sum_j w_j D^t_j and a per-ring
@@ -476,5 +517,10 @@ class DySPN(_Propagator):
                 d = step(d, base, pos, A, pi[:, min(t, pi.shape[1] - 1)])
                 maps.append(h0 + with_all_channels(d, h0.shape[1]))
             with torch.no_grad():  # for figures only: keep it out of the backward pass
-                affinity = pos / (mag if suppression else pos).sum(1, keepdim=True).clamp(min=EPS)
-        return PropagationResult(maps[-1], maps, affinity, pi[:, :max(T, 1)])
+                affinity = pos / norm.sum(1, keepdim=True).clamp(min=EPS)
+        return PropagationResult(maps[-1], maps, affinity, pi[:, :max(T, 1)], _confidence(raw_confidence))
+
+
+def _confidence(raw: torch.Tensor | None) -> torch.Tensor | None:
+    """c = sigmoid(raw confidence), detached, for figures; None without a confidence."""
+    return None if raw is None else torch.sigmoid(as_float(raw.detach()))

@@ -70,25 +70,30 @@ class HeadLayout:
     affinity: tuple[int, int] = (0, 0)
     attention: tuple[int, int] = (0, 0)
     start: tuple[int, int] = (0, 0)
+    confidence: tuple[int, int] = (0, 0)
 
     @property
     def channels(self) -> int:
-        return max(self.affinity[1], self.attention[1], self.start[1])
+        return max(self.affinity[1], self.attention[1], self.start[1], self.confidence[1])
 
     def split(self, head: torch.Tensor) -> dict[str, torch.Tensor]:
-        """(B, channels, H, W) -> {"affinity", "attention", "start"}: views of consecutive ranges.
-        One ``torch.split``, not three slices: the backward of a slice is a zero-filled copy of
-        the whole head (three per training step, the size of DySPN's 72-channel head)."""
-        names = ("affinity", "attention", "start")
+        """(B, channels, H, W) -> {"affinity", "attention", "start", "confidence"}: views of
+        consecutive ranges. One ``torch.split``, not a slice each: the backward of a slice is a
+        zero-filled copy of the whole head (per slice and training step, the size of DySPN's
+        72-channel head)."""
+        names = ("affinity", "attention", "start", "confidence")
         parts = torch.split(head, [getattr(self, n)[1] - getattr(self, n)[0] for n in names], 1)
         return dict(zip(names, parts))
 
     @classmethod
-    def build(cls, method: str, start: str, classes: int, affinity: int = 0, attention: int = 0) -> "HeadLayout":
+    def build(cls, method: str, start: str, classes: int, affinity: int = 0, attention: int = 0,
+              confidence: int = 0) -> "HeadLayout":
         a = (0, affinity)
         b = (a[1], a[1] + attention)
         s = (b[1], b[1] + (classes if start == "corrected" or method == "control" else 0))
-        return cls(a, b, s)
+        # last: without a confidence the earlier ranges, and so older checkpoints, are unchanged
+        c = (s[1], s[1] + confidence)
+        return cls(a, b, s, c)
 
 
 @dataclass
@@ -109,7 +114,8 @@ class Refiner(nn.Module):
     def __init__(self, coarse: CoarseSegmenter, method: str = "cspn", start: str = "coarse", classes: int = 2,
                  width: int = 16, depth: int = 4, iterations: int = 6, kernel: int = 7,
                  perturb: float = 0.0, deep_supervision: bool = False, boundary_weight: float = 1.0,
-                 backend: str = "auto", tune_base: bool = False, perturb_truth: float = 0.0):
+                 backend: str = "auto", tune_base: bool = False, perturb_truth: float = 0.0,
+                 confidence: bool = False):
         super().__init__()
         if method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {method!r}")
@@ -121,13 +127,17 @@ class Refiner(nn.Module):
         self.method, self.start_mode, self.classes = method, start, classes
         self.perturb, self.deep_supervision, self.boundary_weight = perturb, deep_supervision, boundary_weight
         self.perturb_truth = perturb_truth
+        # NLSPN's confidence: one channel, c = sigmoid, how much each pixel may spread (propagators only)
+        self.confidence = confidence and method != "control"
         if method == "cspn":
             self.propagator = CSPN(iterations, backend)
-            layout = HeadLayout.build(method, start, classes, affinity=self.propagator.affinity_channels)
+            layout = HeadLayout.build(method, start, classes, affinity=self.propagator.affinity_channels,
+                                      confidence=int(self.confidence))
         elif method == "dyspn":
             self.propagator = DySPN(iterations, kernel, backend)
             layout = HeadLayout.build(method, start, classes, affinity=self.propagator.affinity_channels,
-                                      attention=iterations * self.propagator.attention_channels)
+                                      attention=iterations * self.propagator.attention_channels,
+                                      confidence=int(self.confidence))
         else:
             self.propagator = None
             layout = HeadLayout.build(method, start, classes)
@@ -139,7 +149,7 @@ class Refiner(nn.Module):
                     classes: int = 2) -> "Refiner":
         return cls(coarse, method, start or cfg.start_map, classes, cfg.refiner_width, cfg.refiner_depth,
                    cfg.iterations, cfg.dyspn_kernel, cfg.perturb, cfg.deep_supervision, cfg.boundary_weight,
-                   cfg.propagation_backend, cfg.tune_base, cfg.perturb_truth)
+                   cfg.propagation_backend, cfg.tune_base, cfg.perturb_truth, cfg.confidence)
 
     def train(self, mode: bool = True) -> "Refiner":
         """Train (or eval) mode for the guidance U-Net; the coarse net stays in eval mode (frozen, or
@@ -167,10 +177,12 @@ class Refiner(nn.Module):
         start = coarse
         if head["start"].shape[1]:
             start = (torch.log(coarse.clamp_min(1e-6)) + head["start"]).softmax(1)
+        # passed only when used: a propagator without the option (an exercise's stand-in) still fits
+        extra = {"raw_confidence": head["confidence"]} if self.confidence else {}
         if self.method == "cspn":
-            result = self.propagator(start, head["affinity"], iterations)
+            result = self.propagator(start, head["affinity"], iterations, **extra)
         elif self.method == "dyspn":
-            result = self.propagator(start, head["affinity"], head["attention"], iterations, suppression)
+            result = self.propagator(start, head["affinity"], head["attention"], iterations, suppression, **extra)
         else:
             return RefineOutput(start, coarse, start, None)
         return RefineOutput(result.final, coarse, start, result)

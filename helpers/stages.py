@@ -127,6 +127,8 @@ class Stage:
             spec["tune_base"] = True
         if c.perturb_truth:
             spec["perturb_truth"] = c.perturb_truth
+        if c.confidence and self.method != "control":
+            spec["confidence"] = True
         return spec
 
     def start_map(self, cfg: Config) -> str:

@@ -259,9 +259,16 @@ def test_full_profile_on_a_cpu_warns_with_an_estimate(tmp_path, monkeypatch, cap
     assert "the full profile would take about 42 hours on this CPU" in capsys.readouterr().out
 
 
-def test_the_cpu_estimate_counts_real_training_steps():
-    hours = runner.estimate_cpu_hours("smoke")
-    assert 0 < hours < 0.05         # the smoke workbook trains for seconds
+def test_the_cpu_estimate_counts_real_training_steps(monkeypatch):
+    """Every timed step is counted as often as training runs it. With each 2-image step timed
+    at 1 s (measured timings depend on the machine's load), the smoke profile is a known count:
+    24 training images at batch 4 are 12 two-image steps per epoch; the coarse U-Net trains 4
+    epochs, and its 1 more epoch (the coarse net trained on) plus the 3 refiners 1 epoch each:
+    (4 + 1 + 3) x 12 = 96 s."""
+    from helpers import timing
+
+    monkeypatch.setattr(timing, "step_seconds", lambda model, images, targets: 1.0)
+    assert runner.estimate_cpu_hours("smoke") * 3600 == pytest.approx(96.0)
 
 
 def test_a_cell_time_out_is_one_line_with_what_to_do(tmp_path):

@@ -84,6 +84,33 @@ def test_kernels_keep_constant_maps_exactly_and_mask_the_borders():
     assert out.strip() == "ok"
 
 
+def test_kernels_carry_the_confidence_forward_and_backward():
+    """NLSPN's confidence scales the weights before the steps: the kernel path must give the
+    PyTorch path's maps and gradients, the confidence's own gradient included."""
+    out = run_interpreted("""
+        import torch
+        from helpers.propagation import CSPN, DySPN
+
+        g = torch.Generator().manual_seed(3)
+        h0 = torch.softmax(3 * torch.randn(2, 2, 9, 11, generator=g), 1)
+        conf = 2 * torch.randn(2, 1, 9, 11, generator=g)
+        for make, extra in ((lambda b: CSPN(3, backend=b), (torch.randn(2, 8, 9, 11, generator=g),)),
+                            (lambda b: DySPN(3, 7, backend=b), (torch.randn(2, 48, 9, 11, generator=g),
+                                                                torch.randn(2, 12, 9, 11, generator=g)))):
+            maps, grads = {}, {}
+            for backend in ("torch", "triton"):
+                inputs = [t.clone().requires_grad_() for t in (h0, *extra, conf)]
+                res = make(backend)(*inputs[:-1], raw_confidence=inputs[-1])
+                sum((m * torch.linspace(-1, 1, m.numel()).view_as(m)).sum() for m in res.maps[1:]).backward()
+                maps[backend], grads[backend] = [m.detach() for m in res.maps], [t.grad for t in inputs]
+            for a, b in zip(maps["torch"] + grads["torch"], maps["triton"] + grads["triton"]):
+                torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
+            assert grads["triton"][-1].abs().max() > 0
+        print("ok")
+    """)
+    assert out.strip() == "ok"
+
+
 def test_half_precision_inputs_accumulate_in_float32():
     out = run_interpreted("""
         import torch

@@ -203,3 +203,60 @@ def test_memory_grows_linearly_and_below_unfold():
     assert (ours[4] - ours[2]) / 2 <= 10 * per_map
     ref = _saved_bytes(lambda: reference_dyspn(h0, aff, att, 6))
     assert ours[6] < ref / 2
+
+
+# ------------------------------------------------------------------------------ NLSPN confidence
+def run_confident(method, h0, aff, att, conf, iterations=T):
+    if method == "cspn":
+        return CSPN(iterations)(h0, aff, raw_confidence=conf)
+    return DySPN(iterations)(h0, aff, att, raw_confidence=conf)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_confidence_matches_the_reference_and_its_gradients_check(method):
+    """w_j^+ c_j with c read at the neighbour, the rest of the weight sent to H^0: the residual
+    form against the unfold reference's weighted sums, and gradcheck through c."""
+    h0 = probs(2, 3, 10, 13)
+    aff, att = heads(method, 2, 10, 13, scale=0.7)
+    conf = randn(2, 1, 10, 13, seed=9, scale=2.0)
+    ours = run_confident(method, h0, aff, att, conf).maps
+    ref = (reference_cspn(h0, aff, T, raw_confidence=conf) if method == "cspn"
+           else reference_dyspn(h0, aff, att, T, raw_confidence=conf))
+    for a, b in zip(ours, ref):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
+    assert (ours[-1] - run(method, h0, aff, att).final).abs().max() > 1e-3, "the confidence changed nothing"
+    small = probs(1, 2, 5, 6).requires_grad_()
+    a, b = heads(method, 1, 5, 6)
+    c = randn(1, 1, 5, 6, seed=7).requires_grad_()
+    inputs = (small, a.requires_grad_(), c) if b is None else (small, a.requires_grad_(), b.requires_grad_(), c)
+    fn = ((lambda h, k, q: CSPN(3)(h, k, raw_confidence=q).final) if method == "cspn"
+          else (lambda h, k, p, q: DySPN(3)(h, k, p, raw_confidence=q).final))
+    assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-5)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_confidence_keeps_the_guarantees_and_its_limits_are_known(method):
+    """Probabilities stay probabilities and constants stay constant for any confidence; c = 0
+    everywhere is the identity (nothing spreads), c = 1 everywhere is propagation without it."""
+    h0 = probs(2, 3, 9, 10, dtype=torch.float32, seed=3)
+    aff, att = heads(method, 2, 9, 10, dtype=torch.float32, scale=3.0, seed=4)
+    conf = randn(2, 1, 9, 10, dtype=torch.float32, seed=5, scale=30.0)
+    for m in run_confident(method, h0, aff, att, conf).maps:
+        assert m.min() >= -1e-6 and m.max() <= 1 + 1e-6
+        torch.testing.assert_close(m.sum(1), torch.ones_like(m[:, 0]), atol=1e-5, rtol=0)
+    const = torch.tensor([0.2, 0.3, 0.5]).view(1, 3, 1, 1).expand(2, 3, 9, 10).contiguous()
+    assert all(torch.equal(m, const) for m in run_confident(method, const, aff, att, conf).maps)
+    nothing = run_confident(method, h0, aff, att, torch.full((2, 1, 9, 10), -1e4)).final   # sigmoid -> 0 exactly
+    torch.testing.assert_close(nothing, h0, atol=1e-6, rtol=0)
+    full = run_confident(method, h0, aff, att, torch.full((2, 1, 9, 10), 1e4))              # sigmoid -> 1 exactly
+    assert torch.equal(full.final, run(method, h0, aff, att).final)
+    assert full.confidence.shape == (2, 1, 9, 10) and torch.equal(full.confidence, torch.ones(2, 1, 9, 10))
+
+
+def test_confidence_of_the_wrong_shape_is_refused():
+    h0 = probs(1, 2, 6, 7, dtype=torch.float32)
+    aff, _ = heads("cspn", 1, 6, 7, dtype=torch.float32)
+    with pytest.raises(ValueError, match="confidence must be"):
+        CSPN(2)(h0, aff, raw_confidence=torch.zeros(1, 2, 6, 7))
+    with pytest.raises(ValueError, match="confidence hold NaN"):
+        CSPN(2)(h0, aff, raw_confidence=torch.full((1, 1, 6, 7), float("nan")))

@@ -168,6 +168,29 @@ def test_tune_base_has_its_own_checkpoint_and_leaves_old_names(folders):
     assert stages.get("coarse").spec(tuned) == stages.get("coarse").spec(wb)
 
 
+def test_confidence_head_starts_as_the_identity_and_has_its_own_checkpoint(folders):
+    """NLSPN's confidence adds one head channel after the others (older layouts unchanged), the
+    zero-initialised head is still the identity, and only the propagating refiners' specs name it."""
+    from helpers import stages
+    from helpers.workflow import open_workbook
+
+    plain = Refiner(model(), "dyspn", start="corrected", width=4, depth=2, iterations=6)
+    r = Refiner(model(), "dyspn", start="corrected", width=4, depth=2, iterations=6, confidence=True).eval()
+    assert r.layout.confidence == (74, 75) and r.layout.start == plain.layout.start == (72, 74)
+    x = torch.rand(2, 3, 24, 24)
+    out = r.refine(x)
+    torch.testing.assert_close(out.probs, out.coarse, atol=1e-6, rtol=0)
+    assert torch.equal(out.propagation.confidence, torch.full((2, 1, 24, 24), 0.5))
+    assert Refiner(model(), "control", width=4, depth=2, confidence=True).layout.channels == 2
+
+    wb = open_workbook(profile="smoke", **folders)
+    confident = open_workbook(profile="smoke", confidence=True, **folders)
+    for name in ("cspn", "dyspn", "converged+dyspn"):
+        assert "confidence" not in stages.get(name).spec(wb)
+        assert stages.get(name).spec(confident) == {**stages.get(name).spec(wb), "confidence": True}
+    assert stages.get("control").spec(confident) == stages.get("control").spec(wb)
+
+
 def test_corrected_start_layout():
     r = Refiner(model(), "dyspn", start="corrected", width=4, depth=2, iterations=6)
     assert r.layout.affinity == (0, 48) and r.layout.attention == (48, 72) and r.layout.start == (72, 74)
