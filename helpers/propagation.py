@@ -71,14 +71,15 @@ def border_mask(kernel: int, height: int, width: int, device=None, dtype=torch.f
 
 
 def neighbour_values(x: torch.Tensor, kernel: int) -> torch.Tensor:
-    """(B, 1, H, W) -> (B, K, H, W): the value of ``x`` at neighbour j of every pixel, in
-    :func:`window_offsets` order, 0 outside the image. ``F.unfold``, whose backward is one
-    ``fold``: K shifted slices would each have a zero-filled copy of the map as their backward."""
-    B, _, H, W = x.shape
+    """(B, C, H, W) -> (B, C, K, H, W): the value of ``x`` at neighbour j of every pixel, in
+    :func:`window_offsets` order, 0 outside the image. ``F.unfold`` (one copy per neighbour,
+    which the propagation itself avoids; used for the confidence's one channel and by the
+    reference), whose backward is one ``fold``, not a zero-filled copy per shifted slice."""
+    B, C, H, W = x.shape
     r = kernel // 2
     order = torch.tensor([(dy + r) * kernel + (dx + r) for dy, dx in window_offsets(kernel)], device=x.device)
-    cols = nn.functional.unfold(x, kernel, padding=r)                       # (B, kernel^2, H W)
-    return cols.index_select(1, order).view(B, len(order), H, W)
+    cols = nn.functional.unfold(x, kernel, padding=r).view(B, C, kernel * kernel, H, W)
+    return cols.index_select(2, order)
 
 
 def confident_weights(pos: torch.Tensor, raw_confidence: torch.Tensor | None, kernel: int) -> torch.Tensor:
@@ -88,7 +89,7 @@ def confident_weights(pos: torch.Tensor, raw_confidence: torch.Tensor | None, ke
     share (1 - c_j) w_j^+ goes to H^0: the update stays a convex combination."""
     if raw_confidence is None:
         return pos
-    return pos * neighbour_values(torch.sigmoid(as_float(raw_confidence)), kernel)
+    return pos * neighbour_values(torch.sigmoid(as_float(raw_confidence)), kernel)[:, 0]
 
 
 def as_float(x: torch.Tensor) -> torch.Tensor:

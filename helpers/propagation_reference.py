@@ -1,36 +1,27 @@
 """Slow, obviously-correct references for the propagation modules, used by tests and benchmarks.
 
-Neighbours are gathered with ``F.unfold`` (one copy per neighbour), the border handled by
-unfolding a map of ones; the update is written exactly as in the docstrings of
-:mod:`helpers.propagation`, in the weighted-sum form, without the residual rewrite.
+Neighbours are gathered with ``F.unfold`` (one copy per neighbour,
+:func:`helpers.propagation.neighbour_values`), the border handled by unfolding a map of ones;
+the update is written exactly as in the docstrings of :mod:`helpers.propagation`, in the
+weighted-sum form, without the residual rewrite.
 """
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
-from .propagation import AFFINITY_LIMIT, EPS, ring_sizes, window_offsets
-
-
-def _unfold_neighbours(x: torch.Tensor, kernel: int) -> torch.Tensor:
-    """(B, C, H, W) -> (B, C, K, H, W): the value of each neighbour, in window_offsets order."""
-    B, C, H, W = x.shape
-    r = kernel // 2
-    cols = F.unfold(x, kernel, padding=r).view(B, C, kernel * kernel, H, W)
-    order = [(dy + r) * kernel + (dx + r) for dy, dx in window_offsets(kernel)]
-    return cols[:, :, order]
+from .propagation import AFFINITY_LIMIT, EPS, neighbour_values, ring_sizes
 
 
 def _valid(x: torch.Tensor, kernel: int) -> torch.Tensor:
     ones = torch.ones_like(x[:, :1])
-    return _unfold_neighbours(ones, kernel)[:, 0]  # (B, K, H, W)
+    return neighbour_values(ones, kernel)[:, 0]  # (B, K, H, W)
 
 
 def _confidences(h0: torch.Tensor, raw_confidence: torch.Tensor | None, kernel: int) -> torch.Tensor:
     """(B, K, H, W): c_j = sigmoid(raw confidence) at neighbour j; 1 without a confidence."""
     if raw_confidence is None:
         return torch.ones_like(_valid(h0, kernel))
-    return _unfold_neighbours(torch.sigmoid(raw_confidence), kernel)[:, 0]
+    return neighbour_values(torch.sigmoid(raw_confidence), kernel)[:, 0]
 
 
 def reference_cspn(h0: torch.Tensor, raw: torch.Tensor, iterations: int, neighbours=None,
@@ -39,7 +30,7 @@ def reference_cspn(h0: torch.Tensor, raw: torch.Tensor, iterations: int, neighbo
     (c_j = 1 without ``raw_confidence``). ``neighbours(x, kernel)`` -> (B, C, K, H, W) gathers
     them (default: ``F.unfold``)."""
     # BEGIN EXERCISE solution-only
-    neighbours = neighbours or _unfold_neighbours
+    neighbours = neighbours or neighbour_values
     k = raw.clamp(-AFFINITY_LIMIT, AFFINITY_LIMIT) * _valid(h0, 3)
     kappa = k.clamp(min=0) / k.abs().sum(1, keepdim=True).clamp(min=1) * _confidences(h0, raw_confidence, 3)
     maps = [h0]
@@ -56,7 +47,7 @@ def reference_dyspn(h0: torch.Tensor, raw: torch.Tensor, raw_attention: torch.Te
     ``neighbours`` as for :func:`reference_cspn`; with ``raw_confidence`` the share
     (1 - c_j) w_j^+ of each neighbour goes to H^0."""
     # BEGIN EXERCISE solution-only
-    neighbours = neighbours or _unfold_neighbours
+    neighbours = neighbours or neighbour_values
     B, C, H, W = h0.shape
     w = raw.clamp(-AFFINITY_LIMIT, AFFINITY_LIMIT) * _valid(h0, kernel)
     pos, neg = w.clamp(min=0), (-w).clamp(min=0)
