@@ -5,11 +5,11 @@
 * :class:`Refiner` freezes a coarse segmenter and adds a guidance U-Net that reads the RGB image
   and the coarse probabilities, (B, 3 + C, H, W), and predicts what the chosen method needs:
 
-  ========  =====================================================================
-  cspn      8 affinities; CSPN propagates T iterations from the start map
+  ========  =========================================================================================
+  cspn      8 affinities, times the gain g (cspn_gain); CSPN propagates T iterations from the start map
   dyspn     48 ring affinities + T x 4 attention maps; DySPN propagates
   control   nothing to propagate: the same U-Net corrects the coarse map directly
-  ========  =====================================================================
+  ========  =========================================================================================
 
   With ``start="corrected"`` the head also predicts a correction ``delta`` (C channels) and the
   propagation starts from ``softmax(log P_coarse + delta)`` (as NLSPN and DySPN predict an
@@ -115,7 +115,7 @@ class Refiner(nn.Module):
                  width: int = 16, depth: int = 4, iterations: int = 6, kernel: int = 7,
                  perturb: float = 0.0, deep_supervision: bool = False, boundary_weight: float = 1.0,
                  backend: str = "auto", tune_base: bool = False, perturb_truth: float = 0.0,
-                 confidence: bool = False):
+                 confidence: bool = False, cspn_gain: float = 1.0):
         super().__init__()
         if method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {method!r}")
@@ -129,6 +129,12 @@ class Refiner(nn.Module):
         self.perturb_truth = perturb_truth
         # NLSPN's confidence: one channel, c = sigmoid, how much each pixel may spread (propagators only)
         self.confidence = confidence and method != "control"
+        # CSPN's head output k is scaled by g before kappa_j = (g k_j)^+ / max(1, g sum_j |k_j|):
+        # the weights saturate from sum_j |k_j| = 1 / g on, so a head that starts at zero reaches
+        # strong propagation g times sooner (Adam moves a weight by about the learning rate per step)
+        if cspn_gain <= 0:
+            raise ValueError(f"cspn_gain must be > 0, got {cspn_gain}")
+        self.cspn_gain = cspn_gain
         if method == "cspn":
             self.propagator = CSPN(iterations, backend)
             layout = HeadLayout.build(method, start, classes, affinity=self.propagator.affinity_channels,
@@ -146,10 +152,13 @@ class Refiner(nn.Module):
 
     @classmethod
     def from_config(cls, cfg: Config, coarse: CoarseSegmenter, method: str, start: str | None = None,
-                    classes: int = 2) -> "Refiner":
+                    classes: int = 2, cspn_gain: float | None = None) -> "Refiner":
+        """The refiner of the report's setting unless ``start`` and ``cspn_gain`` say otherwise
+        (a :class:`~helpers.stages.Stage` passes its own setting's)."""
         return cls(coarse, method, start or cfg.start_map, classes, cfg.refiner_width, cfg.refiner_depth,
                    cfg.iterations, cfg.dyspn_kernel, cfg.perturb, cfg.deep_supervision, cfg.boundary_weight,
-                   cfg.propagation_backend, cfg.tune_base, cfg.perturb_truth, cfg.confidence)
+                   cfg.propagation_backend, cfg.tune_base, cfg.perturb_truth, cfg.confidence,
+                   cfg.cspn_gain if cspn_gain is None else cspn_gain)
 
     def train(self, mode: bool = True) -> "Refiner":
         """Train (or eval) mode for the guidance U-Net; the coarse net stays in eval mode (frozen, or
@@ -180,7 +189,8 @@ class Refiner(nn.Module):
         # passed only when used: a propagator without the option (an exercise's stand-in) still fits
         extra = {"raw_confidence": head["confidence"]} if self.confidence else {}
         if self.method == "cspn":
-            result = self.propagator(start, head["affinity"], iterations, **extra)
+            affinity = head["affinity"] if self.cspn_gain == 1 else self.cspn_gain * head["affinity"]
+            result = self.propagator(start, affinity, iterations, **extra)
         elif self.method == "dyspn":
             result = self.propagator(start, head["affinity"], head["attention"], iterations, suppression, **extra)
         else:

@@ -129,6 +129,8 @@ class Stage:
             spec["perturb_truth"] = c.perturb_truth
         if c.confidence and self.method != "control":
             spec["confidence"] = True
+        if self.method == "cspn" and self.cspn_gain(c) != 1:
+            spec["cspn_gain"] = self.cspn_gain(c)
         return spec
 
     def start_map(self, cfg: Config) -> str:
@@ -137,6 +139,10 @@ class Stage:
 
     def default_start(self, cfg: Config) -> str:
         return cfg.start_map if self.base == "coarse" else cfg.converged_start_map
+
+    def cspn_gain(self, cfg: Config) -> float:
+        """The gain of a CSPN head in this stage's setting (``cspn_gain`` / ``converged_cspn_gain``)."""
+        return cfg.cspn_gain if self.base == "coarse" else cfg.converged_cspn_gain
 
     def checkpoint(self, wb: "Workbook") -> Path:
         """``run_dir/<name>-<hash of spec>.pt``: another setting gets its own file, so changing the
@@ -150,7 +156,7 @@ class Stage:
         weights), or a refiner on ``base_model`` (frozen; with ``tune_base`` on a copy of it,
         so that fine-tuning never changes the base net the other stages share)."""
         if self.kind == "refiner":
-            return Refiner.from_config(cfg, base_model, self.method, self.start_map(cfg))
+            return Refiner.from_config(cfg, base_model, self.method, self.start_map(cfg), cspn_gain=self.cspn_gain(cfg))
         model = CoarseSegmenter.from_config(cfg)
         if self.kind == "longer":
             model.load_state_dict(base_model.state_dict())

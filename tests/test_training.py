@@ -191,6 +191,52 @@ def test_confidence_head_starts_as_the_identity_and_has_its_own_checkpoint(folde
     assert stages.get("control").spec(confident) == stages.get("control").spec(wb)
 
 
+def test_cspn_gain_scales_the_affinity_head_and_has_its_own_checkpoint(folders):
+    """cspn_gain g is exactly a head g times larger (kappa_j = (g k_j)^+ / max(1, g sum |k_j|)),
+    not a change of the start map; only CSPN refiners' specs name it, and only when g != 1."""
+    from helpers import stages
+    from helpers.workflow import open_workbook
+
+    torch.manual_seed(3)
+    base = model()
+    gained = Refiner(base, "cspn", start="corrected", width=4, depth=2, iterations=4, cspn_gain=4.0).eval()
+    with torch.no_grad():
+        for p in gained.guidance.head.parameters():
+            p.normal_(0, 0.3)
+    plain = Refiner(base, "cspn", start="corrected", width=4, depth=2, iterations=4).eval()
+    plain.load_state_dict(gained.state_dict())
+    affinity = slice(*plain.layout.affinity)
+    with torch.no_grad():
+        plain.guidance.head.conv.weight[affinity] *= 4
+        plain.guidance.head.conv.bias[affinity] *= 4
+    x = torch.rand(2, 3, 24, 24)
+    a, b = gained.refine(x), plain.refine(x)
+    torch.testing.assert_close(a.start, b.start, atol=0, rtol=0)       # the correction is not scaled
+    torch.testing.assert_close(a.probs, b.probs, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(a.propagation.affinity, b.propagation.affinity, atol=1e-6, rtol=1e-5)
+    unscaled = Refiner(base, "cspn", start="corrected", width=4, depth=2, iterations=4).eval()
+    unscaled.load_state_dict(gained.state_dict())
+    weak = unscaled.refine(x).propagation.affinity
+    assert (a.propagation.affinity.sum(1) > weak.sum(1) + 1e-3).any(), "the gain must strengthen kappa"
+    assert (a.propagation.affinity.sum(1) <= 1 + 1e-6).all()
+    with pytest.raises(ValueError, match="cspn_gain"):
+        Refiner(base, "cspn", cspn_gain=0.0)
+
+    # per setting, as the defaults: the report's CSPN at 4, the converged net's at 1 (so its
+    # checkpoints keep their names); a gain of 1 is never named
+    wb = open_workbook(profile="smoke", **folders)
+    assert stages.get("cspn").spec(wb)["cspn_gain"] == wb.cfg.cspn_gain == 4.0
+    assert "cspn_gain" not in stages.get("converged+cspn").spec(wb)
+    assert stages.get("cspn").build(wb.cfg, model()).cspn_gain == 4.0
+    assert stages.get("converged+cspn").build(wb.cfg, model()).cspn_gain == 1.0
+    swapped = open_workbook(profile="smoke", cspn_gain=1.0, converged_cspn_gain=2.0, **folders)
+    unnamed = {k: v for k, v in stages.get("cspn").spec(wb).items() if k != "cspn_gain"}
+    assert stages.get("cspn").spec(swapped) == unnamed
+    assert stages.get("converged+cspn").spec(swapped) == {**stages.get("converged+cspn").spec(wb), "cspn_gain": 2.0}
+    for name in ("control", "dyspn", "converged+control", "converged+dyspn"):
+        assert stages.get(name).spec(swapped) == stages.get(name).spec(wb)
+
+
 def test_corrected_start_layout():
     r = Refiner(model(), "dyspn", start="corrected", width=4, depth=2, iterations=6)
     assert r.layout.affinity == (0, 48) and r.layout.attention == (48, 72) and r.layout.start == (72, 74)
