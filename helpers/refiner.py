@@ -189,8 +189,7 @@ class Refiner(nn.Module):
         # passed only when used: a propagator without the option (an exercise's stand-in) still fits
         extra = {"raw_confidence": head["confidence"]} if self.confidence else {}
         if self.method == "cspn":
-            affinity = head["affinity"] if self.cspn_gain == 1 else self.cspn_gain * head["affinity"]
-            result = self.propagator(start, affinity, iterations, **extra)
+            result = self.propagator(start, self.cspn_gain * head["affinity"], iterations, **extra)   # x 1.0 is exact
         elif self.method == "dyspn":
             result = self.propagator(start, head["affinity"], head["attention"], iterations, suppression, **extra)
         else:
