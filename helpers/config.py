@@ -112,6 +112,11 @@ class Config:
     # above the no-propagation control, but cost CSPN on the converged net (-0.003): README
     cspn_gain: float = 4.0               # refining the report's minimally trained coarse U-Net
     converged_cspn_gain: float = 1.0     # refining the converged U-Net
+    # how the guidance U-Net starts, per setting: "scratch" (random weights) or "base" (the base
+    # net's trained weights, as NLSPN and DySPN start from an ImageNet ResNet; needs
+    # refiner_width = coarse_width and refiner_depth = coarse_depth)
+    guidance_init: str = "scratch"           # refining the report's minimally trained coarse U-Net
+    converged_guidance_init: str = "scratch"  # refining the converged U-Net
     amp: bool = True                     # autocast, used only on CUDA
 
     @property

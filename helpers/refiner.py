@@ -42,6 +42,34 @@ from .unet import UNet
 
 METHODS = ("control", "cspn", "dyspn")
 STARTS = ("coarse", "corrected")
+GUIDANCE_INITS = ("scratch", "base")
+
+
+def init_from_base(guidance: UNet, base: UNet) -> None:
+    """Start the guidance U-Net from the trained base U-Net's weights (as NLSPN and DySPN start
+    their guidance encoders from an ImageNet-trained ResNet): every layer but the first
+    convolution's extra input channels and the head.
+
+    The guidance net reads (RGB, coarse map), (B, 3 + C, H, W), the base net RGB alone: the RGB
+    filters are copied and the map's are zeroed, so at step 0 the guidance net computes exactly
+    the base net's features of the image (at the refiner's resolution) and learns from there how
+    to use the map. The head keeps its zero initialisation (the refiner starts as the identity).
+    Both nets must have the same width and depth."""
+    theirs = base.state_dict()
+    ours = guidance.state_dict()
+    if len(guidance.downs) != len(base.downs) or ours["inc.block.0.weight"].shape[0] != theirs["inc.block.0.weight"].shape[0]:
+        raise ValueError("guidance_init='base' needs a guidance U-Net of the base net's width and depth: set "
+                         "refiner_width = coarse_width and refiner_depth = coarse_depth")
+    first = "inc.block.0.weight"
+    for name, tensor in theirs.items():
+        if name.startswith("head."):
+            continue
+        if name == first:
+            ours[name] = torch.zeros_like(ours[name])
+            ours[name][:, :tensor.shape[1]] = tensor
+        else:
+            ours[name] = tensor.clone()
+    guidance.load_state_dict(ours)
 
 
 class CoarseSegmenter(nn.Module):
@@ -115,7 +143,7 @@ class Refiner(nn.Module):
                  width: int = 16, depth: int = 4, iterations: int = 6, kernel: int = 7,
                  perturb: float = 0.0, deep_supervision: bool = False, boundary_weight: float = 1.0,
                  backend: str = "auto", tune_base: bool = False, perturb_truth: float = 0.0,
-                 confidence: bool = False, cspn_gain: float = 1.0):
+                 confidence: bool = False, cspn_gain: float = 1.0, guidance_init: str = "scratch"):
         super().__init__()
         if method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {method!r}")
@@ -149,16 +177,21 @@ class Refiner(nn.Module):
             layout = HeadLayout.build(method, start, classes)
         self.layout = layout
         self.guidance = UNet(3 + classes, layout.channels, width=width, depth=depth, zero_init_head=True)
+        if guidance_init not in GUIDANCE_INITS:
+            raise ValueError(f"guidance_init must be one of {GUIDANCE_INITS}, got {guidance_init!r}")
+        if guidance_init == "base":
+            init_from_base(self.guidance, self.coarse.unet)
 
     @classmethod
     def from_config(cls, cfg: Config, coarse: CoarseSegmenter, method: str, start: str | None = None,
-                    classes: int = 2, cspn_gain: float | None = None) -> "Refiner":
-        """The refiner of the report's setting unless ``start`` and ``cspn_gain`` say otherwise
-        (a :class:`~helpers.stages.Stage` passes its own setting's)."""
+                    classes: int = 2, cspn_gain: float | None = None, guidance_init: str | None = None) -> "Refiner":
+        """The refiner of the report's setting unless ``start``, ``cspn_gain`` and
+        ``guidance_init`` say otherwise (a :class:`~helpers.stages.Stage` passes its own setting's)."""
         return cls(coarse, method, start or cfg.start_map, classes, cfg.refiner_width, cfg.refiner_depth,
                    cfg.iterations, cfg.dyspn_kernel, cfg.perturb, cfg.deep_supervision, cfg.boundary_weight,
                    cfg.propagation_backend, cfg.tune_base, cfg.perturb_truth, cfg.confidence,
-                   cfg.cspn_gain if cspn_gain is None else cspn_gain)
+                   cfg.cspn_gain if cspn_gain is None else cspn_gain,
+                   cfg.guidance_init if guidance_init is None else guidance_init)
 
     def train(self, mode: bool = True) -> "Refiner":
         """Train (or eval) mode for the guidance U-Net; the coarse net stays in eval mode (frozen, or

@@ -131,6 +131,8 @@ class Stage:
             spec["confidence"] = True
         if self.method == "cspn" and self.cspn_gain(c) != 1:
             spec["cspn_gain"] = self.cspn_gain(c)
+        if self.guidance_init(c) != "scratch":
+            spec["guidance_init"] = self.guidance_init(c)
         return spec
 
     def start_map(self, cfg: Config) -> str:
@@ -144,6 +146,11 @@ class Stage:
         """The gain of a CSPN head in this stage's setting (``cspn_gain`` / ``converged_cspn_gain``)."""
         return cfg.cspn_gain if self.base == "coarse" else cfg.converged_cspn_gain
 
+    def guidance_init(self, cfg: Config) -> str:
+        """How the guidance U-Net starts in this stage's setting (``guidance_init`` /
+        ``converged_guidance_init``): from scratch, or from the base net's weights."""
+        return cfg.guidance_init if self.base == "coarse" else cfg.converged_guidance_init
+
     def checkpoint(self, wb: "Workbook") -> Path:
         """``run_dir/<name>-<hash of spec>.pt``: another setting gets its own file, so changing the
         configuration never overwrites (or is refused by) what an earlier setting trained."""
@@ -156,7 +163,8 @@ class Stage:
         weights), or a refiner on ``base_model`` (frozen; with ``tune_base`` on a copy of it,
         so that fine-tuning never changes the base net the other stages share)."""
         if self.kind == "refiner":
-            return Refiner.from_config(cfg, base_model, self.method, self.start_map(cfg), cspn_gain=self.cspn_gain(cfg))
+            return Refiner.from_config(cfg, base_model, self.method, self.start_map(cfg), cspn_gain=self.cspn_gain(cfg),
+                                      guidance_init=self.guidance_init(cfg))
         model = CoarseSegmenter.from_config(cfg)
         if self.kind == "longer":
             model.load_state_dict(base_model.state_dict())

@@ -237,6 +237,62 @@ def test_cspn_gain_scales_the_affinity_head_and_has_its_own_checkpoint(folders):
         assert stages.get(name).spec(swapped) == stages.get(name).spec(wb)
 
 
+def test_guidance_init_from_the_base_starts_from_its_features_and_has_its_own_checkpoint(folders):
+    """guidance_init="base": at step 0 the guidance U-Net computes exactly the base U-Net's
+    features of the image (the coarse map's input filters are zero), the refiner is still the
+    identity, training moves the map's filters away from zero, and only a non-default value is
+    named in a spec, per setting."""
+    from helpers import stages
+    from helpers.workflow import open_workbook
+
+    torch.manual_seed(5)
+    base = model()
+    with torch.no_grad():       # a base that is not at its random initialisation
+        for p in base.parameters():
+            p.normal_(0, 0.5)
+        for m in base.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.normal_()
+                m.running_var.uniform_(0.5, 2.0)
+    x = torch.rand(2, 3, 24, 24)
+    for method in ("control", "cspn", "dyspn"):
+        ref = Refiner(base, method, start="corrected", width=4, depth=2, iterations=3, kernel=5,
+                      guidance_init="base").eval()
+        with torch.no_grad():
+            ours = ref.guidance.features(torch.cat([x, base(x)], 1))
+            torch.testing.assert_close(ours, base.unet.features(x), atol=0, rtol=0)
+            torch.testing.assert_close(ref(x), base(x), atol=1e-6, rtol=0)
+        scratch = Refiner(base, method, start="corrected", width=4, depth=2, iterations=3, kernel=5).eval()
+        with torch.no_grad():
+            assert not torch.allclose(scratch.guidance.features(torch.cat([x, base(x)], 1)), ours)
+    # the map's filters start at zero but do get a gradient: the map is read after one step
+    ref = Refiner(base, "dyspn", width=4, depth=2, iterations=3, kernel=5, guidance_init="base").train()
+    with torch.no_grad():
+        ref.guidance.head.conv.weight.normal_(0, 0.1)
+    ref.training_loss(x, (torch.rand(2, 24, 24) > 0.5).long()).backward()
+    first = ref.guidance.inc.block[0].weight
+    assert first[:, 3:].abs().sum() == 0 and first.grad[:, 3:].abs().sum() > 0
+    assert all(p.grad is None for p in base.parameters()), "the base net stays frozen"
+    with pytest.raises(ValueError, match="refiner_width = coarse_width"):
+        Refiner(base, "dyspn", width=8, depth=2, guidance_init="base")
+    with pytest.raises(ValueError, match="guidance_init"):
+        Refiner(base, "dyspn", width=4, depth=2, guidance_init="imagenet")
+
+    wb = open_workbook(profile="smoke", **folders)
+    assert all("guidance_init" not in stages.get(n).spec(wb) for n in stages.REGISTRY if stages.get(n).kind == "refiner")
+    tuned = open_workbook(profile="smoke", converged_guidance_init="base", **folders)
+    for name in ("converged+control", "converged+cspn", "converged+dyspn"):
+        assert stages.get(name).spec(tuned) == {**stages.get(name).spec(wb), "guidance_init": "base"}
+        assert stages.get(name).checkpoint(tuned) != stages.get(name).checkpoint(wb)
+    for name in ("control", "cspn", "dyspn"):
+        assert stages.get(name).spec(tuned) == stages.get(name).spec(wb)
+    torch.manual_seed(0)
+    smoke_base = CoarseSegmenter.from_config(tuned.cfg)
+    built = stages.get("converged+dyspn").build(tuned.cfg, smoke_base)
+    torch.testing.assert_close(built.guidance.downs[0].block[1].block[0].weight,
+                               smoke_base.unet.downs[0].block[1].block[0].weight, atol=0, rtol=0)
+
+
 def test_corrected_start_layout():
     r = Refiner(model(), "dyspn", start="corrected", width=4, depth=2, iterations=6)
     assert r.layout.affinity == (0, 48) and r.layout.attention == (48, 72) and r.layout.start == (72, 74)
