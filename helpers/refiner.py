@@ -15,7 +15,8 @@
   propagation starts from ``softmax(log P_coarse + delta)`` (as NLSPN and DySPN predict an
   initial depth); ``start="coarse"`` starts from the coarse map, as the report did. The control
   is exactly the corrected start with no propagation. Every head is zero-initialised, so each
-  refiner starts as the identity on the coarse map.
+  refiner starts as the identity on the coarse map. With ``guidance_init="base"`` the guidance
+  U-Net starts from the coarse U-Net's trained weights (:func:`init_from_base`).
 
 With ``tune_base`` the refiner fine-tunes its own copy of the coarse segmenter end to end, through
 the refiner's loss (the coarse map then carries gradients into the start map and the guidance

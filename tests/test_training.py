@@ -227,8 +227,8 @@ def test_cspn_gain_scales_the_affinity_head_and_has_its_own_checkpoint(folders):
     wb = open_workbook(profile="smoke", **folders)
     assert stages.get("cspn").spec(wb)["cspn_gain"] == wb.cfg.cspn_gain == 4.0
     assert "cspn_gain" not in stages.get("converged+cspn").spec(wb)
-    assert stages.get("cspn").build(wb.cfg, model()).cspn_gain == 4.0
-    assert stages.get("converged+cspn").build(wb.cfg, model()).cspn_gain == 1.0
+    assert stages.get("cspn").build(wb.cfg, CoarseSegmenter.from_config(wb.cfg)).cspn_gain == 4.0
+    assert stages.get("converged+cspn").build(wb.cfg, CoarseSegmenter.from_config(wb.cfg)).cspn_gain == 1.0
     swapped = open_workbook(profile="smoke", cspn_gain=1.0, converged_cspn_gain=2.0, **folders)
     unnamed = {k: v for k, v in stages.get("cspn").spec(wb).items() if k != "cspn_gain"}
     assert stages.get("cspn").spec(swapped) == unnamed
@@ -278,9 +278,14 @@ def test_guidance_init_from_the_base_starts_from_its_features_and_has_its_own_ch
     with pytest.raises(ValueError, match="guidance_init"):
         Refiner(base, "dyspn", width=4, depth=2, guidance_init="imagenet")
 
-    wb = open_workbook(profile="smoke", **folders)
-    assert all("guidance_init" not in stages.get(n).spec(wb) for n in stages.REGISTRY if stages.get(n).kind == "refiner")
-    tuned = open_workbook(profile="smoke", converged_guidance_init="base", **folders)
+    # "scratch" is never named (the checkpoints of earlier runs keep their names); the default,
+    # "base" in both settings, is
+    wb = open_workbook(profile="smoke", guidance_init="scratch", converged_guidance_init="scratch", **folders)
+    refiners = [n for n in stages.REGISTRY if stages.get(n).kind == "refiner"]
+    assert all("guidance_init" not in stages.get(n).spec(wb) for n in refiners)
+    default = open_workbook(profile="smoke", **folders)
+    assert all(stages.get(n).spec(default)["guidance_init"] == "base" for n in refiners)
+    tuned = open_workbook(profile="smoke", guidance_init="scratch", converged_guidance_init="base", **folders)
     for name in ("converged+control", "converged+cspn", "converged+dyspn"):
         assert stages.get(name).spec(tuned) == {**stages.get(name).spec(wb), "guidance_init": "base"}
         assert stages.get(name).checkpoint(tuned) != stages.get(name).checkpoint(wb)
@@ -369,16 +374,18 @@ def test_stage_registry_declares_each_stage_once():
         if stage.kind == "refiner":
             assert stages.refiner(stage.base, stage.method) is stage
             assert name == stages.stage_name(stage.base, stage.method)
-    cfg = profile_config("smoke")
+    cfg = profile_config("smoke", converged_start_map="coarse")
     corrected = stages.get("converged+cspn").variant(cfg, start="corrected")
     assert corrected.name == "converged+cspn-corrected" and corrected.base == "converged"
     assert stages.get("cspn").variant(cfg, start=cfg.start_map) is stages.get("cspn")
     # an epoch budget is a variant too: it must not overwrite the registered stage's row
     assert stages.get("cspn").variant(cfg, epochs=24).name == "cspn-e24"
     assert stages.get("converged+dyspn").variant(cfg, start="corrected", epochs=5).name == "converged+dyspn-corrected-e5"
-    # the start map is per setting: the converged refiners start from the converged map
+    # the start map is per setting: here the converged refiners start from the converged map
     assert stages.get("cspn").start_map(cfg) == cfg.start_map == "corrected"
     assert stages.get("converged+cspn").start_map(cfg) == cfg.converged_start_map == "coarse"
+    # the defaults: both settings start from the corrected map
+    assert profile_config("smoke").converged_start_map == profile_config("smoke").start_map == "corrected"
 
     from helpers.results import format_table
     row = {"stage": "converged+cspn-e5", "base": "converged", "label": "variant", "miou": 0.7, "pet_iou": 0.6,
