@@ -56,20 +56,17 @@ def init_from_base(guidance: UNet, base: UNet) -> None:
     the base net's features of the image (at the refiner's resolution) and learns from there how
     to use the map. The head keeps its zero initialisation (the refiner starts as the identity).
     Both nets must have the same width and depth."""
-    theirs = base.state_dict()
-    ours = guidance.state_dict()
-    if len(guidance.downs) != len(base.downs) or ours["inc.block.0.weight"].shape[0] != theirs["inc.block.0.weight"].shape[0]:
+    theirs, ours = base.state_dict(), guidance.state_dict()
+    first = "inc.block.0.weight"   # (width, in_channels, 3, 3)
+    if len(guidance.downs) != len(base.downs) or ours[first].shape[0] != theirs[first].shape[0]:
         raise ValueError("guidance_init='base' needs a guidance U-Net of the base net's width and depth: set "
                          "refiner_width = coarse_width and refiner_depth = coarse_depth")
-    first = "inc.block.0.weight"
     for name, tensor in theirs.items():
-        if name.startswith("head."):
-            continue
         if name == first:
             ours[name] = torch.zeros_like(ours[name])
             ours[name][:, :tensor.shape[1]] = tensor
-        else:
-            ours[name] = tensor.clone()
+        elif not name.startswith("head."):
+            ours[name] = tensor       # load_state_dict copies
     guidance.load_state_dict(ours)
 
 

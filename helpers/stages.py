@@ -140,16 +140,21 @@ class Stage:
         return self.start or self.default_start(cfg)
 
     def default_start(self, cfg: Config) -> str:
-        return cfg.start_map if self.base == "coarse" else cfg.converged_start_map
+        return self.setting(cfg, "start_map")
+
+    def setting(self, cfg: Config, field: str):
+        """A per-setting field of the configuration: ``field`` on the minimally trained coarse net,
+        ``converged_<field>`` on the converged one."""
+        return getattr(cfg, field if self.base == "coarse" else f"converged_{field}")
 
     def cspn_gain(self, cfg: Config) -> float:
         """The gain of a CSPN head in this stage's setting (``cspn_gain`` / ``converged_cspn_gain``)."""
-        return cfg.cspn_gain if self.base == "coarse" else cfg.converged_cspn_gain
+        return self.setting(cfg, "cspn_gain")
 
     def guidance_init(self, cfg: Config) -> str:
         """How the guidance U-Net starts in this stage's setting (``guidance_init`` /
         ``converged_guidance_init``): from scratch, or from the base net's weights."""
-        return cfg.guidance_init if self.base == "coarse" else cfg.converged_guidance_init
+        return self.setting(cfg, "guidance_init")
 
     def checkpoint(self, wb: "Workbook") -> Path:
         """``run_dir/<name>-<hash of spec>.pt``: another setting gets its own file, so changing the
