@@ -122,6 +122,12 @@ class Config:
     # on the converged net by +0.027 (with the corrected start)
     guidance_init: str = "base"             # refining the report's minimally trained coarse U-Net
     converged_guidance_init: str = "base"   # refining the converged U-Net
+    # the learning rate of the guidance U-Net's layers copied from the base net, as a factor of
+    # refine_lr (guidance_init="base" only): the head and the first convolution (whose coarse-map
+    # filters start at zero) are new and train at refine_lr, the copied layers at refine_lr x this
+    # factor (fine-tuning a trained net at a lower rate than its new layers, so the one-cycle
+    # peak does not wash out what it starts from). 1: one rate for every layer
+    warm_lr_factor: float = 1.0
     amp: bool = True                     # autocast, used only on CUDA
 
     @property

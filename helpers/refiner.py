@@ -16,7 +16,9 @@
   initial depth); ``start="coarse"`` starts from the coarse map, as the report did. The control
   is exactly the corrected start with no propagation. Every head is zero-initialised, so each
   refiner starts as the identity on the coarse map. With ``guidance_init="base"`` the guidance
-  U-Net starts from the coarse U-Net's trained weights (:func:`init_from_base`).
+  U-Net starts from the coarse U-Net's trained weights (:func:`init_from_base`), and
+  ``warm_lr_factor`` may train those copied layers at a lower rate than the new ones
+  (:meth:`Refiner.parameter_groups`).
 
 With ``tune_base`` the refiner fine-tunes its own copy of the coarse segmenter end to end, through
 the refiner's loss (the coarse map then carries gradients into the start map and the guidance
@@ -44,6 +46,7 @@ from .unet import UNet
 METHODS = ("control", "cspn", "dyspn")
 STARTS = ("coarse", "corrected")
 GUIDANCE_INITS = ("scratch", "base")
+FIRST_CONV = "inc.block.0."    # the U-Net's first convolution: the only layer that reads the coarse map
 
 
 def init_from_base(guidance: UNet, base: UNet) -> None:
@@ -57,7 +60,7 @@ def init_from_base(guidance: UNet, base: UNet) -> None:
     to use the map. The head keeps its zero initialisation (the refiner starts as the identity).
     Both nets must have the same width and depth."""
     theirs, ours = base.state_dict(), guidance.state_dict()
-    first = "inc.block.0.weight"   # (width, in_channels, 3, 3)
+    first = FIRST_CONV + "weight"   # (width, in_channels, 3, 3)
     if len(guidance.downs) != len(base.downs) or ours[first].shape[0] != theirs[first].shape[0]:
         raise ValueError("guidance_init='base' needs a guidance U-Net of the base net's width and depth: set "
                          "refiner_width = coarse_width and refiner_depth = coarse_depth")
@@ -141,7 +144,8 @@ class Refiner(nn.Module):
                  width: int = 16, depth: int = 4, iterations: int = 6, kernel: int = 7,
                  perturb: float = 0.0, deep_supervision: bool = False, boundary_weight: float = 1.0,
                  backend: str = "auto", tune_base: bool = False, perturb_truth: float = 0.0,
-                 confidence: bool = False, cspn_gain: float = 1.0, guidance_init: str = "scratch"):
+                 confidence: bool = False, cspn_gain: float = 1.0, guidance_init: str = "scratch",
+                 warm_lr_factor: float = 1.0):
         super().__init__()
         if method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {method!r}")
@@ -179,17 +183,36 @@ class Refiner(nn.Module):
             raise ValueError(f"guidance_init must be one of {GUIDANCE_INITS}, got {guidance_init!r}")
         if guidance_init == "base":
             init_from_base(self.guidance, self.coarse.unet)
+        if warm_lr_factor <= 0:
+            raise ValueError(f"warm_lr_factor must be > 0, got {warm_lr_factor}")
+        # only layers that were copied have anything to preserve: from scratch every layer is new
+        self.warm_lr_factor = warm_lr_factor if guidance_init == "base" else 1.0
+
+    def parameter_groups(self, lr: float) -> list[dict]:
+        """The optimiser's parameter groups, each ``{"params": [...], "lr": ...}``: the guidance
+        U-Net's layers copied from the base net (:func:`init_from_base`) at ``lr * warm_lr_factor``,
+        its new ones (the head, and the first convolution, whose coarse-map filters start at zero)
+        and anything else trainable (a tuned base) at ``lr``. One group when the factor is 1."""
+        trainable = [(n, p) for n, p in self.named_parameters() if p.requires_grad]
+        if self.warm_lr_factor == 1.0:
+            return [{"params": [p for _, p in trainable], "lr": lr}]
+        new = ("guidance.head.", "guidance." + FIRST_CONV)
+        copied = [p for n, p in trainable if n.startswith("guidance.") and not n.startswith(new)]
+        rest = [p for n, p in trainable if not n.startswith("guidance.") or n.startswith(new)]
+        return [{"params": rest, "lr": lr}, {"params": copied, "lr": lr * self.warm_lr_factor}]
 
     @classmethod
     def from_config(cls, cfg: Config, coarse: CoarseSegmenter, method: str, start: str | None = None,
-                    classes: int = 2, cspn_gain: float | None = None, guidance_init: str | None = None) -> "Refiner":
+                    classes: int = 2, cspn_gain: float | None = None, guidance_init: str | None = None,
+                    warm_lr_factor: float | None = None) -> "Refiner":
         """The refiner of the report's setting unless ``start``, ``cspn_gain`` and
         ``guidance_init`` say otherwise (a :class:`~helpers.stages.Stage` passes its own setting's)."""
         return cls(coarse, method, start or cfg.start_map, classes, cfg.refiner_width, cfg.refiner_depth,
                    cfg.iterations, cfg.dyspn_kernel, cfg.perturb, cfg.deep_supervision, cfg.boundary_weight,
                    cfg.propagation_backend, cfg.tune_base, cfg.perturb_truth, cfg.confidence,
                    cfg.cspn_gain if cspn_gain is None else cspn_gain,
-                   cfg.guidance_init if guidance_init is None else guidance_init)
+                   cfg.guidance_init if guidance_init is None else guidance_init,
+                   cfg.warm_lr_factor if warm_lr_factor is None else warm_lr_factor)
 
     def train(self, mode: bool = True) -> "Refiner":
         """Train (or eval) mode for the guidance U-Net; the coarse net stays in eval mode (frozen, or

@@ -133,6 +133,8 @@ class Stage:
             spec["cspn_gain"] = self.cspn_gain(c)
         if self.guidance_init(c) != "scratch":
             spec["guidance_init"] = self.guidance_init(c)
+            if c.warm_lr_factor != 1:
+                spec["warm_lr_factor"] = c.warm_lr_factor
         return spec
 
     def start_map(self, cfg: Config) -> str:

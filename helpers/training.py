@@ -139,8 +139,12 @@ def iteration_sweep(model: nn.Module, dataset: Dataset, device, batch_size: int,
 
 
 def make_optimiser(model: nn.Module, lr: float, weight_decay: float = 1e-4) -> torch.optim.Optimizer:
-    """AdamW over the parameters that require gradients (a refiner's frozen coarse net has none)."""
-    return torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=weight_decay)
+    """AdamW over the parameters that require gradients (a refiner's frozen coarse net has none),
+    in the model's own groups where it has them (``model.parameter_groups(lr)``: a warm-started
+    refiner trains its copied layers at a lower rate), else in one group at ``lr``."""
+    groups = (model.parameter_groups(lr) if hasattr(model, "parameter_groups")
+              else [{"params": [p for p in model.parameters() if p.requires_grad], "lr": lr}])
+    return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay)
 
 
 def train_step(model: nn.Module, optimiser: torch.optim.Optimizer, image: torch.Tensor, target: torch.Tensor,
@@ -194,7 +198,9 @@ def fit(model: nn.Module, *, train_set: Dataset, val_set: Dataset, epochs: int, 
     optimiser = make_optimiser(model, lr, weight_decay)
     params = [p for group in optimiser.param_groups for p in group["params"]]
     if patience is None:
-        schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=lr, total_steps=max(1, epochs * len(loader)),
+        # each group peaks at its own rate (a scalar max_lr would overwrite every group's with lr)
+        schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=[g["lr"] for g in optimiser.param_groups],
+                                                       total_steps=max(1, epochs * len(loader)),
                                                        pct_start=0.15)
     else:
         # training to convergence: a one-cycle schedule over the cap would stop at a high rate,

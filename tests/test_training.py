@@ -298,6 +298,45 @@ def test_guidance_init_from_the_base_starts_from_its_features_and_has_its_own_ch
                                smoke_base.unet.downs[0].block[1].block[0].weight, atol=0, rtol=0)
 
 
+def test_warm_lr_factor_trains_the_copied_layers_at_a_lower_peak_rate(tmp_path, folders):
+    """warm_lr_factor: with a warm start the layers copied from the base net are one optimiser
+    group at lr x factor, the new ones (head, first convolution) and nothing else another at lr;
+    the one-cycle schedule peaks at each group's own rate (a scalar peak would undo the factor);
+    from scratch, or at factor 1, there is one group. Only a non-default factor is in a spec."""
+    from helpers import stages
+    from helpers.workflow import open_workbook
+
+    base = model()
+    warm = Refiner(base, "dyspn", width=4, depth=2, iterations=3, kernel=5, guidance_init="base", warm_lr_factor=0.25)
+    new, copied = warm.parameter_groups(1e-3)
+    assert (new["lr"], copied["lr"]) == (1e-3, 0.25e-3)
+    names = {id(p): n for n, p in warm.named_parameters()}
+    assert sorted(names[id(p)].split(".")[1] for p in new["params"]) == ["head", "head", "inc"]
+    assert len(new["params"]) + len(copied["params"]) == sum(p.requires_grad for p in warm.parameters())
+    assert not any(names[id(p)].startswith("coarse.") for p in new["params"] + copied["params"])
+    for one in (Refiner(base, "dyspn", width=4, depth=2, iterations=3, kernel=5, warm_lr_factor=0.25),
+                Refiner(base, "dyspn", width=4, depth=2, iterations=3, kernel=5, guidance_init="base")):
+        assert len(one.parameter_groups(1e-3)) == 1
+    with pytest.raises(ValueError, match="warm_lr_factor"):
+        Refiner(base, "dyspn", width=4, depth=2, guidance_init="base", warm_lr_factor=0)
+
+    train, val = toy_data(), toy_data(6, seed=1)
+    fit(warm, train_set=train, val_set=val, checkpoint=tmp_path / "warm.pt", spec={"stage": "dyspn"},
+        loss_fn=warm.training_loss, **{**KW, "epochs": 1, "lr": 1e-3})
+    groups = safe_load(tmp_path / "warm.pt")["optimiser"]["param_groups"]
+    assert [g["max_lr"] for g in groups] == [1e-3, 0.25e-3]
+
+    default = open_workbook(profile="smoke", **folders)
+    slower = open_workbook(profile="smoke", warm_lr_factor=0.25, **folders)
+    scratch = open_workbook(profile="smoke", warm_lr_factor=0.25, guidance_init="scratch",
+                            converged_guidance_init="scratch", **folders)
+    for name in ("cspn", "converged+dyspn", "converged+control"):
+        assert "warm_lr_factor" not in stages.get(name).spec(default)
+        assert stages.get(name).spec(slower) == {**stages.get(name).spec(default), "warm_lr_factor": 0.25}
+        assert "warm_lr_factor" not in stages.get(name).spec(scratch)
+    assert stages.get("converged").spec(slower) == stages.get("converged").spec(default)
+
+
 def test_corrected_start_layout():
     r = Refiner(model(), "dyspn", start="corrected", width=4, depth=2, iterations=6)
     assert r.layout.affinity == (0, 48) and r.layout.attention == (48, 72) and r.layout.start == (72, 74)
