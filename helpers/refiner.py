@@ -203,8 +203,7 @@ class Refiner(nn.Module):
 
     @classmethod
     def from_config(cls, cfg: Config, coarse: CoarseSegmenter, method: str, start: str | None = None,
-                    classes: int = 2, cspn_gain: float | None = None, guidance_init: str | None = None,
-                    warm_lr_factor: float | None = None) -> "Refiner":
+                    classes: int = 2, cspn_gain: float | None = None, guidance_init: str | None = None) -> "Refiner":
         """The refiner of the report's setting unless ``start``, ``cspn_gain`` and
         ``guidance_init`` say otherwise (a :class:`~helpers.stages.Stage` passes its own setting's)."""
         return cls(coarse, method, start or cfg.start_map, classes, cfg.refiner_width, cfg.refiner_depth,
@@ -212,7 +211,7 @@ class Refiner(nn.Module):
                    cfg.propagation_backend, cfg.tune_base, cfg.perturb_truth, cfg.confidence,
                    cfg.cspn_gain if cspn_gain is None else cspn_gain,
                    cfg.guidance_init if guidance_init is None else guidance_init,
-                   cfg.warm_lr_factor if warm_lr_factor is None else warm_lr_factor)
+                   cfg.warm_lr_factor)
 
     def train(self, mode: bool = True) -> "Refiner":
         """Train (or eval) mode for the guidance U-Net; the coarse net stays in eval mode (frozen, or
