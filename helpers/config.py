@@ -130,6 +130,10 @@ class Config:
     # real sample (report's setting, 3 seeds, paired over the same images) 0.25 removed the
     # validation dip at the peak but cost DySPN -0.017 test mIoU and the control -0.012 (README)
     warm_lr_factor: float = 1.0
+    # loss weight of a corrected start map H^0 (propagators only): 0, H^0 is trained only through
+    # the propagated maps H^1..H^T; w > 0 adds w x its cross-entropy, so the start is asked to be
+    # as good a map as the no-propagation control's output and propagation refines from there
+    start_weight: float = 0.0
     amp: bool = True                     # autocast, used only on CUDA
 
     @property

@@ -35,10 +35,13 @@ def boundary_weights(target: torch.Tensor, boundary_weight: float, classes: int)
 
 
 def refinement_loss(maps: list[torch.Tensor], target: torch.Tensor, deep: bool = False,
-                    boundary_weight: float = 1.0) -> torch.Tensor:
+                    boundary_weight: float = 1.0, start_weight: float = 0.0) -> torch.Tensor:
     """Loss of a refiner's maps H^0 .. H^T (each (B, C, H, W)): the cross-entropy of H^T, or with
-    ``deep`` the mean over t = 1..T of the cross-entropy of H^t (H^0, the start map, is not
-    the refiner's output); pixels weighted by :func:`boundary_weights`."""
+    ``deep`` the mean over t = 1..T of the cross-entropy of H^t, plus ``start_weight`` times the
+    cross-entropy of H^0 (0 by default: the start map is not the refiner's output; a refiner that
+    predicts its own start may be asked to make it a good map by itself); pixels weighted by
+    :func:`boundary_weights`."""
     weight = boundary_weights(target, boundary_weight, maps[-1].shape[1])
     supervised = maps[1:] if deep and len(maps) > 1 else maps[-1:]
-    return torch.stack([segmentation_loss(h, target, weight) for h in supervised]).mean()
+    loss = torch.stack([segmentation_loss(h, target, weight) for h in supervised]).mean()
+    return loss + start_weight * segmentation_loss(maps[0], target, weight) if start_weight else loss

@@ -145,7 +145,7 @@ class Refiner(nn.Module):
                  perturb: float = 0.0, deep_supervision: bool = False, boundary_weight: float = 1.0,
                  backend: str = "auto", tune_base: bool = False, perturb_truth: float = 0.0,
                  confidence: bool = False, cspn_gain: float = 1.0, guidance_init: str = "scratch",
-                 warm_lr_factor: float = 1.0):
+                 warm_lr_factor: float = 1.0, start_weight: float = 0.0):
         super().__init__()
         if method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {method!r}")
@@ -187,6 +187,11 @@ class Refiner(nn.Module):
             raise ValueError(f"warm_lr_factor must be > 0, got {warm_lr_factor}")
         # only layers that were copied have anything to preserve: from scratch every layer is new
         self.warm_lr_factor = warm_lr_factor if guidance_init == "base" else 1.0
+        if start_weight < 0:
+            raise ValueError(f"start_weight must be >= 0, got {start_weight}")
+        # only a propagator that predicts its start has a start to supervise: the control's start is
+        # its output (already supervised), the coarse start map is frozen
+        self.start_weight = start_weight if self.propagator is not None and start == "corrected" else 0.0
 
     def parameter_groups(self, lr: float) -> list[dict]:
         """The optimiser's parameter groups, each ``{"params": [...], "lr": ...}``: the guidance
@@ -211,7 +216,7 @@ class Refiner(nn.Module):
                    cfg.propagation_backend, cfg.tune_base, cfg.perturb_truth, cfg.confidence,
                    cfg.cspn_gain if cspn_gain is None else cspn_gain,
                    cfg.guidance_init if guidance_init is None else guidance_init,
-                   cfg.warm_lr_factor)
+                   cfg.warm_lr_factor, cfg.start_weight)
 
     def train(self, mode: bool = True) -> "Refiner":
         """Train (or eval) mode for the guidance U-Net; the coarse net stays in eval mode (frozen, or
@@ -254,7 +259,8 @@ class Refiner(nn.Module):
 
     def training_loss(self, image: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Loss of one batch, image (B, 3, H, W) and target (B, H, W): cross-entropy of H^T, or of
-        every H^t with ``deep_supervision``, boundary band weighted by ``boundary_weight``.
+        every H^t with ``deep_supervision``, plus ``start_weight`` x that of a corrected start H^0,
+        boundary band weighted by ``boundary_weight``.
 
         :meth:`refine` gives the maps H^0 .. H^T (``out.propagation.maps``; the control has no
         propagation: its maps are the coarse map and its output) and computes the coarse map
@@ -263,5 +269,5 @@ class Refiner(nn.Module):
         out = self.refine(image, truth=target)
         # the control has no iterations: its corrected map is its only output
         maps = out.propagation.maps if out.propagation is not None else [out.coarse, out.probs]
-        return refinement_loss(maps, target, self.deep_supervision, self.boundary_weight)
+        return refinement_loss(maps, target, self.deep_supervision, self.boundary_weight, self.start_weight)
         # END EXERCISE

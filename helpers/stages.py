@@ -135,6 +135,8 @@ class Stage:
             spec["guidance_init"] = self.guidance_init(c)
             if c.warm_lr_factor != 1:
                 spec["warm_lr_factor"] = c.warm_lr_factor
+        if c.start_weight and self.method != "control" and self.start_map(c) == "corrected":
+            spec["start_weight"] = c.start_weight
         return spec
 
     def start_map(self, cfg: Config) -> str:

@@ -124,6 +124,42 @@ def test_weighted_and_deep_losses_are_the_stated_means():
     expected = float((w * ce(maps[-1])).sum() / w.sum())
     assert refinement_loss(maps, target, boundary_weight=3.0) == pytest.approx(expected, rel=1e-5)
     assert segmentation_loss(maps[-1], target, torch.ones(2, 20, 20)) == pytest.approx(float(ce(maps[-1]).mean()), rel=1e-5)
+    # a supervised start: + w x the (weighted) cross-entropy of H^0 on top of the deep mean
+    start = float((w * ce(maps[0])).sum() / w.sum())
+    deep_w = sum(float((w * ce(h)).sum() / w.sum()) for h in maps[1:]) / 3
+    assert refinement_loss(maps, target, True, 3.0, start_weight=0.5) == pytest.approx(deep_w + 0.5 * start, rel=1e-5)
+
+
+def test_start_weight_supervises_only_a_start_the_refiner_predicts():
+    """start_weight adds w x CE(H^0) to a propagator's loss where H^0 is its corrected start; the
+    control (its start is its output) and a coarse start (frozen) are unchanged; the gradient of
+    the added term reaches the start head and nothing of the affinities."""
+    image, target = torch.rand(2, 3, 24, 24), torch.randint(0, 2, (2, 24, 24))
+    base = CoarseSegmenter(width=4, depth=2, coarse_size=12)
+    for method, start, counts in (("dyspn", "corrected", True), ("cspn", "corrected", True),
+                                  ("dyspn", "coarse", False), ("control", "corrected", False)):
+        losses, grads = [], []
+        for w in (0.0, 2.0):
+            torch.manual_seed(0)
+            m = Refiner(base, method, start, width=4, depth=2, iterations=3, kernel=5, deep_supervision=True,
+                        boundary_weight=4.0, start_weight=w).eval()   # eval: no random degradation
+            torch.nn.init.normal_(m.guidance.head.conv.weight, std=0.1)   # a head that is not the identity yet
+            loss = m.training_loss(image, target)
+            loss.backward()
+            losses.append(loss.item())
+            grads.append(m.guidance.head.conv.weight.grad.clone())
+            if counts:
+                with torch.no_grad():
+                    ce0 = refinement_loss([m.refine(image).start], target, boundary_weight=4.0).item()
+        if not counts:
+            assert losses[1] == pytest.approx(losses[0], rel=1e-6) and torch.equal(grads[0], grads[1])
+            continue
+        assert losses[1] == pytest.approx(losses[0] + 2.0 * ce0, rel=1e-5)
+        s0, s1 = m.layout.start
+        changed = (grads[1] - grads[0]).abs().flatten(1).sum(1) > 0     # per head channel
+        assert changed[s0:s1].all() and not changed[:s0].any()
+    with pytest.raises(ValueError, match="start_weight"):
+        Refiner(base, "dyspn", "corrected", width=4, depth=2, start_weight=-1)
 
 
 @pytest.mark.parametrize("method", ["control", "cspn", "dyspn"])

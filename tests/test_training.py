@@ -337,6 +337,22 @@ def test_warm_lr_factor_trains_the_copied_layers_at_a_lower_peak_rate(tmp_path, 
     assert stages.get("converged").spec(slower) == stages.get("converged").spec(default)
 
 
+def test_start_weight_is_in_the_spec_of_propagators_with_a_corrected_start_only(folders):
+    from helpers import stages
+    from helpers.workflow import open_workbook
+
+    default = open_workbook(profile="smoke", **folders)
+    weighted = open_workbook(profile="smoke", start_weight=1.0, **folders)
+    coarse_start = open_workbook(profile="smoke", start_weight=1.0, start_map="coarse", **folders)
+    for name in ("cspn", "dyspn", "converged+dyspn"):
+        assert "start_weight" not in stages.get(name).spec(default)
+        assert stages.get(name).spec(weighted) == {**stages.get(name).spec(default), "start_weight": 1.0}
+    assert "start_weight" not in stages.get("dyspn").spec(coarse_start)
+    assert stages.get("converged+dyspn").spec(coarse_start)["start_weight"] == 1.0   # its own setting's start
+    for name in ("control", "converged+control", "converged"):
+        assert stages.get(name).spec(weighted) == stages.get(name).spec(default)
+
+
 def test_corrected_start_layout():
     r = Refiner(model(), "dyspn", start="corrected", width=4, depth=2, iterations=6)
     assert r.layout.affinity == (0, 48) and r.layout.attention == (48, 72) and r.layout.start == (72, 74)
