@@ -49,6 +49,12 @@ GUIDANCE_INITS = ("scratch", "base")
 FIRST_CONV = "inc.block.0."    # the U-Net's first convolution: the only layer that reads the coarse map
 
 
+def supervises_start(method: str, start: str) -> bool:
+    """Whether ``start_weight`` applies: only to a propagator with a corrected start. The control's
+    start is its output (already supervised); a coarse start is the frozen coarse map."""
+    return method != "control" and start == "corrected"
+
+
 def init_from_base(guidance: UNet, base: UNet) -> None:
     """Start the guidance U-Net from the trained base U-Net's weights (as NLSPN and DySPN start
     their guidance encoders from an ImageNet-trained ResNet): every layer but the first
@@ -189,9 +195,7 @@ class Refiner(nn.Module):
         self.warm_lr_factor = warm_lr_factor if guidance_init == "base" else 1.0
         if start_weight < 0:
             raise ValueError(f"start_weight must be >= 0, got {start_weight}")
-        # only a propagator that predicts its start has a start to supervise: the control's start is
-        # its output (already supervised), the coarse start map is frozen
-        self.start_weight = start_weight if self.propagator is not None and start == "corrected" else 0.0
+        self.start_weight = start_weight if supervises_start(method, start) else 0.0
 
     def parameter_groups(self, lr: float) -> list[dict]:
         """The optimiser's parameter groups, each ``{"params": [...], "lr": ...}``: the guidance

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 import torch.nn as nn
 
 from .config import Config
-from .refiner import METHODS, CoarseSegmenter, Refiner
+from .refiner import METHODS, CoarseSegmenter, Refiner, supervises_start
 
 if TYPE_CHECKING:
     from .workflow import Workbook
@@ -135,7 +135,7 @@ class Stage:
             spec["guidance_init"] = self.guidance_init(c)
             if c.warm_lr_factor != 1:
                 spec["warm_lr_factor"] = c.warm_lr_factor
-        if c.start_weight and self.method != "control" and self.start_map(c) == "corrected":
+        if c.start_weight and supervises_start(self.method, self.start_map(c)):
             spec["start_weight"] = c.start_weight
         return spec
 
