@@ -19,10 +19,11 @@ affinities, write H^{t+1}), and each implementation's speed-up over the grouped 
     python benchmarks/propagation.py --sizes 128 --repeats 3
 
 ``--training`` times whole refiner training steps instead (guidance U-Net, propagation, loss,
-AdamW; the ``cpu`` profile's models, batch 16 at 128 px unless ``--batch`` / ``--sizes`` say
-otherwise), for the no-propagation control, CSPN and DySPN, each with glibc's default allocator
-and with :func:`helpers.runtime.keep_freed_memory` (which the workbook uses), each in its own
-process: the DySPN / CSPN ratio and what keeping freed memory buys, side by side.
+AdamW; the models of ``--profile``: ``cpu`` at 128 px on the CPU, ``full`` at 256 px with bf16
+autocast on CUDA; batch 16 unless ``--batch`` / ``--sizes`` say otherwise), for the
+no-propagation control, CSPN and DySPN, each in its own process; on the CPU each with glibc's
+default allocator and with :func:`helpers.runtime.keep_freed_memory` (which the workbook uses):
+the DySPN / CSPN ratio and what keeping freed memory buys, side by side.
 
     python benchmarks/propagation.py --training
 """
@@ -113,7 +114,8 @@ def measure(method: str, impl: str, size: int, batch: int, iterations: int, repe
             "copy_seconds": copy_s}
 
 
-def measure_training(method: str, allocator: str, size: int, batch: int, repeats: int, device: str) -> dict:
+def measure_training(method: str, allocator: str, size: int, batch: int, repeats: int, device: str,
+                     profile: str) -> dict:
     """Seconds of one refiner training step (best of ``repeats`` after a warm-up), a child process."""
     import torch
 
@@ -124,7 +126,7 @@ def measure_training(method: str, allocator: str, size: int, batch: int, repeats
 
     applied = keep_freed_memory() if allocator == "keep" else False
     torch.manual_seed(0)
-    cfg = profile_config("cpu", image_size=size, device=device)
+    cfg = profile_config(profile, image_size=size, device=device)
     dev = torch.device(device)
     images = torch.rand(batch, 3, size, size, device=dev)
     targets = (torch.rand(batch, size, size, device=dev) > 0.5).long()
@@ -139,25 +141,35 @@ def training_table(a) -> None:
 
     size = a.sizes[0]
     batch = a.batch_given or 16
-    print(f"refiner training step, {a.device} ({platform.machine()}, {__import__('os').cpu_count()} cores), "
-          f"cpu-profile models, batch {batch}, {size} px, best of {a.repeats} after a warm-up")
+    where = (torch_device_name(a.device) if a.device.startswith("cuda")
+             else f"{platform.machine()}, {__import__('os').cpu_count()} cores")
+    print(f"refiner training step, {a.device} ({where}), {a.profile}-profile models, batch {batch}, {size} px, "
+          f"best of {a.repeats} after a warm-up")
     print(f"{'method':8s} {'allocator':10s} {'s / step':>9s} {'vs CSPN':>8s} {'kept vs default':>16s}")
     rows = {}
-    for allocator in ("default", "keep"):
+    # glibc's allocator only matters for CPU tensors: on CUDA only the workbook's setting is timed
+    for allocator in ("default", "keep") if a.device == "cpu" else ("keep",):
         for method in ("cspn", "dyspn", "control"):    # CSPN first: the others' times are given relative to it
             cmd = [sys.executable, __file__, "--child-training", method, allocator, str(size), "--batch", str(batch),
-                   "--repeats", str(a.repeats), "--device", a.device]
+                   "--repeats", str(a.repeats), "--device", a.device, "--profile", a.profile]
             out = subprocess.run(cmd, capture_output=True, text=True)
             if out.returncode:
                 raise SystemExit(f"the {method} / {allocator} measurement failed:\n{out.stderr}")
             rows[method, allocator] = r = json.loads(out.stdout.strip().splitlines()[-1])
             if allocator == "keep" and method == "cspn" and not r["applied"]:
                 print("(keep_freed_memory does nothing on this platform: the two allocator rows are the same setting)")
-            speedup = f"{rows[method, 'default']['seconds'] / r['seconds']:15.2f}x" if allocator == "keep" else ""
+            speedup = f"{rows[method, 'default']['seconds'] / r['seconds']:15.2f}x" if ("default" != allocator and
+                                                                                       (method, "default") in rows) else ""
             ratio = r["seconds"] / rows["cspn", allocator]["seconds"]
             print(f"{method:8s} {allocator:10s} {r['seconds']:9.3f} {ratio:7.2f}x {speedup}", flush=True)
     print("vs CSPN: this step over the CSPN step with the same allocator (the issue's target: DySPN <= 1.5x);\n"
           "kept vs default: the default allocator's step time over the kept one's (higher: keeping freed memory pays).")
+
+
+def torch_device_name(device: str) -> str:
+    import torch
+
+    return torch.cuda.get_device_name(torch.device(device))
 
 
 def grouped_neighbours(x, kernel: int):
@@ -195,17 +207,20 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--training", action="store_true", help="time refiner training steps (see above)")
+    p.add_argument("--profile", choices=("smoke", "cpu", "full"), default=None,
+                   help="--training: whose models (default: full on CUDA, else cpu)")
     p.add_argument("--child", nargs=3, metavar=("METHOD", "IMPL", "SIZE"), help=argparse.SUPPRESS)
     p.add_argument("--child-training", nargs=3, metavar=("METHOD", "ALLOCATOR", "SIZE"), help=argparse.SUPPRESS)
     a = p.parse_args()
     a.batch_given, a.batch = a.batch, a.batch or 8
+    a.profile = a.profile or ("full" if a.device.startswith("cuda") else "cpu")
     if a.child_training:
         method, allocator, size = a.child_training
-        print(json.dumps(measure_training(method, allocator, int(size), a.batch, a.repeats, a.device)))
+        print(json.dumps(measure_training(method, allocator, int(size), a.batch, a.repeats, a.device, a.profile)))
         return
     if a.training:
         if a.sizes == [128, 256]:
-            a.sizes = [128]
+            a.sizes = [256 if a.profile == "full" else 128]
         training_table(a)
         return
     if a.child:

@@ -136,6 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", help="output file (default: <runs-dir>/<profile>/quality-<data>[-<overrides>]-seeds<...>.json)")
     parser.add_argument("--runs-dir", help="where checkpoints and the JSON go (default: the repository's runs/)")
     args = parser.parse_args(argv)
+    started = time.perf_counter()   # the whole run: data decoding, the estimate, training, evaluation
 
     from helpers.checkpoint import atomic_write_text, display_path, file_slug
     from helpers.config import parse_overrides
@@ -166,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     estimates = [estimate_seconds(wb, converged) for wb in books]
     total = sum(e[s] for e in estimates for s in names)
     per_stage = {s: sum(e[s] for e in estimates) for s in names}
-    print(f"estimated training time: at most about {total / 60:.0f} min for {len(books)} seed(s) "
+    print(f"estimated training time: at most about {total / 60:.1f} min for {len(books)} seed(s) "
           f"({', '.join(f'{s} {v / 60:.1f}' for s, v in per_stage.items())} min; stages already trained load in seconds)",
           flush=True)
 
@@ -175,8 +176,11 @@ def main(argv: list[str] | None = None) -> int:
     counts = {split: {} for split in splits}
     for wb in books:
         print(f"--- seed {wb.cfg.seed}", flush=True)
-        stages = all_stages(wb, converged=converged)
+        wall = {}
+        stages = all_stages(wb, converged=converged, wall_seconds=wall)
         stages = {s: stages[s] for s in names}
+        print("wall-clock seconds per stage (training or loading, and evaluation): "
+              + ", ".join(f"{s} {wall[s]:.0f}" for s in names), flush=True)
         rows = comparison_rows(wb, stages, "val")   # times inference once
         per_seed["val"][wb.cfg.seed] = rows
         if "test" in splits:
@@ -184,7 +188,8 @@ def main(argv: list[str] | None = None) -> int:
         for split in splits:
             targets = wb.data[split].targets.long()
             counts[split][wb.cfg.seed] = {
-                s: image_counts((r.val_probs if split == "val" else r.test_probs).argmax(1), targets, r.val_probs.shape[1])
+                s: image_counts((r.val_probs if split == "val" else r.test_probs).argmax(1), targets, r.val_probs.shape[1],
+                                wb.device)
                 for s, r in stages.items()}
     elapsed = time.perf_counter() - t0
 
@@ -198,7 +203,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\npaired per-image bootstrap, {split} split: gain averaged over seeds [95% interval over "
               f"{args.resamples} resamples of the images]; * = the interval excludes 0")
         print(format_bootstrap(intervals[split]))
-    print(f"(took {elapsed / 60:.1f} min; estimated at most {total / 60:.0f} min)")
+    print(f"(training and evaluation took {elapsed / 60:.1f} min, estimated at most {total / 60:.1f} min; "
+          f"the whole run {(time.perf_counter() - started) / 60:.1f} min)")
 
     variant = "".join(f"-{k}={v}" for k, v in overrides.items())
     seeds = "-seeds" + "-".join(map(str, args.seeds))
@@ -208,6 +214,7 @@ def main(argv: list[str] | None = None) -> int:
            "config": wb0.cfg.to_dict(), "images": {s: len(wb0.data[s]) for s in splits},
            "train_images": len(wb0.data["train"]), "seeds": args.seeds, "settings": args.settings,
            "machine": machine(), "seconds": round(elapsed, 1), "estimated_seconds": round(total, 1),
+           "whole_run_seconds": round(time.perf_counter() - started, 1),
            "command": "python benchmarks/quality.py " + " ".join(argv if argv is not None else sys.argv[1:]),
            "summary": summary, "bootstrap": intervals,
            "per_seed": {split: {str(k): v for k, v in rows.items()} for split, rows in per_seed.items()}}

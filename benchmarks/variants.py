@@ -44,7 +44,8 @@ def compare(baseline: dict, variant: dict, profile: str | None, data_root: str |
                 for split in ("val", "test"):
                     probs = results[name].val_probs if split == "val" else results[name].test_probs
                     targets = wb.data[split].targets.long()
-                    counts[side][split].setdefault(name, []).append(image_counts(probs.argmax(1), targets, probs.shape[1]))
+                    counts[side][split].setdefault(name, []).append(image_counts(probs.argmax(1), targets, probs.shape[1],
+                                                                                      wb.device))
     changed = [n for n in names if any(paths["baseline"][(s, n)] != paths["variant"][(s, n)] for s in seeds)]
     return {split: {n: paired_bootstrap(counts["baseline"][split][n], counts["variant"][split][n], resamples)
                     for n in changed} for split in ("test", "val")}

@@ -89,18 +89,20 @@ class GuidedFilterRefiner(nn.Module):
         return filter_probabilities(image, coarse, self.radius, self.eps)
 
 
-def tune_guided_filter(coarse_probs: torch.Tensor, dataset, batch_size: int,
-                       grid: dict | None = None) -> tuple[tuple[int, float], dict]:
+def tune_guided_filter(coarse_probs: torch.Tensor, dataset, batch_size: int, grid: dict | None = None,
+                       device: str | torch.device | None = None) -> tuple[tuple[int, float], dict]:
     """The (radius, eps) of ``grid`` whose filtered maps of ``coarse_probs`` (N, 2, H, W) score the
-    best pooled mIoU on ``dataset`` (whose images guide the filter), and every setting's score."""
+    best pooled mIoU on ``dataset`` (whose images guide the filter), and every setting's score.
+    Filtering and counting run on ``device`` (default: where ``coarse_probs`` are)."""
     grid = grid or GUIDED_FILTER_GRID
+    device = coarse_probs.device if device is None else torch.device(device)
     scores = {}
     for radius in grid["radius"]:
         for eps in grid["eps"]:
             meter = SegmentationMeter(num_classes=coarse_probs.shape[1])
             for lo in range(0, len(dataset), batch_size):   # batches: the 3x3 solves are memory-hungry
-                images = dataset.images[lo:lo + batch_size].float() / 255
-                probs = filter_probabilities(images, coarse_probs[lo:lo + batch_size], radius, eps)
-                meter.update(probs.argmax(1), dataset.targets[lo:lo + batch_size].long())
+                images = dataset.images[lo:lo + batch_size].to(device).float() / 255
+                probs = filter_probabilities(images, coarse_probs[lo:lo + batch_size].to(device), radius, eps)
+                meter.update(probs.argmax(1), dataset.targets[lo:lo + batch_size].to(device).long())
             scores[(radius, eps)] = meter.summary()["miou"]
     return max(scores, key=scores.get), scores

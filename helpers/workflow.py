@@ -181,10 +181,10 @@ def _label(stage: Stage, epochs: int) -> str:
 def _finish(wb: Workbook, stage: Stage, model, history: History, settings: dict | None = None) -> StageResult:
     cfg = wb.cfg
     val = predict(model, wb.data["val"], cfg.batch_size, wb.device, cfg.amp)
-    val_metrics, image_miou = evaluate_probs(val, wb.data["val"])
+    val_metrics, image_miou = evaluate_probs(val, wb.data["val"], wb.device)
     if len(wb.data["test"]):
         test = predict(model, wb.data["test"], cfg.batch_size, wb.device, cfg.amp)
-        test_metrics, _ = evaluate_probs(test, wb.data["test"])
+        test_metrics, _ = evaluate_probs(test, wb.data["test"], wb.device)
     else:  # a folder without test.txt: there is nothing to report on
         test, test_metrics = val.new_zeros((0,) + val.shape[1:]), {}
     return StageResult(stage.name, model, history, val, test, val_metrics, test_metrics, image_miou, settings or {},
@@ -193,7 +193,7 @@ def _finish(wb: Workbook, stage: Stage, model, history: History, settings: dict 
 
 def _guided_filter(wb: Workbook, stage: Stage, coarse: StageResult, grid: dict | None = None) -> StageResult:
     t0 = time.perf_counter()
-    (radius, eps), _ = tune_guided_filter(coarse.val_probs, wb.data["val"], wb.cfg.batch_size, grid)
+    (radius, eps), _ = tune_guided_filter(coarse.val_probs, wb.data["val"], wb.cfg.batch_size, grid, wb.device)
     model = GuidedFilterRefiner(coarse.model, radius, eps)
     return _finish(wb, stage, model, History(seconds=time.perf_counter() - t0), {"radius": radius, "eps": eps})
 
@@ -250,12 +250,20 @@ def guided_filter_stage(wb: Workbook, grid: dict | None = None) -> StageResult:
     return _guided_filter(wb, registry.get("guided-filter"), load_coarse(wb), grid)
 
 
-def all_stages(wb: Workbook, progress: bool = True, converged: bool = True) -> dict[str, StageResult]:
+def all_stages(wb: Workbook, progress: bool = True, converged: bool = True,
+               wall_seconds: dict | None = None) -> dict[str, StageResult]:
     """Every registered stage of the report's setting and, with ``converged``, of the converged
-    one, each loaded from its checkpoint or trained now, in the registry's order."""
+    one, each loaded from its checkpoint or trained now, in the registry's order. ``wall_seconds``,
+    if given, receives each stage's wall-clock time (training or loading, and evaluation)."""
     names = registry.SETTINGS["coarse"] + (registry.SETTINGS["converged"] if converged else ())
-    return {name: load_coarse(wb, progress, name) if registry.get(name).kind == "base" else
-            run_stage(wb, name, progress=progress) for name in names}
+    out = {}
+    for name in names:
+        t0 = time.perf_counter()
+        out[name] = load_coarse(wb, progress, name) if registry.get(name).kind == "base" else \
+            run_stage(wb, name, progress=progress)
+        if wall_seconds is not None:
+            wall_seconds[name] = time.perf_counter() - t0
+    return out
 
 
 def _base(base: str) -> Stage:

@@ -102,7 +102,10 @@ def test_evaluate_on_the_device_equals_the_metrics_of_the_predictions():
     torch.manual_seed(0)
     model = CoarseSegmenter(classes=2, width=4, depth=2, coarse_size=16)
     data = toy_data(9)
-    assert evaluate(model, data, 4, "cpu") == evaluate_probs(predict(model, data, 4, "cpu"), data)[0]
+    probs = predict(model, data, 4, "cpu")
+    assert evaluate(model, data, 4, "cpu") == evaluate_probs(probs, data)[0]
+    # counted in chunks on a device (as workflow does on a GPU): the same pooled and per-image figures
+    assert evaluate_probs(probs, data, "cpu", batch_size=2) == evaluate_probs(probs, data, batch_size=64)
     with pytest.raises(ValueError, match="empty"):
         evaluate(model, toy_data(0), 4, "cpu")
 

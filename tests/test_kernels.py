@@ -1,8 +1,9 @@
-"""The fused Triton propagation kernels against the PyTorch path, on the CPU.
+"""The fused Triton propagation kernels against the PyTorch path, on the CPU and on CUDA.
 
 Triton runs kernels on CPU tensors with ``TRITON_INTERPRET=1``; the variable must be set before
 Triton compiles anything, so these tests run in a fresh interpreter (a subprocess) with it set.
-The kernels are the CUDA path; this is how CI checks them without a GPU.
+The kernels are the CUDA path; this is how CI checks them without a GPU. Where CUDA is available
+the same checks also run compiled, on the GPU (``-k cuda``), against the PyTorch path there.
 """
 import os
 import subprocess
@@ -16,16 +17,28 @@ pytest.importorskip("triton")
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def run_interpreted(code: str) -> str:
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=ROOT, env=env, capture_output=True,
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not __import__("torch").cuda.is_available(), reason="compiled kernels need CUDA"))]
+
+
+def run_kernel_check(code: str, device: str) -> str:
+    """Run ``code`` in a fresh interpreter with ``DEVICE`` set: the Triton interpreter on the CPU,
+    compiled kernels on CUDA (the inputs are drawn on the CPU either way, so both see the same)."""
+    env = dict(os.environ)
+    if device == "cpu":
+        env["TRITON_INTERPRET"] = "1"
+    else:
+        env.pop("TRITON_INTERPRET", None)
+    code = f"DEVICE = {device!r}\n" + textwrap.dedent(code)
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc.stdout
 
 
-def test_kernels_match_the_pytorch_path_forward_and_backward():
-    out = run_interpreted("""
+@pytest.mark.parametrize("device", DEVICES)
+def test_kernels_match_the_pytorch_path_forward_and_backward(device):
+    out = run_kernel_check("""
         import torch
         import helpers.propagation_kernels as kernels
         from helpers.propagation import CSPN, DySPN
@@ -42,9 +55,9 @@ def test_kernels_match_the_pytorch_path_forward_and_backward():
                                                                     torch.randn(2, 9, 9, 11, generator=g)))):
                 maps, grads = {}, {}
                 for backend in ("torch", "triton"):
-                    inputs = [t.clone().requires_grad_() for t in (h0, *extra)]
+                    inputs = [t.to(DEVICE).requires_grad_() for t in (h0, *extra)]
                     res = make(backend)(*inputs)
-                    weights = torch.linspace(-1, 1, res.final.numel()).view_as(res.final)
+                    weights = torch.linspace(-1, 1, res.final.numel(), device=DEVICE).view_as(res.final)
                     loss = sum((m * weights).sum() for m in res.maps[1:])   # every iteration's gradient path
                     loss.backward()
                     maps[backend], grads[backend] = [m.detach() for m in res.maps], [t.grad for t in inputs]
@@ -54,40 +67,43 @@ def test_kernels_match_the_pytorch_path_forward_and_backward():
                 assert all(m.min() >= -1e-6 and m.max() <= 1 + 1e-6 for m in maps["triton"])
         assert launched[0] == 2 * (3 + 3 + 2)   # every step after the first ran as a kernel
         print("ok")
-    """)
+    """, device)
     assert out.strip() == "ok"
 
 
-def test_kernels_keep_constant_maps_exactly_and_mask_the_borders():
-    out = run_interpreted("""
+@pytest.mark.parametrize("device", DEVICES)
+def test_kernels_keep_constant_maps_exactly_and_mask_the_borders(device):
+    out = run_kernel_check("""
         import torch
         from helpers.propagation import CSPN, DySPN
 
         g = torch.Generator().manual_seed(1)
         constant = torch.full((1, 2, 6, 7), 0.25)
         constant[:, 0] = 0.75
-        cspn = CSPN(6, backend="triton")(constant, 5 * torch.randn(1, 8, 6, 7, generator=g))
-        dyspn = DySPN(6, backend="triton")(constant, 5 * torch.randn(1, 48, 6, 7, generator=g),
-                                           torch.randn(1, 24, 6, 7, generator=g))
+        constant = constant.to(DEVICE)
+        cspn = CSPN(6, backend="triton")(constant, 5 * torch.randn(1, 8, 6, 7, generator=g).to(DEVICE))
+        dyspn = DySPN(6, backend="triton")(constant, 5 * torch.randn(1, 48, 6, 7, generator=g).to(DEVICE),
+                                           torch.randn(1, 24, 6, 7, generator=g).to(DEVICE))
         assert all(torch.equal(m, constant) for m in cspn.maps + dyspn.maps)
         # a map that is 1 in one corner: nothing of it appears at the far side (no wrap-around)
         h0 = torch.zeros(1, 2, 6, 7)
         h0[:, 0] = 1
         h0[0, :, 0, 0] = torch.tensor([0.0, 1.0])
-        raw = torch.full((1, 8, 6, 7), 10.0)
+        h0, raw = h0.to(DEVICE), torch.full((1, 8, 6, 7), 10.0, device=DEVICE)
         out = CSPN(1, backend="triton")(h0, raw).final
         ref = CSPN(1, backend="torch")(h0, raw).final
         torch.testing.assert_close(out, ref)
         assert out[0, 1, -1].abs().max() == 0 and out[0, 1, :, -1].abs().max() == 0
         print("ok")
-    """)
+    """, device)
     assert out.strip() == "ok"
 
 
-def test_kernels_carry_the_confidence_forward_and_backward():
+@pytest.mark.parametrize("device", DEVICES)
+def test_kernels_carry_the_confidence_forward_and_backward(device):
     """NLSPN's confidence scales the weights before the steps: the kernel path must give the
     PyTorch path's maps and gradients, the confidence's own gradient included."""
-    out = run_interpreted("""
+    out = run_kernel_check("""
         import torch
         from helpers.propagation import CSPN, DySPN
 
@@ -99,32 +115,34 @@ def test_kernels_carry_the_confidence_forward_and_backward():
                                                                 torch.randn(2, 12, 9, 11, generator=g)))):
             maps, grads = {}, {}
             for backend in ("torch", "triton"):
-                inputs = [t.clone().requires_grad_() for t in (h0, *extra, conf)]
+                inputs = [t.to(DEVICE).requires_grad_() for t in (h0, *extra, conf)]
                 res = make(backend)(*inputs[:-1], raw_confidence=inputs[-1])
-                sum((m * torch.linspace(-1, 1, m.numel()).view_as(m)).sum() for m in res.maps[1:]).backward()
+                sum((m * torch.linspace(-1, 1, m.numel(), device=DEVICE).view_as(m)).sum() for m in res.maps[1:]).backward()
                 maps[backend], grads[backend] = [m.detach() for m in res.maps], [t.grad for t in inputs]
             for a, b in zip(maps["torch"] + grads["torch"], maps["triton"] + grads["triton"]):
                 torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
             assert grads["triton"][-1].abs().max() > 0
         print("ok")
-    """)
+    """, device)
     assert out.strip() == "ok"
 
 
-def test_half_precision_inputs_accumulate_in_float32():
-    out = run_interpreted("""
+@pytest.mark.parametrize("device", DEVICES)
+def test_half_precision_inputs_accumulate_in_float32(device):
+    out = run_kernel_check("""
         import torch
         from helpers.propagation import DySPN
 
         g = torch.Generator().manual_seed(2)
         h0 = torch.softmax(torch.randn(1, 2, 8, 8, generator=g), 1)
         raw, att = torch.randn(1, 48, 8, 8, generator=g), torch.randn(1, 24, 8, 8, generator=g)
+        h0, raw, att = h0.to(DEVICE), raw.to(DEVICE), att.to(DEVICE)
         ref = DySPN(6, backend="torch")(h0, raw, att).final
         half = DySPN(6, backend="triton")(h0.bfloat16(), raw.bfloat16(), att.bfloat16()).final
         assert half.dtype == torch.float32
         assert (half - ref).abs().max() < 2e-2
         print("ok")
-    """)
+    """, device)
     assert out.strip() == "ok"
 
 
