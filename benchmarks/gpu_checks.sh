@@ -45,5 +45,5 @@ step propagation "${LIMIT_PROPAGATION:-150}" "$py" benchmarks/propagation.py
 step training "${LIMIT_TRAINING:-90}" "$py" benchmarks/propagation.py --training
 step loading "${LIMIT_LOADING:-45}" "$py" benchmarks/loading.py --profile full ${data:+--data-root "$data"}
 step quality "${LIMIT_QUALITY:-300}" "$py" benchmarks/quality.py --profile full --seeds 0 --settings coarse \
-    ${data:+--data-root "$data"} --runs-dir "${RUNS_DIR:-$out/runs}" --json "$out/quality.json" "${backend[@]}"
+    ${data:+--data-root "$data"} --runs-dir "${RUNS_DIR:-$out/runs}" --json "$out/quality.json" ${backend[@]+"${backend[@]}"}
 exit 0

@@ -101,6 +101,8 @@ def evaluate_probs(probs: torch.Tensor, dataset: Dataset, device: str | torch.de
     meter = SegmentationMeter(num_classes=probs.shape[1])
     targets = torch.stack([dataset[i][1] for i in range(len(dataset))]) if not hasattr(dataset, "targets") \
         else dataset.targets.long()
+    if len(probs) != len(targets):
+        raise ValueError(f"{len(probs)} probability maps for a dataset of {len(targets)} images")
     device = probs.device if device is None else torch.device(device)
     for lo in range(0, len(probs), batch_size):
         meter.update(probs[lo:lo + batch_size].to(device).argmax(1), targets[lo:lo + batch_size].to(device))

@@ -106,6 +106,8 @@ def test_evaluate_on_the_device_equals_the_metrics_of_the_predictions():
     assert evaluate(model, data, 4, "cpu") == evaluate_probs(probs, data)[0]
     # counted in chunks on a device (as workflow does on a GPU): the same pooled and per-image figures
     assert evaluate_probs(probs, data, "cpu", batch_size=2) == evaluate_probs(probs, data, batch_size=64)
+    with pytest.raises(ValueError, match="2 probability maps for a dataset of 9"):
+        evaluate_probs(probs[:2], data, batch_size=2)
     with pytest.raises(ValueError, match="empty"):
         evaluate(model, toy_data(0), 4, "cpu")
 

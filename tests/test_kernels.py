@@ -55,7 +55,7 @@ def test_kernels_match_the_pytorch_path_forward_and_backward(device):
                                                                     torch.randn(2, 9, 9, 11, generator=g)))):
                 maps, grads = {}, {}
                 for backend in ("torch", "triton"):
-                    inputs = [t.to(DEVICE).requires_grad_() for t in (h0, *extra)]
+                    inputs = [t.to(DEVICE, copy=True).requires_grad_() for t in (h0, *extra)]
                     res = make(backend)(*inputs)
                     weights = torch.linspace(-1, 1, res.final.numel(), device=DEVICE).view_as(res.final)
                     loss = sum((m * weights).sum() for m in res.maps[1:])   # every iteration's gradient path
@@ -115,7 +115,7 @@ def test_kernels_carry_the_confidence_forward_and_backward(device):
                                                                 torch.randn(2, 12, 9, 11, generator=g)))):
             maps, grads = {}, {}
             for backend in ("torch", "triton"):
-                inputs = [t.to(DEVICE).requires_grad_() for t in (h0, *extra, conf)]
+                inputs = [t.to(DEVICE, copy=True).requires_grad_() for t in (h0, *extra, conf)]
                 res = make(backend)(*inputs[:-1], raw_confidence=inputs[-1])
                 sum((m * torch.linspace(-1, 1, m.numel(), device=DEVICE).view_as(m)).sum() for m in res.maps[1:]).backward()
                 maps[backend], grads[backend] = [m.detach() for m in res.maps], [t.grad for t in inputs]
