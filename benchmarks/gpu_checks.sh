@@ -5,7 +5,8 @@
 #
 #   1. the fused kernels compiled on this GPU against the PyTorch path (tests/test_kernels.py -k cuda);
 #   2. propagation forward + backward, every implementation side by side (benchmarks/propagation.py);
-#   3. whole refiner training steps of the full profile, DySPN / CSPN (propagation.py --training);
+#   3. where a DySPN and a CSPN step spend their time (propagation.py --breakdown, torch.profiler),
+#      and whole refiner training steps of the full profile, DySPN / CSPN (propagation.py --training);
 #   4. the lean loading and evaluation path against the DataLoader (benchmarks/loading.py);
 #   5. the full profile's whole chain, one seed, the report's setting (benchmarks/quality.py),
 #      with its printed estimate against the time it took. If step 1 failed, step 5 runs on the
@@ -42,6 +43,7 @@ backend=()
 step kernels "${LIMIT_KERNELS:-120}" "$py" -m pytest -o addopts="-p no:cacheprovider" -q -rs tests/test_kernels.py -k cuda \
     || backend=(--set propagation_backend=torch)
 step propagation "${LIMIT_PROPAGATION:-150}" "$py" benchmarks/propagation.py
+step breakdown "${LIMIT_BREAKDOWN:-60}" bash -c "'$py' benchmarks/propagation.py --breakdown dyspn triton && '$py' benchmarks/propagation.py --breakdown cspn triton"
 step training "${LIMIT_TRAINING:-90}" "$py" benchmarks/propagation.py --training
 step loading "${LIMIT_LOADING:-45}" "$py" benchmarks/loading.py --profile full ${data:+--data-root "$data"}
 step quality "${LIMIT_QUALITY:-300}" "$py" benchmarks/quality.py --profile full --seeds 0 --settings coarse \

@@ -17,6 +17,7 @@ affinities, write H^{t+1}), and each implementation's speed-up over the grouped 
 
     python benchmarks/propagation.py                  # both sizes, both methods
     python benchmarks/propagation.py --sizes 128 --repeats 3
+    python benchmarks/propagation.py --breakdown dyspn triton   # where the time goes (torch.profiler), 256 px
 
 ``--training`` times whole refiner training steps instead (guidance U-Net, propagation, loss,
 AdamW; the models of ``--profile``: ``cpu`` at 128 px on the CPU, ``full`` at 256 px with bf16
@@ -39,9 +40,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
-def measure(method: str, impl: str, size: int, batch: int, iterations: int, repeats: int, device: str) -> dict:
-    import resource
-
+def problem(method: str, impl: str, size: int, batch: int, iterations: int, device: str):
+    """One propagation problem: random inputs on ``device`` and ``step()``, one forward +
+    backward of ``impl``; returns (forward, step, sync, inputs with gradients, K)."""
     import torch
 
     from helpers.propagation import CSPN, DySPN
@@ -73,6 +74,16 @@ def measure(method: str, impl: str, size: int, batch: int, iterations: int, repe
         if dev.type == "cuda":
             torch.cuda.synchronize()
 
+    return forward, step, sync, (aff, att), K
+
+
+def measure(method: str, impl: str, size: int, batch: int, iterations: int, repeats: int, device: str) -> dict:
+    import resource
+
+    import torch
+
+    forward, step, sync, (aff, att), K = problem(method, impl, size, batch, iterations, device)
+    dev = torch.device(device)
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
@@ -166,6 +177,26 @@ def training_table(a) -> None:
           "kept vs default: the default allocator's step time over the kept one's (higher: keeping freed memory pays).")
 
 
+def breakdown(method: str, impl: str, size: int, batch: int, iterations: int, device: str, rows: int = 15) -> None:
+    """Where one forward + backward goes: torch.profiler's operators and kernels of 3 steps after
+    3 warm-ups, sorted by time on the device (CUDA) or the CPU, as a table."""
+    from torch.profiler import ProfilerActivity, profile
+
+    _, step, sync, _, _ = problem(method, impl, size, batch, iterations, device)
+    for _ in range(3):
+        step()
+    sync()
+    cuda = device.startswith("cuda")
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities) as prof:
+        for _ in range(3):
+            step()
+        sync()
+    print(f"{method} {impl} {size} px, batch {batch}, T = {iterations}, {device}: 3 steps of forward + backward")
+    print(prof.key_averages().table(sort_by="cuda_time_total" if cuda else "cpu_time_total", row_limit=rows,
+                                    max_name_column_width=60))
+
+
 def torch_device_name(device: str) -> str:
     import torch
 
@@ -207,6 +238,8 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--training", action="store_true", help="time refiner training steps (see above)")
+    p.add_argument("--breakdown", nargs=2, metavar=("METHOD", "IMPL"),
+                   help="profile one implementation instead (e.g. dyspn triton) at the first size: where the time goes")
     p.add_argument("--profile", choices=("smoke", "cpu", "full"), default=None,
                    help="--training: whose models (default: full on CUDA, else cpu)")
     p.add_argument("--child", nargs=3, metavar=("METHOD", "IMPL", "SIZE"), help=argparse.SUPPRESS)
@@ -214,6 +247,9 @@ def main() -> None:
     a = p.parse_args()
     a.batch_given, a.batch = a.batch, a.batch or 8
     a.profile = a.profile or ("full" if a.device.startswith("cuda") else "cpu")
+    if a.breakdown:
+        breakdown(*a.breakdown, a.sizes[-1] if a.sizes == [128, 256] else a.sizes[0], a.batch, a.iterations, a.device)
+        return
     if a.child_training:
         method, allocator, size = a.child_training
         print(json.dumps(measure_training(method, allocator, int(size), a.batch, a.repeats, a.device, a.profile)))
