@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every GPU figure of the README's benchmark table, in one run on a CUDA machine (about 6 minutes
+# Every GPU figure of the README's benchmark table, in one run on a CUDA machine (about 7 minutes
 # on an H200), each step under its own time limit so that one slow or failing step cannot take
 # the others with it:
 #
