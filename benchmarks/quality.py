@@ -203,8 +203,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\npaired per-image bootstrap, {split} split: gain averaged over seeds [95% interval over "
               f"{args.resamples} resamples of the images]; * = the interval excludes 0")
         print(format_bootstrap(intervals[split]))
+    whole_run = time.perf_counter() - started
     print(f"(training and evaluation took {elapsed / 60:.1f} min, estimated at most {total / 60:.1f} min; "
-          f"the whole run {(time.perf_counter() - started) / 60:.1f} min)")
+          f"the whole run {whole_run / 60:.1f} min)")
 
     variant = "".join(f"-{k}={v}" for k, v in overrides.items())
     seeds = "-seeds" + "-".join(map(str, args.seeds))
@@ -214,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
            "config": wb0.cfg.to_dict(), "images": {s: len(wb0.data[s]) for s in splits},
            "train_images": len(wb0.data["train"]), "seeds": args.seeds, "settings": args.settings,
            "machine": machine(), "seconds": round(elapsed, 1), "estimated_seconds": round(total, 1),
-           "whole_run_seconds": round(time.perf_counter() - started, 1),
+           "whole_run_seconds": round(whole_run, 1),
            "command": "python benchmarks/quality.py " + " ".join(argv if argv is not None else sys.argv[1:]),
            "summary": summary, "bootstrap": intervals,
            "per_seed": {split: {str(k): v for k, v in rows.items()} for split, rows in per_seed.items()}}
