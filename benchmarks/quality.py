@@ -103,7 +103,7 @@ def comparisons(stages: list[str]) -> list[tuple[str, str]]:
 
 def bootstrap_table(counts: dict[int, dict[str, tuple]], stages: list[str], resamples: int = 2000) -> list[dict]:
     """Paired bootstrap of every gain of :func:`comparisons`; ``counts[seed][stage]`` holds the
-    per-image counts (:func:`helpers.statistics.image_counts`) of one split."""
+    per-image counts (``StageResult.val_counts`` / ``test_counts``) of one split."""
     from helpers.statistics import paired_bootstrap
 
     seeds = list(counts)
@@ -142,7 +142,6 @@ def main(argv: list[str] | None = None) -> int:
     from helpers.config import parse_overrides
     from helpers.results import comparison_rows
     from helpers.stages import SETTINGS
-    from helpers.statistics import image_counts
     from helpers.timing import estimate_seconds
     from helpers.workflow import all_stages, open_workbook
 
@@ -185,12 +184,9 @@ def main(argv: list[str] | None = None) -> int:
         per_seed["val"][wb.cfg.seed] = rows
         if "test" in splits:
             per_seed["test"][wb.cfg.seed] = [{**row, **stages[row["stage"]].test_metrics} for row in rows]
-        for split in splits:
-            targets = wb.data[split].targets.long()
-            counts[split][wb.cfg.seed] = {
-                s: image_counts((r.val_probs if split == "val" else r.test_probs).argmax(1), targets, r.val_probs.shape[1],
-                                wb.device)
-                for s, r in stages.items()}
+        for split in splits:   # the per-image counts each stage was scored with
+            counts[split][wb.cfg.seed] = {s: r.val_counts if split == "val" else r.test_counts
+                                          for s, r in stages.items()}
     elapsed = time.perf_counter() - t0
 
     summary = {split: summarise(rows) for split, rows in per_seed.items()}

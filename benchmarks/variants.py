@@ -28,7 +28,7 @@ def compare(baseline: dict, variant: dict, profile: str | None, data_root: str |
     stage whose checkpoint differs between the two configurations (the same checkpoint is the
     same stage: its name holds a hash of everything that defines it)."""
     from helpers import stages as registry
-    from helpers.statistics import image_counts, paired_bootstrap
+    from helpers.statistics import paired_bootstrap
     from helpers.workflow import all_stages, open_workbook
 
     names = [s for setting in ("coarse", "converged") if setting in settings for s in registry.SETTINGS[setting]]
@@ -41,11 +41,10 @@ def compare(baseline: dict, variant: dict, profile: str | None, data_root: str |
             results = all_stages(wb, progress=False, converged="converged" in settings)
             for name in names:
                 paths[side][(seed, name)] = registry.get(name).checkpoint(wb)
-                for split in ("val", "test"):
-                    probs = results[name].val_probs if split == "val" else results[name].test_probs
-                    targets = wb.data[split].targets.long()
-                    counts[side][split].setdefault(name, []).append(image_counts(probs.argmax(1), targets, probs.shape[1],
-                                                                                      wb.device))
+                for split in ("val", "test"):   # the per-image counts the stage was scored with
+                    result = results[name]
+                    counts[side][split].setdefault(name, []).append(result.val_counts if split == "val"
+                                                                    else result.test_counts)
     changed = [n for n in names if any(paths["baseline"][(s, n)] != paths["variant"][(s, n)] for s in seeds)]
     return {split: {n: paired_bootstrap(counts["baseline"][split][n], counts["variant"][split][n], resamples)
                     for n in changed} for split in ("test", "val")}

@@ -69,19 +69,21 @@ def boundary_width(height: int, width: int, ratio: float = 0.02) -> int:
 
 
 def boundary_counts(pred: torch.Tensor, target: torch.Tensor, num_classes: int = 2,
-                    ratio: float = 0.02) -> torch.Tensor:
+                    ratio: float = 0.02, per_image: bool = False) -> torch.Tensor:
     """(C, 2) int64 on pred's device: per class, intersection and union of the boundary bands of
-    pred and target (counted where the maps are, so a GPU's maps are never copied)."""
+    pred and target (counted where the maps are, so a GPU's maps are never copied). With
+    ``per_image`` (B, C, 2), one row per image of the batch: summed over images, the same counts
+    (every band is computed inside its own image)."""
     if pred.dim() == 2:
         pred, target = pred[None], target[None]
     d = boundary_width(pred.shape[-2], pred.shape[-1], ratio)
-    out = torch.zeros(num_classes, 2, dtype=torch.int64, device=pred.device)
+    out = torch.zeros(pred.shape[0], num_classes, 2, dtype=torch.int64, device=pred.device)
     for c in range(num_classes):
         bp = boundary_band(pred == c, d)
         bt = boundary_band(target == c, d)
-        out[c, 0] = (bp & bt).sum()
-        out[c, 1] = (bp | bt).sum()
-    return out
+        out[:, c, 0] = (bp & bt).sum((-2, -1))
+        out[:, c, 1] = (bp | bt).sum((-2, -1))
+    return out if per_image else out.sum(0)
 
 
 def boundary_iou(counts: torch.Tensor) -> float:

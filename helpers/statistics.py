@@ -12,22 +12,37 @@ from __future__ import annotations
 
 import torch
 
-from .metrics import PET, boundary_counts, confusion_matrix
+from .metrics import PET, boundary_counts
 
 
 def image_counts(pred: torch.Tensor, target: torch.Tensor, num_classes: int = 2,
-                 device: str | torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                 device: str | torch.device | None = None, batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
     """Per image: confusion matrix (N, C, C) and boundary-band intersection / union (N, C, 2),
     on the CPU, from label maps (N, H, W), counted on ``device`` (default: where ``pred`` is; a
-    GPU computes the bands of 256 px maps far faster). Summed over images they give the pooled
-    metrics."""
+    GPU computes the bands of 256 px maps far faster), ``batch_size`` maps at a time. Summed over
+    images they give the pooled metrics (:func:`pooled_metrics`)."""
+    if pred.shape != target.shape:
+        raise ValueError(f"prediction {tuple(pred.shape)} and target {tuple(target.shape)} differ in shape")
     device = pred.device if device is None else torch.device(device)
-    cms, bcs = [], []
-    for p, t in zip(pred, target):
-        p, t = p.to(device), t.to(device)
-        cms.append(confusion_matrix(p, t, num_classes).cpu())
-        bcs.append(boundary_counts(p, t, num_classes).cpu())
-    return torch.stack(cms), torch.stack(bcs)
+    C = num_classes
+    cms = [torch.zeros(0, C, C, dtype=torch.int64)]
+    bcs = [torch.zeros(0, C, 2, dtype=torch.int64)]
+    for lo in range(0, len(pred), batch_size):
+        p, t = pred[lo:lo + batch_size].to(device).long(), target[lo:lo + batch_size].to(device).long()
+        n = len(p)
+        # one bincount for the whole batch: image i's pixels count into bins i C^2 .. (i + 1) C^2 - 1
+        idx = (torch.arange(n, device=device)[:, None, None] * C + t) * C + p
+        cms.append(torch.bincount(idx.reshape(-1), minlength=n * C * C).reshape(n, C, C).cpu())
+        bcs.append(boundary_counts(p, t, C, per_image=True).cpu())
+    return torch.cat(cms), torch.cat(bcs)
+
+
+def counts_summary(cms: torch.Tensor, bcs: torch.Tensor) -> tuple[dict, list]:
+    """(pooled metrics as floats, per-image mIoU list) of per-image counts cms (N, C, C) and
+    bcs (N, C, 2): the same numbers as :class:`~helpers.metrics.SegmentationMeter` fed the same
+    maps (its ``summary()`` and ``image_miou``)."""
+    pooled = pooled_metrics(cms.sum(0), bcs.sum(0))
+    return {m: float(v) for m, v in pooled.items()}, pooled_metrics(cms, bcs)["miou"].tolist()
 
 
 def _nanmean_ratio(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:

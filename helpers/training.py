@@ -22,6 +22,7 @@ from .checkpoint import atomic_save, check_spec, library_versions, safe_load
 from .losses import segmentation_loss
 from .metrics import SegmentationMeter
 from .runtime import keep_freed_memory, limit_cpu_threads
+from .statistics import counts_summary, image_counts
 
 
 class TrainingDiverged(RuntimeError):
@@ -91,22 +92,26 @@ def predict(model: nn.Module, dataset: Dataset, batch_size: int, device: str | t
     return torch.cat(out)
 
 
-def evaluate_probs(probs: torch.Tensor, dataset: Dataset, device: str | torch.device | None = None,
-                   batch_size: int = 64) -> tuple[dict, list]:
-    """Metrics of probability maps (N, C, H, W) against the dataset's targets; also per-image mIoU.
+def split_counts(probs: torch.Tensor, dataset: Dataset, device: str | torch.device | None = None,
+                 batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-image counts of probability maps (N, C, H, W) against the dataset's targets: confusion
+    matrices (N, C, C) and boundary-band counts (N, C, 2) (:func:`helpers.statistics.image_counts`).
 
     The counting runs on ``device`` (default: where ``probs`` are), ``batch_size`` maps at a time:
     on a GPU the boundary bands of a split at 256 px take milliseconds there and seconds on the
-    CPU. Counts are sums over images, so the result does not depend on either."""
-    meter = SegmentationMeter(num_classes=probs.shape[1])
+    CPU. Pooled metrics are their sums, so the result does not depend on either."""
     targets = torch.stack([dataset[i][1] for i in range(len(dataset))]) if not hasattr(dataset, "targets") \
         else dataset.targets.long()
     if len(probs) != len(targets):
         raise ValueError(f"{len(probs)} probability maps for a dataset of {len(targets)} images")
-    device = probs.device if device is None else torch.device(device)
-    for lo in range(0, len(probs), batch_size):
-        meter.update(probs[lo:lo + batch_size].to(device).argmax(1), targets[lo:lo + batch_size].to(device))
-    return meter.summary(), meter.image_miou
+    return image_counts(probs.argmax(1), targets, probs.shape[1], device, batch_size)
+
+
+def evaluate_probs(probs: torch.Tensor, dataset: Dataset, device: str | torch.device | None = None,
+                   batch_size: int = 64) -> tuple[dict, list]:
+    """Metrics of probability maps (N, C, H, W) against the dataset's targets; also per-image mIoU
+    (:func:`split_counts`, then :func:`helpers.statistics.counts_summary`)."""
+    return counts_summary(*split_counts(probs, dataset, device, batch_size))
 
 
 @torch.inference_mode()

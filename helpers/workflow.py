@@ -32,7 +32,8 @@ from .guided_filter import GuidedFilterRefiner, tune_guided_filter
 from .refiner import Refiner
 from .runtime import keep_freed_memory
 from .stages import Stage
-from .training import History, eval_mode, evaluate_probs, fit, load_trained, predict, seed_everything
+from .statistics import counts_summary
+from .training import History, eval_mode, fit, load_trained, predict, seed_everything, split_counts
 from .unet import count_parameters
 
 SHOWCASE_ID = "Abyssinian_100"   # the report's Fig. 2-4 image
@@ -114,6 +115,10 @@ class StageResult:
     val_metrics: dict
     test_metrics: dict
     image_miou: list          # per validation image
+    # per-image counts of each split, (confusion matrices (N, C, C), boundary counts (N, C, 2)):
+    # the metrics above are their sums; the benchmarks' bootstrap resamples them
+    val_counts: tuple = ()
+    test_counts: tuple = ()
     settings: dict = field(default_factory=dict)   # what was chosen for this stage (e.g. the filter's radius)
     base: str = "coarse"      # the setting: the base net its gains are measured against
 
@@ -181,14 +186,16 @@ def _label(stage: Stage, epochs: int) -> str:
 def _finish(wb: Workbook, stage: Stage, model, history: History, settings: dict | None = None) -> StageResult:
     cfg = wb.cfg
     val = predict(model, wb.data["val"], cfg.batch_size, wb.device, cfg.amp)
-    val_metrics, image_miou = evaluate_probs(val, wb.data["val"], wb.device)
+    val_counts = split_counts(val, wb.data["val"], wb.device)
+    val_metrics, image_miou = counts_summary(*val_counts)
     if len(wb.data["test"]):
         test = predict(model, wb.data["test"], cfg.batch_size, wb.device, cfg.amp)
-        test_metrics, _ = evaluate_probs(test, wb.data["test"], wb.device)
+        test_counts = split_counts(test, wb.data["test"], wb.device)
+        test_metrics, _ = counts_summary(*test_counts)
     else:  # a folder without test.txt: there is nothing to report on
-        test, test_metrics = val.new_zeros((0,) + val.shape[1:]), {}
-    return StageResult(stage.name, model, history, val, test, val_metrics, test_metrics, image_miou, settings or {},
-                       stage.base)
+        test, test_metrics, test_counts = val.new_zeros((0,) + val.shape[1:]), {}, ()
+    return StageResult(stage.name, model, history, val, test, val_metrics, test_metrics, image_miou, val_counts,
+                       test_counts, settings or {}, stage.base)
 
 
 def _guided_filter(wb: Workbook, stage: Stage, coarse: StageResult, grid: dict | None = None) -> StageResult:

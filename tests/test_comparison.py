@@ -124,6 +124,13 @@ def test_equal_compute_control_and_guided_filter_stages(smoke_workbook):
     assert longer.parameters == coarse.parameters
     # it trained on from the coarse weights: its first epoch scores near the coarse net, not near chance
     assert not torch.equal(longer.val_probs, coarse.val_probs)
+    # a stage keeps the per-image counts it was scored with (the benchmarks' bootstrap reads them)
+    for split, probs, counts, metrics in (("val", longer.val_probs, longer.val_counts, longer.val_metrics),
+                                          ("test", longer.test_probs, longer.test_counts, longer.test_metrics)):
+        meter = SegmentationMeter()
+        meter.update(probs.argmax(1), wb.data[split].targets.long())
+        assert counts[0].shape[0] == len(wb.data[split]) and metrics == meter.summary()
+        assert torch.equal(counts[0].sum(0), meter.cm) and torch.equal(counts[1].sum(0), meter.bcounts)
 
     grid = {"radius": (1, 3), "eps": (1e-3, 1e-1)}
     gf = workflow.guided_filter_stage(wb, grid)

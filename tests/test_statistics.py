@@ -3,8 +3,8 @@ behave as intervals must."""
 import pytest
 import torch
 
-from helpers.metrics import SegmentationMeter
-from helpers.statistics import image_counts, paired_bootstrap, pooled_metrics
+from helpers.metrics import SegmentationMeter, boundary_counts, confusion_matrix
+from helpers.statistics import counts_summary, image_counts, paired_bootstrap, pooled_metrics
 
 
 def random_maps(n=10, seed=0, flip=0.2):
@@ -27,6 +27,22 @@ def test_summed_image_counts_give_the_meters_pooled_metrics():
     assert {k: float(v) for k, v in pooled.items()} == pytest.approx(meter.summary(), abs=1e-12)
     on_device = image_counts(pred, target, device="cpu")   # where the counting runs changes nothing
     assert torch.equal(on_device[0], cms) and torch.equal(on_device[1], bcs) and cms.device.type == "cpu"
+
+
+def test_per_image_counts_are_each_images_own_and_summarise_as_the_meter_does():
+    pred, target = random_maps(n=7, seed=3)
+    pred[2], target[2] = 0, 0                      # an all-background image: the pet's IoU is undefined there
+    cms, bcs = image_counts(pred, target, batch_size=3)                    # counted in uneven batches
+    for i in range(7):                             # row i is image i alone, counted the meter's way
+        assert torch.equal(cms[i], confusion_matrix(pred[i], target[i]))
+        assert torch.equal(bcs[i], boundary_counts(pred[i], target[i]))
+    meter = SegmentationMeter()
+    meter.update(pred, target)
+    metrics, image_miou = counts_summary(cms, bcs)
+    assert metrics == meter.summary()              # exactly: the stages' figures did not move
+    assert image_miou == meter.image_miou and image_miou[2] == 1.0
+    with pytest.raises(ValueError, match="differ in shape"):
+        image_counts(pred[:, :16], target)
 
 
 def test_no_change_gives_a_zero_interval_and_a_real_gain_excludes_zero():
