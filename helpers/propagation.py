@@ -46,23 +46,58 @@ BACKENDS = ("auto", "torch", "triton")   # auto: the fused Triton kernels on CUD
 
 
 # ------------------------------------------------------------------------------ neighbourhoods
+@dataclass(frozen=True)
+class Window:
+    """A propagation neighbourhood: the ``size`` x ``size`` window without its centre, split into
+    rings of Chebyshev distance 1 .. size // 2 (8, 16, 24, ... neighbours).
+
+    With ``dilation`` d > 1, every ring but the first is spread d times farther out: ring r >= 2
+    holds the same 8 r cells at distance r d (every offset times d), so one iteration reaches
+    (size // 2) d pixels instead of size // 2, with the same number of neighbours and the same
+    cost. The first ring stays at distance 1 because a window dilated throughout would split the
+    image into d^2 interleaved grids that never exchange a value (every offset a multiple of d).
+    Wherever a ``kernel`` is asked for, an int is the undilated window of that size.
+    """
+
+    size: int = 3
+    dilation: int = 1
+
+    def __post_init__(self):
+        if not isinstance(self.size, int) or self.size < 3 or self.size % 2 == 0:
+            raise ValueError(f"kernel must be odd and >= 3, got {self.size}")
+        if not isinstance(self.dilation, int) or self.dilation < 1:
+            raise ValueError(f"dilation must be an integer >= 1, got {self.dilation}")
+
+
+def as_window(kernel: int | Window) -> Window:
+    """``7`` -> ``Window(7)``; a :class:`Window` is returned as is."""
+    return kernel if isinstance(kernel, Window) else Window(kernel)
+
+
 @lru_cache(maxsize=None)
-def window_offsets(kernel: int) -> tuple[tuple[int, int], ...]:
+def window_offsets(kernel: int | Window) -> tuple[tuple[int, int], ...]:
     """(dy, dx) of every neighbour in a ``kernel`` x ``kernel`` window without the centre,
-    ordered ring by ring (Chebyshev distance 1, 2, ...), raster order inside a ring."""
-    if kernel < 3 or kernel % 2 == 0:
-        raise ValueError(f"kernel must be odd and >= 3, got {kernel}")
-    r = kernel // 2
+    ordered ring by ring (Chebyshev distance 1, 2, ...), raster order inside a ring; a
+    :class:`Window` with a dilation d spreads rings 2, 3, ... to distances 2 d, 3 d, ..."""
+    win = as_window(kernel)
+    r = win.size // 2
     cells = [(dy, dx) for dy in range(-r, r + 1) for dx in range(-r, r + 1) if (dy, dx) != (0, 0)]
-    return tuple(sorted(cells, key=lambda o: (max(abs(o[0]), abs(o[1])), o)))
+    cells = sorted(cells, key=lambda o: (max(abs(o[0]), abs(o[1])), o))
+    scale = lambda o: 1 if max(abs(o[0]), abs(o[1])) == 1 else win.dilation   # noqa: E731
+    return tuple((dy * scale((dy, dx)), dx * scale((dy, dx))) for dy, dx in cells)
 
 
-def ring_sizes(kernel: int) -> tuple[int, ...]:
-    """Neighbours per ring: 8, 16, 24, ... (8 d for ring d)."""
-    return tuple(8 * d for d in range(1, kernel // 2 + 1))
+def ring_sizes(kernel: int | Window) -> tuple[int, ...]:
+    """Neighbours per ring: 8, 16, 24, ... (8 d for ring d), dilated or not."""
+    return tuple(8 * d for d in range(1, as_window(kernel).size // 2 + 1))
 
 
-def border_mask(kernel: int, height: int, width: int, device=None, dtype=torch.float32) -> torch.Tensor:
+def window_reach(kernel: int | Window) -> int:
+    """The farthest neighbour's Chebyshev distance: how far one iteration moves a value (the padding)."""
+    return max(max(abs(dy), abs(dx)) for dy, dx in window_offsets(kernel))
+
+
+def border_mask(kernel: int | Window, height: int, width: int, device=None, dtype=torch.float32) -> torch.Tensor:
     """(K, H, W) with 1 where neighbour j of pixel (y, x) lies inside the image, else 0."""
     offsets = torch.tensor(window_offsets(kernel), device=device)            # (K, 2)
     ys = torch.arange(height, device=device)[None, :, None] + offsets[:, 0, None, None]
@@ -70,19 +105,20 @@ def border_mask(kernel: int, height: int, width: int, device=None, dtype=torch.f
     return ((ys >= 0) & (ys < height) & (xs >= 0) & (xs < width)).to(dtype)   # one broadcast, no loop
 
 
-def neighbour_values(x: torch.Tensor, kernel: int) -> torch.Tensor:
+def neighbour_values(x: torch.Tensor, kernel: int | Window) -> torch.Tensor:
     """(B, C, H, W) -> (B, C, K, H, W): the value of ``x`` at neighbour j of every pixel, in
     :func:`window_offsets` order, 0 outside the image. ``F.unfold`` (one copy per neighbour,
     which the propagation itself avoids; used for the confidence's one channel and by the
     reference), whose backward is one ``fold``, not a zero-filled copy per shifted slice."""
     B, C, H, W = x.shape
-    r = kernel // 2
-    order = torch.tensor([(dy + r) * kernel + (dx + r) for dy, dx in window_offsets(kernel)], device=x.device)
-    cols = nn.functional.unfold(x, kernel, padding=r).view(B, C, kernel * kernel, H, W)
+    r = window_reach(kernel)
+    side = 2 * r + 1   # the square that holds every neighbour (7 for 7x7; 13 for 7x7 at dilation 2)
+    order = torch.tensor([(dy + r) * side + (dx + r) for dy, dx in window_offsets(kernel)], device=x.device)
+    cols = nn.functional.unfold(x, side, padding=r).view(B, C, side * side, H, W)
     return cols.index_select(2, order)
 
 
-def confident_weights(pos: torch.Tensor, raw_confidence: torch.Tensor | None, kernel: int) -> torch.Tensor:
+def confident_weights(pos: torch.Tensor, raw_confidence: torch.Tensor | None, kernel: int | Window) -> torch.Tensor:
     """NLSPN's confidence-incorporated affinity: w_j^+ c_j with c = sigmoid(raw confidence)
     (B, 1, H, W) read at the neighbour j, so an unreliable pixel spreads less of its value.
     pos (B, K, H, W) -> (B, K, H, W). The normaliser keeps counting the full |w_j|, so the
@@ -142,7 +178,7 @@ class _PreparedAffinity(torch.autograd.Function):
         return grad, None
 
 
-def prepare_affinity(raw: torch.Tensor, kernel: int) -> tuple[torch.Tensor, torch.Tensor]:
+def prepare_affinity(raw: torch.Tensor, kernel: int | Window) -> tuple[torch.Tensor, torch.Tensor]:
     """Clamp the raw head output (B, K, H, W) and zero the out-of-image neighbours.
 
     Returns (positive part, absolute value), both (B, K, H, W): :func:`rectify` of
@@ -168,7 +204,7 @@ class _RingSums(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, w, kernel, centred):
-        r = kernel // 2
+        r = window_reach(kernel)
         H, W = x.shape[-2:]
         xp = nn.functional.pad(x, (r, r, r, r))
         sizes = ring_sizes(kernel)
@@ -193,7 +229,7 @@ class _RingSums(torch.autograd.Function):
     def backward(ctx, grad):
         xp, w = ctx.saved_tensors
         kernel, centred = ctx.kernel, ctx.centred
-        r = kernel // 2
+        r = window_reach(kernel)
         H, W = xp.shape[-2] - 2 * r, xp.shape[-1] - 2 * r
         x = xp[:, :, r:r + H, r:r + W]
         grad = grad.contiguous()
@@ -224,7 +260,7 @@ class _RingSums(torch.autograd.Function):
         return grad_x, grad_w.transpose(0, 1) if grad_w is not None else None, None, None
 
 
-def ring_sums(x: torch.Tensor, w: torch.Tensor, kernel: int, centred: bool = False) -> torch.Tensor:
+def ring_sums(x: torch.Tensor, w: torch.Tensor, kernel: int | Window, centred: bool = False) -> torch.Tensor:
     """Per ring r: sum_{j in r} w_j X_j, or with ``centred`` sum_{j in r} w_j (X_j - X).
 
     x (B, C, H, W), w (B, K, H, W) -> (B, R, C, H, W).
@@ -426,12 +462,17 @@ class DySPN(_Propagator):
     The weights sum to one. As in the authors' ``Dynamic_7x7_naivev2``, the part of the
     affinity that is not spent on neighbours goes to H^0 (diffusion suppression); here that part
     is the negative affinity's magnitude, so every weight is non-negative.
+
+    With ``dilation`` d > 1 the rings 2 and 3 sit at distances 2 d and 3 d (:class:`Window`): the
+    same 48 neighbours, one iteration reaching 3 d pixels instead of 3 (the authors' ring sums
+    take a dilation too).
     """
 
-    def __init__(self, iterations: int = 6, kernel: int = 7, backend: str = "auto"):
+    def __init__(self, iterations: int = 6, kernel: int = 7, backend: str = "auto", dilation: int = 1):
         super().__init__(iterations, backend)
-        window_offsets(kernel)  # validates the kernel
-        self.kernel = kernel
+        # the window, rings 2.. spread ``dilation`` apart (:class:`Window`); every neighbourhood
+        # function takes it where an int size would go
+        self.kernel = Window(kernel, dilation)
         self.rings = len(ring_sizes(kernel))
         self.sizes = list(ring_sizes(kernel))
 

@@ -7,7 +7,7 @@
 
   ========  =========================================================================================
   cspn      8 affinities, times the gain g (cspn_gain); CSPN propagates T iterations from the start map
-  dyspn     48 ring affinities + T x 4 attention maps; DySPN propagates
+  dyspn     48 ring affinities + T x 4 attention maps; DySPN propagates (rings 2, 3 dilated by dilation)
   control   nothing to propagate: the same U-Net corrects the coarse map directly
   ========  =========================================================================================
 
@@ -151,7 +151,7 @@ class Refiner(nn.Module):
                  perturb: float = 0.0, deep_supervision: bool = False, boundary_weight: float = 1.0,
                  backend: str = "auto", tune_base: bool = False, perturb_truth: float = 0.0,
                  confidence: bool = False, cspn_gain: float = 1.0, guidance_init: str = "scratch",
-                 warm_lr_factor: float = 1.0, start_weight: float = 0.0):
+                 warm_lr_factor: float = 1.0, start_weight: float = 0.0, dilation: int = 1):
         super().__init__()
         if method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {method!r}")
@@ -176,7 +176,7 @@ class Refiner(nn.Module):
             layout = HeadLayout.build(method, start, classes, affinity=self.propagator.affinity_channels,
                                       confidence=int(self.confidence))
         elif method == "dyspn":
-            self.propagator = DySPN(iterations, kernel, backend)
+            self.propagator = DySPN(iterations, kernel, backend, dilation)
             layout = HeadLayout.build(method, start, classes, affinity=self.propagator.affinity_channels,
                                       attention=iterations * self.propagator.attention_channels,
                                       confidence=int(self.confidence))
@@ -220,7 +220,7 @@ class Refiner(nn.Module):
                    cfg.propagation_backend, cfg.tune_base, cfg.perturb_truth, cfg.confidence,
                    cfg.cspn_gain if cspn_gain is None else cspn_gain,
                    cfg.guidance_init if guidance_init is None else guidance_init,
-                   cfg.warm_lr_factor, cfg.start_weight)
+                   cfg.warm_lr_factor, cfg.start_weight, cfg.dyspn_dilation)
 
     def train(self, mode: bool = True) -> "Refiner":
         """Train (or eval) mode for the guidance U-Net; the coarse net stays in eval mode (frozen, or

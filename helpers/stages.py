@@ -129,6 +129,8 @@ class Stage:
             spec["perturb_truth"] = c.perturb_truth
         if c.confidence and self.method != "control":
             spec["confidence"] = True
+        if self.method == "dyspn" and c.dyspn_dilation != 1:
+            spec["dilation"] = c.dyspn_dilation
         if self.method == "cspn" and self.cspn_gain(c) != 1:
             spec["cspn_gain"] = self.cspn_gain(c)
         if self.guidance_init(c) != "scratch":

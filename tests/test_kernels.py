@@ -52,7 +52,10 @@ def test_kernels_match_the_pytorch_path_forward_and_backward(device):
                                 (lambda b: DySPN(4, 7, backend=b), (torch.randn(2, 48, 9, 11, generator=g),
                                                                     torch.randn(2, 16, 9, 11, generator=g))),
                                 (lambda b: DySPN(3, 5, backend=b), (torch.randn(2, 24, 9, 11, generator=g),
-                                                                    torch.randn(2, 9, 9, 11, generator=g)))):
+                                                                    torch.randn(2, 9, 9, 11, generator=g))),
+                                # rings 2 and 3 at distances 4 and 6: most neighbours of a 9 x 11 map fall outside
+                                (lambda b: DySPN(3, 7, backend=b, dilation=2), (torch.randn(2, 48, 9, 11, generator=g),
+                                                                                torch.randn(2, 12, 9, 11, generator=g)))):
                 maps, grads = {}, {}
                 for backend in ("torch", "triton"):
                     inputs = [t.to(DEVICE, copy=True).requires_grad_() for t in (h0, *extra)]
@@ -65,7 +68,7 @@ def test_kernels_match_the_pytorch_path_forward_and_backward(device):
                     torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
                 # the range guarantee holds on the kernel path too
                 assert all(m.min() >= -1e-6 and m.max() <= 1 + 1e-6 for m in maps["triton"])
-        assert launched[0] == 2 * (3 + 3 + 2)   # every step after the first ran as a kernel
+        assert launched[0] == 2 * (3 + 3 + 2 + 2)   # every step after the first ran as a kernel
         print("ok")
     """, device)
     assert out.strip() == "ok"
@@ -84,7 +87,9 @@ def test_kernels_keep_constant_maps_exactly_and_mask_the_borders(device):
         cspn = CSPN(6, backend="triton")(constant, 5 * torch.randn(1, 8, 6, 7, generator=g).to(DEVICE))
         dyspn = DySPN(6, backend="triton")(constant, 5 * torch.randn(1, 48, 6, 7, generator=g).to(DEVICE),
                                            torch.randn(1, 24, 6, 7, generator=g).to(DEVICE))
-        assert all(torch.equal(m, constant) for m in cspn.maps + dyspn.maps)
+        dilated = DySPN(6, backend="triton", dilation=2)(constant, 5 * torch.randn(1, 48, 6, 7, generator=g).to(DEVICE),
+                                                         torch.randn(1, 24, 6, 7, generator=g).to(DEVICE))
+        assert all(torch.equal(m, constant) for m in cspn.maps + dyspn.maps + dilated.maps)
         # a map that is 1 in one corner: nothing of it appears at the far side (no wrap-around)
         h0 = torch.zeros(1, 2, 6, 7)
         h0[:, 0] = 1

@@ -353,6 +353,23 @@ def test_start_weight_is_in_the_spec_of_propagators_with_a_corrected_start_only(
         assert stages.get(name).spec(weighted) == stages.get(name).spec(default)
 
 
+def test_dyspn_dilation_reaches_the_propagator_and_only_dyspn_checkpoints(folders):
+    from helpers import stages
+    from helpers.propagation import Window
+    from helpers.workflow import open_workbook
+
+    default = open_workbook(profile="smoke", **folders)
+    dilated = open_workbook(profile="smoke", dyspn_dilation=2, **folders)
+    for name in ("dyspn", "converged+dyspn"):
+        assert "dilation" not in stages.get(name).spec(default)
+        assert stages.get(name).spec(dilated) == {**stages.get(name).spec(default), "dilation": 2}
+        assert stages.get(name).checkpoint(dilated) != stages.get(name).checkpoint(default)
+        refiner = stages.get(name).build(dilated.cfg, CoarseSegmenter.from_config(dilated.cfg))
+        assert refiner.propagator.kernel == Window(7, 2)
+    for name in ("cspn", "control", "converged+cspn", "converged+control", "converged"):
+        assert stages.get(name).spec(dilated) == stages.get(name).spec(default)
+
+
 def test_corrected_start_layout():
     r = Refiner(model(), "dyspn", start="corrected", width=4, depth=2, iterations=6)
     assert r.layout.affinity == (0, 48) and r.layout.attention == (48, 72) and r.layout.start == (72, 74)
