@@ -203,18 +203,19 @@ def torch_device_name(device: str) -> str:
     return torch.cuda.get_device_name(torch.device(device))
 
 
-def grouped_neighbours(x, kernel: int):
-    """(B, C, H, W) -> (B, C, K, H, W): every neighbour of the window (centre left out, in
-    ``window_offsets`` order) by one grouped convolution with one-hot filters."""
+def grouped_neighbours(x, kernel):
+    """(B, C, H, W) -> (B, C, K, H, W): every neighbour of the window (an int size or a dilated
+    ``Window``; centre left out, in ``window_offsets`` order) by one grouped convolution with
+    one-hot filters as wide as the farthest neighbour."""
     import torch
     import torch.nn.functional as F
 
-    from helpers.propagation import window_offsets
+    from helpers.propagation import window_offsets, window_reach
 
     B, C, H, W = x.shape
-    r = kernel // 2
+    r = window_reach(kernel)
     offsets = window_offsets(kernel)
-    onehot = torch.zeros(len(offsets), 1, kernel, kernel, device=x.device, dtype=x.dtype)
+    onehot = torch.zeros(len(offsets), 1, 2 * r + 1, 2 * r + 1, device=x.device, dtype=x.dtype)
     for j, (dy, dx) in enumerate(offsets):
         onehot[j, 0, r + dy, r + dx] = 1.0
     out = F.conv2d(x.reshape(B * C, 1, H, W), onehot, padding=r)

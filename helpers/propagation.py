@@ -52,9 +52,9 @@ class Window:
     rings of Chebyshev distance 1 .. size // 2 (8, 16, 24, ... neighbours).
 
     With ``dilation`` d > 1, every ring but the first is spread d times farther out: ring r >= 2
-    holds the same 8 r cells at distance r d (every offset times d), so one iteration reaches
-    (size // 2) d pixels instead of size // 2, with the same number of neighbours and the same
-    cost. The first ring stays at distance 1 because a window dilated throughout would split the
+    holds the same 8 r cells at distance r d (every offset times d), so one iteration of a window
+    of size >= 5 reaches (size // 2) d pixels instead of size // 2, with the same number of
+    neighbours and the same cost (a 3 x 3 window has only the first ring: dilation changes nothing). The first ring stays at distance 1 because a window dilated throughout would split the
     image into d^2 interleaved grids that never exchange a value (every offset a multiple of d).
     Wherever a ``kernel`` is asked for, an int is the undilated window of that size.
     """
@@ -65,7 +65,7 @@ class Window:
     def __post_init__(self):
         if not isinstance(self.size, int) or self.size < 3 or self.size % 2 == 0:
             raise ValueError(f"kernel must be odd and >= 3, got {self.size}")
-        if not isinstance(self.dilation, int) or self.dilation < 1:
+        if not isinstance(self.dilation, int) or isinstance(self.dilation, bool) or self.dilation < 1:
             raise ValueError(f"dilation must be an integer >= 1, got {self.dilation}")
 
 
@@ -468,11 +468,13 @@ class DySPN(_Propagator):
     take a dilation too).
     """
 
-    def __init__(self, iterations: int = 6, kernel: int = 7, backend: str = "auto", dilation: int = 1):
+    def __init__(self, iterations: int = 6, kernel: int | Window = 7, backend: str = "auto", dilation: int = 1):
         super().__init__(iterations, backend)
+        if isinstance(kernel, Window) and dilation != 1:
+            raise ValueError(f"give the dilation once: in the window {kernel} or as dilation={dilation}, not both")
         # the window, rings 2.. spread ``dilation`` apart (:class:`Window`); every neighbourhood
         # function takes it where an int size would go
-        self.kernel = Window(kernel, dilation)
+        self.kernel = kernel if isinstance(kernel, Window) else Window(kernel, dilation)
         self.rings = len(ring_sizes(kernel))
         self.sizes = list(ring_sizes(kernel))
 
@@ -500,7 +502,8 @@ class DySPN(_Propagator):
         but weigh no neighbour, so their share of the weight goes to H^0 (whose D is 0).
         d (B, C', H, W) or None for D^0 = 0; base (B, R, C', H, W); pos (B, K, H, W) = w^+;
         A (B, R, H, W); p (B, R + 1, H, W) = pi^t (rings, then the pixel itself) -> (B, C', H, W).
-        ``ring_sums(d, pos, kernel)`` (B, R, C', H, W) is sum_{j in r} w_j^+ D^t_j for every ring.
+        ``ring_sums(d, pos, self.kernel)`` (B, R, C', H, W) is sum_{j in r} w_j^+ D^t_j for every ring
+        (``self.kernel`` is the window, dilated or not: never write its size as a number).
         """
         # BEGIN EXERCISE dyspn-step
         G = (p[:, :self.rings] * A).sum(1, keepdim=True) + p[:, self.rings:] + EPS

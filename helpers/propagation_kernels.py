@@ -135,7 +135,7 @@ def _step_backward_gather(go_ptr, w_ptr, a_ptr, s_ptr, g_ptr, gd_ptr, dy_ptr, dx
 
 
 @lru_cache(maxsize=None)
-def _tables(kernel: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _tables(kernel, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(dy, dx, ring) int32 of every neighbour, in :func:`helpers.propagation.window_offsets` order."""
     from .propagation import ring_sizes, window_offsets
 
@@ -183,7 +183,7 @@ class _FusedStep(torch.autograd.Function):
         return gd, gw, ga, gs, gb, gg, None
 
 
-def fused_step(d: torch.Tensor, w: torch.Tensor, b: torch.Tensor, kernel: int, a: torch.Tensor | None = None,
+def fused_step(d: torch.Tensor, w: torch.Tensor, b: torch.Tensor, kernel, a: torch.Tensor | None = None,
                s: torch.Tensor | None = None, g: torch.Tensor | None = None) -> torch.Tensor:
     """(b + sum_j a_r(j) w_j d_{p+o_j} + s d) / g, or b + sum_j w_j d_{p+o_j} without ``a``, ``s``,
     ``g`` (CSPN). d, b (B, C, H, W); w (B, K, H, W); a (B, R, H, W); s, g (B, 1, H, W); float32 out."""

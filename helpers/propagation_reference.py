@@ -12,12 +12,12 @@ import torch
 from .propagation import AFFINITY_LIMIT, EPS, neighbour_values, ring_sizes
 
 
-def _valid(x: torch.Tensor, kernel: int) -> torch.Tensor:
+def _valid(x: torch.Tensor, kernel) -> torch.Tensor:
     ones = torch.ones_like(x[:, :1])
     return neighbour_values(ones, kernel)[:, 0]  # (B, K, H, W)
 
 
-def _confidences(h0: torch.Tensor, raw_confidence: torch.Tensor | None, kernel: int) -> torch.Tensor:
+def _confidences(h0: torch.Tensor, raw_confidence: torch.Tensor | None, kernel) -> torch.Tensor:
     """(B, K, H, W): c_j = sigmoid(raw confidence) at neighbour j; 1 without a confidence."""
     if raw_confidence is None:
         return torch.ones_like(_valid(h0, kernel))
@@ -42,7 +42,7 @@ def reference_cspn(h0: torch.Tensor, raw: torch.Tensor, iterations: int, neighbo
 
 
 def reference_dyspn(h0: torch.Tensor, raw: torch.Tensor, raw_attention: torch.Tensor, iterations: int,
-                    kernel: int = 7, neighbours=None, raw_confidence: torch.Tensor | None = None) -> list[torch.Tensor]:
+                    kernel=7, neighbours=None, raw_confidence: torch.Tensor | None = None) -> list[torch.Tensor]:
     """H^0..H^T of the DySPN update in weighted-sum form (see helpers.propagation.DySPN);
     ``neighbours`` as for :func:`reference_cspn`; with ``raw_confidence`` the share
     (1 - c_j) w_j^+ of each neighbour goes to H^0."""

@@ -104,6 +104,9 @@ def test_student_edition_strips_every_solution_and_clears_outputs(student):
                 body = lines[r.begin + 1:r.end]
                 assert len(body) == 2 and body[1].strip().startswith("raise NotImplementedError("), body
             assert mine != solution
+    # every notebook travels (an empty folder would leave the checks below with nothing to check)
+    assert sorted(p.name for p in (student / "notebooks").glob("*.ipynb")) == \
+        sorted(p.name for p in (ROOT / "notebooks").glob("*.ipynb"))
     for nb_path in (student / "notebooks").glob("*.ipynb"):
         nb = json.loads(nb_path.read_text(encoding="utf-8"))
         assert all(c.get("outputs", []) == [] and c.get("execution_count") is None

@@ -181,13 +181,15 @@ def test_an_empty_batch_propagates_to_an_empty_batch(prop, args):
 
 
 # ------------------------------------------------------------------ 6, 7: data folder settings
-def test_empty_pets_root_is_an_error_not_the_synthetic_data(isolated, monkeypatch):
+def test_empty_pets_root_is_an_error_not_the_synthetic_data(isolated, monkeypatch, capsys):
     monkeypatch.setenv("PETS_ROOT", "")
     with pytest.raises(DataError, match="PETS_ROOT is set but empty"):
         resolve_source(load_config("smoke"), verbose=False, data_dir=isolated / "data")
     assert not (isolated / "data").exists()            # nothing generated in its place
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as exit_:
         runner.main(["run", "--data-root", ""])
+    # refused for being empty (read as "." it would fail later, for another reason)
+    assert exit_.value.code == 2 and "--data-root is set but empty" in capsys.readouterr().err
 
 
 def test_relative_pets_root_is_found_from_where_the_user_started(pets, isolated, monkeypatch):

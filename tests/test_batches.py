@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from helpers.batches import DeviceBatches, crop_boxes, flip_and_crop, make_batches, split_batches
+from helpers.checkpoint import safe_load
 from helpers.data import CROP_RATIO, CROP_SCALE, train_transforms
 from helpers.refiner import CoarseSegmenter
 from helpers.runtime import limit_cpu_threads
@@ -144,9 +145,13 @@ def test_training_from_device_batches_learns_and_resumes_exactly(tmp_path, monke
     monkeypatch.setattr(tr, "evaluate", interrupting)
     with pytest.raises(Stop):
         fit(model(), train_set=train, val_set=val, checkpoint=tmp_path / "b.pt", **kw)
-    monkeypatch.setattr(tr, "evaluate", real_evaluate)
+    assert safe_load(tmp_path / "b.pt")["epoch"] == 1
+    # fit is deterministic, so a restart from scratch would match too: count the evaluated epochs
+    evaluated = []
+    monkeypatch.setattr(tr, "evaluate", lambda *a, **k: (evaluated.append(1), real_evaluate(*a, **k))[1])
     resumed = model()
     again = fit(resumed, train_set=train, val_set=val, checkpoint=tmp_path / "b.pt", **kw)
+    assert len(evaluated) == 2, "the resumed run retrained from epoch 0 instead of continuing after epoch 1"
     assert again.val == whole.val and again.train_loss == whole.train_loss
     for a, b in zip(straight.state_dict().values(), resumed.state_dict().values()):
         assert torch.equal(a, b)

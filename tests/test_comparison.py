@@ -122,7 +122,9 @@ def test_equal_compute_control_and_guided_filter_stages(smoke_workbook):
     assert estimate_seconds(wb)["coarse"] == 0 and estimate_seconds(wb)["coarse-longer"] == 0
     assert longer.settings["extra_epochs"] == registry.get("cspn").train_epochs(wb) == len(longer.history.epoch)
     assert longer.parameters == coarse.parameters
-    # it trained on from the coarse weights: its first epoch scores near the coarse net, not near chance
+    # it trains on from the coarse weights (the stage builds it as a copy of them), and it did train
+    fresh = registry.get("coarse-longer").build(wb.cfg, coarse.model)
+    assert all(torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), coarse.model.state_dict().values()))
     assert not torch.equal(longer.val_probs, coarse.val_probs)
     # a stage keeps the per-image counts it was scored with (the benchmarks' bootstrap reads them)
     for split, probs, counts, metrics in (("val", longer.val_probs, longer.val_counts, longer.val_metrics),
@@ -156,10 +158,12 @@ def test_converged_setting_builds_on_its_own_net(smoke_workbook):
     assert registry.get("converged").checkpoint(wb) != registry.get("coarse").checkpoint(wb)
     assert conv.history.best_epoch is not None and len(conv.history.epoch) <= wb.cfg.converged_max_epochs
     assert conv.val_metrics["miou"] == pytest.approx(conv.history.val[conv.history.best_epoch - 1]["miou"], abs=1e-9)
+    before = [t.clone() for t in conv.model.state_dict().values()]
     refined = workflow.refine_stage(wb, "cspn", progress=False, base="converged")
     assert refined.name == "converged+cspn" and registry.get("converged+cspn").checkpoint(wb).exists()
-    for a, b in zip(refined.model.coarse.state_dict().values(), conv.model.state_dict().values()):
-        assert torch.equal(a, b)                       # frozen on top of the converged net
+    assert refined.model.coarse is conv.model          # on top of the converged net itself
+    for a, b in zip(conv.model.state_dict().values(), before):
+        assert torch.equal(a, b)                       # and training the refiner left it unchanged
     longer = workflow.coarse_longer_stage(wb, progress=False, base="converged")
     assert longer.name == "converged-longer"
     assert longer.settings["extra_epochs"] == registry.get("converged+cspn").train_epochs(wb)

@@ -136,7 +136,7 @@ def test_split_is_deterministic_disjoint_and_covers_trainval():
     assert set(val2) == set(val)            # independent of order
 
 
-def test_datasets_resize_cache_and_augment(pets, tmp_path):
+def test_datasets_resize_cache_and_augment(pets, tmp_path, monkeypatch):
     cfg = profile_config("smoke", max_train=None, max_eval=None)
     source = data.DataSource("env", pets)
     ds = build_datasets(cfg, source, size=40, progress=False, data_dir=tmp_path / "data")
@@ -146,6 +146,10 @@ def test_datasets_resize_cache_and_augment(pets, tmp_path):
     assert image.shape == (3, 40, 40) and image.dtype == torch.float32 and 0 <= image.min() and image.max() <= 1
     assert target.shape == (40, 40) and set(target.unique().tolist()) <= {0, 1}
     assert list((tmp_path / "data" / "cache").glob("*.pt"))         # decoded once, cached
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("decoded again although the cache is valid")
+    monkeypatch.setattr(data, "decode_split", no_decoding)          # the second time comes from the cache
     again = build_datasets(cfg, source, size=40, progress=False, data_dir=tmp_path / "data")
     assert torch.equal(again["val"].images, ds["val"].images)
     img, tgt = ds["train"][0]                       # augmented items keep the configured size

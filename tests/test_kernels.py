@@ -142,10 +142,12 @@ def test_half_precision_inputs_accumulate_in_float32(device):
         h0 = torch.softmax(torch.randn(1, 2, 8, 8, generator=g), 1)
         raw, att = torch.randn(1, 48, 8, 8, generator=g), torch.randn(1, 24, 8, 8, generator=g)
         h0, raw, att = h0.to(DEVICE), raw.to(DEVICE), att.to(DEVICE)
-        ref = DySPN(6, backend="torch")(h0, raw, att).final
         half = DySPN(6, backend="triton")(h0.bfloat16(), raw.bfloat16(), att.bfloat16()).final
         assert half.dtype == torch.float32
-        assert (half - ref).abs().max() < 2e-2
+        # the same bf16-rounded inputs propagated in float32 by the PyTorch path: only float32
+        # rounding may differ (storing or summing in bf16 would be off by about 1e-3 per step)
+        ref = DySPN(6, backend="torch")(h0.bfloat16().float(), raw.bfloat16().float(), att.bfloat16().float()).final
+        torch.testing.assert_close(half, ref, atol=1e-5, rtol=0)
         print("ok")
     """, device)
     assert out.strip() == "ok"

@@ -44,6 +44,9 @@ def heads(method, b, h, w, dtype=torch.float64, scale=1.0, seed=1):
 
 
 METHODS = ["cspn", "dyspn", "dyspn-dilated"]
+# the smallest map a gradcheck may use: every ring must have neighbours inside it (ring 3 of the
+# dilated window sits 6 pixels away)
+GRAD_SIZE = {"cspn": (5, 6), "dyspn": (5, 6), "dyspn-dilated": (7, 8)}
 
 
 def test_neighbourhood_layout():
@@ -119,8 +122,10 @@ def test_prepared_affinity_is_autograd_of_the_reference_bit_for_bit(kernel, dtyp
 
 @pytest.mark.parametrize("method", METHODS)
 def test_gradcheck_float64(method):
-    h0 = probs(1, 2, 5, 6).requires_grad_()
-    aff, att = heads(method, 1, 5, 6)
+    h, w = GRAD_SIZE[method]
+    assert border_mask(make(method).kernel, h, w)[-1].sum() > 0, "the outermost ring must reach inside"
+    h0 = probs(1, 2, h, w).requires_grad_()
+    aff, att = heads(method, 1, h, w)
     aff.requires_grad_()
     inputs = (h0, aff) if att is None else (h0, aff, att.requires_grad_())
     fn = (lambda a, b: make(method, 3)(a, b).final) if method == "cspn" else (lambda a, b, c: make(method, 3)(a, b, c).final)
@@ -271,9 +276,10 @@ def test_confidence_matches_the_reference_and_its_gradients_check(method):
     for a, b in zip(ours, ref):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
     assert (ours[-1] - run(method, h0, aff, att).final).abs().max() > 1e-3, "the confidence changed nothing"
-    small = probs(1, 2, 5, 6).requires_grad_()
-    a, b = heads(method, 1, 5, 6)
-    c = randn(1, 1, 5, 6, seed=7).requires_grad_()
+    h, w = GRAD_SIZE[method]
+    small = probs(1, 2, h, w).requires_grad_()
+    a, b = heads(method, 1, h, w)
+    c = randn(1, 1, h, w, seed=7).requires_grad_()
     inputs = (small, a.requires_grad_(), c) if b is None else (small, a.requires_grad_(), b.requires_grad_(), c)
     fn = ((lambda h, k, q: make(method, 3)(h, k, raw_confidence=q).final) if method == "cspn"
           else (lambda h, k, p, q: make(method, 3)(h, k, p, raw_confidence=q).final))

@@ -39,9 +39,10 @@ def test_main_exits_non_zero_on_failure(tmp_path, monkeypatch, capsys):
     assert (tmp_path / "runs" / "smoke" / "00_ok.ipynb").exists()
 
 
-def test_bad_data_root_is_refused(tmp_path):
-    with pytest.raises(SystemExit):
+def test_bad_data_root_is_refused(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
         runner.main(["run", "--data-root", str(tmp_path)])
+    assert exit_.value.code == 2 and "does not hold an 'oxford-iiit-pet' folder" in capsys.readouterr().err
 
 
 def test_kernel_console_goes_to_a_log_not_the_terminal(tmp_path, capfd):

@@ -73,7 +73,16 @@ def test_resume_continues_an_interrupted_run(tmp_path):
     finally:
         tr.evaluate = real_evaluate
     assert safe_load(tmp_path / "b.pt")["epoch"] == 1
-    resumed = fit(model(), train_set=train, val_set=val, checkpoint=tmp_path / "b.pt", spec=spec, **{**KW, "epochs": 3})
+    # a restart from scratch would give the same history too (fit is deterministic): count the
+    # epochs the resumed run evaluates, which a restart would make 3
+    evaluated = []
+    tr.evaluate = lambda *a, **k: (evaluated.append(1), real_evaluate(*a, **k))[1]
+    try:
+        resumed = fit(model(), train_set=train, val_set=val, checkpoint=tmp_path / "b.pt", spec=spec,
+                      **{**KW, "epochs": 3})
+    finally:
+        tr.evaluate = real_evaluate
+    assert len(evaluated) == 2, "the resumed run retrained from epoch 0 instead of continuing after epoch 1"
     assert resumed.val == whole.val
 
 
@@ -385,19 +394,24 @@ def test_small_training_sets_get_enough_steps(capsys):
     assert epochs_for(12, 0, n_train=5, batch_size=16) == 12
 
 
-def test_smoke_profile_is_repeatable(folders):
+def test_smoke_profile_is_repeatable(folders, capsys):
     """Same profile and seed on the CPU: the same coarse metrics, trained twice from scratch."""
     import helpers.workflow as workflow
 
     wb = workflow.open_workbook("smoke", seed=3, verbose=False, **folders)
     first = workflow.coarse_stage(wb, progress=False)
+    capsys.readouterr()
     second = workflow.coarse_stage(wb, retrain=True, progress=False)
+    # retrained, not loaded: a loaded checkpoint would match the first run trivially
+    assert "loaded the trained" not in capsys.readouterr().out
     assert first.val_metrics == second.val_metrics and first.history.train_loss == second.history.train_loss
     assert torch.equal(first.val_probs, second.val_probs)
     # the no-propagation control, the stage whose result varies most between seeds and machines,
     # is bit-identical too at the same thread count (README, Reproducibility)
     control = workflow.refine_stage(wb, "control", progress=False)
+    capsys.readouterr()
     again = workflow.refine_stage(wb, "control", retrain=True, progress=False)
+    assert "loaded the trained" not in capsys.readouterr().out
     assert control.history.train_loss == again.history.train_loss and torch.equal(control.val_probs, again.val_probs)
 
 
