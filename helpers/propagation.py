@@ -54,8 +54,9 @@ class Window:
     With ``dilation`` d > 1, every ring but the first is spread d times farther out: ring r >= 2
     holds the same 8 r cells at distance r d (every offset times d), so one iteration of a window
     of size >= 5 reaches (size // 2) d pixels instead of size // 2, with the same number of
-    neighbours and the same cost (a 3 x 3 window has only the first ring: dilation changes nothing). The first ring stays at distance 1 because a window dilated throughout would split the
-    image into d^2 interleaved grids that never exchange a value (every offset a multiple of d).
+    neighbours and the same cost (a 3 x 3 window has only the first ring: nothing to dilate). The
+    first ring stays at distance 1 because a window dilated throughout would split the image
+    into d^2 interleaved grids that never exchange a value (every offset a multiple of d).
     Wherever a ``kernel`` is asked for, an int is the undilated window of that size.
     """
 
@@ -82,9 +83,10 @@ def window_offsets(kernel: int | Window) -> tuple[tuple[int, int], ...]:
     win = as_window(kernel)
     r = win.size // 2
     cells = [(dy, dx) for dy in range(-r, r + 1) for dx in range(-r, r + 1) if (dy, dx) != (0, 0)]
-    cells = sorted(cells, key=lambda o: (max(abs(o[0]), abs(o[1])), o))
-    scale = lambda o: 1 if max(abs(o[0]), abs(o[1])) == 1 else win.dilation   # noqa: E731
-    return tuple((dy * scale((dy, dx)), dx * scale((dy, dx))) for dy, dx in cells)
+    ring = lambda o: max(abs(o[0]), abs(o[1]))   # noqa: E731  (Chebyshev distance)
+    spread = [1] + [win.dilation] * r              # ring 1 stays, rings 2.. move out d times
+    return tuple((dy * spread[ring((dy, dx)) - 1], dx * spread[ring((dy, dx)) - 1])
+                 for dy, dx in sorted(cells, key=lambda o: (ring(o), o)))
 
 
 def ring_sizes(kernel: int | Window) -> tuple[int, ...]:

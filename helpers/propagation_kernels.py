@@ -136,7 +136,8 @@ def _step_backward_gather(go_ptr, w_ptr, a_ptr, s_ptr, g_ptr, gd_ptr, dy_ptr, dx
 
 @lru_cache(maxsize=None)
 def _tables(kernel, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(dy, dx, ring) int32 of every neighbour, in :func:`helpers.propagation.window_offsets` order."""
+    """(dy, dx, ring) int32 of every neighbour of ``kernel`` (an int size or a dilated
+    :class:`helpers.propagation.Window`), in :func:`helpers.propagation.window_offsets` order."""
     from .propagation import ring_sizes, window_offsets
 
     offsets = window_offsets(kernel)
