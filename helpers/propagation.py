@@ -329,6 +329,12 @@ class _Propagator(nn.Module):
     def affinity_channels(self) -> int:
         return len(window_offsets(self.kernel))
 
+    @property
+    def reach(self) -> int:
+        """Pixels a label can travel in one iteration (chessboard): CSPN 1, DySPN 7x7 3, dilated 3 d.
+        T iterations relabel nothing farther than T x reach from where a label already is."""
+        return window_reach(self.kernel)
+
     def _check(self, h0: torch.Tensor, raw: torch.Tensor, attention: torch.Tensor | None = None,
                iterations: int = 0, confidence: torch.Tensor | None = None) -> None:
         """Refuse what would propagate garbage, with a message naming the input.

@@ -209,6 +209,34 @@ def sweep_figure(sweeps: dict, trained_iterations: int, references: dict | None 
     return fig
 
 
+def error_bands_figure(panels: dict, reach: dict | None = None) -> plt.Figure:
+    """Where each stage's wrong pixels lie: % of all pixels wrong, per distance band from the
+    true boundary (:mod:`helpers.error_bands`), one panel per setting.
+
+    ``panels``: title -> {stage name -> :class:`~helpers.error_bands.ErrorBands`} (one set of
+    edges throughout); ``reach``: name -> pixels (a band edge), drawn as a dotted line after that
+    band: a propagator relabels nothing beyond it."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.4), squeeze=False, sharey=True)
+    for ax, (title, rows) in zip(axes[0], panels.items()):
+        first = next(iter(rows.values()))
+        for k, (name, bands) in enumerate(rows.items()):
+            ax.plot(range(len(first.labels)), (100 * bands.share_of_pixels()).tolist(), marker="os^Dv"[k % 5],
+                    ls=("-", "--", "-.", ":")[k % 4], lw=1.6, alpha=0.8, label=name)
+        for k, (name, r) in enumerate((reach or {}).items()):
+            x = first.edges.index(r) + 0.5
+            ax.axvline(x, color="grey", ls=":", lw=1)
+            ax.text(x, 1, f" {name} reach", transform=ax.get_xaxis_transform(), rotation=90, va="top",
+                    ha="left", fontsize=7, color="grey")
+        ax.set_xticks(range(len(first.labels)), first.labels)
+        ax.set_xlabel("distance from the true boundary (px)"), ax.set_title(title)
+        ax.grid(alpha=0.3)
+        # below the axes: inside, it would hide the curves' peak or the reach labels
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2, frameon=False)
+    axes[0, 0].set_ylabel("% of all pixels wrong")
+    fig.tight_layout()
+    return fig
+
+
 def attention_row(image: torch.Tensor, refined: torch.Tensor, attention: torch.Tensor, t: int) -> plt.Figure:
     """One row: the image, the refined pet probability and DySPN's attention pi^t (1-based ``t``)
     per ring and for the pixel itself. refined (C, H, W); attention (T, R + 1, H, W)."""

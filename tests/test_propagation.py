@@ -89,6 +89,21 @@ def test_one_iteration_moves_a_value_exactly_onto_the_window(dilation):
     out = DySPN(1, dilation=dilation)(h0, aff, att).final
     reached = {(y - c, x - c) for y, x in (out[0, 1] > 0).nonzero().tolist()}
     assert reached == set(window_offsets(Window(7, dilation))) | {(0, 0)}
+    assert max(max(abs(dy), abs(dx)) for dy, dx in reached) == DySPN(1, dilation=dilation).reach
+
+
+def test_reach_bounds_how_far_t_iterations_move_a_value():
+    """From a single pet pixel, every affinity positive, T iterations bring pet exactly to the
+    pixels within T x reach (chessboard): the distance helpers.error_bands compares errors with."""
+    size, c, steps = 25, 12, 3
+    for prop in (CSPN(steps), DySPN(steps)):
+        h0 = torch.zeros(1, 2, size, size, dtype=torch.float64)
+        h0[:, 0] = 1.0
+        h0[:, :, c, c] = torch.tensor([0.0, 1.0], dtype=torch.float64)
+        aff = torch.full((1, prop.affinity_channels, size, size), 0.1, dtype=torch.float64)
+        args = (torch.zeros(1, 4 * steps, size, size, dtype=torch.float64),) if isinstance(prop, DySPN) else ()
+        reached = (prop(h0, aff, *args).final[0, 1] > 0).nonzero() - c
+        assert int(reached.abs().max()) == steps * prop.reach, type(prop).__name__
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])

@@ -1,0 +1,94 @@
+"""Where each step's wrong pixels lie: by distance from the true boundary, pooled over seeds.
+
+Propagation relabels nothing farther than T x reach from a pixel already labelled right (CSPN
+6 px, DySPN 18 px at T = 6), so an error far from the true boundary is one only the guidance
+U-Net can fix. For every stage of both settings this prints the % of all pixels wrong in each
+distance band (:mod:`helpers.error_bands`), pooled over the seeds, per split; then, for the
+comparisons that decide the claims (a refiner against the no-propagation control, the control
+and the base net trained on against the base net), the difference per band and per seed, so a
+reader sees in which band a gain was made and whether the seeds agree on it.
+
+    python benchmarks/error_bands.py --data-root ../shared/oxford-pets-sample --profile cpu --seeds 0 1 2
+
+Stages are loaded from the checkpoints the notebooks or ``benchmarks/quality.py`` wrote
+(runs/<profile>/<data>-<digest>/seed<k>/); a missing one is trained first, as there.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+# (after, before): the differences printed per band and seed
+COMPARISONS = (("dyspn", "control"), ("cspn", "control"), ("control", "coarse"), ("coarse-longer", "coarse"),
+               ("converged+dyspn", "converged+control"), ("converged+cspn", "converged+control"),
+               ("converged+control", "converged"), ("converged-longer", "converged"))
+
+
+def band_differences(per_seed: dict[str, list[list[float]]], after: str, before: str) -> list[list[float]]:
+    """Per seed, the band-by-band difference of two stages' "% of all pixels wrong" rows."""
+    return [[a - b for a, b in zip(row_a, row_b)] for row_a, row_b in zip(per_seed[after], per_seed[before])]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--data-root", help="a folder holding oxford-iiit-pet/ (default: PETS_ROOT, data/, or synthetic)")
+    parser.add_argument("--profile", choices=("smoke", "cpu", "full"), help="default: WORKBOOK_PROFILE, else cpu / full")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds to pool")
+    parser.add_argument("--json", help="also write the per-seed rows to this file")
+    parser.add_argument("--runs-dir", help="where the checkpoints are (default: the repository's runs/)")
+    args = parser.parse_args(argv)
+
+    from helpers.error_bands import band_labels, edges_with, error_bands, format_bands
+    from helpers.propagation import CSPN, DySPN
+    from helpers.stages import SETTINGS
+    from helpers.workflow import open_workbook, run_stage
+
+    if args.data_root and not (Path(args.data_root).expanduser() / "oxford-iiit-pet").is_dir():
+        parser.error(f"--data-root {args.data_root} does not hold an 'oxford-iiit-pet' folder")
+    folders = {"runs_dir": Path(args.runs_dir)} if args.runs_dir else {}
+    names = [*SETTINGS["coarse"], *SETTINGS["converged"]]
+    pooled, per_seed = {}, {}
+    for k, seed in enumerate(args.seeds):
+        wb = open_workbook(args.profile, args.data_root, seed, verbose=(k == 0), **folders)
+        if k == 0:   # T x reach of each propagator, from the run's configuration
+            cfg = wb.cfg
+            reach = {"CSPN": cfg.iterations * CSPN().reach,
+                     "DySPN": cfg.iterations * DySPN(kernel=cfg.dyspn_kernel, dilation=cfg.dyspn_dilation).reach}
+            edges = edges_with(*reach.values())
+        for name in names:
+            result = run_stage(wb, name, progress=False)
+            for split, probs in (("val", result.val_probs), ("test", result.test_probs)):
+                if not len(wb.data[split]):
+                    continue
+                bands = error_bands(probs.argmax(1), wb.data[split].targets, edges=edges)
+                key = (split, name)
+                pooled[key] = pooled[key] + bands if key in pooled else bands
+                per_seed.setdefault(split, {}).setdefault(name, []).append((100 * bands.share_of_pixels()).tolist())
+
+    seeds = ", ".join(map(str, args.seeds))
+    labels = band_labels(edges)
+    for split in per_seed:
+        print(f"\n== {split} split: % of all pixels wrong, by distance from the true boundary (px), "
+              f"pooled over seeds {seeds}")
+        print(format_bands({name: pooled[(split, name)] for name in names}, reach))
+        print(f"\n   differences per band, percentage points of all pixels (negative: fewer errors), "
+              f"one row per seed; bands {' | '.join(labels)} | total")
+        for after, before in COMPARISONS:
+            if after in per_seed[split] and before in per_seed[split]:
+                print(f"   {after} - {before}:")
+                for seed, row in zip(args.seeds, band_differences(per_seed[split], after, before)):
+                    print(f"      seed {seed}: " + " ".join(f"{v:+.2f}" for v in row) + f"  | {sum(row):+.2f}")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"edges": list(edges), "labels": labels, "reach": reach,
+                                               "seeds": args.seeds, "per_seed": per_seed}, indent=1))
+        print(f"\nwrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

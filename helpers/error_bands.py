@@ -1,0 +1,145 @@
+"""Where a segmentation's errors lie: wrong pixels by their distance from the true boundary.
+
+Propagation moves a label from pixel to pixel, at most ``reach`` pixels per iteration (CSPN's
+3x3 window: 1, DySPN's 7x7: 3), so T iterations can only relabel pixels within T x reach of a
+pixel that already holds the right label, along a chain of neighbours the affinities connect.
+An error next to the true boundary (the map's edge a pixel or two off) is the kind propagation
+is built to fix; an error far from it (a missed leg, a shadow taken for fur) can only be fixed
+by knowing what is pet there, which is the guidance U-Net's work, not propagation's.
+
+The distance of a pixel is the chessboard distance to the nearest pixel of *another class* in
+the ground truth: 1 for a pixel touching the boundary, 2 one further in, and so on. The image
+border is not a boundary here (unlike :func:`helpers.metrics.boundary_band`, whose band follows
+the Boundary IoU paper): an error deep inside a region that runs off the image is a region
+error, not an edge error. An image of one class has no boundary: all its pixels are farther
+than any band.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+# upper edges of the distance bands, in pixels: 1, 2, 3, 4-6, 7-12, 13-18, 19-36, then farther.
+# 6 and 18 are CSPN's and DySPN's reach after the workbook's T = 6 iterations
+DISTANCE_EDGES = (1, 2, 3, 6, 12, 18, 36)
+
+
+def boundary_distance(target: torch.Tensor, classes: int, max_distance: int) -> torch.Tensor:
+    """Chessboard distance of every pixel to the nearest pixel of another class.
+
+    target (N, H, W) integer labels 0..classes-1 -> (N, H, W) int64 in 1..max_distance, or
+    max_distance + 1 for "farther" (and for every pixel of a one-class image).
+
+    Growing each class's mask by one 3x3 step at a time, a pixel is within distance k once k
+    steps have brought a second class into its (2k + 1)^2 window: its own class is always there.
+    """
+    if max_distance < 1:
+        raise ValueError(f"max_distance must be >= 1, got {max_distance}")
+    present = F.one_hot(target.long(), classes).permute(0, 3, 1, 2).float()   # (N, C, H, W)
+    distance = torch.full(target.shape, max_distance + 1, dtype=torch.int64, device=target.device)
+    for k in range(1, max_distance + 1):
+        # padding of a max-pool is -inf: nothing grows in from beyond the image border
+        present = F.max_pool2d(present, 3, stride=1, padding=1)
+        mixed = present.sum(1) > 1.5
+        distance = torch.where(mixed & (distance > max_distance), k, distance)
+    return distance
+
+
+def edges_with(*distances: int, edges: tuple[int, ...] = DISTANCE_EDGES) -> tuple[int, ...]:
+    """``edges`` with ``distances`` added (e.g. each propagator's reach T x r), sorted, so that
+    :meth:`ErrorBands.within` can be asked about them."""
+    if any(d < 1 for d in distances):
+        raise ValueError(f"distances must be >= 1, got {distances}")
+    return tuple(sorted(set(edges) | set(distances)))
+
+
+def band_index(distance: torch.Tensor, edges: tuple[int, ...] = DISTANCE_EDGES) -> torch.Tensor:
+    """Band of each distance: 0 for d <= edges[0], i for edges[i-1] < d <= edges[i], and
+    len(edges) for d > edges[-1]. Same shape as ``distance``."""
+    return torch.bucketize(distance, torch.tensor(edges, device=distance.device), right=False)
+
+
+def band_labels(edges: tuple[int, ...] = DISTANCE_EDGES) -> list[str]:
+    """Column names of the bands: "1", "2", "3", "4-6", ..., ">36"."""
+    labels, low = [], 1
+    for edge in edges:
+        labels.append(str(edge) if edge == low else f"{low}-{edge}")
+        low = edge + 1
+    return labels + [f">{edges[-1]}"]
+
+
+@dataclass(frozen=True)
+class ErrorBands:
+    """Pixels and wrong pixels per distance band, pooled over images (and over runs: ``+``).
+
+    pixels, errors: (len(edges) + 1,) int64, band k as :func:`band_index` numbers it.
+    """
+
+    edges: tuple[int, ...]
+    pixels: torch.Tensor
+    errors: torch.Tensor
+
+    def __add__(self, other: "ErrorBands") -> "ErrorBands":
+        if self.edges != other.edges:
+            raise ValueError(f"cannot pool bands with edges {self.edges} and {other.edges}")
+        return ErrorBands(self.edges, self.pixels + other.pixels, self.errors + other.errors)
+
+    @property
+    def labels(self) -> list[str]:
+        return band_labels(self.edges)
+
+    def share_of_pixels(self) -> torch.Tensor:
+        """(bands,) float64: wrong pixels of each band as a share of *all* pixels. Summed over the
+        bands, the stage's pixel error (1 - accuracy): a row difference says where a gain was made."""
+        return self.errors.double() / self.pixels.sum().clamp(min=1)
+
+    def error_rate(self) -> torch.Tensor:
+        """(bands,) float64: the share of each band's own pixels that are wrong (nan for an empty band)."""
+        return torch.where(self.pixels > 0, self.errors.double() / self.pixels.clamp(min=1), float("nan"))
+
+    def within(self, distance: int) -> float:
+        """Share of the wrong pixels at most ``distance`` px from the true boundary (an edge)."""
+        if distance not in self.edges:
+            raise ValueError(f"{distance} is not a band edge: choose one of {self.edges}")
+        inside = self.errors[: self.edges.index(distance) + 1].sum()
+        return float(inside.double() / self.errors.sum().clamp(min=1))
+
+
+def error_bands(pred: torch.Tensor, target: torch.Tensor, classes: int = 2,
+                edges: tuple[int, ...] = DISTANCE_EDGES, batch_size: int = 64) -> ErrorBands:
+    """Wrong pixels of label maps pred (N, H, W) against target (N, H, W), per distance band.
+
+    Counted where the maps are, ``batch_size`` images at a time; the counts come back to the CPU."""
+    if pred.shape != target.shape:
+        raise ValueError(f"prediction {tuple(pred.shape)} and target {tuple(target.shape)} differ in shape")
+    if list(edges) != sorted(set(edges)) or edges[0] < 1:
+        raise ValueError(f"band edges must increase from 1 on, got {edges}")
+    bands = len(edges) + 1
+    pixels = torch.zeros(bands, dtype=torch.int64)
+    errors = torch.zeros(bands, dtype=torch.int64)
+    for lo in range(0, len(pred), batch_size):
+        p, t = pred[lo:lo + batch_size], target[lo:lo + batch_size].to(pred.device)
+        band = band_index(boundary_distance(t, classes, edges[-1]), edges).reshape(-1)
+        pixels += torch.bincount(band, minlength=bands).cpu()
+        errors += torch.bincount(band[(p != t).reshape(-1)], minlength=bands).cpu()
+    return ErrorBands(tuple(edges), pixels, errors)
+
+
+def format_bands(rows: dict[str, ErrorBands], reach: dict[str, int] | None = None) -> str:
+    """A text table: one row per stage, the % of all pixels wrong in each band and in total.
+
+    ``reach`` (optional, e.g. ``{"CSPN": 6, "DySPN": 18}``) adds a column per entry: the share
+    of the stage's wrong pixels within that many px of the true boundary (an edge of the bands)."""
+    first = next(iter(rows.values()))
+    reach = reach or {}
+    head = ["stage"] + [f"{b} px" for b in first.labels] + ["total"] + [f"within {r} px ({n})" for n, r in reach.items()]
+    lines = [head]
+    for name, bands in rows.items():
+        share = bands.share_of_pixels()
+        lines.append([name] + [f"{100 * s:.2f}" for s in share.tolist()] + [f"{100 * share.sum():.2f}"]
+                     + [f"{100 * bands.within(r):.0f}%" for r in reach.values()])
+    widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
+    return "\n".join("  ".join(cell.rjust(w) if i else cell.ljust(w) for i, (cell, w) in enumerate(zip(line, widths)))
+                     for line in lines)
