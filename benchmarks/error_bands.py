@@ -1,14 +1,17 @@
-"""Where each step's wrong pixels lie: by distance from the true boundary, pooled over seeds.
+"""Where each step's wrong pixels lie: binned by a distance, pooled over seeds.
 
-Propagation relabels nothing farther than T x reach from a pixel already labelled right (CSPN
-6 px, DySPN 18 px at T = 6), so an error far from the true boundary is one only the guidance
-U-Net can fix. For every stage of both settings this prints the % of all pixels wrong in each
-distance band (:mod:`helpers.error_bands`), pooled over the seeds, per split; then, for the
-comparisons that decide the claims (a refiner against the no-propagation control, the control
-and the base net trained on against the base net), the difference per band and per seed, so a
-reader sees in which band a gain was made and whether the seeds agree on it.
+For every stage of both settings this prints the % of all pixels wrong in each distance band
+(:mod:`helpers.error_bands`), pooled over the seeds, per split; then, for the comparisons that
+decide the claims (a refiner against the no-propagation control, the control and the base net
+trained on against the base net), the difference per band and per seed, so a reader sees in
+which band a gain was made and whether the seeds agree on it. ``--measure boundary`` (the
+default) bins by the distance from the true boundary (an edge a little off, or a region taken
+for the wrong class); ``--measure label`` by the distance to the nearest pixel the map gives
+the pixel's true class: T iterations of reach r (CSPN 6 px, DySPN 18 px at T = 6) could fix an
+error only within T x r of it.
 
     python benchmarks/error_bands.py --data-root ../shared/oxford-pets-sample --profile cpu --seeds 0 1 2
+    python benchmarks/error_bands.py --data-root ../shared/oxford-pets-sample --profile cpu --measure label
 
 Stages are loaded from the checkpoints the notebooks or ``benchmarks/quality.py`` wrote
 (runs/<profile>/<data>-<digest>/seed<k>/); a missing one is trained first, as there.
@@ -39,6 +42,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-root", help="a folder holding oxford-iiit-pet/ (default: PETS_ROOT, data/, or synthetic)")
     parser.add_argument("--profile", choices=("smoke", "cpu", "full"), help="default: WORKBOOK_PROFILE, else cpu / full")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds to pool")
+    parser.add_argument("--measure", choices=("boundary", "label"), default="boundary",
+                        help="bin wrong pixels by their distance from the true boundary, or by the distance to "
+                             "the nearest pixel the map gives their true class (what propagation would have to bridge)")
     parser.add_argument("--json", help="also write the per-seed rows to this file")
     parser.add_argument("--runs-dir", help="where the checkpoints are (default: the repository's runs/)")
     args = parser.parse_args(argv)
@@ -65,7 +71,8 @@ def main(argv: list[str] | None = None) -> int:
             for split, probs in (("val", result.val_probs), ("test", result.test_probs)):
                 if not len(wb.data[split]):
                     continue
-                bands = error_bands(probs.argmax(1), wb.data[split].targets, edges=edges)
+                bands = error_bands(probs.argmax(1), wb.data[split].targets, probs.shape[1], edges,
+                                    measure=args.measure)
                 key = (split, name)
                 pooled[key] = pooled[key] + bands if key in pooled else bands
                 per_seed.setdefault(split, {}).setdefault(name, []).append((100 * bands.share_of_pixels()).tolist())
@@ -73,8 +80,9 @@ def main(argv: list[str] | None = None) -> int:
     seeds = ", ".join(map(str, args.seeds))
     labels = band_labels(edges)
     for split in per_seed:
-        print(f"\n== {split} split: % of all pixels wrong, by distance from the true boundary (px), "
-              f"pooled over seeds {seeds}")
+        what = ("distance from the true boundary" if args.measure == "boundary"
+                else "distance to the nearest pixel the map gives the true class")
+        print(f"\n== {split} split: % of all pixels wrong, by {what} (px), pooled over seeds {seeds}")
         print(format_bands({name: pooled[(split, name)] for name in names}, reach))
         print(f"\n   differences per band, percentage points of all pixels (negative: fewer errors), "
               f"one row per seed; bands {' | '.join(labels)} | total")
@@ -84,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
                 for seed, row in zip(args.seeds, band_differences(per_seed[split], after, before)):
                     print(f"      seed {seed}: " + " ".join(f"{v:+.2f}" for v in row) + f"  | {sum(row):+.2f}")
     if args.json:
-        Path(args.json).write_text(json.dumps({"edges": list(edges), "labels": labels, "reach": reach,
+        Path(args.json).write_text(json.dumps({"measure": args.measure, "edges": list(edges), "labels": labels, "reach": reach,
                                                "seeds": args.seeds, "per_seed": per_seed}, indent=1))
         print(f"\nwrote {args.json}")
     return 0

@@ -1,18 +1,23 @@
-"""Where a segmentation's errors lie: wrong pixels by their distance from the true boundary.
+"""Where a segmentation's errors lie: wrong pixels binned by a distance, in bands.
 
-Propagation moves a label from pixel to pixel, at most ``reach`` pixels per iteration (CSPN's
-3x3 window: 1, DySPN's 7x7: 3), so T iterations can only relabel pixels within T x reach of a
-pixel that already holds the right label, along a chain of neighbours the affinities connect.
-An error next to the true boundary (the map's edge a pixel or two off) is the kind propagation
-is built to fix; an error far from it (a missed leg, a shadow taken for fur) can only be fixed
-by knowing what is pet there, which is the guidance U-Net's work, not propagation's.
+Two distances, two questions:
 
-The distance of a pixel is the chessboard distance to the nearest pixel of *another class* in
-the ground truth: 1 for a pixel touching the boundary, 2 one further in, and so on. The image
-border is not a boundary here (unlike :func:`helpers.metrics.boundary_band`, whose band follows
-the Boundary IoU paper): an error deep inside a region that runs off the image is a region
-error, not an edge error. An image of one class has no boundary: all its pixels are farther
-than any band.
+* ``"boundary"``: the chessboard distance of a pixel to the nearest pixel of *another class* in
+  the ground truth (1 for a pixel touching the boundary, 2 one further in, ...). Is an error an
+  edge placed a pixel or two off, or a whole region taken for the wrong class? The image border
+  is not a boundary here (unlike :func:`helpers.metrics.boundary_band`, whose band follows the
+  Boundary IoU paper), and an image of one class has none: its pixels are farther than any band.
+* ``"label"``: for a wrong pixel, the chessboard distance to the nearest pixel *the map itself*
+  gives the pixel's true class. Propagation moves a label at most ``reach`` pixels per
+  iteration (CSPN's 3x3 window: 1, DySPN's 7x7: 3), so T iterations starting from this map
+  could fix the pixel only if that distance is at most T x reach; beyond it, no affinities
+  could, and only a network that knows what is there can. (Within it, propagation also needs
+  affinities that carry the right label and stop at the true edge.) A map without the class
+  anywhere in the image puts the pixel farther than any band.
+
+An error next to the true boundary may still be out of reach (a missed leg 5 px wide whose
+tip is 20 px from any pet label), and one far from it may be within reach (a small hole in the
+pet): the two distances answer different questions.
 """
 from __future__ import annotations
 
@@ -47,6 +52,26 @@ def boundary_distance(target: torch.Tensor, classes: int, max_distance: int) -> 
     return distance
 
 
+def label_distance(pred: torch.Tensor, target: torch.Tensor, classes: int, max_distance: int) -> torch.Tensor:
+    """For every pixel, the chessboard distance to the nearest pixel that ``pred`` labels with the
+    pixel's true class: 0 where ``pred`` is right, 1..max_distance, or max_distance + 1 for
+    "farther" (and where ``pred`` has no pixel of that class at all).
+
+    pred, target (N, H, W) integer labels 0..classes-1 -> (N, H, W) int64. Each class's mask in
+    ``pred`` grows by one 3x3 step at a time; a pixel is within k once k steps bring its true class in.
+    """
+    if max_distance < 1:
+        raise ValueError(f"max_distance must be >= 1, got {max_distance}")
+    present = F.one_hot(pred.long(), classes).permute(0, 3, 1, 2).float()     # (N, C, H, W)
+    truth = target.long().unsqueeze(1)                                          # (N, 1, H, W)
+    distance = torch.where(pred == target, 0, max_distance + 1).to(torch.int64)
+    for k in range(1, max_distance + 1):
+        present = F.max_pool2d(present, 3, stride=1, padding=1)
+        reached = present.gather(1, truth).squeeze(1) > 0.5
+        distance = torch.where(reached & (distance > max_distance), k, distance)
+    return distance
+
+
 def edges_with(*distances: int, edges: tuple[int, ...] = DISTANCE_EDGES) -> tuple[int, ...]:
     """``edges`` with ``distances`` added (e.g. each propagator's reach T x r), sorted, so that
     :meth:`ErrorBands.within` can be asked about them."""
@@ -70,21 +95,32 @@ def band_labels(edges: tuple[int, ...] = DISTANCE_EDGES) -> list[str]:
     return labels + [f">{edges[-1]}"]
 
 
-@dataclass(frozen=True)
-class ErrorBands:
-    """Pixels and wrong pixels per distance band, pooled over images (and over runs: ``+``).
+MEASURES = ("boundary", "label")
 
-    pixels, errors: (len(edges) + 1,) int64, band k as :func:`band_index` numbers it.
+
+# eq=False: a generated __eq__ would compare tensors (an ambiguous truth value)
+@dataclass(frozen=True, eq=False)
+class ErrorBands:
+    """Wrong pixels per distance band, pooled over images (and over runs: ``+``).
+
+    edges: the bands' upper edges; errors (len(edges) + 1,) int64: the wrong pixels of each band,
+    band k as :func:`band_index` numbers it; total: every pixel counted (right or wrong);
+    pixels (len(edges) + 1,) int64: the pixels of each band, right or wrong. Under the
+    ``"label"`` measure only a wrong pixel has a distance, so there pixels equal errors.
     """
 
     edges: tuple[int, ...]
     pixels: torch.Tensor
     errors: torch.Tensor
+    total: int
+    measure: str = "boundary"
 
     def __add__(self, other: "ErrorBands") -> "ErrorBands":
-        if self.edges != other.edges:
-            raise ValueError(f"cannot pool bands with edges {self.edges} and {other.edges}")
-        return ErrorBands(self.edges, self.pixels + other.pixels, self.errors + other.errors)
+        if (self.edges, self.measure) != (other.edges, other.measure):
+            raise ValueError(f"cannot pool bands of {self.measure} distance with edges {self.edges} and "
+                             f"bands of {other.measure} distance with edges {other.edges}")
+        return ErrorBands(self.edges, self.pixels + other.pixels, self.errors + other.errors,
+                          self.total + other.total, self.measure)
 
     @property
     def labels(self) -> list[str]:
@@ -93,14 +129,17 @@ class ErrorBands:
     def share_of_pixels(self) -> torch.Tensor:
         """(bands,) float64: wrong pixels of each band as a share of *all* pixels. Summed over the
         bands, the stage's pixel error (1 - accuracy): a row difference says where a gain was made."""
-        return self.errors.double() / self.pixels.sum().clamp(min=1)
+        return self.errors.double() / max(self.total, 1)
 
     def error_rate(self) -> torch.Tensor:
-        """(bands,) float64: the share of each band's own pixels that are wrong (nan for an empty band)."""
+        """(bands,) float64: the share of each band's own pixels that are wrong (nan for an empty
+        band); boundary distance only (under the label distance every binned pixel is wrong)."""
+        if self.measure != "boundary":
+            raise ValueError("an error rate per band needs the boundary distance: every pixel with a label distance is wrong")
         return torch.where(self.pixels > 0, self.errors.double() / self.pixels.clamp(min=1), float("nan"))
 
     def within(self, distance: int) -> float:
-        """Share of the wrong pixels at most ``distance`` px from the true boundary (an edge)."""
+        """Share of the wrong pixels at a distance of at most ``distance`` px (an edge)."""
         if distance not in self.edges:
             raise ValueError(f"{distance} is not a band edge: choose one of {self.edges}")
         inside = self.errors[: self.edges.index(distance) + 1].sum()
@@ -108,30 +147,41 @@ class ErrorBands:
 
 
 def error_bands(pred: torch.Tensor, target: torch.Tensor, classes: int = 2,
-                edges: tuple[int, ...] = DISTANCE_EDGES, batch_size: int = 64) -> ErrorBands:
-    """Wrong pixels of label maps pred (N, H, W) against target (N, H, W), per distance band.
+                edges: tuple[int, ...] = DISTANCE_EDGES, batch_size: int = 64, measure: str = "boundary") -> ErrorBands:
+    """Wrong pixels of label maps pred (N, H, W) against target (N, H, W), per band of the
+    ``measure`` distance (``"boundary"``: :func:`boundary_distance` of the target; ``"label"``:
+    :func:`label_distance` of pred to each pixel's true class).
 
     Counted where the maps are, ``batch_size`` images at a time; the counts come back to the CPU."""
     if pred.shape != target.shape:
         raise ValueError(f"prediction {tuple(pred.shape)} and target {tuple(target.shape)} differ in shape")
-    if list(edges) != sorted(set(edges)) or edges[0] < 1:
+    if not edges or list(edges) != sorted(set(edges)) or edges[0] < 1:
         raise ValueError(f"band edges must increase from 1 on, got {edges}")
+    if measure not in MEASURES:
+        raise ValueError(f"measure must be one of {MEASURES}, got {measure!r}")
     bands = len(edges) + 1
     pixels = torch.zeros(bands, dtype=torch.int64)
     errors = torch.zeros(bands, dtype=torch.int64)
     for lo in range(0, len(pred), batch_size):
         p, t = pred[lo:lo + batch_size], target[lo:lo + batch_size].to(pred.device)
-        band = band_index(boundary_distance(t, classes, edges[-1]), edges).reshape(-1)
-        pixels += torch.bincount(band, minlength=bands).cpu()
-        errors += torch.bincount(band[(p != t).reshape(-1)], minlength=bands).cpu()
-    return ErrorBands(tuple(edges), pixels, errors)
+        wrong = (p != t).reshape(-1)
+        if measure == "boundary":
+            band = band_index(boundary_distance(t, classes, edges[-1]), edges).reshape(-1)
+            pixels += torch.bincount(band, minlength=bands).cpu()
+        else:
+            band = band_index(label_distance(p, t, classes, edges[-1]), edges).reshape(-1)
+            pixels += torch.bincount(band[wrong], minlength=bands).cpu()
+        errors += torch.bincount(band[wrong], minlength=bands).cpu()
+    return ErrorBands(tuple(edges), pixels, errors, pred.numel(), measure)
 
 
 def format_bands(rows: dict[str, ErrorBands], reach: dict[str, int] | None = None) -> str:
     """A text table: one row per stage, the % of all pixels wrong in each band and in total.
 
     ``reach`` (optional, e.g. ``{"CSPN": 6, "DySPN": 18}``) adds a column per entry: the share
-    of the stage's wrong pixels within that many px of the true boundary (an edge of the bands)."""
+    of the stage's wrong pixels within that many px (an edge of the bands)."""
+    if not rows:
+        raise ValueError("no stages to tabulate")
     first = next(iter(rows.values()))
     reach = reach or {}
     head = ["stage"] + [f"{b} px" for b in first.labels] + ["total"] + [f"within {r} px ({n})" for n, r in reach.items()]

@@ -331,8 +331,8 @@ class _Propagator(nn.Module):
 
     @property
     def reach(self) -> int:
-        """Pixels a label can travel in one iteration (chessboard): CSPN 1, DySPN 7x7 3, dilated 3 d.
-        T iterations relabel nothing farther than T x reach from where a label already is."""
+        """Pixels a value can travel in one iteration (chessboard): CSPN 1, DySPN 7x7 3, dilated 3 d.
+        After T iterations a pixel's map depends only on H^0 within T x reach of it."""
         return window_reach(self.kernel)
 
     def _check(self, h0: torch.Tensor, raw: torch.Tensor, attention: torch.Tensor | None = None,

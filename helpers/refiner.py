@@ -232,12 +232,16 @@ class Refiner(nn.Module):
         # END EXERCISE
 
     def refine(self, image: torch.Tensor, iterations: int | None = None, suppression: bool = True,
-               truth: torch.Tensor | None = None) -> RefineOutput:
+               truth: torch.Tensor | None = None, start: torch.Tensor | None = None) -> RefineOutput:
         """image (B, 3, H, W) -> :class:`RefineOutput`; ``iterations`` overrides T (an iteration
         sweep); ``suppression=False`` drops DySPN's diffusion suppression (an ablation).
         In train mode the coarse map is degraded first (``perturb``), and given the ground truth
         ``truth`` (B, H, W) a share ``perturb_truth`` of the maps is replaced by degraded truth;
-        never in eval mode."""
+        never in eval mode. ``start`` (B, C, H, W) probabilities, propagators only: propagate
+        from this map instead of the refiner's own H^0, with the affinities (and attention) the
+        guidance net predicts for ``image`` (a diagnostic: another refiner's map as H^0)."""
+        if start is not None and self.propagator is None:
+            raise ValueError("start= needs a propagator: the no-propagation control has nothing to propagate")
         with torch.set_grad_enabled(self.tune_base and torch.is_grad_enabled()):
             coarse = self.coarse(image)
         if self.training:
@@ -245,9 +249,12 @@ class Refiner(nn.Module):
             if truth is not None:
                 coarse = truth_starts(coarse, truth, self.perturb_truth)
         head = self.layout.split(self.guidance(torch.cat([image, coarse.to(image.dtype)], 1)).float())
-        start = coarse
-        if head["start"].shape[1]:
+        if start is not None:
+            start = start.float()
+        elif head["start"].shape[1]:
             start = (torch.log(coarse.clamp_min(1e-6)) + head["start"]).softmax(1)
+        else:
+            start = coarse
         # passed only when used: a propagator without the option (an exercise's stand-in) still fits
         extra = {"raw_confidence": head["confidence"]} if self.confidence else {}
         if self.method == "cspn":

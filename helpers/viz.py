@@ -210,12 +210,12 @@ def sweep_figure(sweeps: dict, trained_iterations: int, references: dict | None 
 
 
 def error_bands_figure(panels: dict, reach: dict | None = None) -> plt.Figure:
-    """Where each stage's wrong pixels lie: % of all pixels wrong, per distance band from the
-    true boundary (:mod:`helpers.error_bands`), one panel per setting.
+    """Where each stage's wrong pixels lie: % of all pixels wrong, per distance band (from the
+    true boundary, or to the nearest right label: :mod:`helpers.error_bands`), one panel per setting.
 
     ``panels``: title -> {stage name -> :class:`~helpers.error_bands.ErrorBands`} (one set of
-    edges throughout); ``reach``: name -> pixels (a band edge), drawn as a dotted line after that
-    band: a propagator relabels nothing beyond it."""
+    edges and distance throughout); ``reach``: name -> pixels (a band edge), drawn as a dotted
+    line after that band: under the label distance, a propagator can fix nothing beyond it."""
     fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.4), squeeze=False, sharey=True)
     for ax, (title, rows) in zip(axes[0], panels.items()):
         first = next(iter(rows.values()))
@@ -228,7 +228,8 @@ def error_bands_figure(panels: dict, reach: dict | None = None) -> plt.Figure:
             ax.text(x, 1, f" {name} reach", transform=ax.get_xaxis_transform(), rotation=90, va="top",
                     ha="left", fontsize=7, color="grey")
         ax.set_xticks(range(len(first.labels)), first.labels)
-        ax.set_xlabel("distance from the true boundary (px)"), ax.set_title(title)
+        what = "from the true boundary" if first.measure == "boundary" else "to the nearest right label"
+        ax.set_xlabel(f"distance {what} (px)"), ax.set_title(title)
         ax.grid(alpha=0.3)
         # below the axes: inside, it would hide the curves' peak or the reach labels
         ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2, frameon=False)

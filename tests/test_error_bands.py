@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from helpers.error_bands import (DISTANCE_EDGES, ErrorBands, band_index, band_labels, boundary_distance, edges_with,
-                                 error_bands, format_bands)
+                                 error_bands, format_bands, label_distance)
 from helpers.metrics import confusion_matrix
 
 
@@ -20,6 +20,23 @@ def brute_distance(target: torch.Tensor, cap: int) -> torch.Tensor:
                     d = int((pts - torch.tensor([y, x])).abs().max(1).values.min())
                     out[b, y, x] = min(d, cap + 1)
     return out
+
+
+def brute_label_distance(pred: torch.Tensor, target: torch.Tensor, cap: int) -> torch.Tensor:
+    """For each pixel, the chessboard distance to the nearest pixel ``pred`` gives its true class."""
+    out = torch.zeros(target.shape, dtype=torch.int64)
+    for b, y, x in (pred != target).nonzero().tolist():
+        pts = (pred[b] == target[b, y, x]).nonzero()
+        d = int((pts - torch.tensor([y, x])).abs().max(1).values.min()) if len(pts) else cap + 1
+        out[b, y, x] = min(d, cap + 1)
+    return out
+
+
+def blobs(n: int, classes: int, size: tuple[int, int], seed: int) -> torch.Tensor:
+    """Label maps of regions several pixels wide: nearest upsampling of a random coarse grid."""
+    g = torch.Generator().manual_seed(seed)
+    grid = torch.randint(0, classes, (n, 1, 4, 5), generator=g).float()
+    return torch.nn.functional.interpolate(grid, size=size, mode="nearest")[:, 0].long()
 
 
 def test_distance_of_a_straight_boundary_counts_columns():
@@ -45,11 +62,35 @@ def test_distance_is_chessboard_and_the_border_is_no_boundary():
 
 @pytest.mark.parametrize("classes", [2, 3])
 def test_distance_matches_a_brute_force_search(classes):
-    g = torch.Generator().manual_seed(0)
-    # blobs, not noise: nearest upsampling of a random 4x5 grid gives regions of several pixels
-    target = torch.nn.functional.interpolate(torch.randint(0, classes, (3, 1, 4, 5), generator=g).float(),
-                                             size=(13, 17), mode="nearest")[:, 0].long()
+    target = blobs(3, classes, (13, 17), seed=0)
     assert torch.equal(boundary_distance(target, classes, 5), brute_distance(target, 5))
+
+
+@pytest.mark.parametrize("classes", [2, 3])
+def test_label_distance_matches_a_brute_force_search(classes):
+    target, pred = blobs(3, classes, (13, 17), seed=2), blobs(3, classes, (13, 17), seed=3)
+    pred[0] = 0    # an image whose map lacks every class but one: its other errors are "farther"
+    d = label_distance(pred, target, classes, 5)
+    assert torch.equal(d, brute_label_distance(pred, target, 5))
+    assert ((d == 0) == (pred == target)).all(), "right pixels, and only they, are at distance 0"
+    assert (d[0][target[0] != 0] == 6).all()
+
+
+def test_label_distance_of_a_missed_strip_counts_from_its_far_edge():
+    target = torch.zeros(1, 3, 30, dtype=torch.long)
+    target[..., 10:] = 1
+    pred = target.clone()
+    pred[..., 10:20] = 0                 # 10 px of pet missed: the nearest pet label is at column 20
+    assert label_distance(pred, target, 2, 12)[0, 0, 8:22].tolist() == [0, 0, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0, 0]
+    bands = error_bands(pred, target, measure="label")
+    # 3 rows x columns at distance 1, 2, 3, 4-6, 7-10: what T iterations of reach r could bridge
+    assert bands.errors.tolist() == [3, 3, 3, 9, 12, 0, 0, 0] and torch.equal(bands.pixels, bands.errors)
+    assert bands.within(6) == pytest.approx(0.6) and bands.total == 90
+    assert float(bands.share_of_pixels().sum()) == pytest.approx(30 / 90)
+    with pytest.raises(ValueError, match="boundary distance"):
+        bands.error_rate()
+    # by the boundary distance the same errors are 1..10 px inside the pet
+    assert error_bands(pred, target).errors.tolist() == [3, 3, 3, 9, 12, 0, 0, 0]
 
 
 def test_bands_number_distances_by_their_upper_edge():
@@ -79,10 +120,12 @@ def test_bands_partition_the_pixels_and_count_exactly_the_wrong_ones():
     target = torch.nn.functional.interpolate(torch.randint(0, 2, (5, 1, 6, 6), generator=g).float(),
                                              size=(40, 40), mode="nearest")[:, 0].long()
     pred = torch.where(torch.rand(target.shape, generator=g) < 0.2, 1 - target, target)
+    label = error_bands(pred, target, measure="label", edges=edges_with(8))
+    assert label.edges == (1, 2, 3, 6, 8, 12, 18, 36) and len(label.errors) == 9
     bands = error_bands(pred, target)
     cm = confusion_matrix(pred, target)
-    assert int(bands.pixels.sum()) == target.numel()
-    assert int(bands.errors.sum()) == int(cm.sum() - cm.trace())
+    assert int(bands.pixels.sum()) == bands.total == target.numel()
+    assert int(bands.errors.sum()) == int(label.errors.sum()) == int(cm.sum() - cm.trace())
     assert float(bands.share_of_pixels().sum()) == pytest.approx(float(1 - cm.trace() / cm.sum()))
     # counted in batches or pooled from parts, the same counts
     parts = error_bands(pred[:2], target[:2]) + error_bands(pred[2:], target[2:])
@@ -100,11 +143,19 @@ def test_bad_arguments_are_refused():
         error_bands(t, t[:, :3])
     with pytest.raises(ValueError, match="increase"):
         error_bands(t, t, edges=(3, 2))
+    with pytest.raises(ValueError, match="increase"):
+        error_bands(t, t, edges=())
+    with pytest.raises(ValueError, match="measure"):
+        error_bands(t, t, measure="nearest")
+    with pytest.raises(ValueError, match="no stages"):
+        format_bands({})
     with pytest.raises(ValueError, match="not a band edge"):
         error_bands(t, t).within(5)
     a = error_bands(t, t)
     with pytest.raises(ValueError, match="cannot pool"):
-        a + ErrorBands((1, 2), torch.zeros(3, dtype=torch.int64), torch.zeros(3, dtype=torch.int64))
+        a + ErrorBands((1, 2), torch.zeros(3, dtype=torch.int64), torch.zeros(3, dtype=torch.int64), 16)
+    with pytest.raises(ValueError, match="cannot pool"):
+        a + error_bands(t, t, measure="label")
 
 
 def test_table_rows_sum_to_the_pixel_error():

@@ -102,8 +102,9 @@ def test_reach_bounds_how_far_t_iterations_move_a_value():
         h0[:, :, c, c] = torch.tensor([0.0, 1.0], dtype=torch.float64)
         aff = torch.full((1, prop.affinity_channels, size, size), 0.1, dtype=torch.float64)
         args = (torch.zeros(1, 4 * steps, size, size, dtype=torch.float64),) if isinstance(prop, DySPN) else ()
-        reached = (prop(h0, aff, *args).final[0, 1] > 0).nonzero() - c
-        assert int(reached.abs().max()) == steps * prop.reach, type(prop).__name__
+        reached = {(y - c, x - c) for y, x in (prop(h0, aff, *args).final[0, 1] > 0).nonzero().tolist()}
+        r = steps * prop.reach       # every offset of a full window of this radius, and none beyond
+        assert reached == {(dy, dx) for dy in range(-r, r + 1) for dx in range(-r, r + 1)}, type(prop).__name__
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
