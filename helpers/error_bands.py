@@ -43,12 +43,17 @@ def boundary_distance(target: torch.Tensor, classes: int, max_distance: int) -> 
     if max_distance < 1:
         raise ValueError(f"max_distance must be >= 1, got {max_distance}")
     present = F.one_hot(target.long(), classes).permute(0, 3, 1, 2).float()   # (N, C, H, W)
-    distance = torch.full(target.shape, max_distance + 1, dtype=torch.int64, device=target.device)
+    start = torch.full(target.shape, max_distance + 1, dtype=torch.int64, device=target.device)
+    return _first_reached(present, lambda grown: grown.sum(1) > 1.5, start, max_distance)
+
+
+def _first_reached(present: torch.Tensor, reached, distance: torch.Tensor, max_distance: int) -> torch.Tensor:
+    """Grow the class masks ``present`` (N, C, H, W) by one 3x3 step at a time, k = 1..max_distance;
+    where ``reached(grown)`` (N, H, W) first holds and ``distance`` is still "farther"
+    (max_distance + 1), write k. The max-pool pads with -inf: nothing grows in from beyond the border."""
     for k in range(1, max_distance + 1):
-        # padding of a max-pool is -inf: nothing grows in from beyond the image border
         present = F.max_pool2d(present, 3, stride=1, padding=1)
-        mixed = present.sum(1) > 1.5
-        distance = torch.where(mixed & (distance > max_distance), k, distance)
+        distance = torch.where(reached(present) & (distance > max_distance), k, distance)
     return distance
 
 
@@ -64,12 +69,8 @@ def label_distance(pred: torch.Tensor, target: torch.Tensor, classes: int, max_d
         raise ValueError(f"max_distance must be >= 1, got {max_distance}")
     present = F.one_hot(pred.long(), classes).permute(0, 3, 1, 2).float()     # (N, C, H, W)
     truth = target.long().unsqueeze(1)                                          # (N, 1, H, W)
-    distance = torch.where(pred == target, 0, max_distance + 1).to(torch.int64)
-    for k in range(1, max_distance + 1):
-        present = F.max_pool2d(present, 3, stride=1, padding=1)
-        reached = present.gather(1, truth).squeeze(1) > 0.5
-        distance = torch.where(reached & (distance > max_distance), k, distance)
-    return distance
+    start = torch.where(pred == target, 0, max_distance + 1).to(torch.int64)
+    return _first_reached(present, lambda grown: grown.gather(1, truth).squeeze(1) > 0.5, start, max_distance)
 
 
 def edges_with(*distances: int, edges: tuple[int, ...] = DISTANCE_EDGES) -> tuple[int, ...]:
@@ -170,8 +171,10 @@ def error_bands(pred: torch.Tensor, target: torch.Tensor, classes: int = 2,
             pixels += torch.bincount(band, minlength=bands).cpu()
         else:
             band = band_index(label_distance(p, t, classes, edges[-1]), edges).reshape(-1)
-            pixels += torch.bincount(band[wrong], minlength=bands).cpu()
-        errors += torch.bincount(band[wrong], minlength=bands).cpu()
+        counted = torch.bincount(band[wrong], minlength=bands).cpu()
+        errors += counted
+        if measure == "label":   # only a wrong pixel has a label distance
+            pixels += counted
     return ErrorBands(tuple(edges), pixels, errors, pred.numel(), measure)
 
 
