@@ -79,6 +79,35 @@ def init_from_base(guidance: UNet, base: UNet) -> None:
     guidance.load_state_dict(ours)
 
 
+def init_from_refiner(refiner: "Refiner", trained: "Refiner") -> None:
+    """Start ``refiner``'s guidance U-Net from another, trained refiner's (typically the
+    no-propagation control's): every layer copied, and of the head the start map's channels
+    (the correction ``delta``); its affinity, attention and confidence channels keep their zero
+    initialisation. Both must share the base net and the guidance net's shape, and ``refiner``
+    must have a corrected start.
+
+    Propagation with zero affinities is the identity, so at step 0 ``refiner`` computes exactly
+    ``trained``'s map, and what training adds from there is propagation on top of a good
+    correction: the question the README's *Where the remaining errors lie* leaves (the trained
+    affinities lifted the control's map there, with two guidance U-Nets)."""
+    if refiner.coarse is not trained.coarse:
+        raise ValueError("init_from_refiner needs both refiners built on the same base net")
+    ours, theirs = refiner.guidance.state_dict(), trained.guidance.state_dict()
+    if {k: v.shape for k, v in ours.items() if not k.startswith("head.")} != \
+            {k: v.shape for k, v in theirs.items() if not k.startswith("head.")}:
+        raise ValueError("init_from_refiner needs guidance U-Nets of the same width and depth")
+    (a, b), (c, d) = refiner.layout.start, trained.layout.start
+    if b - a != refiner.classes or d - c != trained.classes or refiner.classes != trained.classes:
+        raise ValueError("init_from_refiner needs both refiners to correct the map (start='corrected', or the control)")
+    for name, tensor in theirs.items():
+        if name.startswith("head."):
+            ours[name] = ours[name].clone()
+            ours[name][a:b] = tensor[c:d]
+        else:
+            ours[name] = tensor       # load_state_dict copies
+    refiner.guidance.load_state_dict(ours)
+
+
 class CoarseSegmenter(nn.Module):
     """U-Net at ``coarse_size`` px: (B, 3, H, W) in [0, 1] -> probabilities (B, C, H, W)."""
 

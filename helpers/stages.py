@@ -49,7 +49,9 @@ class Stage:
     """One stage. ``kind``: ``base`` (a U-Net trained from scratch), ``longer`` (its base trained
     on for a refiner's budget), ``refiner`` (control / cspn / dyspn on its base, frozen unless ``tune_base``) or
     ``filter`` (the guided filter on the coarse map, nothing trained). ``start`` and ``epochs``
-    are a refiner's variants (None: the configuration's)."""
+    are a refiner's variants (None: the configuration's); so is ``init_from``, the name of a
+    registered refiner of the same base (the no-propagation control) whose trained guidance
+    U-Net this one starts from (:func:`helpers.refiner.init_from_refiner`)."""
 
     name: str
     label: str
@@ -58,6 +60,7 @@ class Stage:
     method: str | None = None
     start: str | None = None
     epochs: int | None = None
+    init_from: str | None = None
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -66,6 +69,9 @@ class Stage:
             raise ValueError(f"base must be one of {BASES}, got {self.base!r}")
         if (self.kind == "refiner") != (self.method in METHODS):
             raise ValueError(f"a refiner stage needs a method of {METHODS}; got kind {self.kind!r}, method {self.method!r}")
+        if self.init_from is not None and (self.kind != "refiner" or get(self.init_from).kind != "refiner"
+                                           or get(self.init_from).base != self.base):
+            raise ValueError(f"{self.name!r}: init_from must name a refiner of the same base, got {self.init_from!r}")
 
     @property
     def trains_on(self) -> str | None:
@@ -139,6 +145,8 @@ class Stage:
                 spec["warm_lr_factor"] = c.warm_lr_factor
         if c.start_weight and supervises_start(self.method, self.start_map(c)):
             spec["start_weight"] = c.start_weight
+        if self.init_from:
+            spec["init_from"] = get(self.init_from).spec(wb)
         return spec
 
     def start_map(self, cfg: Config) -> str:
@@ -181,19 +189,25 @@ class Stage:
             model.load_state_dict(base_model.state_dict())
         return model
 
-    def variant(self, cfg: Config, start: str | None = None, epochs: int | None = None) -> "Stage":
-        """This refiner with another start map or epoch budget; a variant has its own name
-        (``cspn-corrected``, ``cspn-e24``), so tables and ``results.json`` tell it apart."""
-        if start in (None, self.default_start(cfg)) and epochs is None:
+    def variant(self, cfg: Config, start: str | None = None, epochs: int | None = None,
+                init_from: str | None = None) -> "Stage":
+        """This refiner with another start map, epoch budget or warm start; a variant has its own
+        name (``cspn-corrected``, ``cspn-e24``, ``dyspn-from-control``, and ``control-longer`` for
+        the control started from itself: trained on), so tables and ``results.json`` tell it apart."""
+        if start in (None, self.default_start(cfg)) and epochs is None and init_from is None:
             return self
         if self.kind != "refiner":
-            raise ValueError(f"only a refiner has start / epochs variants, not {self.name!r}")
+            raise ValueError(f"only a refiner has start / epochs / init_from variants, not {self.name!r}")
         name, label = self.name, self.label
         if start not in (None, self.default_start(cfg)):
             name, label = f"{name}-{start}", f"{label} ({start} start)"
         if epochs is not None:
             name, label = f"{name}-e{epochs}", f"{label} ({epochs} epochs)"
-        return replace(self, name=name, label=label, start=start, epochs=epochs)
+        if init_from is not None:
+            donor = get(init_from)
+            name, label = ((f"{name}-longer", f"{label}, trained on") if donor.method == self.method else
+                           (f"{name}-from-{donor.method}", f"{label} (from the trained {donor.method})"))
+        return replace(self, name=name, label=label, start=start, epochs=epochs, init_from=init_from)
 
 
 def stage_name(base: str, what: str) -> str:

@@ -4,7 +4,8 @@ A :class:`Workbook` ties together one configuration, one data source, the datase
 folders. :func:`run_stage` is the one way from a stage of the registry (:mod:`helpers.stages`)
 to a :class:`StageResult`:
 
-1. its base net is loaded (or trained first, with a message) for controls and refiners;
+1. its base net is loaded (or trained first, with a message) for controls and refiners, and
+   for a refiner started from another (``init_from``, e.g. ``dyspn-from-control``) that one;
 2. the model is built and seeded; the spec names its checkpoint;
 3. a finished run of that spec is loaded, else it is trained (:func:`helpers.training.fit`,
    resuming an unfinished run);
@@ -29,7 +30,7 @@ from .checkpoint import REPO_ROOT, atomic_save, display_path, file_slug
 from .config import Config, load_config
 from .data import DATA_DIR, DataSource, PetSegmentation, build_datasets, resolve_source
 from .guided_filter import GuidedFilterRefiner, tune_guided_filter
-from .refiner import Refiner
+from .refiner import Refiner, init_from_refiner
 from .runtime import keep_freed_memory
 from .stages import Stage
 from .statistics import counts_summary
@@ -143,14 +144,17 @@ def run_stage(wb: Workbook, stage: str | Stage, retrain: bool = False, progress:
     """Train (or load a finished run of) ``stage`` on ``wb``; see the module docstring's steps."""
     stage = registry.get(stage)
     cfg = wb.cfg
-    # 1. what it builds on
+    # 1. what it builds on: the base net, and the trained refiner it starts from, if any
     base = load_coarse(wb, progress, stage.base) if stage.trains_on else None
     if stage.kind == "filter":
         return _guided_filter(wb, stage, base)
+    donor = run_stage(wb, stage.init_from, progress=progress) if stage.init_from else None
     # 2. the model and its identity
     epochs = stage.train_epochs(wb, verbose=True)
     seed_everything(cfg.seed)
     model = stage.build(cfg, base.model if base else None).to(wb.device)
+    if donor is not None:
+        init_from_refiner(model, donor.model)
     spec, ckpt = stage.spec(wb), stage.checkpoint(wb)
     # 3. load or train
     label = _label(stage, epochs)
@@ -237,10 +241,13 @@ def load_coarse_predictions(wb: Workbook) -> dict:
 
 
 def refine_stage(wb: Workbook, method: str, start: str | None = None, epochs: int | None = None,
-                 retrain: bool = False, progress: bool = True, base: str = "coarse") -> StageResult:
+                 retrain: bool = False, progress: bool = True, base: str = "coarse",
+                 init_from: str | None = None) -> StageResult:
     """Train (or load) a refiner of ``method`` (control / cspn / dyspn) on the ``base`` net (frozen unless ``tune_base``);
-    ``start`` and ``epochs`` choose a variant (see :meth:`Stage.variant`)."""
-    stage = registry.refiner(base, method).variant(wb.cfg, start, epochs)
+    ``start``, ``epochs`` and ``init_from`` (a method: start from that trained refiner of the
+    same base) choose a variant (see :meth:`Stage.variant`)."""
+    donor = registry.refiner(base, init_from).name if init_from else None
+    stage = registry.refiner(base, method).variant(wb.cfg, start, epochs, donor)
     return run_stage(wb, stage, retrain, progress)
 
 

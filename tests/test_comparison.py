@@ -253,3 +253,58 @@ def test_variants_compares_each_stage_under_two_configurations(tmp_path, capsys)
     assert v.main(["--profile", "smoke", "--seeds", "0", "--settings", "coarse", "--variant", "refiner_width=8",
                    "--runs-dir", str(tmp_path)]) == 0
     assert "no stage differs" in capsys.readouterr().out
+
+
+def test_refiners_started_from_the_trained_control(smoke_workbook):
+    """A refiner variant with ``init_from``: its own name and checkpoint, a spec that names the
+    control it starts from (a retrained control makes it another stage), the control loaded
+    first, and training that starts at the control's map: the control trained on
+    (``control-longer``) moves away from it, the budget is a refiner's."""
+    from helpers import workflow
+
+    wb = smoke_workbook
+    control = workflow.refine_stage(wb, "control", progress=False)
+    for method, name in (("control", "control-longer"), ("dyspn", "dyspn-from-control")):
+        stage = registry.refiner("coarse", method).variant(wb.cfg, init_from="control")
+        assert stage.name == name and stage.init_from == "control"
+        assert stage.spec(wb) == {**registry.get(method).spec(wb), "init_from": registry.get("control").spec(wb)}
+        assert stage.checkpoint(wb) != registry.get(method).checkpoint(wb)
+    longer = workflow.refine_stage(wb, "control", init_from="control", progress=False)
+    assert longer.name == "control-longer" and longer.model.coarse is control.model.coarse
+    assert len(longer.history.epoch) == registry.get("control").train_epochs(wb)
+    assert not torch.equal(longer.val_probs, control.val_probs)
+    # built again and initialised as run_stage does, before training: exactly the control
+    fresh = registry.get("dyspn").build(wb.cfg, control.model.coarse).eval()
+    from helpers.refiner import init_from_refiner
+    init_from_refiner(fresh, control.model)
+    torch.testing.assert_close(predict(fresh, wb.data["val"], 4, "cpu"), control.val_probs, atol=1e-5, rtol=0)
+    conv = registry.refiner("converged", "cspn").variant(wb.cfg, init_from="converged+control")
+    assert conv.name == "converged+cspn-from-control" and conv.spec(wb)["init_from"]["base"] == "converged"
+    with pytest.raises(ValueError, match="same base"):
+        registry.get("cspn").variant(wb.cfg, init_from="converged+control")
+    with pytest.raises(ValueError, match="same base"):
+        registry.get("cspn").variant(wb.cfg, init_from="coarse")
+
+
+def test_from_control_benchmark_prints_both_gains(tmp_path, capsys):
+    """benchmarks/from_control.py on the smoke profile: every row on both splits, each gain's
+    interval holds it, the propagators are compared with the control trained on, and the JSON
+    holds the same numbers."""
+    import json
+
+    b = _benchmark("from_control")
+    assert b.main(["--profile", "smoke", "--seeds", "0", "--settings", "coarse", "--methods", "cspn",
+                   "--resamples", "100", "--runs-dir", str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    assert "val split" in printed and "test split" in printed
+    doc = json.loads((tmp_path / "smoke" / "from-control-synthetic-coarse-seeds0.json").read_text())
+    for split in ("val", "test"):
+        rows = {k.split("/")[2]: v for k, v in doc["rows"].items() if k.startswith(split + "/coarse/")}
+        assert list(rows) == ["control", "control trained on", "cspn", "cspn from the control"]
+        assert set(rows["cspn from the control"]) == {"per_seed", "over control", "over control trained on"}
+        assert set(rows["control trained on"]) == {"per_seed", "over control"}
+        for row in rows.values():
+            for key, gains in row.items():
+                if key != "per_seed":
+                    assert gains["miou"]["low"] <= gains["miou"]["gain"] <= gains["miou"]["high"]
+    assert any((tmp_path / "smoke").glob("synthetic-*/seed0/cspn-from-control-*.pt"))

@@ -403,6 +403,43 @@ def test_refine_from_another_start_map_uses_the_same_affinities(method):
         Refiner(model(), "control", width=4, depth=2).refine(x, start=other)
 
 
+@pytest.mark.parametrize("method", ["control", "cspn", "dyspn"])
+def test_a_refiner_started_from_a_trained_control_computes_its_map(method):
+    """init_from_refiner: every guidance layer and the start channels of the head copied from a
+    trained control, the propagation channels left at zero, so the new refiner's output (and its
+    H^0) is exactly the control's map, and it differs once propagation has weights; refiners
+    that cannot share the weights are refused."""
+    from helpers.refiner import init_from_refiner
+
+    torch.manual_seed(1)
+    base = model()
+    control = Refiner(base, "control", width=4, depth=2).eval()
+    with torch.no_grad():
+        for p in control.guidance.parameters():
+            p.normal_(0, 0.3)        # a trained-looking control: at zero init every refiner is the identity
+    x = torch.rand(2, 3, 20, 20)
+    r = Refiner(base, method, start="corrected", width=4, depth=2, iterations=3, kernel=5, cspn_gain=4.0).eval()
+    init_from_refiner(r, control)
+    with torch.no_grad():
+        want = control(x)
+        assert (want - base(x)).abs().max() > 1e-2, "the control must change the map, or the test proves nothing"
+        out = r.refine(x)
+        torch.testing.assert_close(out.start, want, atol=1e-6, rtol=0)
+        torch.testing.assert_close(out.probs, want, atol=1e-6, rtol=0)
+        if method != "control":
+            a, b = r.layout.affinity
+            assert r.guidance.head.conv.weight[a:b].abs().sum() == 0
+            r.guidance.head.conv.bias[a:b].normal_(0, 1.0)
+            assert (r(x) - want).abs().max() > 1e-3
+    with pytest.raises(ValueError, match="same base net"):
+        init_from_refiner(Refiner(model(), method, start="corrected", width=4, depth=2), control)
+    with pytest.raises(ValueError, match="same width and depth"):
+        init_from_refiner(Refiner(base, method, start="corrected", width=8, depth=2), control)
+    if method != "control":
+        with pytest.raises(ValueError, match="correct the map"):
+            init_from_refiner(Refiner(base, method, start="coarse", width=4, depth=2), control)
+
+
 def test_corrected_start_layout():
     r = Refiner(model(), "dyspn", start="corrected", width=4, depth=2, iterations=6)
     assert r.layout.affinity == (0, 48) and r.layout.attention == (48, 72) and r.layout.start == (72, 74)
