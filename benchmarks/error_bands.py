@@ -18,12 +18,14 @@ Stages are loaded from the checkpoints the notebooks or ``benchmarks/quality.py`
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))   # _seeds, also when loaded by path
+
+from _seeds import seed_parser, seed_workbooks  # noqa: E402
 
 # (after, before): the differences printed per band and seed
 COMPARISONS = (("dyspn", "control"), ("cspn", "control"), ("control", "coarse"), ("coarse-longer", "coarse"),
@@ -37,30 +39,21 @@ def band_differences(per_seed: dict[str, list[list[float]]], after: str, before:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--data-root", help="a folder holding oxford-iiit-pet/ (default: PETS_ROOT, data/, or synthetic)")
-    parser.add_argument("--profile", choices=("smoke", "cpu", "full"), help="default: WORKBOOK_PROFILE, else cpu / full")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds to pool")
+    parser = seed_parser(__doc__)
     parser.add_argument("--measure", choices=("boundary", "label"), default="boundary",
                         help="bin wrong pixels by their distance from the true boundary, or by the distance to "
                              "the nearest pixel the map gives their true class (what propagation would have to bridge)")
     parser.add_argument("--json", help="also write the per-seed rows to this file")
-    parser.add_argument("--runs-dir", help="where the checkpoints are (default: the repository's runs/)")
     args = parser.parse_args(argv)
 
     from helpers.error_bands import band_labels, edges_with, error_bands, format_bands
     from helpers.propagation import CSPN, DySPN
     from helpers.stages import SETTINGS
-    from helpers.workflow import open_workbook, run_stage
+    from helpers.workflow import run_stage
 
-    if args.data_root and not (Path(args.data_root).expanduser() / "oxford-iiit-pet").is_dir():
-        parser.error(f"--data-root {args.data_root} does not hold an 'oxford-iiit-pet' folder")
-    folders = {"runs_dir": Path(args.runs_dir)} if args.runs_dir else {}
     names = [*SETTINGS["coarse"], *SETTINGS["converged"]]
     pooled, per_seed = {}, {}
-    for k, seed in enumerate(args.seeds):
-        wb = open_workbook(args.profile, args.data_root, seed, verbose=(k == 0), **folders)
+    for k, wb in enumerate(seed_workbooks(parser, args)):
         if k == 0:   # T x reach of each propagator, from the run's configuration
             cfg = wb.cfg
             reach = {"CSPN": cfg.iterations * CSPN().reach,

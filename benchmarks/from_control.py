@@ -19,40 +19,33 @@ notebooks or ``benchmarks/quality.py`` wrote (trained first where missing).
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))   # _seeds, also when loaded by path
+
+from _seeds import seed_parser, seed_workbooks  # noqa: E402
 
 PROPAGATORS = ("cspn", "dyspn")
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--data-root", help="a folder holding oxford-iiit-pet/ (default: PETS_ROOT, data/, or synthetic)")
-    parser.add_argument("--profile", choices=("smoke", "cpu", "full"), help="default: WORKBOOK_PROFILE, else cpu / full")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds to pool")
+    parser = seed_parser(__doc__)
     parser.add_argument("--settings", nargs="+", choices=("coarse", "converged"), default=["coarse", "converged"])
     parser.add_argument("--methods", nargs="+", choices=PROPAGATORS, default=list(PROPAGATORS))
     parser.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples of the images")
-    parser.add_argument("--runs-dir", help="where the checkpoints and the JSON go (default: the repository's runs/)")
     args = parser.parse_args(argv)
 
     from helpers import stages as registry
     from helpers.checkpoint import atomic_write_text, display_path, file_slug
     from helpers.statistics import counts_summary, paired_bootstrap
-    from helpers.workflow import open_workbook, refine_stage
+    from helpers.workflow import refine_stage
 
-    if args.data_root and not (Path(args.data_root).expanduser() / "oxford-iiit-pet").is_dir():
-        parser.error(f"--data-root {args.data_root} does not hold an 'oxford-iiit-pet' folder")
-    folders = {"runs_dir": Path(args.runs_dir)} if args.runs_dir else {}
     counts: dict = {}          # (split, setting, row) -> one (cms, bcs) per seed
     rows: dict = {}            # setting -> row names in order
-    for k, seed in enumerate(args.seeds):
-        wb = open_workbook(args.profile, args.data_root, seed, verbose=(k == 0), **folders)
+    for wb in seed_workbooks(parser, args):
         for setting in args.settings:
             on = {"base": setting}
             trained = {"control": refine_stage(wb, "control", **on),

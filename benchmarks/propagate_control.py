@@ -20,39 +20,32 @@ Stages are loaded from the checkpoints the notebooks or ``benchmarks/quality.py`
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))   # _seeds, also when loaded by path
+
+from _seeds import seed_parser, seed_workbooks  # noqa: E402
 
 PAIRS = {"coarse": ("control", ("cspn", "dyspn")),
          "converged": ("converged+control", ("converged+cspn", "converged+dyspn"))}
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--data-root", help="a folder holding oxford-iiit-pet/ (default: PETS_ROOT, data/, or synthetic)")
-    parser.add_argument("--profile", choices=("smoke", "cpu", "full"), help="default: WORKBOOK_PROFILE, else cpu / full")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds to pool")
+    parser = seed_parser(__doc__)
     parser.add_argument("--settings", nargs="+", choices=tuple(PAIRS), default=list(PAIRS))
     parser.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples of the images")
-    parser.add_argument("--runs-dir", help="where the checkpoints are (default: the repository's runs/)")
     args = parser.parse_args(argv)
 
     import torch
 
     from helpers.batches import split_batches
     from helpers.statistics import counts_summary, image_counts, paired_bootstrap
-    from helpers.workflow import open_workbook, run_stage
+    from helpers.workflow import run_stage
 
-    if args.data_root and not (Path(args.data_root).expanduser() / "oxford-iiit-pet").is_dir():
-        parser.error(f"--data-root {args.data_root} does not hold an 'oxford-iiit-pet' folder")
-    folders = {"runs_dir": Path(args.runs_dir)} if args.runs_dir else {}
     counts: dict = {}          # (split, row) -> one (cms, bcs) per seed
-    for k, seed in enumerate(args.seeds):
-        wb = open_workbook(args.profile, args.data_root, seed, verbose=(k == 0), **folders)
+    for wb in seed_workbooks(parser, args):
         splits = [s for s in ("val", "test") if len(wb.data[s])]
         for setting in args.settings:
             control_name, propagators = PAIRS[setting]
