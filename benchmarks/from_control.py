@@ -48,8 +48,9 @@ def main(argv: list[str] | None = None) -> int:
     for wb in seed_workbooks(parser, args):
         for setting in args.settings:
             on = {"base": setting}
-            trained = {"control": refine_stage(wb, "control", **on),
-                       "control trained on": refine_stage(wb, "control", init_from="control", **on)}
+            longer = refine_stage(wb, "control", init_from="control", **on)
+            # the control, as loaded for the stages started from it (wb.stages holds it)
+            trained = {"control": wb.stages[registry.refiner(setting, "control").name], "control trained on": longer}
             for method in args.methods:
                 trained[method] = refine_stage(wb, method, **on)
                 trained[f"{method} from the control"] = refine_stage(wb, method, init_from="control", **on)

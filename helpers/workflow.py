@@ -49,7 +49,7 @@ class Workbook:
     source: DataSource
     data: dict[str, PetSegmentation]
     runs_dir: Path = RUNS_DIR                      # runs/<profile>/... (checkpoints, results.json)
-    stages: dict = field(default_factory=dict)     # base nets already loaded in this session
+    stages: dict = field(default_factory=dict)     # base nets and donors (init_from) loaded in this session
 
     @property
     def data_id(self) -> str:
@@ -148,7 +148,10 @@ def run_stage(wb: Workbook, stage: str | Stage, retrain: bool = False, progress:
     base = load_coarse(wb, progress, stage.base) if stage.trains_on else None
     if stage.kind == "filter":
         return _guided_filter(wb, stage, base)
-    donor = run_stage(wb, stage.init_from, progress=progress) if stage.init_from else None
+    donor = None
+    if stage.init_from:   # evaluated once per session, however many refiners start from it
+        donor = wb.stages.get(stage.init_from) or run_stage(wb, stage.init_from, progress=progress)
+        wb.stages[stage.init_from] = donor
     # 2. the model and its identity
     epochs = stage.train_epochs(wb, verbose=True)
     seed_everything(cfg.seed)
@@ -172,8 +175,9 @@ def run_stage(wb: Workbook, stage: str | Stage, retrain: bool = False, progress:
     # 4. evaluate (and hand a base net's maps to the later notebooks)
     settings = {"extra_epochs": epochs} if stage.kind == "longer" else None
     result = _finish(wb, stage, model, history, settings)
-    if stage.kind == "base":
+    if stage.kind == "base" or stage.name in wb.stages:   # a retrained donor replaces the one held
         wb.stages[stage.name] = result
+    if stage.kind == "base":
         atomic_save({"val": result.val_probs.half(), "test": result.test_probs.half(),
                      "val_ids": wb.data["val"].ids, "test_ids": wb.data["test"].ids, "spec": spec},
                     predictions_path(wb, stage.name))

@@ -271,6 +271,13 @@ def test_refiners_started_from_the_trained_control(smoke_workbook):
         assert stage.checkpoint(wb) != registry.get(method).checkpoint(wb)
     longer = workflow.refine_stage(wb, "control", init_from="control", progress=False)
     assert longer.name == "control-longer" and longer.model.coarse is control.model.coarse
+    # the control is loaded and evaluated once for all the stages started from it, and a control
+    # run again replaces the one held
+    held = wb.stages["control"]
+    assert workflow.refine_stage(wb, "dyspn", init_from="control", progress=False).name == "dyspn-from-control"
+    assert wb.stages["control"] is held
+    again = workflow.refine_stage(wb, "control", progress=False)
+    assert wb.stages["control"] is again and again is not held
     assert len(longer.history.epoch) == registry.get("control").train_epochs(wb)
     assert not torch.equal(longer.val_probs, control.val_probs)
     # built again and initialised as run_stage does, before training: exactly the control
