@@ -14,6 +14,7 @@ training it prints how long the run will take, from a timed training step of eac
     python benchmarks/quality.py --profile cpu --seeds 0 1 2                     # synthetic default
     python benchmarks/quality.py --data-root ../shared/oxford-pets-sample --profile cpu --seeds 0 1 2
     python benchmarks/quality.py --profile cpu --seeds 0 1 2 --set perturb=0      # a tuning variant
+    python benchmarks/quality.py --profile cpu --settings coarse --stages control dyspn   # two stages (and their base)
 
 Both the validation split (where the guided filter and the converged net's stopping epoch are
 chosen) and the test split (held out from every choice) are reported.
@@ -130,6 +131,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds to train and pool")
     parser.add_argument("--settings", nargs="+", choices=("coarse", "converged"), default=["coarse", "converged"],
                         help="refine the minimally trained coarse U-Net, a converged one, or both")
+    parser.add_argument("--stages", nargs="+", metavar="STAGE",
+                        help="only these stages of the settings and their base nets, e.g. control dyspn "
+                             "(default: every stage)")
     parser.add_argument("--set", nargs="+", default=[], metavar="FIELD=VALUE", dest="overrides",
                         help="configuration overrides, e.g. coarse_size=64 refine_lr=1e-3 (a tuning variant)")
     parser.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples of the images")
@@ -141,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     from helpers.checkpoint import atomic_write_text, display_path, file_slug
     from helpers.config import parse_overrides
     from helpers.results import comparison_rows
-    from helpers.stages import SETTINGS
+    from helpers.stages import select
     from helpers.timing import estimate_seconds
     from helpers.workflow import all_stages, open_workbook
 
@@ -152,7 +156,10 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:
         parser.error(str(err))
     converged = "converged" in args.settings
-    names = [s for setting in ("coarse", "converged") if setting in args.settings for s in SETTINGS[setting]]
+    try:
+        names = list(select(args.settings, args.stages))
+    except ValueError as err:
+        parser.error(str(err))
     folders = {"runs_dir": Path(args.runs_dir)} if args.runs_dir else {}
     books = [open_workbook(args.profile, args.data_root, seed, verbose=(k == 0), **folders, **overrides)
              for k, seed in enumerate(args.seeds)]
@@ -176,8 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     for wb in books:
         print(f"--- seed {wb.cfg.seed}", flush=True)
         wall = {}
-        stages = all_stages(wb, converged=converged, wall_seconds=wall)
-        stages = {s: stages[s] for s in names}
+        stages = all_stages(wb, converged=converged, wall_seconds=wall, only=names)
         print("wall-clock seconds per stage (training or loading, and evaluation): "
               + ", ".join(f"{s} {wall[s]:.0f}" for s in names), flush=True)
         rows = comparison_rows(wb, stages, "val")   # times inference once
@@ -203,13 +209,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"(training and evaluation took {elapsed / 60:.1f} min, estimated at most {total / 60:.1f} min; "
           f"the whole run {whole_run / 60:.1f} min)")
 
-    variant = "".join(f"-{k}={v}" for k, v in overrides.items())
+    variant = "".join(f"-{k}={v}" for k, v in overrides.items()) + ("-" + "-".join(args.stages) if args.stages else "")
     seeds = "-seeds" + "-".join(map(str, args.seeds))
     slug = file_slug(wb0.source.name + variant + seeds)
     out = Path(args.json) if args.json else wb0.profile_dir / f"quality-{slug}.json"
     doc = {"data_source": wb0.data_id, "profile": wb0.cfg.profile, "overrides": overrides,
            "config": wb0.cfg.to_dict(), "images": {s: len(wb0.data[s]) for s in splits},
-           "train_images": len(wb0.data["train"]), "seeds": args.seeds, "settings": args.settings,
+           "train_images": len(wb0.data["train"]), "seeds": args.seeds, "settings": args.settings, "stages": names,
            "machine": machine(), "seconds": round(elapsed, 1), "estimated_seconds": round(total, 1),
            "whole_run_seconds": round(whole_run, 1),
            "command": "python benchmarks/quality.py " + " ".join(argv if argv is not None else sys.argv[1:]),

@@ -9,6 +9,7 @@ over seeds, with the paired per-image bootstrap 95% interval (the same as ``qual
 
     python benchmarks/variants.py --data-root $PETS_ROOT --profile cpu --seeds 0 1 2 --variant refiner_width=16
     python benchmarks/variants.py ... --baseline boundary_weight=1 --variant boundary_weight=4
+    python benchmarks/variants.py ... --settings coarse --stages control dyspn --variant refine_min_steps=576
 
 Stages that the change does not touch (the base nets, when only a refiner setting changes)
 load the same checkpoint twice and are left out.
@@ -23,22 +24,24 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def compare(baseline: dict, variant: dict, profile: str | None, data_root: str | None, seeds: list[int],
-            settings: list[str], resamples: int = 2000, runs_dir: str | None = None) -> dict[str, dict[str, dict]]:
+            settings: list[str], resamples: int = 2000, runs_dir: str | None = None,
+            stages: list[str] | None = None) -> dict[str, dict[str, dict]]:
     """{split: {stage: paired_bootstrap of the variant's stage over the baseline's}} for every
     stage whose checkpoint differs between the two configurations (the same checkpoint is the
-    same stage: its name holds a hash of everything that defines it)."""
+    same stage: its name holds a hash of everything that defines it); with ``stages``, only
+    those (and their base nets) are loaded or trained (:func:`helpers.stages.select`)."""
     from helpers import stages as registry
     from helpers.statistics import paired_bootstrap
     from helpers.workflow import all_stages, open_workbook
 
-    names = [s for setting in ("coarse", "converged") if setting in settings for s in registry.SETTINGS[setting]]
+    names = registry.select(settings, stages)
     folders = {"runs_dir": Path(runs_dir)} if runs_dir else {}
     counts = {side: {"val": {}, "test": {}} for side in ("baseline", "variant")}
     paths = {side: {} for side in ("baseline", "variant")}
     for side, overrides in (("baseline", baseline), ("variant", variant)):
         for seed in seeds:
             wb = open_workbook(profile, data_root, seed, verbose=False, **folders, **overrides)
-            results = all_stages(wb, progress=False, converged="converged" in settings)
+            results = all_stages(wb, progress=False, converged="converged" in settings, only=names)
             for name in names:
                 paths[side][(seed, name)] = registry.get(name).checkpoint(wb)
                 for split in ("val", "test"):   # the per-image counts the stage was scored with
@@ -58,18 +61,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--baseline", nargs="*", default=[], metavar="FIELD=VALUE", help="overrides of the baseline (default: none)")
     parser.add_argument("--variant", nargs="+", required=True, metavar="FIELD=VALUE", help="overrides of the variant")
     parser.add_argument("--settings", nargs="+", choices=("coarse", "converged"), default=["coarse", "converged"])
+    parser.add_argument("--stages", nargs="+", metavar="STAGE",
+                        help="only these stages of the settings and their base nets (default: every stage)")
     parser.add_argument("--resamples", type=int, default=2000)
     parser.add_argument("--runs-dir", help="where the checkpoints are (default: the repository's runs/)")
     args = parser.parse_args(argv)
 
     from helpers.config import parse_overrides
 
+    from helpers.stages import select
+
     try:
         baseline, variant = parse_overrides(args.baseline), parse_overrides(args.variant)
+        select(args.settings, args.stages)   # a misspelt stage is the parser's error, before any work
     except ValueError as err:
         parser.error(str(err))
     table = compare(baseline, variant, args.profile, args.data_root, args.seeds, args.settings, args.resamples,
-                    args.runs_dir)
+                    args.runs_dir, args.stages)
     print(f"variant {variant} over baseline {baseline or 'the defaults'}, seeds {', '.join(map(str, args.seeds))}: "
           "gain averaged over seeds [paired per-image bootstrap 95%]; * = the interval excludes 0")
     if not table["test"]:

@@ -242,6 +242,24 @@ SETTING_TITLES = {"coarse": "the report's setting: refining the minimally traine
                   "converged": "refining a converged U-Net (trained until validation mIoU stops improving)"}
 
 
+def select(settings: tuple[str, ...] | list[str], only: tuple[str, ...] | list[str] | None = None) -> tuple[str, ...]:
+    """The stages of ``settings`` (bases: ``coarse`` and / or ``converged``) in the registry's
+    order; with ``only``, just those stages and the base net of each (every gain is measured
+    against it). A name outside the settings is a ``ValueError`` that lists the choices."""
+    bad = [b for b in settings if b not in BASES]
+    if bad:
+        raise ValueError(f"settings must be among {BASES}, got {bad}")
+    names = tuple(n for b in BASES if b in settings for n in SETTINGS[b])
+    if only is None:
+        return names
+    unknown = [n for n in only if n not in names]
+    if unknown:
+        raise ValueError(f"no stage {', '.join(map(repr, unknown))} in the settings {', '.join(settings)}; "
+                         f"choose among {', '.join(names)}")
+    wanted = set(only) | {REGISTRY[n].base for n in only}
+    return tuple(n for n in names if n in wanted)
+
+
 def get(name: str | Stage) -> Stage:
     """The registered stage ``name`` (a :class:`Stage` is returned as is)."""
     if isinstance(name, Stage):

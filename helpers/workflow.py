@@ -269,11 +269,12 @@ def guided_filter_stage(wb: Workbook, grid: dict | None = None) -> StageResult:
 
 
 def all_stages(wb: Workbook, progress: bool = True, converged: bool = True,
-               wall_seconds: dict | None = None) -> dict[str, StageResult]:
+               wall_seconds: dict | None = None, only: tuple[str, ...] | list[str] | None = None) -> dict[str, StageResult]:
     """Every registered stage of the report's setting and, with ``converged``, of the converged
-    one, each loaded from its checkpoint or trained now, in the registry's order. ``wall_seconds``,
+    one, each loaded from its checkpoint or trained now, in the registry's order; with ``only``,
+    just those stages and their base nets (:func:`helpers.stages.select`). ``wall_seconds``,
     if given, receives each stage's wall-clock time (training or loading, and evaluation)."""
-    names = registry.SETTINGS["coarse"] + (registry.SETTINGS["converged"] if converged else ())
+    names = registry.select(("coarse", "converged") if converged else ("coarse",), only)
     out = {}
     for name in names:
         t0 = time.perf_counter()

@@ -1,6 +1,7 @@
 """The comparison chain: iteration sweep, diffusion-suppression ablation, the controls, the
 guided-filter baseline, timings and the quality benchmark's summary."""
 import importlib.util
+import re
 from pathlib import Path
 
 import pytest
@@ -231,6 +232,37 @@ def test_quality_benchmark_end_to_end_with_overrides(tmp_path, monkeypatch, caps
     assert "coarse_sise" in capsys.readouterr().err
 
 
+def test_select_keeps_the_registry_order_and_adds_each_stages_base():
+    assert registry.select(["coarse"]) == STAGES
+    assert registry.select(["converged", "coarse"]) == STAGES + CONVERGED_STAGES   # registry order, not the argument's
+    assert registry.select(["coarse"], ["dyspn", "control"]) == ("coarse", "control", "dyspn")
+    assert registry.select(["coarse", "converged"], ["converged+cspn"]) == ("converged", "converged+cspn")
+    with pytest.raises(ValueError, match="converged\\+dyspn.*choose among coarse"):   # not in the chosen settings
+        registry.select(["coarse"], ["converged+dyspn"])
+    with pytest.raises(ValueError, match="settings must be among"):
+        registry.select(["coarsest"])
+
+
+def test_quality_benchmark_trains_only_the_stages_asked_for(tmp_path, capsys):
+    """--stages: only those stages and their base net are trained, tabulated and compared; the
+    JSON names them; a stage outside the settings is the command line's error."""
+    import json
+
+    q = _quality_module()
+    assert q.main(["--profile", "smoke", "--seeds", "0", "--settings", "coarse", "--stages", "dyspn",
+                   "--resamples", "100", "--runs-dir", str(tmp_path)]) == 0
+    doc = json.loads((tmp_path / "smoke" / "quality-synthetic-dyspn-seeds0.json").read_text())
+    assert doc["stages"] == ["coarse", "dyspn"]
+    assert [r["stage"] for r in doc["per_seed"]["test"]["0"]] == ["coarse", "dyspn"]
+    assert [(r["after"], r["before"]) for r in doc["bootstrap"]["test"]] == [("dyspn", "coarse")]
+    trained = {re.sub(r"-[0-9a-f]{8}(-predictions)?\.pt$", "", p.name)
+               for p in (tmp_path / "smoke").glob("synthetic-*/seed0/*.pt")}
+    assert trained == {"coarse", "dyspn"}   # no control, CSPN or converged net
+    with pytest.raises(SystemExit):
+        q.main(["--profile", "smoke", "--settings", "converged", "--stages", "dyspn"])
+    assert "no stage 'dyspn'" in capsys.readouterr().err
+
+
 def test_variants_compares_each_stage_under_two_configurations(tmp_path, capsys):
     """benchmarks/variants.py pairs the same stage under the baseline and the variant: only the
     stages the change touches are compared (a refiner setting leaves the base nets and the
@@ -253,6 +285,13 @@ def test_variants_compares_each_stage_under_two_configurations(tmp_path, capsys)
     assert v.main(["--profile", "smoke", "--seeds", "0", "--settings", "coarse", "--variant", "refiner_width=8",
                    "--runs-dir", str(tmp_path)]) == 0
     assert "no stage differs" in capsys.readouterr().out
+    # --stages: only the stages asked for are compared (the others' checkpoints would differ too)
+    only = v.compare({}, {"refiner_width": 4, "guidance_init": "scratch"}, "smoke", None, [0], ["coarse"],
+                     resamples=200, runs_dir=str(tmp_path), stages=["dyspn"])
+    assert list(only["test"]) == ["dyspn"] and only["test"]["dyspn"] == table["test"]["dyspn"]
+    with pytest.raises(SystemExit):
+        v.main(["--profile", "smoke", "--settings", "coarse", "--stages", "dypsn", "--variant", "refiner_width=4"])
+    assert "no stage 'dypsn'" in capsys.readouterr().err
 
 
 def test_refiners_started_from_the_trained_control(smoke_workbook):
