@@ -68,7 +68,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from helpers.config import parse_overrides
-
     from helpers.stages import select
 
     try:
