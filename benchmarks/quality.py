@@ -173,9 +173,12 @@ def main(argv: list[str] | None = None) -> int:
     estimates = [estimate_seconds(wb, converged) for wb in books]
     total = sum(e[s] for e in estimates for s in names)
     per_stage = {s: sum(e[s] for e in estimates) for s in names}
-    print(f"estimated training time: at most about {total / 60:.1f} min for {len(books)} seed(s) "
-          f"({', '.join(f'{s} {v / 60:.1f}' for s, v in per_stage.items())} min; stages already trained load in seconds)",
-          flush=True)
+    if total:
+        print(f"estimated training time: at most about {total / 60:.1f} min for {len(books)} seed(s) "
+              f"({', '.join(f'{s} {v / 60:.1f}' for s, v in per_stage.items())} min; stages already trained load in seconds)",
+              flush=True)
+    else:   # an estimate of "0.0 min" next to minutes of evaluation would read as a bug
+        print(f"every stage is already trained for {len(books)} seed(s): loading and evaluating only", flush=True)
 
     t0 = time.perf_counter()
     per_seed = {split: {} for split in splits}
@@ -206,8 +209,8 @@ def main(argv: list[str] | None = None) -> int:
               f"{args.resamples} resamples of the images]; * = the interval excludes 0")
         print(format_bootstrap(intervals[split]))
     whole_run = time.perf_counter() - started
-    print(f"(training and evaluation took {elapsed / 60:.1f} min, estimated at most {total / 60:.1f} min; "
-          f"the whole run {whole_run / 60:.1f} min)")
+    estimated = f"estimated at most {total / 60:.1f} min of training; " if total else "nothing trained; "
+    print(f"(training and evaluation took {elapsed / 60:.1f} min, {estimated}the whole run {whole_run / 60:.1f} min)")
 
     variant = "".join(f"-{k}={v}" for k, v in overrides.items()) + ("-" + "-".join(args.stages) if args.stages else "")
     seeds = "-seeds" + "-".join(map(str, args.seeds))

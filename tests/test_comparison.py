@@ -258,6 +258,18 @@ def test_quality_benchmark_trains_only_the_stages_asked_for(tmp_path, capsys):
     trained = {re.sub(r"-[0-9a-f]{8}(-predictions)?\.pt$", "", p.name)
                for p in (tmp_path / "smoke").glob("synthetic-*/seed0/*.pt")}
     assert trained == {"coarse", "dyspn"}   # no control, CSPN or converged net
+    first_out = capsys.readouterr().out
+    assert "estimated training time: at most about" in first_out and "nothing trained" not in first_out
+    # the same command again loads both checkpoints: no estimate of "0.0 min", the same figures
+    assert q.main(["--profile", "smoke", "--seeds", "0", "--settings", "coarse", "--stages", "dyspn",
+                   "--resamples", "100", "--runs-dir", str(tmp_path)]) == 0
+    again = capsys.readouterr().out
+    assert "every stage is already trained for 1 seed(s)" in again and "nothing trained; " in again
+    assert "estimated training time" not in again
+    redo = json.loads((tmp_path / "smoke" / "quality-synthetic-dyspn-seeds0.json").read_text())
+    assert redo["estimated_seconds"] == 0
+    assert [{m: r[m] for m in q.METRICS} for r in redo["per_seed"]["test"]["0"]] == \
+        [{m: r[m] for m in q.METRICS} for r in doc["per_seed"]["test"]["0"]]
     with pytest.raises(SystemExit):
         q.main(["--profile", "smoke", "--settings", "converged", "--stages", "dyspn"])
     assert "no stage 'dyspn'" in capsys.readouterr().err
