@@ -10,7 +10,7 @@ import torch
 from . import stages as registry
 from .refiner import CoarseSegmenter, Refiner
 from .batches import make_batches
-from .training import eval_mode, evaluate, make_loader, make_optimiser, train_step
+from .training import epochs_done, eval_mode, evaluate, make_loader, make_optimiser, train_step
 
 
 def synchronise(device: torch.device) -> None:
@@ -78,9 +78,10 @@ def evaluation_seconds(model: torch.nn.Module, dataset, batch_size: int, device,
 
 def estimate_seconds(wb, converged: bool = True) -> dict[str, float]:
     """Seconds each registered stage (of the report's setting, and with ``converged`` of the
-    converged one) will need to train on ``wb``; 0 for a stage whose checkpoint exists (it is
-    loaded); the converged net counted at its cap (an upper bound: early stopping usually ends
-    it sooner). Nothing is trained or saved.
+    converged one) will need to train on ``wb``; 0 for a stage whose finished checkpoint exists
+    (it is loaded), only the epochs left for an interrupted one (it resumes); the converged net
+    counted at its cap (an upper bound: early stopping usually ends it sooner). Nothing is
+    trained or saved.
 
     An epoch is timed in its three real parts: the training steps (a timed step of each kind of
     model on one training batch, times the epoch's images over the batch size), one pass of the
@@ -112,10 +113,12 @@ def estimate_seconds(wb, converged: bool = True) -> dict[str, float]:
         if stage.kind == "filter":   # a grid of 9 filters over validation, the best on test; never saved
             estimate[name] = per_kind[None][1] * (9 + test_share)
             continue
-        if stage.checkpoint(wb).exists():
+        epochs = stage.train_epochs(wb)
+        # an interrupted run resumes where it was saved: only its remaining epochs count
+        left = epochs - epochs_done(stage.checkpoint(wb), epochs)
+        if not left:
             estimate[name] = 0.0
             continue
         step, evaluation = per_kind[(stage.method, stage.start_map(cfg)) if stage.kind == "refiner" else None]
-        epochs = stage.train_epochs(wb)
-        estimate[name] = epochs * (step * steps + loading + evaluation) + evaluation * (1 + test_share)
+        estimate[name] = left * (step * steps + loading + evaluation) + evaluation * (1 + test_share)
     return estimate

@@ -306,6 +306,16 @@ def fit(model: nn.Module, *, train_set: Dataset, val_set: Dataset, epochs: int, 
     return history
 
 
+def epochs_done(checkpoint: str | Path, epochs: int) -> int:
+    """How many of ``epochs`` the run saved at ``checkpoint`` has behind it: all of them once it
+    finished (early stopping included), the saved epoch of an unfinished run (:func:`fit`
+    resumes there), 0 without a file."""
+    if not Path(checkpoint).exists():
+        return 0
+    state = safe_load(checkpoint)
+    return epochs if state.get("finished") else min(epochs, int(state["epoch"]))
+
+
 def load_trained(model: nn.Module, checkpoint: str | Path, spec: dict, epochs: int) -> History | None:
     """Load a finished run of the same spec into ``model``; None if there is none to load."""
     if not Path(checkpoint).exists():

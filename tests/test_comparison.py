@@ -105,6 +105,18 @@ def test_estimates_count_what_training_runs(smoke_workbook, monkeypatch):
         want = epochs * (len(wb.data["train"]) / bs + 10.0 + evaluation) + evaluation * (1 + test_share)
         assert got[name] == pytest.approx(want), name
     assert got["guided-filter"] == pytest.approx(100.0 * (9 + test_share))
+    # an interrupted run counts only the epochs it has left (fit resumes it); a finished one none
+    from helpers.checkpoint import atomic_save
+    stage = registry.get("coarse")
+    epochs, path = stage.train_epochs(wb), stage.checkpoint(wb)
+    assert epochs > 1
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_save({"state_dict": {}, "spec": {}, "epoch": 1, "finished": False}, path)
+    left = (epochs - 1) * (len(wb.data["train"]) / bs + 10.0 + 100.0) + 100.0 * (1 + test_share)
+    assert timing.estimate_seconds(wb, converged=False)["coarse"] == pytest.approx(left)
+    atomic_save({"state_dict": {}, "spec": {}, "epoch": 1, "finished": True}, path)   # early stopping finished it after one epoch
+    assert timing.estimate_seconds(wb, converged=False)["coarse"] == 0
+    path.unlink()
 
 
 def test_equal_compute_control_and_guided_filter_stages(smoke_workbook):
