@@ -232,7 +232,7 @@ def fit(model: nn.Module, *, train_set: Dataset, val_set: Dataset, epochs: int, 
         model.load_state_dict(state["state_dict"])
         history = History.from_dict(state["history"])
         best_state = state.get("best_state_dict")
-        start = epochs if state.get("finished") else int(state["epoch"])
+        start = _epochs_behind(state, epochs)
         if start < epochs and "optimiser" in state:
             optimiser.load_state_dict(state["optimiser"])
             schedule.load_state_dict(state["schedule"])
@@ -306,14 +306,15 @@ def fit(model: nn.Module, *, train_set: Dataset, val_set: Dataset, epochs: int, 
     return history
 
 
-def epochs_done(checkpoint: str | Path, epochs: int) -> int:
-    """How many of ``epochs`` the run saved at ``checkpoint`` has behind it: all of them once it
-    finished (early stopping included), the saved epoch of an unfinished run (:func:`fit`
-    resumes there), 0 without a file."""
-    if not Path(checkpoint).exists():
-        return 0
-    state = safe_load(checkpoint)
+def _epochs_behind(state: dict, epochs: int) -> int:
+    """Of ``epochs``, how many a saved run has behind it: all once it finished (early stopping
+    included), else the saved epoch (where :func:`fit` resumes)."""
     return epochs if state.get("finished") else min(epochs, int(state["epoch"]))
+
+
+def epochs_done(checkpoint: str | Path, epochs: int) -> int:
+    """:func:`_epochs_behind` of the run saved at ``checkpoint``; 0 without a file."""
+    return _epochs_behind(safe_load(checkpoint), epochs) if Path(checkpoint).exists() else 0
 
 
 def load_trained(model: nn.Module, checkpoint: str | Path, spec: dict, epochs: int) -> History | None:
@@ -322,7 +323,7 @@ def load_trained(model: nn.Module, checkpoint: str | Path, spec: dict, epochs: i
         return None
     state = safe_load(checkpoint)
     check_spec(state, spec, checkpoint)
-    if not state.get("finished") and int(state["epoch"]) < epochs:
+    if _epochs_behind(state, epochs) < epochs:
         return None  # unfinished: fit() resumes it
     model.load_state_dict(state["state_dict"])
     return History.from_dict(state["history"])
