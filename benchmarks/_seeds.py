@@ -21,7 +21,7 @@ def seed_parser(doc: str) -> argparse.ArgumentParser:
 def seed_workbooks(parser: argparse.ArgumentParser, args: argparse.Namespace):
     """The workbook of each of ``args.seeds`` in turn (the data source printed for the first);
     a ``--data-root`` without an ``oxford-iiit-pet`` folder is the parser's error, before any work."""
-    from helpers.workflow import open_workbook
+    from helpers.workbook.session import open_workbook
 
     if args.data_root and not (Path(args.data_root).expanduser() / "oxford-iiit-pet").is_dir():
         parser.error(f"--data-root {args.data_root} does not hold an 'oxford-iiit-pet' folder")

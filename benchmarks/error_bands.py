@@ -1,7 +1,7 @@
 """Where each step's wrong pixels lie: binned by a distance, pooled over seeds.
 
 For every stage of both settings this prints the % of all pixels wrong in each distance band
-(:mod:`helpers.error_bands`), pooled over the seeds, per split; then, for the comparisons that
+(:mod:`helpers.analysis.error_bands`), pooled over the seeds, per split; then, for the comparisons that
 decide the claims (a refiner against the no-propagation control, the control and the base net
 trained on against the base net), the difference per band and per seed, so a reader sees in
 which band a gain was made and whether the seeds agree on it. ``--measure boundary`` (the
@@ -46,10 +46,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", help="also write the per-seed rows to this file")
     args = parser.parse_args(argv)
 
-    from helpers.error_bands import band_labels, edges_with, error_bands, format_bands
-    from helpers.propagation import CSPN, DySPN
-    from helpers.stages import SETTINGS
-    from helpers.workflow import run_stage
+    from helpers.analysis.error_bands import band_labels, edges_with, error_bands, format_bands
+    from helpers.models.propagation.propagators import CSPN, DySPN
+    from helpers.workbook.stages import SETTINGS
+    from helpers.workbook.workflow import run_stage
 
     names = [*SETTINGS["coarse"], *SETTINGS["converged"]]
     pooled, per_seed = {}, {}

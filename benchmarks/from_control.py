@@ -5,7 +5,7 @@ The diagnostic `benchmarks/propagate_control.py` found that a trained DySPN's af
 the control's map, but with two guidance U-Nets. This trains the one-network version: a CSPN or
 DySPN refiner whose guidance U-Net and start head are copied from the trained control (its
 affinity and attention channels start at zero, so at step 0 it computes exactly the control's
-map; :func:`helpers.refiner.init_from_refiner`), trained for a refiner's budget with
+map; :func:`helpers.models.guidance.init_from_refiner`), trained for a refiner's budget with
 propagation. Its equal-compute control is the control trained on from its own weights for the
 same budget (``control-longer``): the same network, the same steps, no propagation. For each
 split it prints mIoU / Boundary IoU per seed and the paired per-image bootstrap 95% interval
@@ -38,10 +38,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples of the images")
     args = parser.parse_args(argv)
 
-    from helpers import stages as registry
-    from helpers.checkpoint import atomic_write_text, display_path, file_slug
-    from helpers.statistics import counts_summary, paired_bootstrap
-    from helpers.workflow import refine_stage
+    from helpers.workbook import stages as registry
+    from helpers.core.checkpoint import atomic_write_text, display_path, file_slug
+    from helpers.analysis.statistics import counts_summary, paired_bootstrap
+    from helpers.workbook.workflow import refine_stage
 
     counts: dict = {}          # (split, setting, row) -> one (cms, bcs) per seed
     rows: dict = {}            # setting -> row names in order

@@ -3,13 +3,13 @@
 For the chosen profile's data (``--data-root`` or the default source) on ``--device`` (CUDA where
 there is one), best of ``--repeats``:
 
-* **loading**, one epoch of training batches, as :func:`helpers.training.fit` would get them:
+* **loading**, one epoch of training batches, as :func:`helpers.training.loop.fit` would get them:
   the DataLoader (a torchvision flip and crop per image on the CPU, collated, copied to the
-  device) against :class:`helpers.batches.DeviceBatches` (the split copied to the device once,
+  device) against :class:`helpers.data.batches.DeviceBatches` (the split copied to the device once,
   the batch indexed there and augmented by one ``grid_sample``);
 * **evaluation** of the validation split by a fresh coarse U-Net of the profile: the maps copied
   to the CPU and counted there (``evaluate_probs(predict(...))``, the path before the lean loop)
-  against :func:`helpers.training.evaluate` (the maps stay where they were computed).
+  against :func:`helpers.training.evaluation.evaluate` (the maps stay where they were computed).
 
 Nothing is trained. On the CPU the lean loading path is not what training uses (it is used on
 CUDA only), but it is timed all the same.
@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 def best_seconds(run, repeats: int, device) -> float:
     """The fastest of ``repeats`` timed calls of ``run()`` after one warm-up call."""
-    from helpers.timing import synchronise
+    from helpers.workbook.timing import synchronise
 
     run()
     times = []
@@ -46,10 +46,11 @@ def best_seconds(run, repeats: int, device) -> float:
 def main(argv=None) -> None:
     import torch
 
-    from helpers.batches import DeviceBatches
-    from helpers.refiner import CoarseSegmenter
-    from helpers.training import evaluate, evaluate_probs, make_loader, predict
-    from helpers.workflow import open_workbook
+    from helpers.data.batches import DeviceBatches
+    from helpers.models.coarse import CoarseSegmenter
+    from helpers.data.batches import make_loader
+    from helpers.training.evaluation import evaluate, evaluate_probs, predict
+    from helpers.workbook.session import open_workbook
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--profile", default=None, help="default: WORKBOOK_PROFILE, else cpu / full")

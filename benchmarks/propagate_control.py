@@ -7,7 +7,7 @@ its propagation removes errors next to a right label that the control leaves
 its start map H^0 (corrected by its own guidance net, trained only through the propagated
 maps) and its propagation. For each seed and split it scores the control, the propagator as
 trained, and the propagator's affinities (and DySPN's attention) applied to the control's map
-as H^0 (:meth:`helpers.refiner.Refiner.refine` with ``start=``), with the paired per-image
+as H^0 (:meth:`helpers.models.refiner.Refiner.refine` with ``start=``), with the paired per-image
 bootstrap 95% interval of the gain over the control pooled over seeds.
 
 This is a diagnostic, not a stage: the last row runs two guidance U-Nets (the control's and the
@@ -40,9 +40,9 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from helpers.batches import split_batches
-    from helpers.statistics import counts_summary, image_counts, paired_bootstrap
-    from helpers.workflow import run_stage
+    from helpers.data.batches import split_batches
+    from helpers.analysis.statistics import counts_summary, image_counts, paired_bootstrap
+    from helpers.workbook.workflow import run_stage
 
     counts: dict = {}          # (split, row) -> one (cms, bcs) per seed
     for wb in seed_workbooks(parser, args):

@@ -11,7 +11,7 @@ Forward + backward of T iterations at batch 8, 2 classes, for CSPN (3x3) and DyS
 
 Each measurement runs in a fresh subprocess so that peak memory (CUDA: the allocator's peak;
 CPU: the process's peak resident set above its state after building the inputs) is not polluted
-by the others; each keeps freed memory for reuse as the workbook does (:mod:`helpers.runtime`). Also printed: how close an iteration comes to the memory-bandwidth bound, as its
+by the others; each keeps freed memory for reuse as the workbook does (:mod:`helpers.core.runtime`). Also printed: how close an iteration comes to the memory-bandwidth bound, as its
 time over the time of one plain copy of the bytes it must at least move (read H^t, H^0 and the
 affinities, write H^{t+1}), and each implementation's speed-up over the grouped convolution.
 
@@ -23,7 +23,7 @@ affinities, write H^{t+1}), and each implementation's speed-up over the grouped 
 AdamW; the models of ``--profile``: ``cpu`` at 128 px on the CPU, ``full`` at 256 px with bf16
 autocast on CUDA; batch 16 unless ``--batch`` / ``--sizes`` say otherwise), for the
 no-propagation control, CSPN and DySPN, each in its own process; on the CPU each with glibc's
-default allocator and with :func:`helpers.runtime.keep_freed_memory` (which the workbook uses):
+default allocator and with :func:`helpers.core.runtime.keep_freed_memory` (which the workbook uses):
 the DySPN / CSPN ratio and what keeping freed memory buys, side by side.
 
     python benchmarks/propagation.py --training
@@ -45,9 +45,9 @@ def problem(method: str, impl: str, size: int, batch: int, iterations: int, devi
     backward of ``impl``; returns (forward, step, sync, inputs with gradients, K)."""
     import torch
 
-    from helpers.propagation import CSPN, DySPN
-    from helpers.propagation_reference import reference_cspn, reference_dyspn
-    from helpers.runtime import keep_freed_memory
+    from helpers.models.propagation.propagators import CSPN, DySPN
+    from helpers.models.propagation.reference import reference_cspn, reference_dyspn
+    from helpers.core.runtime import keep_freed_memory
 
     keep_freed_memory()   # as the workbook runs, for every implementation alike
     torch.manual_seed(0)
@@ -130,10 +130,11 @@ def measure_training(method: str, allocator: str, size: int, batch: int, repeats
     """Seconds of one refiner training step (best of ``repeats`` after a warm-up), a child process."""
     import torch
 
-    from helpers.config import profile_config
-    from helpers.refiner import CoarseSegmenter, Refiner
-    from helpers.runtime import keep_freed_memory
-    from helpers.timing import step_seconds
+    from helpers.core.config import profile_config
+    from helpers.models.coarse import CoarseSegmenter
+    from helpers.models.refiner import Refiner
+    from helpers.core.runtime import keep_freed_memory
+    from helpers.workbook.timing import step_seconds
 
     applied = keep_freed_memory() if allocator == "keep" else False
     torch.manual_seed(0)
@@ -210,7 +211,7 @@ def grouped_neighbours(x, kernel):
     import torch
     import torch.nn.functional as F
 
-    from helpers.propagation import window_offsets, window_reach
+    from helpers.models.propagation.geometry import window_offsets, window_reach
 
     B, C, H, W = x.shape
     r = window_reach(kernel)

@@ -87,8 +87,8 @@ def comparisons(stages: list[str]) -> list[tuple[str, str]]:
     """(after, before) pairs whose gain decides a claim: every stage over its base net; each
     refiner over its setting's no-propagation control and over the base net trained on; DySPN
     over CSPN."""
-    from helpers.results import base_of
-    from helpers.stages import stage_name
+    from helpers.workbook.results import base_of
+    from helpers.workbook.stages import stage_name
 
     pairs = [(s, base_of(s)) for s in stages if s != base_of(s)]
     for base in dict.fromkeys(base_of(s) for s in stages):
@@ -105,7 +105,7 @@ def comparisons(stages: list[str]) -> list[tuple[str, str]]:
 def bootstrap_table(counts: dict[int, dict[str, tuple]], stages: list[str], resamples: int = 2000) -> list[dict]:
     """Paired bootstrap of every gain of :func:`comparisons`; ``counts[seed][stage]`` holds the
     per-image counts (``StageResult.val_counts`` / ``test_counts``) of one split."""
-    from helpers.statistics import paired_bootstrap
+    from helpers.analysis.statistics import paired_bootstrap
 
     seeds = list(counts)
     rows = []
@@ -142,12 +142,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     started = time.perf_counter()   # the whole run: data decoding, the estimate, training, evaluation
 
-    from helpers.checkpoint import atomic_write_text, display_path, file_slug
-    from helpers.config import parse_overrides
-    from helpers.results import comparison_rows
-    from helpers.stages import select
-    from helpers.timing import estimate_seconds
-    from helpers.workflow import all_stages, open_workbook
+    from helpers.core.checkpoint import atomic_write_text, display_path, file_slug
+    from helpers.core.config import parse_overrides
+    from helpers.workbook.results import comparison_rows
+    from helpers.workbook.stages import select
+    from helpers.workbook.timing import estimate_seconds
+    from helpers.workbook.session import open_workbook
+    from helpers.workbook.workflow import all_stages
 
     if args.data_root and not (Path(args.data_root).expanduser() / "oxford-iiit-pet").is_dir():
         parser.error(f"--data-root {args.data_root} does not hold an 'oxford-iiit-pet' folder")

@@ -1,6 +1,6 @@
 """Tuning variants of the quality benchmark, several seeds each, run as parallel processes.
 
-Each variant is a list of ``FIELD=VALUE`` overrides of :class:`helpers.config.Config` (one
+Each variant is a list of ``FIELD=VALUE`` overrides of :class:`helpers.core.config.Config` (one
 string per variant, fields separated by spaces). On a machine with many cores and a GPU the
 seeds and variants train side by side, one process each (one torch thread per process, so they
 do not fight for cores); on the 2-core CPU machine use ``--jobs 1``.
@@ -26,7 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-# the fields that decide the coarse and converged U-Nets (see helpers.stages.Stage.spec)
+# the fields that decide the coarse and converged U-Nets (see helpers.workbook.stages.Stage.spec)
 BASE_FIELDS = {"image_size", "coarse_size", "coarse_width", "coarse_depth", "coarse_epochs", "coarse_lr",
                "coarse_min_steps", "batch_size", "val_fraction", "max_train", "max_eval", "augment",
                "converged_max_epochs", "converged_patience", "weight_decay"}
@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     sys.path.insert(0, str(ROOT))   # the workbook, installed or not
-    from helpers.checkpoint import file_slug
+    from helpers.core.checkpoint import file_slug
 
     logs = ROOT / "runs" / args.profile / "sweep-logs"
     logs.mkdir(parents=True, exist_ok=True)

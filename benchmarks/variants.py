@@ -29,10 +29,11 @@ def compare(baseline: dict, variant: dict, profile: str | None, data_root: str |
     """{split: {stage: paired_bootstrap of the variant's stage over the baseline's}} for every
     stage whose checkpoint differs between the two configurations (the same checkpoint is the
     same stage: its name holds a hash of everything that defines it); with ``stages``, only
-    those (and their base nets) are loaded or trained (:func:`helpers.stages.select`)."""
-    from helpers import stages as registry
-    from helpers.statistics import paired_bootstrap
-    from helpers.workflow import all_stages, open_workbook
+    those (and their base nets) are loaded or trained (:func:`helpers.workbook.stages.select`)."""
+    from helpers.workbook import stages as registry
+    from helpers.analysis.statistics import paired_bootstrap
+    from helpers.workbook.session import open_workbook
+    from helpers.workbook.workflow import all_stages
 
     names = registry.select(settings, stages)
     folders = {"runs_dir": Path(runs_dir)} if runs_dir else {}
@@ -67,8 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs-dir", help="where the checkpoints are (default: the repository's runs/)")
     args = parser.parse_args(argv)
 
-    from helpers.config import parse_overrides
-    from helpers.stages import select
+    from helpers.core.config import parse_overrides
+    from helpers.workbook.stages import select
 
     try:
         baseline, variant = parse_overrides(args.baseline), parse_overrides(args.variant)

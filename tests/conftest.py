@@ -1,7 +1,7 @@
 """Fixtures shared by the unit tests (the smoke profile itself is set by the root conftest)."""
 import pytest
 
-from helpers.synthetic import write_synthetic_dataset
+from helpers.data.synthetic import write_synthetic_dataset
 
 
 @pytest.fixture(scope="session")
@@ -16,6 +16,6 @@ def pets(tmp_path_factory):
 @pytest.fixture
 def folders(tmp_path, monkeypatch):
     """Where a test's runs and decoded data go (never the repository's ``runs/`` and ``data/``),
-    as :func:`helpers.workflow.open_workbook` takes them; no PETS_ROOT from the user's shell."""
+    as :func:`helpers.workbook.session.open_workbook` takes them; no PETS_ROOT from the user's shell."""
     monkeypatch.delenv("PETS_ROOT", raising=False)
     return {"runs_dir": tmp_path / "runs", "data_dir": tmp_path / "data"}

@@ -12,9 +12,10 @@ import nbformat
 import pytest
 import torch
 
-from helpers import assignment, exercises
-from helpers.assignment import AssignmentError, fill_back, find_regions, make_student_edition, strip_solutions
-from helpers.exercises import EXERCISES
+from helpers.course import checking, edition, grading, notebook
+from helpers.course.compare import rel_error
+from helpers.course.edition import AssignmentError, fill_back, find_regions, make_student_edition, strip_solutions
+from helpers.course.catalogue import EXERCISES
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -41,17 +42,17 @@ def _by_key(results) -> dict:
 
 # ------------------------------------------------------------------------------ the markers
 def test_every_exercise_has_a_region_and_the_solution_passes_every_check():
-    files = assignment.exercise_files(ROOT)
+    files = edition.exercise_files(ROOT)
     assert set(files) == {e.key for e in EXERCISES}
-    results = exercises.run_checks()
+    results = checking.run_checks()
     assert [r.key for r in results if not r.passed] == [], [r.message for r in results if not r.passed]
     assert sum(r.points for r in results) == sum(e.points for e in EXERCISES) == 100
 
 
 def test_references_are_those_of_the_current_solution(tmp_path):
     """`python -m helpers references` would write what is committed (else a check tests stale outputs)."""
-    fresh = exercises.load_references(exercises.make_references(path=tmp_path / "refs.pt"))
-    committed = exercises.load_references()
+    fresh = checking.load_references(checking.make_references(path=tmp_path / "refs.pt"))
+    committed = checking.load_references()
 
     def compare(a, b, where):
         if isinstance(a, dict):
@@ -60,7 +61,7 @@ def test_references_are_those_of_the_current_solution(tmp_path):
                 compare(a[k], b[k], f"{where}/{k}")
         else:
             assert a.dtype == b.dtype and a.shape == b.shape, where
-            assert exercises.rel_error(a, b) < 1e-5, where
+            assert rel_error(a, b) < 1e-5, where
 
     compare(fresh, committed, "references")
 
@@ -86,7 +87,7 @@ def test_a_stub_keeps_the_markers_and_indentation_and_raises_the_exercise_messag
     namespace = {}
     exec(compile(stub, "stub", "exec"), namespace)
     with pytest.raises(NotImplementedError, match=r"^Exercise 5 \(CSPN step\): not done yet: write it in "
-                                                  r"helpers/propagation.py, CSPN.step. Hint: "):
+                                                  r"helpers/models/propagation/propagators.py, CSPN.step. Hint: "):
         namespace["f"](1)
     assert fill_back(stub, text) == text
 
@@ -94,7 +95,7 @@ def test_a_stub_keeps_the_markers_and_indentation_and_raises_the_exercise_messag
 # ------------------------------------------------------------------------------ the student edition
 def test_student_edition_strips_every_solution_and_clears_outputs(student):
     assert (student / "ASSIGNMENT.md").read_text().count("| ") >= 7 * 5
-    for key, files in assignment.exercise_files(ROOT).items():
+    for key, files in edition.exercise_files(ROOT).items():
         for path in files:
             mine = (student / path.relative_to(ROOT)).read_text(encoding="utf-8")
             solution = path.read_text(encoding="utf-8")
@@ -128,7 +129,7 @@ def test_student_edition_refuses_a_folder_that_is_not_empty(tmp_path):
 def test_filling_the_regions_back_gives_the_solution_byte_for_byte(student, tmp_path):
     filled = _fill(student, tmp_path / "filled")
     for path in (ROOT / "helpers").rglob("*.py"):
-        if path.relative_to(ROOT).as_posix() in assignment.STUDENT_SETTINGS:
+        if path.relative_to(ROOT).as_posix() in edition.STUDENT_SETTINGS:
             continue
         assert (filled / path.relative_to(ROOT)).read_bytes() == path.read_bytes(), path.name
 
@@ -136,13 +137,13 @@ def test_filling_the_regions_back_gives_the_solution_byte_for_byte(student, tmp_
 def test_the_student_edition_trains_with_the_students_propagation_step(student):
     """On a GPU the solution's fused kernels would run instead of the student's step: the student
     edition's default is the PyTorch path, which calls CSPN.step and DySPN.step."""
-    config = (student / "helpers" / "config.py").read_text()
+    config = (student / "helpers" / "core" / "config.py").read_text()
     assert 'propagation_backend: str = "torch"' in config and 'propagation_backend: str = "auto"' not in config
 
 
 # ------------------------------------------------------------------------------ grading
 def test_the_student_edition_fails_exactly_the_exercise_checks_each_named(student):
-    results = assignment.grade_one(student, timeout=300)
+    results = grading.grade_one(student, timeout=300)
     assert [r.key for r in results] == [e.key for e in EXERCISES]
     for r, e in zip(results, EXERCISES):
         assert not r.passed and r.points == 0 and r.max_points == e.points
@@ -153,32 +154,32 @@ def test_the_student_edition_fails_exactly_the_exercise_checks_each_named(studen
 def test_filled_back_submission_gets_full_marks_and_partial_ones_only_their_exercises(student, tmp_path):
     _fill(student, tmp_path / "subs" / "alice")
     _fill(student, tmp_path / "subs" / "bob", keys={"cspn-step", "boundary-band", "refiner-loss"})
-    doc = assignment.grade(tmp_path / "subs", timeout=300)
+    doc = grading.grade(tmp_path / "subs", timeout=300)
     subs = {s["name"]: s for s in doc["submissions"]}
     assert subs["alice"]["score"] == subs["alice"]["max_score"] == 100
     bob = _by_key(subs["bob"]["exercises"])
     assert {k for k, r in bob.items() if r["passed"]} == {"cspn-step", "boundary-band", "refiner-loss"}
     assert subs["bob"]["score"] == 15 + 10 + 15
-    table = assignment.format_grades(doc)
+    table = grading.format_grades(doc)
     assert "alice: 100 / 100 points" in table and "bob: 40 / 100 points" in table
 
 
 def test_a_wrong_solution_fails_its_check_with_what_differs(student, tmp_path):
     sub = _fill(student, tmp_path / "wrong")
-    prop = sub / "helpers" / "propagation.py"
+    prop = sub / "helpers" / "models" / "propagation" / "propagators.py"
     text = prop.read_text()
     # CSPN step without the neighbour sum; DySPN normalised without the pixel's own attention
     text = text.replace("return base + ring_sums(d, kappa, self.kernel)[:, 0]", "return base + 0 * d")
     text = text.replace("G = (p[:, :self.rings] * A).sum(1, keepdim=True) + p[:, self.rings:] + EPS",
                         "G = (p[:, :self.rings] * A).sum(1, keepdim=True) + EPS")
-    refiner = sub / "helpers" / "refiner.py"
+    refiner = sub / "helpers" / "models" / "refiner.py"
     # the coarse net left in train mode: its BatchNorm statistics would drift
     refiner.write_text(refiner.read_text().replace("        self.coarse.eval()  # frozen", "        pass  # frozen"))
-    metrics = sub / "helpers" / "metrics.py"
+    metrics = sub / "helpers" / "analysis" / "metrics.py"
     # IoU without subtracting the intersection from the union
     metrics.write_text(metrics.read_text().replace("union = cm.sum(0) + cm.sum(1) - tp", "union = cm.sum(0) + cm.sum(1)"))
     prop.write_text(text)
-    results = _by_key(assignment.grade_one(sub, timeout=300))
+    results = _by_key(grading.grade_one(sub, timeout=300))
     assert not results["cspn-step"].passed and "D^1..D^3 of three steps differs" in results["cspn-step"].message
     assert not results["dyspn-step"].passed and "differs from the reference" in results["dyspn-step"].message
     assert not results["refiner-loss"].passed and "coarse net must be in eval mode" in results["refiner-loss"].message
@@ -188,17 +189,18 @@ def test_a_wrong_solution_fails_its_check_with_what_differs(student, tmp_path):
 
 def test_a_gradient_broken_by_detach_fails_gradcheck(student, tmp_path):
     sub = _fill(student, tmp_path / "detached")
-    prop = sub / "helpers" / "propagation.py"
+    prop = sub / "helpers" / "models" / "propagation" / "propagators.py"
     prop.write_text(prop.read_text().replace("return base + ring_sums(d, kappa, self.kernel)[:, 0]",
                                              "return base + ring_sums(d.detach(), kappa, self.kernel)[:, 0]"))
-    result = _by_key(assignment.grade_one(sub, timeout=300))["cspn-step"]
+    result = _by_key(grading.grade_one(sub, timeout=300))["cspn-step"]
     assert not result.passed and "the gradient of" in result.message and "differs" in result.message
     # in a notebook the same bug also fails the finite-difference gradcheck
-    from helpers.exercises import _gradcheck_cspn, _Mismatch
+    from helpers.course.checking import _gradcheck_cspn
+    from helpers.course.compare import Mismatch as _Mismatch
     from types import SimpleNamespace
     import importlib.util
     import sys
-    spec = importlib.util.spec_from_file_location("helpers.detached_propagation", prop)
+    spec = importlib.util.spec_from_file_location("helpers.models.propagation.detached", prop)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module   # its dataclasses look their module up
     try:
@@ -213,24 +215,24 @@ def test_grading_stops_a_submission_that_never_finishes(student, tmp_path):
     sub = _fill(student, tmp_path / "loop")
     init = sub / "helpers" / "__init__.py"
     init.write_text(init.read_text() + "\nwhile True:\n    pass\n")
-    results = assignment.grade_one(sub, timeout=3)
+    results = grading.grade_one(sub, timeout=3)
     assert all(not r.passed and "did not finish within 3 s" in r.message for r in results)
 
 
 def test_grade_refuses_a_folder_without_submissions(tmp_path):
     with pytest.raises(AssignmentError, match="holds no submission"):
-        assignment.grade(tmp_path)
+        grading.grade(tmp_path)
 
 
 def test_the_grader_uses_its_own_checks_not_the_submissions(student, tmp_path):
     """A submission that edits its copy of the checks to always pass still gets no points."""
     sub = shutil.copytree(student, tmp_path / "cheat")
-    ex = sub / "helpers" / "exercises.py"
+    ex = sub / "helpers" / "course" / "checking.py"
     ex.write_text(ex.read_text().replace("def check_one(", "def _real_check_one(") + (
         "\n\ndef check_one(key, pkg=None, refs=None):\n"
         "    e = lookup(key)\n"
         "    return Result(e.key, e.number, e.title, e.points, e.points, True, 'passed')\n"))
-    assert all(not r.passed for r in assignment.grade_one(sub, timeout=300))
+    assert all(not r.passed for r in grading.grade_one(sub, timeout=300))
 
 
 # ------------------------------------------------------------------------------ in a notebook
@@ -248,7 +250,7 @@ def test_a_failing_check_cell_is_one_line_and_later_cells_repeat_it(student):
     for i in (1, 2, 3):
         assert len(errors[i]) == 1 and len(errors[i][0]["traceback"]) == 1, errors[i]
     assert errors[1][0]["ename"] == "ExerciseFailed"
-    assert errors[1][0]["evalue"].startswith("Exercise 5 (CSPN step) is not done yet: write it in helpers/propagation.py")
+    assert errors[1][0]["evalue"].startswith("Exercise 5 (CSPN step) is not done yet: write it in helpers/models/propagation/propagators.py")
     assert errors[2][0]["evalue"] == errors[1][0]["evalue"]
     assert errors[3][0]["ename"] == "NameError"
     assert errors[3][0]["traceback"][0].endswith("because an earlier cell stopped: " + errors[1][0]["evalue"])
@@ -259,7 +261,7 @@ def test_check_prints_the_relative_error_and_leaves_the_random_state_alone(capsy
     torch.manual_seed(123)
     expected = torch.rand(3)
     torch.manual_seed(123)
-    result = exercises.check("dyspn-step")
+    result = notebook.check("dyspn-step")
     assert result.passed and torch.equal(torch.rand(3), expected)
     out = capsys.readouterr().out
     assert out.startswith("Exercise 7 (DySPN ring attention and step): passed") and "relative error" in out \
@@ -274,11 +276,11 @@ def test_a_submission_cannot_forge_its_grade(student, tmp_path):
     init = sub / "helpers" / "__init__.py"
     init.write_text(init.read_text() + (
         "\nimport sys as _sys, torch as _torch\nfrom pathlib import Path as _Path\n"
-        "_grader = _sys.modules.get('workbook_grader')\n"
+        "_grader = _sys.modules.get('workbook_grader.worker')\n"
         "if _grader is not None:\n"
-        "    _refs = _torch.load(_Path(__file__).parent / 'exercise_data' / 'references.pt', weights_only=True)\n"
+        "    _refs = _torch.load(_Path(__file__).parent / 'course' / 'references.pt', weights_only=True)\n"
         "    _grader.attempt = lambda key, pkg, inputs: (_refs[key]['outputs'], None)\n"))
-    results = assignment.grade_one(sub, timeout=300)
+    results = grading.grade_one(sub, timeout=300)
     assert sum(r.points for r in results) == 0
     assert all("differs from the reference" in r.message for r in results if r.key != "refiner-loss")
 
@@ -287,8 +289,8 @@ def test_a_missing_file_is_not_graded_with_the_installed_solution(student, tmp_p
     """The workbook is installed (editable) on the grader's machine: a submission without
     helpers/metrics.py must not be given the instructor's copy of it."""
     sub = _fill(student, tmp_path / "incomplete")
-    (sub / "helpers" / "metrics.py").unlink()
-    results = assignment.grade_one(sub, timeout=300)
+    (sub / "helpers" / "analysis" / "metrics.py").unlink()
+    results = grading.grade_one(sub, timeout=300)
     assert sum(r.points for r in results) == 0
     assert all("does not import" in r.message or "missing from the submission" in r.message for r in results)
 

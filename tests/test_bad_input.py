@@ -18,18 +18,22 @@ import torch
 from nbformat.v4 import new_code_cell, new_notebook
 from PIL import Image
 
-import helpers.data as data
-import helpers.results as results
-import helpers.runner as runner
-import helpers.stages as stages
-import helpers.workflow as workflow
-from helpers.checkpoint import CheckpointError, atomic_write_text, safe_load
-from helpers.config import load_config, profile_config
-from helpers.data import DataError, build_datasets, read_split_ids, resolve_source
-from helpers.propagation import CSPN, DySPN
-from helpers.selfcheck import check_improves, check_learned
-from helpers.training import TrainingDiverged, fit
-from helpers.unet import UNet
+from helpers.data.decoding import load_rgb
+from helpers.data.sources import DataSource
+from helpers.workbook import results
+import helpers.cli.run as runner
+from helpers.cli.main import main as run_main
+from helpers.workbook import stages
+from helpers.workbook import session, workflow
+from helpers.core.checkpoint import CheckpointError, atomic_write_text, safe_load
+from helpers.core.config import load_config, profile_config
+from helpers.data.dataset import build_datasets
+from helpers.data.decoding import read_split_ids
+from helpers.data.sources import DataError, resolve_source
+from helpers.models.propagation.propagators import CSPN, DySPN
+from helpers.analysis.selfcheck import check_improves, check_learned
+from helpers.training.loop import TrainingDiverged, fit
+from helpers.models.unet import UNet
 from tests.toys import toy_data
 
 REPO = Path(__file__).resolve().parent.parent
@@ -42,7 +46,7 @@ def isolated(tmp_path, folders):
 
 
 def _open(isolated, **kwargs):
-    return workflow.open_workbook("smoke", verbose=False, runs_dir=isolated / "runs", data_dir=isolated / "data", **kwargs)
+    return session.open_workbook("smoke", verbose=False, runs_dir=isolated / "runs", data_dir=isolated / "data", **kwargs)
 
 
 def _datasets(isolated, cfg, source):
@@ -82,7 +86,7 @@ def test_same_folder_name_different_data_never_share_models(pets, isolated):
 def test_rewritten_files_are_decoded_again(pets, isolated):
     root = _copy(pets, isolated / "D")
     cfg = profile_config("smoke")
-    source = data.DataSource("root", root)
+    source = DataSource("root", root)
     before = _datasets(isolated, cfg, source)
     _swap_classes(root)
     after = _datasets(isolated, cfg, source)
@@ -109,7 +113,7 @@ def test_test_images_inside_trainval_are_refused_unless_allowed(pets, isolated):
     ann = root / "oxford-iiit-pet" / "annotations"
     test_lines = (ann / "test.txt").read_text().splitlines()
     (ann / "trainval.txt").write_text((ann / "trainval.txt").read_text() + "\n".join(test_lines[:2]) + "\n")
-    source = data.DataSource("root", root)
+    source = DataSource("root", root)
     with pytest.raises(DataError, match=r"2 image\(s\) are listed in both .*allow_split_overlap"):
         _datasets(isolated, profile_config("smoke"), source)
     ds = _datasets(isolated, profile_config("smoke", allow_split_overlap=True), source)
@@ -187,7 +191,7 @@ def test_empty_pets_root_is_an_error_not_the_synthetic_data(isolated, monkeypatc
         resolve_source(load_config("smoke"), verbose=False, data_dir=isolated / "data")
     assert not (isolated / "data").exists()            # nothing generated in its place
     with pytest.raises(SystemExit) as exit_:
-        runner.main(["run", "--data-root", ""])
+        run_main(["run", "--data-root", ""])
     # refused for being empty (read as "." it would fail later, for another reason)
     assert exit_.value.code == 2 and "--data-root is set but empty" in capsys.readouterr().err
 
@@ -208,7 +212,7 @@ def test_only_matching_nothing_is_an_error(tmp_path, monkeypatch, capsys):
     (tmp_path / "00_a.ipynb").write_text("{}")
     monkeypatch.setattr(runner, "NOTEBOOK_DIR", tmp_path)
     with pytest.raises(SystemExit) as exc:
-        runner.main(["run", "--profile", "smoke", "--only", "99"])
+        run_main(["run", "--profile", "smoke", "--only", "99"])
     assert exc.value.code == 2 and "--only 99 matches no notebook; the notebooks are 00_a" in capsys.readouterr().err
 
 
@@ -241,7 +245,7 @@ def test_bad_profile_or_seed_stop_before_any_notebook(tmp_path, monkeypatch, cap
     for k, v in env.items():
         monkeypatch.setenv(k, v)
     with pytest.raises(SystemExit):
-        runner.main(["run"])
+        run_main(["run"])
     assert message in capsys.readouterr().err and not (tmp_path / "runs").exists()
 
 
@@ -257,7 +261,7 @@ def test_full_profile_on_a_cpu_warns_with_an_estimate(tmp_path, monkeypatch, cap
     monkeypatch.setattr(runner, "REPO_ROOT", tmp_path)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(runner, "estimate_cpu_hours", lambda profile: 42.0)
-    assert runner.main(["run", "--profile", "full"]) == 0
+    assert run_main(["run", "--profile", "full"]) == 0
     assert "the full profile would take about 42 hours on this CPU" in capsys.readouterr().out
 
 
@@ -267,7 +271,7 @@ def test_the_cpu_estimate_counts_real_training_steps(monkeypatch):
     24 training images at batch 4 are 12 two-image steps per epoch; the coarse U-Net trains 4
     epochs, and its 1 more epoch (the coarse net trained on) plus the 3 refiners 1 epoch each:
     (4 + 1 + 3) x 12 = 96 s."""
-    from helpers import timing
+    from helpers.workbook import timing
 
     monkeypatch.setattr(timing, "step_seconds", lambda model, images, targets: 1.0)
     assert runner.estimate_cpu_hours("smoke") * 3600 == pytest.approx(96.0)
@@ -296,7 +300,7 @@ def test_the_error_message_keeps_the_file_name_and_never_suggests_unsafe_loading
         safe_load(bad)
     assert "weights_only" not in str(exc.value)
     # inside a notebook: the runner reports the error's own message, in full, without torch's hint
-    _nb(tmp_path / "01_ckpt.ipynb", f"import sys\nsys.path.insert(0, {str(REPO)!r})\nfrom helpers.checkpoint import safe_load\n"
+    _nb(tmp_path / "01_ckpt.ipynb", f"import sys\nsys.path.insert(0, {str(REPO)!r})\nfrom helpers.core.checkpoint import safe_load\n"
         f"safe_load({str(bad)!r})")
     with pytest.raises(runner.NotebookFailed) as exc:
         runner.run_notebook(tmp_path / "01_ckpt.ipynb", tmp_path / "out", timeout_s=120)
@@ -331,9 +335,9 @@ def test_sigterm_and_ctrl_c_stop_the_runner_cleanly(tmp_path, sig):
     nbs = tmp_path / "notebooks"
     nbs.mkdir()
     _nb(nbs / "00_wait.ipynb", "import time\ntime.sleep(60)")
-    script = ("import sys, helpers.runner as r; from pathlib import Path\n"
+    script = ("import sys, helpers.cli.run as r; from helpers.cli.main import main; from pathlib import Path\n"
               f"r.NOTEBOOK_DIR = Path({str(nbs)!r}); r.REPO_ROOT = Path({str(tmp_path)!r})\n"
-              "sys.exit(r.main(['run', '--profile', 'smoke']))")
+              "sys.exit(main(['run', '--profile', 'smoke']))")
     proc = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
     deadline = time.time() + 60
@@ -354,7 +358,7 @@ def test_list_file_with_a_byte_order_mark(pets, isolated):
     path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
     ids = read_split_ids(root, "test.txt")
     assert len(ids) == 4 and not ids[0].startswith("\ufeff")
-    assert len(_datasets(isolated, profile_config("smoke"), data.DataSource("root", root))["test"]) == 4
+    assert len(_datasets(isolated, profile_config("smoke"), DataSource("root", root))["test"]) == 4
 
 
 def test_an_oversized_image_names_the_file(pets, isolated, monkeypatch):
@@ -364,14 +368,14 @@ def test_an_oversized_image_names_the_file(pets, isolated, monkeypatch):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         with pytest.raises(DataError, match=rf"too large to decode safely: .*{image_id}.jpg"):
-            data.load_rgb(root / "oxford-iiit-pet" / "images" / f"{image_id}.jpg")
+            load_rgb(root / "oxford-iiit-pet" / "images" / f"{image_id}.jpg")
 
 
 def test_an_empty_list_file_says_so(pets, isolated):
     root = _copy(pets, isolated / "I")
     (root / "oxford-iiit-pet" / "annotations" / "test.txt").write_text("# no images yet\n")
     with pytest.raises(DataError, match=r"test.txt lists no images"):
-        _datasets(isolated, profile_config("smoke"), data.DataSource("root", root))
+        _datasets(isolated, profile_config("smoke"), DataSource("root", root))
 
 
 # ------------------------------------------------------------------ 13: concurrent writers
@@ -397,7 +401,7 @@ def test_concurrent_atomic_writes_never_collide(tmp_path):
 def test_concurrent_results_updates_keep_every_stage(pets, isolated):
     """Two processes recording different stages into one results.json: none is lost."""
     root = _copy(pets, isolated / "J")
-    script = ("import sys, helpers.workflow as w, helpers.results as r\n"
+    script = ("import sys, helpers.workbook.session as w, helpers.workbook.results as r\n"
               "from types import SimpleNamespace as N\n"
               f"wb = w.open_workbook('smoke', data_root={str(root)!r}, verbose=False, "
               f"runs_dir={str(isolated / 'runs')!r}, data_dir={str(isolated / 'data')!r})\n"

@@ -3,12 +3,14 @@ the batched flip-and-crop, evaluation without copies, and the thread cap."""
 import pytest
 import torch
 
-from helpers.batches import DeviceBatches, crop_boxes, flip_and_crop, make_batches, split_batches
-from helpers.checkpoint import safe_load
-from helpers.data import CROP_RATIO, CROP_SCALE, train_transforms
-from helpers.refiner import CoarseSegmenter
-from helpers.runtime import limit_cpu_threads
-from helpers.training import evaluate, evaluate_probs, fit, make_loader, predict
+from helpers.data.batches import DeviceBatches, crop_boxes, flip_and_crop, make_batches, split_batches
+from helpers.core.checkpoint import safe_load
+from helpers.data.dataset import CROP_RATIO, CROP_SCALE, train_transforms
+from helpers.models.coarse import CoarseSegmenter
+from helpers.core.runtime import limit_cpu_threads
+from helpers.data.batches import make_loader
+from helpers.training.evaluation import evaluate, evaluate_probs, predict
+from helpers.training.loop import fit
 from toys import toy_data
 
 
@@ -116,7 +118,7 @@ def test_evaluate_on_the_device_equals_the_metrics_of_the_predictions():
 def test_training_from_device_batches_learns_and_resumes_exactly(tmp_path, monkeypatch):
     """Interrupted in epoch 2 of 3 and resumed: the same history and weights as a run that was
     not, so the device batches' random state travels in the checkpoint."""
-    import helpers.training as tr
+    import helpers.training.loop as tr
 
     train, val = toy_data(), toy_data(6, seed=1)
     train.transforms = train_transforms(24)

@@ -1,4 +1,4 @@
-"""The first cell of every notebook and ``helpers.colab.setup``: a no-op here, the few steps
+"""The first cell of every notebook and ``helpers.cli.colab.setup``: a no-op here, the few steps
 Colab needs there (driven with a stand-in ``google.colab`` module)."""
 import shutil
 import subprocess

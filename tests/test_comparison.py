@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import stages as registry
-from helpers.propagation import DySPN
-from helpers.refiner import Refiner
-from helpers.timing import estimate_seconds, seconds_per_image
-from helpers.training import evaluate_probs, iteration_sweep, predict
+from helpers.workbook import stages as registry
+from helpers.models.propagation.propagators import DySPN
+from helpers.models.refiner import Refiner
+from helpers.workbook.timing import estimate_seconds, seconds_per_image
+from helpers.training.evaluation import evaluate_probs, iteration_sweep, predict
 
 STAGES, CONVERGED_STAGES = registry.SETTINGS["coarse"], registry.SETTINGS["converged"]
 from toys import toy_data as squares
@@ -33,7 +33,7 @@ class BlurryCoarse(torch.nn.Module):
 def perturbed_refiner(method, seed=0):
     torch.manual_seed(seed)
     coarse = BlurryCoarse()
-    model = Refiner(coarse, method, width=4, depth=2, iterations=3)
+    model = Refiner(coarse, method=method, width=4, depth=2, iterations=3)
     with torch.no_grad():   # leave the zero initialisation, so that propagation really acts
         for p in model.guidance.parameters():
             p.add_(0.5 * torch.randn_like(p))
@@ -80,9 +80,9 @@ def test_seconds_per_image_restores_train_mode():
 
 @pytest.fixture
 def smoke_workbook(folders):
-    import helpers.workflow as workflow
+    from helpers.workbook import session, workflow
 
-    return workflow.open_workbook("smoke", seed=0, verbose=False, **folders)
+    return session.open_workbook("smoke", seed=0, verbose=False, **folders)
 
 
 def test_estimates_count_what_training_runs(smoke_workbook, monkeypatch):
@@ -90,8 +90,8 @@ def test_estimates_count_what_training_runs(smoke_workbook, monkeypatch):
     validation split at 100 s (1000 s for a refiner), a stage's estimate is, per epoch, its
     full-batch steps, one loading pass and one evaluation, plus validation and test evaluated
     once at the end (not the test split every epoch); the guided filter evaluates a grid of 9."""
-    from helpers import timing
-    from helpers.refiner import Refiner
+    from helpers.workbook import timing
+    from helpers.models.refiner import Refiner
 
     wb = smoke_workbook
     monkeypatch.setattr(timing, "step_seconds", lambda *args, **kwargs: 1.0)
@@ -106,7 +106,7 @@ def test_estimates_count_what_training_runs(smoke_workbook, monkeypatch):
         assert got[name] == pytest.approx(want), name
     assert got["guided-filter"] == pytest.approx(100.0 * (9 + test_share))
     # an interrupted run counts only the epochs it has left (fit resumes it); a finished one none
-    from helpers.checkpoint import atomic_save
+    from helpers.core.checkpoint import atomic_save
     stage = registry.get("coarse")
     epochs, path = stage.train_epochs(wb), stage.checkpoint(wb)
     assert epochs > 1
@@ -120,9 +120,9 @@ def test_estimates_count_what_training_runs(smoke_workbook, monkeypatch):
 
 
 def test_equal_compute_control_and_guided_filter_stages(smoke_workbook):
-    from helpers import workflow
-    from helpers.guided_filter import filter_probabilities
-    from helpers.metrics import SegmentationMeter
+    from helpers.workbook import session, workflow
+    from helpers.models.guided_filter import filter_probabilities
+    from helpers.analysis.metrics import SegmentationMeter
 
     wb = smoke_workbook
     before = estimate_seconds(wb)
@@ -163,7 +163,7 @@ def test_equal_compute_control_and_guided_filter_stages(smoke_workbook):
 def test_converged_setting_builds_on_its_own_net(smoke_workbook):
     """The converged net is trained with early stopping into its own checkpoint; its refiners
     and its equal-compute control start from it, not from the minimally trained coarse net."""
-    from helpers import workflow
+    from helpers.workbook import session, workflow
 
     wb = smoke_workbook
     coarse = workflow.coarse_stage(wb, progress=False)
@@ -323,7 +323,7 @@ def test_refiners_started_from_the_trained_control(smoke_workbook):
     control it starts from (a retrained control makes it another stage), the control loaded
     first, and training that starts at the control's map: the control trained on
     (``control-longer``) moves away from it, the budget is a refiner's."""
-    from helpers import workflow
+    from helpers.workbook import session, workflow
 
     wb = smoke_workbook
     control = workflow.refine_stage(wb, "control", progress=False)
@@ -345,7 +345,7 @@ def test_refiners_started_from_the_trained_control(smoke_workbook):
     assert not torch.equal(longer.val_probs, control.val_probs)
     # built again and initialised as run_stage does, before training: exactly the control
     fresh = registry.get("dyspn").build(wb.cfg, control.model.coarse).eval()
-    from helpers.refiner import init_from_refiner
+    from helpers.models.guidance import init_from_refiner
     init_from_refiner(fresh, control.model)
     torch.testing.assert_close(predict(fresh, wb.data["val"], 4, "cpu"), control.val_probs, atol=1e-5, rtol=0)
     conv = registry.refiner("converged", "cspn").variant(wb.cfg, init_from="converged+control")

@@ -1,7 +1,7 @@
 """The configuration object: profiles, environment, and typed FIELD=VALUE overrides."""
 import pytest
 
-from helpers.config import Config, load_config, parse_overrides, profile_config
+from helpers.core.config import Config, load_config, parse_overrides, profile_config
 
 
 def test_overrides_take_the_type_of_their_field():
@@ -54,8 +54,9 @@ def test_every_profile_trains_a_step_at_its_own_resolution(name):
     size halves ``coarse_depth`` times, the head layout matches T and the kernel)."""
     import torch
 
-    from helpers.refiner import CoarseSegmenter, Refiner
-    from helpers.training import segmentation_loss
+    from helpers.models.coarse import CoarseSegmenter
+    from helpers.models.refiner import Refiner
+    from helpers.models.losses import segmentation_loss
 
     torch.manual_seed(0)
     cfg = profile_config(name, device="cpu")

@@ -7,11 +7,14 @@ import pytest
 import torch
 from PIL import Image
 
-import helpers.data as data
-from helpers.config import profile_config
-from helpers.data import (DataError, build_datasets, decode_split, load_rgb, read_split_ids, resolve_source,
-                          split_ids, trimap_to_target)
-from helpers.synthetic import render_sample, trimap_from_mask, write_synthetic_dataset
+import helpers.data.decoding as decoding
+from helpers.data.dataset import PetSegmentation
+from helpers.data.sources import DataSource
+from helpers.core.config import profile_config
+from helpers.data.dataset import build_datasets
+from helpers.data.decoding import decode_split, load_rgb, read_split_ids, split_ids, trimap_to_target
+from helpers.data.sources import DataError, resolve_source
+from helpers.data.synthetic import render_sample, trimap_from_mask, write_synthetic_dataset
 
 
 def _pair(root, image_id):
@@ -138,7 +141,7 @@ def test_split_is_deterministic_disjoint_and_covers_trainval():
 
 def test_datasets_resize_cache_and_augment(pets, tmp_path, monkeypatch):
     cfg = profile_config("smoke", max_train=None, max_eval=None)
-    source = data.DataSource("env", pets)
+    source = DataSource("env", pets)
     ds = build_datasets(cfg, source, size=40, progress=False, data_dir=tmp_path / "data")
     assert set(ds["train"].ids).isdisjoint(ds["val"].ids)
     assert len(ds["train"]) + len(ds["val"]) == 14 and len(ds["test"]) == 4
@@ -149,7 +152,7 @@ def test_datasets_resize_cache_and_augment(pets, tmp_path, monkeypatch):
 
     def no_decoding(*args, **kwargs):
         raise AssertionError("decoded again although the cache is valid")
-    monkeypatch.setattr(data, "decode_split", no_decoding)          # the second time comes from the cache
+    monkeypatch.setattr(decoding, "decode_split", no_decoding)          # the second time comes from the cache
     again = build_datasets(cfg, source, size=40, progress=False, data_dir=tmp_path / "data")
     assert torch.equal(again["val"].images, ds["val"].images)
     img, tgt = ds["train"][0]                       # augmented items keep the configured size
@@ -163,14 +166,14 @@ def test_joint_flip_keeps_image_and_mask_aligned(pets):
     images[0, :, :, :3] = 255                      # bright left part ...
     trimaps = torch.full((1, 8, 8), 2, dtype=torch.uint8)
     trimaps[0, :, :3] = 1                          # ... is the pet
-    ds = data.PetSegmentation(images, trimaps, ["a"], transforms=v2.RandomHorizontalFlip(p=1.0))
+    ds = PetSegmentation(images, trimaps, ["a"], transforms=v2.RandomHorizontalFlip(p=1.0))
     img, tgt = ds[0]
     assert torch.equal(img[0] > 0.5, tgt.bool())
     assert tgt[:, -3:].all() and not tgt[:, :3].any()
 
 
 def test_source_order_env_then_local_then_synthetic(pets, tmp_path, monkeypatch, capsys):
-    from helpers.config import load_config
+    from helpers.core.config import load_config
 
     folder = {"data_dir": tmp_path / "data"}
     monkeypatch.setenv("PETS_ROOT", str(pets))

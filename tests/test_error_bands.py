@@ -2,9 +2,8 @@
 import pytest
 import torch
 
-from helpers.error_bands import (DISTANCE_EDGES, ErrorBands, band_index, band_labels, boundary_distance, edges_with,
-                                 error_bands, format_bands, label_distance)
-from helpers.metrics import confusion_matrix
+from helpers.analysis.error_bands import DISTANCE_EDGES, ErrorBands, band_index, band_labels, boundary_distance, edges_with, error_bands, format_bands, label_distance
+from helpers.analysis.metrics import confusion_matrix
 
 
 def brute_distance(target: torch.Tensor, cap: int) -> torch.Tensor:

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from helpers.guided_filter import GuidedFilterRefiner, box_mean, filter_probabilities, guided_filter
+from helpers.models.guided_filter import GuidedFilterRefiner, box_mean, filter_probabilities, guided_filter
 
 
 def test_box_mean_matches_a_loop_with_windows_clipped_at_the_border():
@@ -68,9 +68,9 @@ def test_edges_of_the_guide_are_kept():
 
 
 def test_refiner_trains_nothing_and_rejects_mismatched_inputs():
-    from helpers.refiner import CoarseSegmenter
+    from helpers.models.coarse import CoarseSegmenter
 
-    m = GuidedFilterRefiner(CoarseSegmenter(width=4, depth=2, coarse_size=16), 2, 1e-2)
+    m = GuidedFilterRefiner(CoarseSegmenter(width=4, depth=2, coarse_size=16), radius=2, eps=1e-2)
     assert not any(p.requires_grad for p in m.parameters())
     out = m(torch.rand(2, 3, 24, 24))
     assert out.shape == (2, 2, 24, 24)

@@ -40,8 +40,8 @@ def run_kernel_check(code: str, device: str) -> str:
 def test_kernels_match_the_pytorch_path_forward_and_backward(device):
     out = run_kernel_check("""
         import torch
-        import helpers.propagation_kernels as kernels
-        from helpers.propagation import CSPN, DySPN
+        from helpers.models.propagation import kernels
+        from helpers.models.propagation.propagators import CSPN, DySPN
 
         launched, fused = [0], kernels._FusedStep.apply
         kernels._FusedStep.apply = lambda *args: (launched.__setitem__(0, launched[0] + 1), fused(*args))[1]
@@ -78,7 +78,7 @@ def test_kernels_match_the_pytorch_path_forward_and_backward(device):
 def test_kernels_keep_constant_maps_exactly_and_mask_the_borders(device):
     out = run_kernel_check("""
         import torch
-        from helpers.propagation import CSPN, DySPN
+        from helpers.models.propagation.propagators import CSPN, DySPN
 
         g = torch.Generator().manual_seed(1)
         constant = torch.full((1, 2, 6, 7), 0.25)
@@ -110,7 +110,7 @@ def test_kernels_carry_the_confidence_forward_and_backward(device):
     PyTorch path's maps and gradients, the confidence's own gradient included."""
     out = run_kernel_check("""
         import torch
-        from helpers.propagation import CSPN, DySPN
+        from helpers.models.propagation.propagators import CSPN, DySPN
 
         g = torch.Generator().manual_seed(3)
         h0 = torch.softmax(3 * torch.randn(2, 2, 9, 11, generator=g), 1)
@@ -136,7 +136,7 @@ def test_kernels_carry_the_confidence_forward_and_backward(device):
 def test_half_precision_inputs_accumulate_in_float32(device):
     out = run_kernel_check("""
         import torch
-        from helpers.propagation import DySPN
+        from helpers.models.propagation.propagators import DySPN
 
         g = torch.Generator().manual_seed(2)
         h0 = torch.softmax(torch.randn(1, 2, 8, 8, generator=g), 1)
@@ -154,14 +154,16 @@ def test_half_precision_inputs_accumulate_in_float32(device):
 
 
 def test_auto_backend_is_pytorch_on_the_cpu_and_triton_needs_cuda_or_the_interpreter(monkeypatch):
-    from helpers import propagation
+    import torch
 
-    assert not propagation.CSPN(2).uses_kernel(propagation.torch.zeros(1, device="cpu"))
+    from helpers.models.propagation import CSPN
+
+    assert not CSPN(2).uses_kernel(torch.zeros(1, device="cpu"))
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
-        propagation.CSPN(2, backend="triton").uses_kernel(propagation.torch.zeros(1))
+        CSPN(2, backend="triton").uses_kernel(torch.zeros(1))
     with pytest.raises(ValueError, match="backend must be one of"):
-        propagation.CSPN(2, backend="cuda")
+        CSPN(2, backend="cuda")
     # float64 (gradcheck) stays on the PyTorch path even on CUDA: the kernels compute in float32
-    monkeypatch.setattr(propagation.torch.Tensor, "device", property(lambda self: propagation.torch.device("cuda")))
-    assert not propagation.CSPN(2).uses_kernel(propagation.torch.zeros(1, dtype=propagation.torch.float64))
+    monkeypatch.setattr(torch.Tensor, "device", property(lambda self: torch.device("cuda")))
+    assert not CSPN(2).uses_kernel(torch.zeros(1, dtype=torch.float64))

@@ -3,8 +3,7 @@ import math
 
 import torch
 
-from helpers.metrics import (SegmentationMeter, boundary_band, boundary_counts, boundary_iou, boundary_width,
-                             confusion_matrix, iou_per_class, mean_iou, per_image_miou)
+from helpers.analysis.metrics import SegmentationMeter, boundary_band, boundary_counts, boundary_iou, boundary_width, confusion_matrix, iou_per_class, mean_iou, per_image_miou
 
 
 def test_confusion_and_iou_by_hand():

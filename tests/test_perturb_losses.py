@@ -2,10 +2,11 @@
 import pytest
 import torch
 
-from helpers.losses import boundary_weights, refinement_loss, segmentation_loss
-from helpers.metrics import boundary_band
-from helpers.perturb import blur, grow, perturb_map, resample, shift, truth_starts
-from helpers.refiner import CoarseSegmenter, Refiner
+from helpers.models.losses import boundary_weights, refinement_loss, segmentation_loss
+from helpers.analysis.metrics import boundary_band
+from helpers.models.perturb import blur, grow, perturb_map, resample, shift, truth_starts
+from helpers.models.coarse import CoarseSegmenter
+from helpers.models.refiner import Refiner
 
 
 def square_map(size=24, lo=8, hi=16):
@@ -49,7 +50,7 @@ def test_perturb_rate_zero_is_identity_rate_one_degrades_reproducibly():
 def test_refiner_perturbs_only_in_train_mode():
     torch.manual_seed(0)
     coarse = CoarseSegmenter(width=4, depth=2, coarse_size=12)
-    model = Refiner(coarse, "cspn", width=4, depth=2, iterations=2, perturb=1.0)
+    model = Refiner(coarse, method="cspn", width=4, depth=2, iterations=2, perturb=1.0)
     image = torch.rand(4, 3, 24, 24)
     model.eval()
     out = model.refine(image)
@@ -84,12 +85,12 @@ def test_truth_starts_only_in_train_mode_and_only_when_asked():
     image = torch.rand(4, 3, 24, 24)
     target = torch.zeros(4, 24, 24, dtype=torch.long)
     target[:, 6:18, 4:16] = 1                                               # a pet, not noise
-    plain = Refiner(coarse, "cspn", width=4, depth=2, iterations=2, perturb=0.5).train()
+    plain = Refiner(coarse, method="cspn", width=4, depth=2, iterations=2, perturb=0.5).train()
     torch.manual_seed(3)
     a = plain.refine(image, truth=target).coarse
     torch.manual_seed(3)
     torch.testing.assert_close(a, plain.refine(image).coarse, rtol=0, atol=0)   # rate 0: the same random stream
-    truth = Refiner(coarse, "cspn", width=4, depth=2, iterations=2, perturb_truth=1.0)
+    truth = Refiner(coarse, method="cspn", width=4, depth=2, iterations=2, perturb_truth=1.0)
     truth.eval()
     torch.testing.assert_close(truth.refine(image, truth=target).coarse, coarse(image))
     truth.train()
@@ -141,7 +142,7 @@ def test_start_weight_supervises_only_a_start_the_refiner_predicts():
         losses, grads = [], []
         for w in (0.0, 2.0):
             torch.manual_seed(0)
-            m = Refiner(base, method, start, width=4, depth=2, iterations=3, kernel=5, deep_supervision=True,
+            m = Refiner(base, method=method, start=start, width=4, depth=2, iterations=3, kernel=5, deep_supervision=True,
                         boundary_weight=4.0, start_weight=w).eval()   # eval: no random degradation
             torch.nn.init.normal_(m.guidance.head.conv.weight, std=0.1)   # a head that is not the identity yet
             loss = m.training_loss(image, target)
@@ -159,13 +160,13 @@ def test_start_weight_supervises_only_a_start_the_refiner_predicts():
         changed = (grads[1] - grads[0]).abs().flatten(1).sum(1) > 0     # per head channel
         assert changed[s0:s1].all() and not changed[:s0].any()
     with pytest.raises(ValueError, match="start_weight"):
-        Refiner(base, "dyspn", "corrected", width=4, depth=2, start_weight=-1)
+        Refiner(base, method="dyspn", start="corrected", width=4, depth=2, start_weight=-1)
 
 
 @pytest.mark.parametrize("method", ["control", "cspn", "dyspn"])
 def test_training_loss_backpropagates_to_the_guidance_only(method):
     torch.manual_seed(0)
-    model = Refiner(CoarseSegmenter(width=4, depth=2, coarse_size=12), method, width=4, depth=2, iterations=3,
+    model = Refiner(CoarseSegmenter(width=4, depth=2, coarse_size=12), method=method, width=4, depth=2, iterations=3,
                     perturb=0.5, deep_supervision=True, boundary_weight=4.0).train()
     loss = model.training_loss(torch.rand(2, 3, 24, 24), torch.randint(0, 2, (2, 24, 24)))
     loss.backward()

@@ -2,9 +2,10 @@
 import pytest
 import torch
 
-from helpers.propagation import (AFFINITY_LIMIT, CSPN, DySPN, Window, border_mask, prepare_affinity, rectify,
-                                 ring_sizes, window_offsets, window_reach)
-from helpers.propagation_reference import reference_cspn, reference_dyspn
+from helpers.models.propagation.autograd import AFFINITY_LIMIT, prepare_affinity, rectify
+from helpers.models.propagation.geometry import Window, border_mask, ring_sizes, window_offsets, window_reach
+from helpers.models.propagation.propagators import CSPN, DySPN
+from helpers.models.propagation.reference import reference_cspn, reference_dyspn
 
 T = 6
 
@@ -94,7 +95,7 @@ def test_one_iteration_moves_a_value_exactly_onto_the_window(dilation):
 
 def test_reach_bounds_how_far_t_iterations_move_a_value():
     """From a single pet pixel, every affinity positive, T iterations bring pet exactly to the
-    pixels within T x reach (chessboard): the distance helpers.error_bands compares errors with."""
+    pixels within T x reach (chessboard): the distance helpers.analysis.error_bands compares errors with."""
     size, c, steps = 25, 12, 3
     for prop in (CSPN(steps), DySPN(steps)):
         h0 = torch.zeros(1, 2, size, size, dtype=torch.float64)

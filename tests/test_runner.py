@@ -6,7 +6,8 @@ import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_notebook
 
-import helpers.runner as runner
+import helpers.cli.run as runner
+from helpers.cli.main import main as run_main
 
 
 def _nb(path, *sources):
@@ -33,7 +34,7 @@ def test_main_exits_non_zero_on_failure(tmp_path, monkeypatch, capsys):
     _nb(tmp_path / "01_bad.ipynb", "1 / 0")
     monkeypatch.setattr(runner, "NOTEBOOK_DIR", tmp_path)
     monkeypatch.setattr(runner, "REPO_ROOT", tmp_path)
-    assert runner.main(["run", "--profile", "smoke"]) == 1
+    assert run_main(["run", "--profile", "smoke"]) == 1
     err = capsys.readouterr().err
     assert "01_bad.ipynb: cell 0 failed" in err and "ZeroDivisionError" in err
     assert (tmp_path / "runs" / "smoke" / "00_ok.ipynb").exists()
@@ -41,7 +42,7 @@ def test_main_exits_non_zero_on_failure(tmp_path, monkeypatch, capsys):
 
 def test_bad_data_root_is_refused(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:
-        runner.main(["run", "--data-root", str(tmp_path)])
+        run_main(["run", "--data-root", str(tmp_path)])
     assert exit_.value.code == 2 and "does not hold an 'oxford-iiit-pet' folder" in capsys.readouterr().err
 
 
@@ -68,12 +69,12 @@ def test_headless_runs_show_live_epochs_and_save_a_summary_not_frozen_bars(tmp_p
     repo = Path(__file__).resolve().parent.parent
     _nb(tmp_path / "01_train.ipynb",
         f"import sys\nsys.path.insert(0, {str(repo)!r})\n"
-        "from helpers.training import fit\nfrom helpers.unet import UNet\nfrom tests.toys import toy_data\n"
+        "from helpers.training.loop import fit\nfrom helpers.models.unet import UNet\nfrom tests.toys import toy_data\n"
         "h = fit(UNet(3, 2, width=4, depth=1), train_set=toy_data(8), val_set=toy_data(4, seed=1), epochs=3, "
         "lr=1e-3, batch_size=4, desc='toy U-Net')")
     monkeypatch.setattr(runner, "NOTEBOOK_DIR", tmp_path)
     monkeypatch.setattr(runner, "REPO_ROOT", tmp_path)
-    assert runner.main(["run", "--profile", "smoke"]) == 0
+    assert run_main(["run", "--profile", "smoke"]) == 0
     out = capsys.readouterr().out
     for epoch in (1, 2, 3):
         assert f"toy U-Net: epoch {epoch}/3, loss " in out
@@ -94,14 +95,14 @@ def test_command_line_errors_are_one_line_with_the_subcommands_usage(argv, env, 
     for k, v in env.items():
         monkeypatch.setenv(k, v)
     with pytest.raises(SystemExit) as exc:
-        runner.main(argv)
+        run_main(argv)
     err = capsys.readouterr().err
     assert exc.value.code == 2 and message in err and "Traceback" not in err
     assert err.startswith(f"usage: python -m helpers {argv[0]} ")
 
 
 def test_overrides_list_only_the_fields_they_accept():
-    from helpers.config import parse_overrides
+    from helpers.core.config import parse_overrides
 
     with pytest.raises(ValueError) as exc:
         parse_overrides(["foo=1"])

@@ -8,7 +8,7 @@ import pytest
 
 SCRIPT = """
 import resource, sys, torch
-from helpers.runtime import keep_freed_memory
+from helpers.core.runtime import keep_freed_memory
 applied = keep_freed_memory() if sys.argv[1] == "keep" else None
 def faults():
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
@@ -46,7 +46,7 @@ def test_freed_memory_is_reused_without_page_faults():
 
 
 def test_elsewhere_it_says_it_did_nothing(monkeypatch):
-    from helpers import runtime
+    from helpers.core import runtime
 
     def no_libc(*args):
         raise AssertionError("keep_freed_memory must not load libc off glibc")

@@ -4,8 +4,8 @@ import base64
 import pytest
 import torch
 
-from helpers.propagation import DySPN
-from helpers.scrubber import IterationScrubber, render_frame
+from helpers.models.propagation.propagators import DySPN
+from helpers.analysis.scrubber import IterationScrubber, render_frame
 
 
 @pytest.fixture(scope="module")

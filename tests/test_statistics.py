@@ -3,8 +3,8 @@ behave as intervals must."""
 import pytest
 import torch
 
-from helpers.metrics import SegmentationMeter, boundary_counts, confusion_matrix
-from helpers.statistics import counts_summary, image_counts, paired_bootstrap, pooled_metrics
+from helpers.analysis.metrics import SegmentationMeter, boundary_counts, confusion_matrix
+from helpers.analysis.statistics import counts_summary, image_counts, paired_bootstrap, pooled_metrics
 
 
 def random_maps(n=10, seed=0, flip=0.2):

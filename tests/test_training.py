@@ -2,9 +2,11 @@
 import pytest
 import torch
 
-from helpers.checkpoint import CheckpointError, atomic_save, safe_load
-from helpers.refiner import CoarseSegmenter, Refiner
-from helpers.training import evaluate, fit, load_trained
+from helpers.core.checkpoint import CheckpointError, atomic_save, safe_load
+from helpers.models.coarse import CoarseSegmenter
+from helpers.models.refiner import Refiner
+from helpers.training.evaluation import evaluate
+from helpers.training.loop import fit, load_trained
 from toys import toy_data
 
 
@@ -56,7 +58,7 @@ def test_resume_continues_an_interrupted_run(tmp_path):
     class Stop(Exception):
         pass
 
-    import helpers.training as tr
+    import helpers.training.loop as tr
     real_evaluate, calls = tr.evaluate, []
 
     def interrupting(*a, **k):
@@ -114,7 +116,7 @@ def test_atomic_save_keeps_the_old_file_when_writing_fails(tmp_path):
 @pytest.mark.parametrize("method", ["control", "cspn", "dyspn"])
 def test_refiner_starts_as_identity_and_freezes_coarse(method):
     coarse = model()
-    r = Refiner(coarse, method, width=4, depth=2, iterations=3)
+    r = Refiner(coarse, method=method, width=4, depth=2, iterations=3)
     x = torch.rand(2, 3, 20, 20)
     out = r.refine(x)
     torch.testing.assert_close(out.probs, out.coarse, atol=1e-6, rtol=0)
@@ -132,7 +134,7 @@ def test_tune_base_trains_a_copy_and_round_trips(method):
     statistics stay frozen, and a checkpoint of the refiner restores the tuned copy."""
     coarse = model()
     before = {k: v.clone() for k, v in coarse.state_dict().items()}
-    r = Refiner(coarse, method, start="corrected", width=4, depth=2, iterations=3, tune_base=True)
+    r = Refiner(coarse, method=method, start="corrected", width=4, depth=2, iterations=3, tune_base=True)
     assert r.coarse is not coarse and all(p.requires_grad for p in r.coarse.parameters())
     r.train()
     assert not r.coarse.training     # statistics frozen, weights trained
@@ -151,13 +153,13 @@ def test_tune_base_trains_a_copy_and_round_trips(method):
         if "running" in k:
             assert torch.equal(tuned[k], before[k]), f"BatchNorm statistics drifted: {k}"
     r.eval()
-    fresh = Refiner(coarse, method, start="corrected", width=4, depth=2, iterations=3, tune_base=True)
+    fresh = Refiner(coarse, method=method, start="corrected", width=4, depth=2, iterations=3, tune_base=True)
     fresh.load_state_dict(r.state_dict())
     fresh.eval()
     coarse.eval()   # compared as the refiner runs its base: eval mode, running statistics
     with torch.no_grad():
         torch.testing.assert_close(fresh(x), r(x), atol=0, rtol=0)
-        untuned = Refiner(coarse, method, start="corrected", width=4, depth=2, iterations=3).eval()
+        untuned = Refiner(coarse, method=method, start="corrected", width=4, depth=2, iterations=3).eval()
         torch.testing.assert_close(untuned.refine(x).coarse, coarse(x), atol=0, rtol=0)
         assert not torch.allclose(fresh.refine(x).coarse, coarse(x)), "the tuned copy must differ from the base"
 
@@ -165,8 +167,8 @@ def test_tune_base_trains_a_copy_and_round_trips(method):
 def test_tune_base_has_its_own_checkpoint_and_leaves_old_names(folders):
     """The frozen-base spec is unchanged (existing checkpoints keep their names); a tuned-base
     refiner gets its own file."""
-    from helpers import stages
-    from helpers.workflow import open_workbook
+    from helpers.workbook import stages
+    from helpers.workbook.session import open_workbook
 
     wb = open_workbook(profile="smoke", **folders)
     frozen = stages.get("dyspn").spec(wb)
@@ -180,17 +182,17 @@ def test_tune_base_has_its_own_checkpoint_and_leaves_old_names(folders):
 def test_confidence_head_starts_as_the_identity_and_has_its_own_checkpoint(folders):
     """NLSPN's confidence adds one head channel after the others (older layouts unchanged), the
     zero-initialised head is still the identity, and only the propagating refiners' specs name it."""
-    from helpers import stages
-    from helpers.workflow import open_workbook
+    from helpers.workbook import stages
+    from helpers.workbook.session import open_workbook
 
-    plain = Refiner(model(), "dyspn", start="corrected", width=4, depth=2, iterations=6)
-    r = Refiner(model(), "dyspn", start="corrected", width=4, depth=2, iterations=6, confidence=True).eval()
+    plain = Refiner(model(), method="dyspn", start="corrected", width=4, depth=2, iterations=6)
+    r = Refiner(model(), method="dyspn", start="corrected", width=4, depth=2, iterations=6, confidence=True).eval()
     assert r.layout.confidence == (74, 75) and r.layout.start == plain.layout.start == (72, 74)
     x = torch.rand(2, 3, 24, 24)
     out = r.refine(x)
     torch.testing.assert_close(out.probs, out.coarse, atol=1e-6, rtol=0)
     assert torch.equal(out.propagation.confidence, torch.full((2, 1, 24, 24), 0.5))
-    assert Refiner(model(), "control", width=4, depth=2, confidence=True).layout.channels == 2
+    assert Refiner(model(), method="control", width=4, depth=2, confidence=True).layout.channels == 2
 
     wb = open_workbook(profile="smoke", **folders)
     confident = open_workbook(profile="smoke", confidence=True, **folders)
@@ -203,16 +205,16 @@ def test_confidence_head_starts_as_the_identity_and_has_its_own_checkpoint(folde
 def test_cspn_gain_scales_the_affinity_head_and_has_its_own_checkpoint(folders):
     """cspn_gain g is exactly a head g times larger (kappa_j = (g k_j)^+ / max(1, g sum |k_j|)),
     not a change of the start map; only CSPN refiners' specs name it, and only when g != 1."""
-    from helpers import stages
-    from helpers.workflow import open_workbook
+    from helpers.workbook import stages
+    from helpers.workbook.session import open_workbook
 
     torch.manual_seed(3)
     base = model()
-    gained = Refiner(base, "cspn", start="corrected", width=4, depth=2, iterations=4, cspn_gain=4.0).eval()
+    gained = Refiner(base, method="cspn", start="corrected", width=4, depth=2, iterations=4, cspn_gain=4.0).eval()
     with torch.no_grad():
         for p in gained.guidance.head.parameters():
             p.normal_(0, 0.3)
-    plain = Refiner(base, "cspn", start="corrected", width=4, depth=2, iterations=4).eval()
+    plain = Refiner(base, method="cspn", start="corrected", width=4, depth=2, iterations=4).eval()
     plain.load_state_dict(gained.state_dict())
     affinity = slice(*plain.layout.affinity)
     with torch.no_grad():
@@ -223,13 +225,13 @@ def test_cspn_gain_scales_the_affinity_head_and_has_its_own_checkpoint(folders):
     torch.testing.assert_close(a.start, b.start, atol=0, rtol=0)       # the correction is not scaled
     torch.testing.assert_close(a.probs, b.probs, atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(a.propagation.affinity, b.propagation.affinity, atol=1e-6, rtol=1e-5)
-    unscaled = Refiner(base, "cspn", start="corrected", width=4, depth=2, iterations=4).eval()
+    unscaled = Refiner(base, method="cspn", start="corrected", width=4, depth=2, iterations=4).eval()
     unscaled.load_state_dict(gained.state_dict())
     weak = unscaled.refine(x).propagation.affinity
     assert (a.propagation.affinity.sum(1) > weak.sum(1) + 1e-3).any(), "the gain must strengthen kappa"
     assert (a.propagation.affinity.sum(1) <= 1 + 1e-6).all()
     with pytest.raises(ValueError, match="cspn_gain"):
-        Refiner(base, "cspn", cspn_gain=0.0)
+        Refiner(base, method="cspn", cspn_gain=0.0)
 
     # per setting, as the defaults: the report's CSPN at 4, the converged net's at 1 (so its
     # checkpoints keep their names); a gain of 1 is never named
@@ -251,8 +253,8 @@ def test_guidance_init_from_the_base_starts_from_its_features_and_has_its_own_ch
     features of the image (the coarse map's input filters are zero), the refiner is still the
     identity, training moves the map's filters away from zero, and only a non-default value is
     named in a spec, per setting."""
-    from helpers import stages
-    from helpers.workflow import open_workbook
+    from helpers.workbook import stages
+    from helpers.workbook.session import open_workbook
 
     torch.manual_seed(5)
     base = model()
@@ -265,17 +267,17 @@ def test_guidance_init_from_the_base_starts_from_its_features_and_has_its_own_ch
                 m.running_var.uniform_(0.5, 2.0)
     x = torch.rand(2, 3, 24, 24)
     for method in ("control", "cspn", "dyspn"):
-        ref = Refiner(base, method, start="corrected", width=4, depth=2, iterations=3, kernel=5,
+        ref = Refiner(base, method=method, start="corrected", width=4, depth=2, iterations=3, kernel=5,
                       guidance_init="base").eval()
         with torch.no_grad():
             ours = ref.guidance.features(torch.cat([x, base(x)], 1))
             torch.testing.assert_close(ours, base.unet.features(x), atol=0, rtol=0)
             torch.testing.assert_close(ref(x), base(x), atol=1e-6, rtol=0)
-        scratch = Refiner(base, method, start="corrected", width=4, depth=2, iterations=3, kernel=5).eval()
+        scratch = Refiner(base, method=method, start="corrected", width=4, depth=2, iterations=3, kernel=5).eval()
         with torch.no_grad():
             assert not torch.allclose(scratch.guidance.features(torch.cat([x, base(x)], 1)), ours)
     # the map's filters start at zero but do get a gradient: the map is read after one step
-    ref = Refiner(base, "dyspn", width=4, depth=2, iterations=3, kernel=5, guidance_init="base").train()
+    ref = Refiner(base, method="dyspn", width=4, depth=2, iterations=3, kernel=5, guidance_init="base").train()
     with torch.no_grad():
         ref.guidance.head.conv.weight.normal_(0, 0.1)
     ref.training_loss(x, (torch.rand(2, 24, 24) > 0.5).long()).backward()
@@ -283,9 +285,9 @@ def test_guidance_init_from_the_base_starts_from_its_features_and_has_its_own_ch
     assert first[:, 3:].abs().sum() == 0 and first.grad[:, 3:].abs().sum() > 0
     assert all(p.grad is None for p in base.parameters()), "the base net stays frozen"
     with pytest.raises(ValueError, match="refiner_width = coarse_width"):
-        Refiner(base, "dyspn", width=8, depth=2, guidance_init="base")
+        Refiner(base, method="dyspn", width=8, depth=2, guidance_init="base")
     with pytest.raises(ValueError, match="guidance_init"):
-        Refiner(base, "dyspn", width=4, depth=2, guidance_init="imagenet")
+        Refiner(base, method="dyspn", width=4, depth=2, guidance_init="imagenet")
 
     # "scratch" is never named (the checkpoints of earlier runs keep their names); the default,
     # "base" in both settings, is
@@ -312,22 +314,22 @@ def test_warm_lr_factor_trains_the_copied_layers_at_a_lower_peak_rate(tmp_path, 
     group at lr x factor, the new ones (head, first convolution) and nothing else another at lr;
     the one-cycle schedule peaks at each group's own rate (a scalar peak would undo the factor);
     from scratch, or at factor 1, there is one group. Only a non-default factor is in a spec."""
-    from helpers import stages
-    from helpers.workflow import open_workbook
+    from helpers.workbook import stages
+    from helpers.workbook.session import open_workbook
 
     base = model()
-    warm = Refiner(base, "dyspn", width=4, depth=2, iterations=3, kernel=5, guidance_init="base", warm_lr_factor=0.25)
+    warm = Refiner(base, method="dyspn", width=4, depth=2, iterations=3, kernel=5, guidance_init="base", warm_lr_factor=0.25)
     new, copied = warm.parameter_groups(1e-3)
     assert (new["lr"], copied["lr"]) == (1e-3, 0.25e-3)
     names = {id(p): n for n, p in warm.named_parameters()}
     assert sorted(names[id(p)].split(".")[1] for p in new["params"]) == ["head", "head", "inc"]
     assert len(new["params"]) + len(copied["params"]) == sum(p.requires_grad for p in warm.parameters())
     assert not any(names[id(p)].startswith("coarse.") for p in new["params"] + copied["params"])
-    for one in (Refiner(base, "dyspn", width=4, depth=2, iterations=3, kernel=5, warm_lr_factor=0.25),
-                Refiner(base, "dyspn", width=4, depth=2, iterations=3, kernel=5, guidance_init="base")):
+    for one in (Refiner(base, method="dyspn", width=4, depth=2, iterations=3, kernel=5, warm_lr_factor=0.25),
+                Refiner(base, method="dyspn", width=4, depth=2, iterations=3, kernel=5, guidance_init="base")):
         assert len(one.parameter_groups(1e-3)) == 1
     with pytest.raises(ValueError, match="warm_lr_factor"):
-        Refiner(base, "dyspn", width=4, depth=2, guidance_init="base", warm_lr_factor=0)
+        Refiner(base, method="dyspn", width=4, depth=2, guidance_init="base", warm_lr_factor=0)
 
     train, val = toy_data(), toy_data(6, seed=1)
     fit(warm, train_set=train, val_set=val, checkpoint=tmp_path / "warm.pt", spec={"stage": "dyspn"},
@@ -347,8 +349,8 @@ def test_warm_lr_factor_trains_the_copied_layers_at_a_lower_peak_rate(tmp_path, 
 
 
 def test_start_weight_is_in_the_spec_of_propagators_with_a_corrected_start_only(folders):
-    from helpers import stages
-    from helpers.workflow import open_workbook
+    from helpers.workbook import stages
+    from helpers.workbook.session import open_workbook
 
     default = open_workbook(profile="smoke", **folders)
     weighted = open_workbook(profile="smoke", start_weight=1.0, **folders)
@@ -363,9 +365,9 @@ def test_start_weight_is_in_the_spec_of_propagators_with_a_corrected_start_only(
 
 
 def test_dyspn_dilation_reaches_the_propagator_and_only_dyspn_checkpoints(folders):
-    from helpers import stages
-    from helpers.propagation import Window
-    from helpers.workflow import open_workbook
+    from helpers.workbook import stages
+    from helpers.models.propagation.geometry import Window
+    from helpers.workbook.session import open_workbook
 
     default = open_workbook(profile="smoke", **folders)
     dilated = open_workbook(profile="smoke", dyspn_dilation=2, **folders)
@@ -385,7 +387,7 @@ def test_refine_from_another_start_map_uses_the_same_affinities(method):
     given back reproduces the refiner exactly, another map is propagated by the same weights
     (checked against the propagator called directly), and the control has nothing to propagate."""
     torch.manual_seed(0)
-    r = Refiner(model(), method, start="corrected", width=4, depth=2, iterations=3, cspn_gain=2.0).eval()
+    r = Refiner(model(), method=method, start="corrected", width=4, depth=2, iterations=3, cspn_gain=2.0).eval()
     with torch.no_grad():
         for p in r.guidance.head.parameters():
             p.normal_(0, 0.5)        # a trained-looking head: the zero head would make every test the identity
@@ -400,7 +402,7 @@ def test_refine_from_another_start_map_uses_the_same_affinities(method):
         torch.testing.assert_close(given.probs, direct.final, atol=1e-6, rtol=0)
         assert torch.equal(given.start, other) and (given.probs - other).abs().max() > 1e-3
     with pytest.raises(ValueError, match="nothing to propagate"):
-        Refiner(model(), "control", width=4, depth=2).refine(x, start=other)
+        Refiner(model(), method="control", width=4, depth=2).refine(x, start=other)
 
 
 @pytest.mark.parametrize("method", ["control", "cspn", "dyspn"])
@@ -409,16 +411,16 @@ def test_a_refiner_started_from_a_trained_control_computes_its_map(method):
     trained control, the propagation channels left at zero, so the new refiner's output (and its
     H^0) is exactly the control's map, and it differs once propagation has weights; refiners
     that cannot share the weights are refused."""
-    from helpers.refiner import init_from_refiner
+    from helpers.models.guidance import init_from_refiner
 
     torch.manual_seed(1)
     base = model()
-    control = Refiner(base, "control", width=4, depth=2).eval()
+    control = Refiner(base, method="control", width=4, depth=2).eval()
     with torch.no_grad():
         for p in control.guidance.parameters():
             p.normal_(0, 0.3)        # a trained-looking control: at zero init every refiner is the identity
     x = torch.rand(2, 3, 20, 20)
-    r = Refiner(base, method, start="corrected", width=4, depth=2, iterations=3, kernel=5, cspn_gain=4.0).eval()
+    r = Refiner(base, method=method, start="corrected", width=4, depth=2, iterations=3, kernel=5, cspn_gain=4.0).eval()
     init_from_refiner(r, control)
     with torch.no_grad():
         want = control(x)
@@ -432,22 +434,22 @@ def test_a_refiner_started_from_a_trained_control_computes_its_map(method):
             r.guidance.head.conv.bias[a:b].normal_(0, 1.0)
             assert (r(x) - want).abs().max() > 1e-3
     with pytest.raises(ValueError, match="same base net"):
-        init_from_refiner(Refiner(model(), method, start="corrected", width=4, depth=2), control)
+        init_from_refiner(Refiner(model(), method=method, start="corrected", width=4, depth=2), control)
     with pytest.raises(ValueError, match="same width and depth"):
-        init_from_refiner(Refiner(base, method, start="corrected", width=8, depth=2), control)
+        init_from_refiner(Refiner(base, method=method, start="corrected", width=8, depth=2), control)
     if method != "control":
         with pytest.raises(ValueError, match="correct the map"):
-            init_from_refiner(Refiner(base, method, start="coarse", width=4, depth=2), control)
+            init_from_refiner(Refiner(base, method=method, start="coarse", width=4, depth=2), control)
 
 
 def test_corrected_start_layout():
-    r = Refiner(model(), "dyspn", start="corrected", width=4, depth=2, iterations=6)
+    r = Refiner(model(), method="dyspn", start="corrected", width=4, depth=2, iterations=6)
     assert r.layout.affinity == (0, 48) and r.layout.attention == (48, 72) and r.layout.start == (72, 74)
     assert r.guidance.out_channels == 74
 
 
 def test_small_training_sets_get_enough_steps(capsys):
-    from helpers.stages import epochs_for
+    from helpers.workbook.stages import epochs_for
 
     assert epochs_for(3, 72, n_train=369, batch_size=16) == 3            # 24 steps x 3 = 72: unchanged
     assert epochs_for(3, 72, n_train=55, batch_size=16, what="coarse") == 18   # 4 steps per epoch
@@ -457,9 +459,9 @@ def test_small_training_sets_get_enough_steps(capsys):
 
 def test_smoke_profile_is_repeatable(folders, capsys):
     """Same profile and seed on the CPU: the same coarse metrics, trained twice from scratch."""
-    import helpers.workflow as workflow
+    from helpers.workbook import session, workflow
 
-    wb = workflow.open_workbook("smoke", seed=3, verbose=False, **folders)
+    wb = session.open_workbook("smoke", seed=3, verbose=False, **folders)
     first = workflow.coarse_stage(wb, progress=False)
     capsys.readouterr()
     second = workflow.coarse_stage(wb, retrain=True, progress=False)
@@ -480,7 +482,7 @@ def test_early_stopping_keeps_the_best_epoch_and_finishes_the_checkpoint(tmp_pat
     """Validation mIoU scripted to peak at epoch 2 and then fall: training stops after
     ``patience`` epochs without improvement, the returned weights are epoch 2's, and the
     checkpoint counts as finished (loaded, not resumed) although it stopped before the cap."""
-    import helpers.training as tr
+    import helpers.training.loop as tr
 
     scores, states = iter([0.5, 0.7, 0.6, 0.65, 0.6, 0.9]), []
     real_evaluate = tr.evaluate
@@ -509,8 +511,8 @@ def test_early_stopping_keeps_the_best_epoch_and_finishes_the_checkpoint(tmp_pat
 def test_stage_registry_declares_each_stage_once():
     """Every stage of both settings is one registry entry; names, bases and kinds agree with
     how the workflow builds them, and a variant gets its own name (and so its own file)."""
-    from helpers import stages
-    from helpers.config import profile_config
+    from helpers.workbook import stages
+    from helpers.core.config import profile_config
 
     assert stages.SETTINGS["coarse"] == ("coarse", "guided-filter", "coarse-longer", "control", "cspn", "dyspn")
     assert stages.SETTINGS["converged"] == ("converged", "converged-longer", "converged+control", "converged+cspn",
@@ -534,7 +536,7 @@ def test_stage_registry_declares_each_stage_once():
     # the defaults: both settings start from the corrected map
     assert profile_config("smoke").converged_start_map == profile_config("smoke").start_map == "corrected"
 
-    from helpers.results import format_table
+    from helpers.workbook.results import format_table
     row = {"stage": "converged+cspn-e5", "base": "converged", "label": "variant", "miou": 0.7, "pet_iou": 0.6,
            "boundary_iou": 0.3, "parameters": 1, "train_seconds": 1.0}
     table = format_table([row])   # a variant without its base row: no gain is invented

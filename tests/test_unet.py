@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from helpers.refiner import CoarseSegmenter
-from helpers.unet import UNet, count_parameters
+from helpers.models.coarse import CoarseSegmenter
+from helpers.models.unet import UNet, count_parameters
 
 
 @pytest.mark.parametrize("size", [(17, 23), (31, 16), (33, 33), (64, 47)])

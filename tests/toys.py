@@ -1,7 +1,7 @@
 """Tiny learnable datasets shared by the tests."""
 import torch
 
-from helpers.data import PetSegmentation
+from helpers.data.dataset import PetSegmentation
 
 
 def toy_data(n=12, size=24, seed=0, side=None):

@@ -1,0 +1,43 @@
+"""First-cell set-up: the few steps Colab needs, and one-line messages for the exercises everywhere."""
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+
+from ..core.runtime import in_colab
+
+# what the workbook needs beyond Colab's own image (torch, torchvision, matplotlib, tqdm, ipywidgets ship there)
+COLAB_EXTRAS = ("nbval",)
+
+
+def setup(verbose: bool = True) -> list[str]:
+    """Prepare the environment and return what was done (printed unless ``verbose=False``).
+
+    On Colab: installs only the missing extras (never torch), enables the widget manager so the
+    iteration slider renders, and picks the ``full`` profile on a GPU unless one was chosen.
+    Everywhere, in IPython: the exercises' errors are shown in one line (see
+    :func:`helpers.course.notebook.install_one_line_errors`).
+    """
+    from ..course.notebook import install_one_line_errors
+
+    install_one_line_errors()   # an unsolved or failing exercise shows as one line, not a traceback
+    done = []
+    if in_colab():
+        missing = [p for p in COLAB_EXTRAS if importlib.util.find_spec(p) is None]
+        if missing:
+            subprocess.run([sys.executable, "-m", "pip", "install", "-q", *missing], check=True)
+            done.append(f"installed {', '.join(missing)}")
+        from google.colab import output  # type: ignore[import-not-found]
+
+        output.enable_custom_widget_manager()
+        done.append("enabled the Colab widget manager")
+        import torch
+
+        if "WORKBOOK_PROFILE" not in os.environ:
+            os.environ["WORKBOOK_PROFILE"] = "full" if torch.cuda.is_available() else "cpu"
+            done.append(f"profile {os.environ['WORKBOOK_PROFILE']} ({'GPU' if torch.cuda.is_available() else 'no GPU'})")
+    if verbose and done:
+        print("Colab set-up: " + "; ".join(done))
+    return done
