@@ -4,6 +4,7 @@ Set here, in the repository root, at import, so that every form of the graders' 
 (``pytest``, ``pytest --nbval``, ``pytest --nbval notebooks/``, one notebook, from the root or
 from ``notebooks/``) and the notebook kernels that nbval starts inherit it.
 """
+
 import os
 
 os.environ.setdefault("WORKBOOK_PROFILE", "smoke")

@@ -2,6 +2,7 @@
 listed once in ``helpers/course/handout.txt``, under ``helpers/course/workbook/``: an installed
 workbook can then write the hand-out without a checkout (``python -m helpers assignment OUT``).
 Everything else is declared in ``pyproject.toml``."""
+
 import shutil
 from pathlib import Path
 

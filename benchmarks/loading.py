@@ -17,6 +17,7 @@ CUDA only), but it is timed all the same.
     python benchmarks/loading.py                        # cpu profile, synthetic data
     python benchmarks/loading.py --profile full --data-root $PETS_ROOT
 """
+
 from __future__ import annotations
 
 import argparse
@@ -46,15 +47,18 @@ def best_seconds(run, repeats: int, device) -> float:
 def main(argv=None) -> None:
     import torch
 
-    from helpers.data.batches import DeviceBatches
+    from helpers.data.batches import DeviceBatches, make_loader
     from helpers.models.coarse import CoarseSegmenter
-    from helpers.data.batches import make_loader
     from helpers.training.evaluation import evaluate, evaluate_probs, predict
     from helpers.workbook.session import open_workbook
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--profile", default=None, help="default: WORKBOOK_PROFILE, else cpu / full")
-    p.add_argument("--data-root", default=None, help="a folder holding oxford-iiit-pet/ (default: PETS_ROOT, data/, or synthetic)")
+    p.add_argument(
+        "--data-root",
+        default=None,
+        help="a folder holding oxford-iiit-pet/ (default: PETS_ROOT, data/, or synthetic)",
+    )
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--repeats", type=int, default=3)
     a = p.parse_args(argv)
@@ -76,14 +80,27 @@ def main(argv=None) -> None:
     torch.manual_seed(0)
     model = CoarseSegmenter.from_config(cfg).to(device)
     amp = cfg.amp and device.type == "cuda"
-    rows = [("loading, one epoch", best_seconds(through_dataloader, a.repeats, device),
-             best_seconds(through_device, a.repeats, device)),
-            ("evaluation of validation", best_seconds(lambda: evaluate_probs(predict(model, val, bs, device, amp), val),
-                                                      a.repeats, device),
-             best_seconds(lambda: evaluate(model, val, bs, device, amp), a.repeats, device))]
-    print(f"data {wb.source.name}; profile {cfg.profile}, {cfg.image_size} px, batch {bs}; train {len(train)}, "
-          f"val {len(val)} images; {device} ({platform.machine()}, {torch.get_num_threads()} torch threads, "
-          f"torch {torch.__version__}); best of {a.repeats}")
+    rows = [
+        (
+            "loading, one epoch",
+            best_seconds(through_dataloader, a.repeats, device),
+            best_seconds(through_device, a.repeats, device),
+        ),
+        (
+            "evaluation of validation",
+            best_seconds(
+                lambda: evaluate_probs(predict(model, val, bs, device, amp), val), a.repeats, device
+            ),
+            best_seconds(lambda: evaluate(model, val, bs, device, amp), a.repeats, device),
+        ),
+    ]
+    print(
+        f"data {wb.source.name}; profile {cfg.profile}, {cfg.image_size} px, batch {bs}; train "
+        f"{len(train)}, "
+        f"val {len(val)} images; {device} ({platform.machine()}, {torch.get_num_threads()} torch "
+        "threads, "
+        f"torch {torch.__version__}); best of {a.repeats}"
+    )
     print(f"{'what':28s} {'DataLoader / CPU s':>19s} {'device s':>9s} {'speed-up':>9s}")
     for what, before, after in rows:
         print(f"{what:28s} {before:19.4f} {after:9.4f} {before / after:8.1f}x")

@@ -11,13 +11,15 @@ Forward + backward of T iterations at batch 8, 2 classes, for CSPN (3x3) and DyS
 
 Each measurement runs in a fresh subprocess so that peak memory (CUDA: the allocator's peak;
 CPU: the process's peak resident set above its state after building the inputs) is not polluted
-by the others; each keeps freed memory for reuse as the workbook does (:mod:`helpers.core.runtime`). Also printed: how close an iteration comes to the memory-bandwidth bound, as its
-time over the time of one plain copy of the bytes it must at least move (read H^t, H^0 and the
-affinities, write H^{t+1}), and each implementation's speed-up over the grouped convolution.
+by the others; each keeps freed memory for reuse as the workbook does (:mod:`helpers.core.runtime`).
+Also printed: how close an iteration comes to the memory-bandwidth bound, as its time over the time
+of one plain copy of the bytes it must at least move (read H^t, H^0 and the affinities, write
+H^{t+1}), and each implementation's speed-up over the grouped convolution.
 
     python benchmarks/propagation.py                  # both sizes, both methods
     python benchmarks/propagation.py --sizes 128 --repeats 3
-    python benchmarks/propagation.py --breakdown dyspn triton   # where the time goes (torch.profiler), 256 px
+    # where the time goes (torch.profiler), 256 px
+    python benchmarks/propagation.py --breakdown dyspn triton
 
 ``--training`` times whole refiner training steps instead (guidance U-Net, propagation, loss,
 AdamW; the models of ``--profile``: ``cpu`` at 128 px on the CPU, ``full`` at 256 px with bf16
@@ -28,6 +30,7 @@ the DySPN / CSPN ratio and what keeping freed memory buys, side by side.
 
     python benchmarks/propagation.py --training
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,11 +48,11 @@ def problem(method: str, impl: str, size: int, batch: int, iterations: int, devi
     backward of ``impl``; returns (forward, step, sync, inputs with gradients, K)."""
     import torch
 
+    from helpers.core.runtime import keep_freed_memory
     from helpers.models.propagation.propagators import CSPN, DySPN
     from helpers.models.propagation.reference import reference_cspn, reference_dyspn
-    from helpers.core.runtime import keep_freed_memory
 
-    keep_freed_memory()   # as the workbook runs, for every implementation alike
+    keep_freed_memory()  # as the workbook runs, for every implementation alike
     torch.manual_seed(0)
     dev = torch.device(device)
     K = 8 if method == "cspn" else 48
@@ -57,14 +60,21 @@ def problem(method: str, impl: str, size: int, batch: int, iterations: int, devi
     aff = torch.randn(batch, K, size, size, device=dev, requires_grad=True)
     att = torch.randn(batch, iterations * 4, size, size, device=dev, requires_grad=True)
     backend = impl if impl in ("torch", "triton") else "torch"
-    module = CSPN(iterations, backend=backend).to(dev) if method == "cspn" else DySPN(iterations, backend=backend).to(dev)
+    module = (
+        CSPN(iterations, backend=backend).to(dev)
+        if method == "cspn"
+        else DySPN(iterations, backend=backend).to(dev)
+    )
     gather = grouped_neighbours if impl == "grouped" else None
 
     def forward():
         if impl in ("torch", "triton"):
             return module(h0, aff) if method == "cspn" else module(h0, aff, att)
-        return reference_cspn(h0, aff, iterations, gather) if method == "cspn" else \
-            reference_dyspn(h0, aff, att, iterations, neighbours=gather)
+        return (
+            reference_cspn(h0, aff, iterations, gather)
+            if method == "cspn"
+            else reference_dyspn(h0, aff, att, iterations, neighbours=gather)
+        )
 
     def step():
         out = forward()
@@ -77,7 +87,9 @@ def problem(method: str, impl: str, size: int, batch: int, iterations: int, devi
     return forward, step, sync, (aff, att), K
 
 
-def measure(method: str, impl: str, size: int, batch: int, iterations: int, repeats: int, device: str) -> dict:
+def measure(
+    method: str, impl: str, size: int, batch: int, iterations: int, repeats: int, device: str
+) -> dict:
     import resource
 
     import torch
@@ -121,19 +133,25 @@ def measure(method: str, impl: str, size: int, batch: int, iterations: int, repe
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         forward()
-    return {"seconds": min(times), "peak_bytes": max(peak, 0), "saved_bytes": sum(storages.values()),
-            "copy_seconds": copy_s}
+    return {
+        "seconds": min(times),
+        "peak_bytes": max(peak, 0),
+        "saved_bytes": sum(storages.values()),
+        "copy_seconds": copy_s,
+    }
 
 
-def measure_training(method: str, allocator: str, size: int, batch: int, repeats: int, device: str,
-                     profile: str) -> dict:
-    """Seconds of one refiner training step (best of ``repeats`` after a warm-up), a child process."""
+def measure_training(
+    method: str, allocator: str, size: int, batch: int, repeats: int, device: str, profile: str
+) -> dict:
+    """Seconds of one refiner training step (best of ``repeats`` after a warm-up), a child
+    process."""
     import torch
 
     from helpers.core.config import profile_config
+    from helpers.core.runtime import keep_freed_memory
     from helpers.models.coarse import CoarseSegmenter
     from helpers.models.refiner import Refiner
-    from helpers.core.runtime import keep_freed_memory
     from helpers.workbook.timing import step_seconds
 
     applied = keep_freed_memory() if allocator == "keep" else False
@@ -143,7 +161,9 @@ def measure_training(method: str, allocator: str, size: int, batch: int, repeats
     images = torch.rand(batch, 3, size, size, device=dev)
     targets = (torch.rand(batch, size, size, device=dev) > 0.5).long()
     model = Refiner.from_config(cfg, CoarseSegmenter.from_config(cfg), method).to(dev)
-    seconds = step_seconds(model, images, targets, steps=repeats + 1, amp=cfg.amp and dev.type == "cuda")
+    seconds = step_seconds(
+        model, images, targets, steps=repeats + 1, amp=cfg.amp and dev.type == "cuda"
+    )
     return {"seconds": seconds, "applied": applied}
 
 
@@ -153,32 +173,73 @@ def training_table(a) -> None:
 
     size = a.sizes[0]
     batch = a.batch_given or 16
-    where = (torch_device_name(a.device) if a.device.startswith("cuda")
-             else f"{platform.machine()}, {__import__('os').cpu_count()} cores")
-    print(f"refiner training step, {a.device} ({where}), {a.profile}-profile models, batch {batch}, {size} px, "
-          f"best of {a.repeats} after a warm-up")
-    print(f"{'method':8s} {'allocator':10s} {'s / step':>9s} {'vs CSPN':>8s} {'kept vs default':>16s}")
+    where = (
+        torch_device_name(a.device)
+        if a.device.startswith("cuda")
+        else f"{platform.machine()}, {__import__('os').cpu_count()} cores"
+    )
+    print(
+        f"refiner training step, {a.device} ({where}), {a.profile}-profile models, batch {batch}, "
+        f"{size} px, "
+        f"best of {a.repeats} after a warm-up"
+    )
+    print(
+        f"{'method':8s} {'allocator':10s} {'s / step':>9s} {'vs CSPN':>8s} {'kept vs default':>16s}"
+    )
     rows = {}
     # glibc's allocator only matters for CPU tensors: on CUDA only the workbook's setting is timed
     for allocator in ("default", "keep") if a.device == "cpu" else ("keep",):
-        for method in ("cspn", "dyspn", "control"):    # CSPN first: the others' times are given relative to it
-            cmd = [sys.executable, __file__, "--child-training", method, allocator, str(size), "--batch", str(batch),
-                   "--repeats", str(a.repeats), "--device", a.device, "--profile", a.profile]
+        for method in (
+            "cspn",
+            "dyspn",
+            "control",
+        ):  # CSPN first: the others' times are given relative to it
+            cmd = [
+                sys.executable,
+                __file__,
+                "--child-training",
+                method,
+                allocator,
+                str(size),
+                "--batch",
+                str(batch),
+                "--repeats",
+                str(a.repeats),
+                "--device",
+                a.device,
+                "--profile",
+                a.profile,
+            ]
             out = subprocess.run(cmd, capture_output=True, text=True)
             if out.returncode:
                 raise SystemExit(f"the {method} / {allocator} measurement failed:\n{out.stderr}")
             rows[method, allocator] = r = json.loads(out.stdout.strip().splitlines()[-1])
             if allocator == "keep" and method == "cspn" and not r["applied"]:
-                print("(keep_freed_memory does nothing on this platform: the two allocator rows are the same setting)")
-            speedup = f"{rows[method, 'default']['seconds'] / r['seconds']:15.2f}x" if ("default" != allocator and
-                                                                                       (method, "default") in rows) else ""
+                print(
+                    "(keep_freed_memory does nothing on this platform: the two allocator rows are "
+                    "the same setting)"
+                )
+            speedup = (
+                f"{rows[method, 'default']['seconds'] / r['seconds']:15.2f}x"
+                if ("default" != allocator and (method, "default") in rows)
+                else ""
+            )
             ratio = r["seconds"] / rows["cspn", allocator]["seconds"]
-            print(f"{method:8s} {allocator:10s} {r['seconds']:9.3f} {ratio:7.2f}x {speedup}", flush=True)
-    print("vs CSPN: this step over the CSPN step with the same allocator (the issue's targets: DySPN <= 1.5x on the CPU, <= 1.3x on a GPU);\n"
-          "kept vs default: the default allocator's step time over the kept one's (higher: keeping freed memory pays).")
+            print(
+                f"{method:8s} {allocator:10s} {r['seconds']:9.3f} {ratio:7.2f}x {speedup}",
+                flush=True,
+            )
+    print(
+        "vs CSPN: this step over the CSPN step with the same allocator (the issue's targets: "
+        "DySPN <= 1.5x on the CPU, <= 1.3x on a GPU);\n"
+        "kept vs default: the default allocator's step time over the kept one's (higher: keeping "
+        "freed memory pays)."
+    )
 
 
-def breakdown(method: str, impl: str, size: int, batch: int, iterations: int, device: str, rows: int = 15) -> None:
+def breakdown(
+    method: str, impl: str, size: int, batch: int, iterations: int, device: str, rows: int = 15
+) -> None:
     """Where one forward + backward goes: torch.profiler's operators and kernels of 3 steps after
     3 warm-ups, sorted by time on the device (CUDA) or the CPU, as a table."""
     from torch.profiler import ProfilerActivity, profile
@@ -193,9 +254,17 @@ def breakdown(method: str, impl: str, size: int, batch: int, iterations: int, de
         for _ in range(3):
             step()
         sync()
-    print(f"{method} {impl} {size} px, batch {batch}, T = {iterations}, {device}: 3 steps of forward + backward")
-    print(prof.key_averages().table(sort_by="cuda_time_total" if cuda else "cpu_time_total", row_limit=rows,
-                                    max_name_column_width=60))
+    print(
+        f"{method} {impl} {size} px, batch {batch}, T = {iterations}, {device}: 3 steps of "
+        "forward + backward"
+    )
+    print(
+        prof.key_averages().table(
+            sort_by="cuda_time_total" if cuda else "cpu_time_total",
+            row_limit=rows,
+            max_name_column_width=60,
+        )
+    )
 
 
 def torch_device_name(device: str) -> str:
@@ -224,8 +293,22 @@ def grouped_neighbours(x, kernel):
 
 
 def run_isolated(args_ns, method, impl, size) -> dict:
-    cmd = [sys.executable, __file__, "--child", method, impl, str(size), "--batch", str(args_ns.batch),
-           "--iterations", str(args_ns.iterations), "--repeats", str(args_ns.repeats), "--device", args_ns.device]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--child",
+        method,
+        impl,
+        str(size),
+        "--batch",
+        str(args_ns.batch),
+        "--iterations",
+        str(args_ns.iterations),
+        "--repeats",
+        str(args_ns.repeats),
+        "--device",
+        args_ns.device,
+    ]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -233,28 +316,57 @@ def run_isolated(args_ns, method, impl, size) -> dict:
 def main() -> None:
     import torch
 
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--sizes", type=int, nargs="+", default=[128, 256])
-    p.add_argument("--batch", type=int, default=None, help="default: 8 (propagation), 16 (--training)")
+    p.add_argument(
+        "--batch", type=int, default=None, help="default: 8 (propagation), 16 (--training)"
+    )
     p.add_argument("--iterations", type=int, default=6)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--training", action="store_true", help="time refiner training steps (see above)")
-    p.add_argument("--breakdown", nargs=2, metavar=("METHOD", "IMPL"),
-                   help="profile one implementation instead (e.g. dyspn triton) at the first size: where the time goes")
-    p.add_argument("--profile", choices=("smoke", "cpu", "full"), default=None,
-                   help="--training: whose models (default: full on CUDA, else cpu)")
+    p.add_argument(
+        "--training", action="store_true", help="time refiner training steps (see above)"
+    )
+    p.add_argument(
+        "--breakdown",
+        nargs=2,
+        metavar=("METHOD", "IMPL"),
+        help="profile one implementation instead (e.g. dyspn triton) at the first size: where the "
+        "time goes",
+    )
+    p.add_argument(
+        "--profile",
+        choices=("smoke", "cpu", "full"),
+        default=None,
+        help="--training: whose models (default: full on CUDA, else cpu)",
+    )
     p.add_argument("--child", nargs=3, metavar=("METHOD", "IMPL", "SIZE"), help=argparse.SUPPRESS)
-    p.add_argument("--child-training", nargs=3, metavar=("METHOD", "ALLOCATOR", "SIZE"), help=argparse.SUPPRESS)
+    p.add_argument(
+        "--child-training", nargs=3, metavar=("METHOD", "ALLOCATOR", "SIZE"), help=argparse.SUPPRESS
+    )
     a = p.parse_args()
     a.batch_given, a.batch = a.batch, a.batch or 8
     a.profile = a.profile or ("full" if a.device.startswith("cuda") else "cpu")
     if a.breakdown:
-        breakdown(*a.breakdown, a.sizes[-1] if a.sizes == [128, 256] else a.sizes[0], a.batch, a.iterations, a.device)
+        breakdown(
+            *a.breakdown,
+            a.sizes[-1] if a.sizes == [128, 256] else a.sizes[0],
+            a.batch,
+            a.iterations,
+            a.device,
+        )
         return
     if a.child_training:
         method, allocator, size = a.child_training
-        print(json.dumps(measure_training(method, allocator, int(size), a.batch, a.repeats, a.device, a.profile)))
+        print(
+            json.dumps(
+                measure_training(
+                    method, allocator, int(size), a.batch, a.repeats, a.device, a.profile
+                )
+            )
+        )
         return
     if a.training:
         if a.sizes == [128, 256]:
@@ -263,24 +375,42 @@ def main() -> None:
         return
     if a.child:
         method, impl, size = a.child
-        print(json.dumps(measure(method, impl, int(size), a.batch, a.iterations, a.repeats, a.device)))
+        print(
+            json.dumps(measure(method, impl, int(size), a.batch, a.iterations, a.repeats, a.device))
+        )
         return
     impls = ["torch"] + (["triton"] if a.device.startswith("cuda") else []) + ["unfold", "grouped"]
-    print(f"device {a.device} ({torch.cuda.get_device_name(0) if a.device.startswith('cuda') else f'{torch.get_num_threads()} threads'}), "
-          f"batch {a.batch}, 2 classes, T = {a.iterations}, forward + backward, best of {a.repeats}")
-    print(f"{'method':7s} {'size':>5s} {'impl':8s} {'ms':>9s} {'vs grouped':>11s} {'peak MB':>9s} {'saved MB':>9s} "
-          f"{'iter / copy':>12s}")
+    cuda = a.device.startswith("cuda")
+    where = torch.cuda.get_device_name(0) if cuda else f"{torch.get_num_threads()} threads"
+    print(
+        f"device {a.device} "
+        f"({where}), "
+        f"batch {a.batch}, 2 classes, T = {a.iterations}, forward + backward, best of {a.repeats}"
+    )
+    print(
+        f"{'method':7s} {'size':>5s} {'impl':8s} {'ms':>9s} {'vs grouped':>11s} {'peak MB':>9s} "
+        f"{'saved MB':>9s} "
+        f"{'iter / copy':>12s}"
+    )
     for size in a.sizes:
         for method in ("cspn", "dyspn"):
             rows = {impl: run_isolated(a, method, impl, size) for impl in impls}
             for impl, r in rows.items():
                 per_iter = r["seconds"] / a.iterations
-                print(f"{method:7s} {size:5d} {impl:8s} {1e3 * r['seconds']:9.1f} "
-                      f"{rows['grouped']['seconds'] / r['seconds']:10.1f}x {r['peak_bytes'] / 2**20:9.1f} "
-                      f"{r['saved_bytes'] / 2**20:9.1f} {per_iter / r['copy_seconds']:11.1f}x", flush=True)
-    print("vs grouped: the grouped-convolution time over this one (higher is faster); peak MB: peak memory\n"
-          "above the inputs; saved MB: what autograd keeps for the backward pass; iter / copy: one\n"
-          "forward+backward iteration over one plain copy of the bytes it must move (1x = the bandwidth bound).")
+                print(
+                    f"{method:7s} {size:5d} {impl:8s} {1e3 * r['seconds']:9.1f} "
+                    f"{rows['grouped']['seconds'] / r['seconds']:10.1f}x "
+                    f"{r['peak_bytes'] / 2**20:9.1f} "
+                    f"{r['saved_bytes'] / 2**20:9.1f} {per_iter / r['copy_seconds']:11.1f}x",
+                    flush=True,
+                )
+    print(
+        "vs grouped: the grouped-convolution time over this one (higher is faster); peak MB: peak "
+        "memory\n"
+        "above the inputs; saved MB: what autograd keeps for the backward pass; iter / copy: one\n"
+        "forward+backward iteration over one plain copy of the bytes it must move (1x = the "
+        "bandwidth bound)."
+    )
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ seeds, which loads every stage and prints the tables and paired bootstrap interv
 ``runs/<profile>/quality-*.json``). Each process's console goes to ``runs/<profile>/sweep-logs/``.
 Quality only: timings from processes sharing a machine are not comparable.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,9 +28,23 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 # the fields that decide the coarse and converged U-Nets (see helpers.workbook.stages.Stage.spec)
-BASE_FIELDS = {"image_size", "coarse_size", "coarse_width", "coarse_depth", "coarse_epochs", "coarse_lr",
-               "coarse_min_steps", "batch_size", "val_fraction", "max_train", "max_eval", "augment",
-               "converged_max_epochs", "converged_patience", "weight_decay"}
+BASE_FIELDS = {
+    "image_size",
+    "coarse_size",
+    "coarse_width",
+    "coarse_depth",
+    "coarse_epochs",
+    "coarse_lr",
+    "coarse_min_steps",
+    "batch_size",
+    "val_fraction",
+    "max_train",
+    "max_eval",
+    "augment",
+    "converged_max_epochs",
+    "converged_patience",
+    "weight_decay",
+}
 
 
 def base_key(variant: str) -> tuple:
@@ -39,8 +54,18 @@ def base_key(variant: str) -> tuple:
 
 
 def quality_command(args, variant: str, seeds: list[int]) -> list[str]:
-    cmd = [sys.executable, str(ROOT / "benchmarks" / "quality.py"), "--profile", args.profile,
-           "--seeds", *map(str, seeds), "--settings", *args.settings, "--resamples", str(args.resamples)]
+    cmd = [
+        sys.executable,
+        str(ROOT / "benchmarks" / "quality.py"),
+        "--profile",
+        args.profile,
+        "--seeds",
+        *map(str, seeds),
+        "--settings",
+        *args.settings,
+        "--resamples",
+        str(args.resamples),
+    ]
     if args.data_root:
         cmd += ["--data-root", args.data_root]
     if variant.split():
@@ -49,14 +74,17 @@ def quality_command(args, variant: str, seeds: list[int]) -> list[str]:
 
 
 def run_all(jobs: list[tuple[str, list[str]]], workers: int, logs: Path) -> list[int]:
-    """Run (name, command) pairs, ``workers`` at a time; each one's output to ``logs/<name>.log``."""
+    """Run (name, command) pairs, ``workers`` at a time; each one's output to
+    ``logs/<name>.log``."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
     def one(job):
         name, cmd = job
         t0 = time.perf_counter()
         with open(logs / f"{name}.log", "w") as log:
-            rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT).returncode
+            rc = subprocess.run(
+                cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT
+            ).returncode
         print(f"  {name}: exit {rc} after {time.perf_counter() - t0:.0f} s", flush=True)
         return rc
 
@@ -65,24 +93,31 @@ def run_all(jobs: list[tuple[str, list[str]]], workers: int, logs: Path) -> list
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     parser.add_argument("--data-root", help="a folder holding oxford-iiit-pet/")
     parser.add_argument("--profile", default="cpu", choices=("smoke", "cpu", "full"))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--settings", nargs="+", choices=("coarse", "converged"), default=["coarse", "converged"])
-    parser.add_argument("--variant", action="append", required=True,
-                        help='overrides of one variant, e.g. "perturb=0.5 boundary_weight=4" ("" = the defaults)')
+    parser.add_argument(
+        "--settings", nargs="+", choices=("coarse", "converged"), default=["coarse", "converged"]
+    )
+    parser.add_argument(
+        "--variant",
+        action="append",
+        required=True,
+        help='overrides of one variant, e.g. "perturb=0.5 boundary_weight=4" ("" = the defaults)',
+    )
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="processes at a time")
     parser.add_argument("--resamples", type=int, default=2000)
     args = parser.parse_args(argv)
 
-    sys.path.insert(0, str(ROOT))   # the workbook, installed or not
+    sys.path.insert(0, str(ROOT))  # the workbook, installed or not
     from helpers.core.checkpoint import file_slug
 
     logs = ROOT / "runs" / args.profile / "sweep-logs"
     logs.mkdir(parents=True, exist_ok=True)
-    slug = lambda v: file_slug(v.strip(), "_", keep="=") or "defaults"   # noqa: E731
+    slug = lambda v: file_slug(v.strip(), "_", keep="=") or "defaults"  # noqa: E731
     first, rest, seen = [], [], set()
     for variant in args.variant:
         for seed in args.seeds:
@@ -95,7 +130,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"phase 2: {len(rest)} processes", flush=True)
     codes += run_all(rest, args.jobs, logs)
     print("phase 3: tables over all seeds", flush=True)
-    codes += run_all([(f"{slug(v)}-all", quality_command(args, v, args.seeds)) for v in args.variant], args.jobs, logs)
+    codes += run_all(
+        [(f"{slug(v)}-all", quality_command(args, v, args.seeds)) for v in args.variant],
+        args.jobs,
+        logs,
+    )
     print(f"sweep took {(time.perf_counter() - t0) / 60:.1f} min; logs in {logs.relative_to(ROOT)}")
     return int(any(codes))
 

@@ -24,27 +24,45 @@ __version__ = "0.2.0"
 # public name -> the module that defines it (relative to this package)
 _NAMES = {
     # modules the notebooks use by name
-    "colab": "cli.colab", "exercises": "course.notebook", "viz": "analysis.viz",
+    "colab": "cli.colab",
+    "exercises": "course.notebook",
+    "viz": "analysis.viz",
     # settings and runs
-    "Config": "core.config", "load_config": "core.config",
-    "open_workbook": "workbook.session", "Workbook": "workbook.session",
+    "Config": "core.config",
+    "load_config": "core.config",
+    "open_workbook": "workbook.session",
+    "Workbook": "workbook.session",
     "StageResult": "workbook.session",
-    "run_stage": "workbook.workflow", "coarse_stage": "workbook.workflow",
-    "load_coarse": "workbook.workflow", "load_coarse_predictions": "workbook.workflow",
-    "refine_stage": "workbook.workflow", "all_stages": "workbook.workflow",
-    "gains_and_losses": "workbook.workflow", "refine_images": "workbook.workflow",
-    "SETTINGS": "workbook.stages", "get_stage": "workbook.stages",
-    "record_results": "workbook.results", "compare_table": "workbook.results",
-    "comparison_rows": "workbook.results", "format_table": "workbook.results",
+    "run_stage": "workbook.workflow",
+    "coarse_stage": "workbook.workflow",
+    "load_coarse": "workbook.workflow",
+    "load_coarse_predictions": "workbook.workflow",
+    "refine_stage": "workbook.workflow",
+    "all_stages": "workbook.workflow",
+    "gains_and_losses": "workbook.workflow",
+    "refine_images": "workbook.workflow",
+    "SETTINGS": "workbook.stages",
+    "get_stage": "workbook.stages",
+    "record_results": "workbook.results",
+    "compare_table": "workbook.results",
+    "comparison_rows": "workbook.results",
+    "format_table": "workbook.results",
     # models
-    "UNet": "models.unet", "count_parameters": "models.unet",
-    "CoarseSegmenter": "models.coarse", "Refiner": "models.refiner",
-    "CSPN": "models.propagation", "DySPN": "models.propagation", "Window": "models.propagation",
+    "UNet": "models.unet",
+    "count_parameters": "models.unet",
+    "CoarseSegmenter": "models.coarse",
+    "Refiner": "models.refiner",
+    "CSPN": "models.propagation",
+    "DySPN": "models.propagation",
+    "Window": "models.propagation",
     # training and analysis
-    "fit": "training.loop", "iteration_sweep": "training.evaluation",
+    "fit": "training.loop",
+    "iteration_sweep": "training.evaluation",
     "scrubber_for": "analysis.scrubber",
-    "check_improves": "analysis.selfcheck", "check_learned": "analysis.selfcheck",
-    "error_bands": "analysis.error_bands", "edges_with": "analysis.error_bands",
+    "check_improves": "analysis.selfcheck",
+    "check_learned": "analysis.selfcheck",
+    "error_bands": "analysis.error_bands",
+    "edges_with": "analysis.error_bands",
     "format_bands": "analysis.error_bands",
 }
 # names whose attribute in the module differs from the public name
@@ -59,7 +77,7 @@ def __getattr__(name: str):
         raise AttributeError(f"module 'helpers' has no attribute {name!r}")
     module = importlib.import_module(f".{_NAMES[name]}", __name__)
     value = module if name in _MODULES else getattr(module, _ATTRIBUTES.get(name, name))
-    globals()[name] = value   # cached: the next access is a plain attribute
+    globals()[name] = value  # cached: the next access is a plain attribute
     return value
 
 

@@ -1,4 +1,5 @@
 """Fixtures shared by the unit tests (the smoke profile itself is set by the root conftest)."""
+
 import pytest
 
 from helpers.data.synthetic import write_synthetic_dataset
@@ -16,6 +17,7 @@ def pets(tmp_path_factory):
 @pytest.fixture
 def folders(tmp_path, monkeypatch):
     """Where a test's runs and decoded data go (never the repository's ``runs/`` and ``data/``),
-    as :func:`helpers.workbook.session.open_workbook` takes them; no PETS_ROOT from the user's shell."""
+    as :func:`helpers.workbook.session.open_workbook` takes them; no PETS_ROOT from the user's
+    shell."""
     monkeypatch.delenv("PETS_ROOT", raising=False)
     return {"runs_dir": tmp_path / "runs", "data_dir": tmp_path / "data"}

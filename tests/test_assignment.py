@@ -3,6 +3,7 @@
 The student edition is generated once per session (a few seconds); every grading runs in a
 subprocess, as an instructor's would.
 """
+
 import json
 import shutil
 from pathlib import Path
@@ -13,9 +14,15 @@ import pytest
 import torch
 
 from helpers.course import checking, edition, grading, notebook
-from helpers.course.compare import rel_error
-from helpers.course.edition import AssignmentError, fill_back, find_regions, make_student_edition, strip_solutions
 from helpers.course.catalogue import EXERCISES
+from helpers.course.compare import rel_error
+from helpers.course.edition import (
+    AssignmentError,
+    fill_back,
+    find_regions,
+    make_student_edition,
+    strip_solutions,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -32,7 +39,9 @@ def _fill(student: Path, dest: Path, keys=None) -> Path:
     shutil.copytree(student, dest)
     for path in (dest / "helpers").rglob("*.py"):
         solution = (ROOT / path.relative_to(dest)).read_text(encoding="utf-8")
-        path.write_text(fill_back(path.read_text(encoding="utf-8"), solution, keys), encoding="utf-8")
+        path.write_text(
+            fill_back(path.read_text(encoding="utf-8"), solution, keys), encoding="utf-8"
+        )
     return dest
 
 
@@ -45,12 +54,15 @@ def test_every_exercise_has_a_region_and_the_solution_passes_every_check():
     files = edition.exercise_files(ROOT)
     assert set(files) == {e.key for e in EXERCISES}
     results = checking.run_checks()
-    assert [r.key for r in results if not r.passed] == [], [r.message for r in results if not r.passed]
+    assert [r.key for r in results if not r.passed] == [], [
+        r.message for r in results if not r.passed
+    ]
     assert sum(r.points for r in results) == sum(e.points for e in EXERCISES) == 100
 
 
 def test_references_are_those_of_the_current_solution(tmp_path):
-    """`python -m helpers references` would write what is committed (else a check tests stale outputs)."""
+    """`python -m helpers references` would write what is committed (else a check tests stale
+    outputs)."""
     fresh = checking.load_references(checking.make_references(path=tmp_path / "refs.pt"))
     committed = checking.load_references()
 
@@ -72,22 +84,36 @@ def test_markers_are_checked():
     with pytest.raises(AssignmentError, match="unknown exercise 'nope'"):
         find_regions("# BEGIN EXERCISE nope\n# END EXERCISE\n")
     with pytest.raises(AssignmentError, match="inside the region"):
-        find_regions("# BEGIN EXERCISE miou\n# BEGIN EXERCISE unet-up\n# END EXERCISE\n# END EXERCISE\n")
+        find_regions(
+            "# BEGIN EXERCISE miou\n# BEGIN EXERCISE unet-up\n# END EXERCISE\n# END EXERCISE\n"
+        )
     with pytest.raises(AssignmentError, match="without a BEGIN"):
         find_regions("x = 1\n# END EXERCISE\n")
-    for near_miss in ("    # BEGIN EXERCISE cspn_step\n", "# BEGIN EXERCISE miou (see notebook 01)\n", "#begin exercise miou\n"):
+    for near_miss in (
+        "    # BEGIN EXERCISE cspn_step\n",
+        "# BEGIN EXERCISE miou (see notebook 01)\n",
+        "#begin exercise miou\n",
+    ):
         with pytest.raises(AssignmentError, match="malformed exercise marker"):
             find_regions(near_miss)
 
 
 def test_a_stub_keeps_the_markers_and_indentation_and_raises_the_exercise_message():
-    text = "def f(x):\n    \"\"\"doc\"\"\"\n    # BEGIN EXERCISE cspn-step\n    return x + 1\n    # END EXERCISE\n"
+    text = (
+        "def f(x):\n    \"\"\"doc\"\"\"\n    # BEGIN EXERCISE cspn-step\n    return x + 1\n    "
+        "# END EXERCISE\n"
+    )
     stub = strip_solutions(text)
-    assert "return x + 1" not in stub and "# BEGIN EXERCISE cspn-step" in stub and '"""doc"""' in stub
+    assert (
+        "return x + 1" not in stub and "# BEGIN EXERCISE cspn-step" in stub and '"""doc"""' in stub
+    )
     namespace = {}
     exec(compile(stub, "stub", "exec"), namespace)
-    with pytest.raises(NotImplementedError, match=r"^Exercise 5 \(CSPN step\): not done yet: write it in "
-                                                  r"helpers/models/propagation/propagators.py, CSPN.step. Hint: "):
+    with pytest.raises(
+        NotImplementedError,
+        match=r"^Exercise 5 \(CSPN step\): not done yet: write it in "
+        r"helpers/models/propagation/propagators.py, CSPN.step. Hint: ",
+    ):
         namespace["f"](1)
     assert fill_back(stub, text) == text
 
@@ -102,19 +128,28 @@ def test_student_edition_strips_every_solution_and_clears_outputs(student):
             regions = [r for r in find_regions(mine) if r.key == key]
             lines = mine.splitlines()
             for r in regions:
-                body = lines[r.begin + 1:r.end]
-                assert len(body) == 2 and body[1].strip().startswith("raise NotImplementedError("), body
+                body = lines[r.begin + 1 : r.end]
+                assert len(body) == 2 and body[1].strip().startswith(
+                    "raise NotImplementedError("
+                ), body
             assert mine != solution
     # every notebook travels (an empty folder would leave the checks below with nothing to check)
-    assert sorted(p.name for p in (student / "notebooks").glob("*.ipynb")) == \
-        sorted(p.name for p in (ROOT / "notebooks").glob("*.ipynb"))
+    assert sorted(p.name for p in (student / "notebooks").glob("*.ipynb")) == sorted(
+        p.name for p in (ROOT / "notebooks").glob("*.ipynb")
+    )
     for nb_path in (student / "notebooks").glob("*.ipynb"):
         nb = json.loads(nb_path.read_text(encoding="utf-8"))
-        assert all(c.get("outputs", []) == [] and c.get("execution_count") is None
-                   for c in nb["cells"] if c["cell_type"] == "code"), nb_path.name
+        assert all(
+            c.get("outputs", []) == [] and c.get("execution_count") is None
+            for c in nb["cells"]
+            if c["cell_type"] == "code"
+        ), nb_path.name
         assert "widgets" not in nb["metadata"]
     # nothing local travels: no runs, downloaded data, caches or git metadata (data/README.md does)
-    assert not any((student / d).exists() for d in ("runs", ".git")) and (student / "data" / "README.md").is_file()
+    assert (
+        not any((student / d).exists() for d in ("runs", ".git"))
+        and (student / "data" / "README.md").is_file()
+    )
     assert [p.name for p in (student / "data").iterdir()] == ["README.md"]
     assert not list(student.rglob("__pycache__"))
 
@@ -138,7 +173,10 @@ def test_the_student_edition_trains_with_the_students_propagation_step(student):
     """On a GPU the solution's fused kernels would run instead of the student's step: the student
     edition's default is the PyTorch path, which calls CSPN.step and DySPN.step."""
     config = (student / "helpers" / "core" / "config.py").read_text()
-    assert 'propagation_backend: str = "torch"' in config and 'propagation_backend: str = "auto"' not in config
+    assert (
+        'propagation_backend: str = "torch"' in config
+        and 'propagation_backend: str = "auto"' not in config
+    )
 
 
 # ------------------------------------------------------------------------------ grading
@@ -151,14 +189,20 @@ def test_the_student_edition_fails_exactly_the_exercise_checks_each_named(studen
         assert "not done yet" in r.message or "needs Exercise" in r.message, r.message
 
 
-def test_filled_back_submission_gets_full_marks_and_partial_ones_only_their_exercises(student, tmp_path):
+def test_filled_back_submission_gets_full_marks_and_partial_ones_only_their_exercises(
+    student, tmp_path
+):
     _fill(student, tmp_path / "subs" / "alice")
     _fill(student, tmp_path / "subs" / "bob", keys={"cspn-step", "boundary-band", "refiner-loss"})
     doc = grading.grade(tmp_path / "subs", timeout=300)
     subs = {s["name"]: s for s in doc["submissions"]}
     assert subs["alice"]["score"] == subs["alice"]["max_score"] == 100
     bob = _by_key(subs["bob"]["exercises"])
-    assert {k for k, r in bob.items() if r["passed"]} == {"cspn-step", "boundary-band", "refiner-loss"}
+    assert {k for k, r in bob.items() if r["passed"]} == {
+        "cspn-step",
+        "boundary-band",
+        "refiner-loss",
+    }
     assert subs["bob"]["score"] == 15 + 10 + 15
     table = grading.format_grades(doc)
     assert "alice: 100 / 100 points" in table and "bob: 40 / 100 points" in table
@@ -166,43 +210,75 @@ def test_filled_back_submission_gets_full_marks_and_partial_ones_only_their_exer
 
 def test_a_wrong_solution_fails_its_check_with_what_differs(student, tmp_path):
     sub = _fill(student, tmp_path / "wrong")
-    prop = sub / "helpers" / "models" / "propagation" / "propagators.py"
-    text = prop.read_text()
-    # CSPN step without the neighbour sum; DySPN normalised without the pixel's own attention
-    text = text.replace("return base + ring_sums(d, kappa, self.kernel)[:, 0]", "return base + 0 * d")
-    text = text.replace("G = (p[:, :self.rings] * A).sum(1, keepdim=True) + p[:, self.rings:] + EPS",
-                        "G = (p[:, :self.rings] * A).sum(1, keepdim=True) + EPS")
-    refiner = sub / "helpers" / "models" / "refiner.py"
-    # the coarse net left in train mode: its BatchNorm statistics would drift
-    refiner.write_text(refiner.read_text().replace("        self.coarse.eval()  # frozen", "        pass  # frozen"))
-    metrics = sub / "helpers" / "analysis" / "metrics.py"
-    # IoU without subtracting the intersection from the union
-    metrics.write_text(metrics.read_text().replace("union = cm.sum(0) + cm.sum(1) - tp", "union = cm.sum(0) + cm.sum(1)"))
-    prop.write_text(text)
+    helpers = sub / "helpers"
+    bugs = {
+        # CSPN step without the neighbour sum; DySPN normalised without the pixel's own attention
+        "models/propagation/propagators.py": [
+            ("return base + ring_sums(d, kappa, self.kernel)[:, 0]", "return base + 0 * d"),
+            (
+                "G = (p[:, : self.rings] * A).sum(1, keepdim=True) + p[:, self.rings :] + EPS",
+                "G = (p[:, : self.rings] * A).sum(1, keepdim=True) + EPS",
+            ),
+        ],
+        # the coarse net left in train mode: its BatchNorm statistics would drift
+        "models/refiner.py": [("        self.coarse.eval()  # frozen", "        pass  # frozen")],
+        # IoU without subtracting the intersection from the union
+        "analysis/metrics.py": [
+            ("union = cm.sum(0) + cm.sum(1) - tp", "union = cm.sum(0) + cm.sum(1)")
+        ],
+    }
+    for name, edits in bugs.items():
+        text = (helpers / name).read_text()
+        for right, wrong in edits:
+            assert right in text, f"{name} no longer holds {right!r}: update this test"
+            text = text.replace(right, wrong)
+        (helpers / name).write_text(text)
     results = _by_key(grading.grade_one(sub, timeout=300))
-    assert not results["cspn-step"].passed and "D^1..D^3 of three steps differs" in results["cspn-step"].message
-    assert not results["dyspn-step"].passed and "differs from the reference" in results["dyspn-step"].message
-    assert not results["refiner-loss"].passed and "coarse net must be in eval mode" in results["refiner-loss"].message
-    assert not results["miou"].passed and "iou_per_class (2 classes) differs" in results["miou"].message
-    assert {k for k, r in results.items() if r.passed} == {"boundary-band", "unet-up", "cspn-affinity"}
+    assert (
+        not results["cspn-step"].passed
+        and "D^1..D^3 of three steps differs" in results["cspn-step"].message
+    )
+    assert (
+        not results["dyspn-step"].passed
+        and "differs from the reference" in results["dyspn-step"].message
+    )
+    assert (
+        not results["refiner-loss"].passed
+        and "coarse net must be in eval mode" in results["refiner-loss"].message
+    )
+    assert (
+        not results["miou"].passed
+        and "iou_per_class (2 classes) differs" in results["miou"].message
+    )
+    assert {k for k, r in results.items() if r.passed} == {
+        "boundary-band",
+        "unet-up",
+        "cspn-affinity",
+    }
 
 
 def test_a_gradient_broken_by_detach_fails_gradcheck(student, tmp_path):
     sub = _fill(student, tmp_path / "detached")
     prop = sub / "helpers" / "models" / "propagation" / "propagators.py"
-    prop.write_text(prop.read_text().replace("return base + ring_sums(d, kappa, self.kernel)[:, 0]",
-                                             "return base + ring_sums(d.detach(), kappa, self.kernel)[:, 0]"))
+    prop.write_text(
+        prop.read_text().replace(
+            "return base + ring_sums(d, kappa, self.kernel)[:, 0]",
+            "return base + ring_sums(d.detach(), kappa, self.kernel)[:, 0]",
+        )
+    )
     result = _by_key(grading.grade_one(sub, timeout=300))["cspn-step"]
     assert not result.passed and "the gradient of" in result.message and "differs" in result.message
     # in a notebook the same bug also fails the finite-difference gradcheck
-    from helpers.course.checking import _gradcheck_cspn
-    from helpers.course.compare import Mismatch as _Mismatch
-    from types import SimpleNamespace
     import importlib.util
     import sys
+    from types import SimpleNamespace
+
+    from helpers.course.checking import _gradcheck_cspn
+    from helpers.course.compare import Mismatch as _Mismatch
+
     spec = importlib.util.spec_from_file_location("helpers.models.propagation.detached", prop)
     module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module   # its dataclasses look their module up
+    sys.modules[spec.name] = module  # its dataclasses look their module up
     try:
         spec.loader.exec_module(module)
     finally:
@@ -228,33 +304,49 @@ def test_the_grader_uses_its_own_checks_not_the_submissions(student, tmp_path):
     """A submission that edits its copy of the checks to always pass still gets no points."""
     sub = shutil.copytree(student, tmp_path / "cheat")
     ex = sub / "helpers" / "course" / "checking.py"
-    ex.write_text(ex.read_text().replace("def check_one(", "def _real_check_one(") + (
-        "\n\ndef check_one(key, pkg=None, refs=None):\n"
-        "    e = lookup(key)\n"
-        "    return Result(e.key, e.number, e.title, e.points, e.points, True, 'passed')\n"))
+    ex.write_text(
+        ex.read_text().replace("def check_one(", "def _real_check_one(")
+        + (
+            "\n\ndef check_one(key, pkg=None, refs=None):\n"
+            "    e = lookup(key)\n"
+            "    return Result(e.key, e.number, e.title, e.points, e.points, True, 'passed')\n"
+        )
+    )
     assert all(not r.passed for r in grading.grade_one(sub, timeout=300))
 
 
 # ------------------------------------------------------------------------------ in a notebook
 def test_a_failing_check_cell_is_one_line_and_later_cells_repeat_it(student):
     nb = nbformat.v4.new_notebook()
-    nb.cells = [nbformat.v4.new_code_cell("from helpers import colab, exercises\n_ = colab.setup()"),
-                nbformat.v4.new_code_cell('exercises.check("cspn-step")'),
-                nbformat.v4.new_code_cell('exercises.require("cspn-step")\nrefined = 1'),
-                nbformat.v4.new_code_cell("refined + 1"),
-                nbformat.v4.new_code_cell("raise NotImplementedError('not an exercise')")]
-    nbclient.NotebookClient(nb, timeout=120, kernel_name="python3", allow_errors=True,
-                            resources={"metadata": {"path": str(student)}}).execute()
+    nb.cells = [
+        nbformat.v4.new_code_cell("from helpers import colab, exercises\n_ = colab.setup()"),
+        nbformat.v4.new_code_cell('exercises.check("cspn-step")'),
+        nbformat.v4.new_code_cell('exercises.require("cspn-step")\nrefined = 1'),
+        nbformat.v4.new_code_cell("refined + 1"),
+        nbformat.v4.new_code_cell("raise NotImplementedError('not an exercise')"),
+    ]
+    nbclient.NotebookClient(
+        nb,
+        timeout=120,
+        kernel_name="python3",
+        allow_errors=True,
+        resources={"metadata": {"path": str(student)}},
+    ).execute()
     errors = [[o for o in c.outputs if o["output_type"] == "error"] for c in nb.cells]
     assert errors[0] == []
     for i in (1, 2, 3):
         assert len(errors[i]) == 1 and len(errors[i][0]["traceback"]) == 1, errors[i]
     assert errors[1][0]["ename"] == "ExerciseFailed"
-    assert errors[1][0]["evalue"].startswith("Exercise 5 (CSPN step) is not done yet: write it in helpers/models/propagation/propagators.py")
+    assert errors[1][0]["evalue"].startswith(
+        "Exercise 5 (CSPN step) is not done yet: write it in "
+        "helpers/models/propagation/propagators.py"
+    )
     assert errors[2][0]["evalue"] == errors[1][0]["evalue"]
     assert errors[3][0]["ename"] == "NameError"
-    assert errors[3][0]["traceback"][0].endswith("because an earlier cell stopped: " + errors[1][0]["evalue"])
-    assert len(errors[4][0]["traceback"]) > 1   # any other error keeps its traceback
+    assert errors[3][0]["traceback"][0].endswith(
+        "because an earlier cell stopped: " + errors[1][0]["evalue"]
+    )
+    assert len(errors[4][0]["traceback"]) > 1  # any other error keeps its traceback
 
 
 def test_check_prints_the_relative_error_and_leaves_the_random_state_alone(capsys):
@@ -264,8 +356,11 @@ def test_check_prints_the_relative_error_and_leaves_the_random_state_alone(capsy
     result = notebook.check("dyspn-step")
     assert result.passed and torch.equal(torch.rand(3), expected)
     out = capsys.readouterr().out
-    assert out.startswith("Exercise 7 (DySPN ring attention and step): passed") and "relative error" in out \
+    assert (
+        out.startswith("Exercise 7 (DySPN ring attention and step): passed")
+        and "relative error" in out
         and "gradcheck passed" in out
+    )
 
 
 def test_a_submission_cannot_forge_its_grade(student, tmp_path):
@@ -274,15 +369,22 @@ def test_a_submission_cannot_forge_its_grade(student, tmp_path):
     fresh inputs and compares in its own process: no points."""
     sub = shutil.copytree(student, tmp_path / "forger")
     init = sub / "helpers" / "__init__.py"
-    init.write_text(init.read_text() + (
-        "\nimport sys as _sys, torch as _torch\nfrom pathlib import Path as _Path\n"
-        "_grader = _sys.modules.get('workbook_grader.worker')\n"
-        "if _grader is not None:\n"
-        "    _refs = _torch.load(_Path(__file__).parent / 'course' / 'references.pt', weights_only=True)\n"
-        "    _grader.attempt = lambda key, pkg, inputs: (_refs[key]['outputs'], None)\n"))
+    init.write_text(
+        init.read_text()
+        + (
+            "\nimport sys as _sys, torch as _torch\nfrom pathlib import Path as _Path\n"
+            "_grader = _sys.modules.get('workbook_grader.worker')\n"
+            "if _grader is not None:\n"
+            "    _refs = _torch.load(_Path(__file__).parent / 'course' / 'references.pt', "
+            "weights_only=True)\n"
+            "    _grader.attempt = lambda key, pkg, inputs: (_refs[key]['outputs'], None)\n"
+        )
+    )
     results = grading.grade_one(sub, timeout=300)
     assert sum(r.points for r in results) == 0
-    assert all("differs from the reference" in r.message for r in results if r.key != "refiner-loss")
+    assert all(
+        "differs from the reference" in r.message for r in results if r.key != "refiner-loss"
+    )
 
 
 def test_a_missing_file_is_not_graded_with_the_installed_solution(student, tmp_path):
@@ -292,16 +394,26 @@ def test_a_missing_file_is_not_graded_with_the_installed_solution(student, tmp_p
     (sub / "helpers" / "analysis" / "metrics.py").unlink()
     results = grading.grade_one(sub, timeout=300)
     assert sum(r.points for r in results) == 0
-    assert all("does not import" in r.message or "missing from the submission" in r.message for r in results)
+    assert all(
+        "does not import" in r.message or "missing from the submission" in r.message
+        for r in results
+    )
 
 
 def test_the_one_line_name_error_ends_with_the_next_clean_cell(student):
     nb = nbformat.v4.new_notebook()
-    nb.cells = [nbformat.v4.new_code_cell("from helpers import colab, exercises\n_ = colab.setup()"),
-                nbformat.v4.new_code_cell('exercises.check("miou")'),
-                nbformat.v4.new_code_cell("x = 1"),
-                nbformat.v4.new_code_cell("undefined_name + 1")]
-    nbclient.NotebookClient(nb, timeout=120, kernel_name="python3", allow_errors=True,
-                            resources={"metadata": {"path": str(student)}}).execute()
+    nb.cells = [
+        nbformat.v4.new_code_cell("from helpers import colab, exercises\n_ = colab.setup()"),
+        nbformat.v4.new_code_cell('exercises.check("miou")'),
+        nbformat.v4.new_code_cell("x = 1"),
+        nbformat.v4.new_code_cell("undefined_name + 1"),
+    ]
+    nbclient.NotebookClient(
+        nb,
+        timeout=120,
+        kernel_name="python3",
+        allow_errors=True,
+        resources={"metadata": {"path": str(student)}},
+    ).execute()
     error = [o for o in nb.cells[3].outputs if o["output_type"] == "error"][0]
-    assert error["ename"] == "NameError" and len(error["traceback"]) > 1   # its own traceback again
+    assert error["ename"] == "NameError" and len(error["traceback"]) > 1  # its own traceback again

@@ -1,17 +1,24 @@
 """The lean GPU path (helpers/batches.py), checked on the CPU: batches served from the device,
 the batched flip-and-crop, evaluation without copies, and the thread cap."""
+
 import pytest
 import torch
+from toys import toy_data
 
-from helpers.data.batches import DeviceBatches, crop_boxes, flip_and_crop, make_batches, split_batches
 from helpers.core.checkpoint import safe_load
+from helpers.core.runtime import limit_cpu_threads
+from helpers.data.batches import (
+    DeviceBatches,
+    crop_boxes,
+    flip_and_crop,
+    make_batches,
+    make_loader,
+    split_batches,
+)
 from helpers.data.dataset import CROP_RATIO, CROP_SCALE, train_transforms
 from helpers.models.coarse import CoarseSegmenter
-from helpers.core.runtime import limit_cpu_threads
-from helpers.data.batches import make_loader
 from helpers.training.evaluation import evaluate, evaluate_probs, predict
 from helpers.training.loop import fit
-from toys import toy_data
 
 
 def test_split_batches_equal_the_dataloader_bit_for_bit():
@@ -26,7 +33,9 @@ def test_split_batches_equal_the_dataloader_bit_for_bit():
 
 def test_device_batches_visit_every_image_once_per_pass_reproducibly():
     data = toy_data(10)
-    data.images[:, 0, 0, 0] = torch.arange(10, dtype=torch.uint8)   # a tag per image (no augmentation)
+    data.images[:, 0, 0, 0] = torch.arange(
+        10, dtype=torch.uint8
+    )  # a tag per image (no augmentation)
     batches = DeviceBatches(data, 4, shuffle=True, seed=3, device="cpu")
     assert len(batches) == 3
 
@@ -35,7 +44,7 @@ def test_device_batches_visit_every_image_once_per_pass_reproducibly():
 
     first, second = tags(batches), tags(batches)
     assert sorted(first) == sorted(second) == list(range(10))
-    assert first != second                                         # a new order every pass
+    assert first != second  # a new order every pass
     assert first == tags(DeviceBatches(data, 4, shuffle=True, seed=3, device="cpu"))
     # the generator's state is what a checkpoint saves: restoring it replays the next pass
     state = batches.generator.get_state()
@@ -81,14 +90,18 @@ def test_a_whole_image_crop_is_the_image_or_its_mirror_and_the_mask_follows():
 
 def test_random_crops_keep_image_and_mask_aligned():
     data = toy_data(16, size=32)
-    data.images[:] = (data.targets[:, None] * 255).to(torch.uint8).expand(-1, 3, -1, -1)   # the image shows the mask
+    data.images[:] = (
+        (data.targets[:, None] * 255).to(torch.uint8).expand(-1, 3, -1, -1)
+    )  # the image shows the mask
     images, targets = next(iter(split_batches(data, 16, "cpu")))
     out, labels = flip_and_crop(images, targets, torch.Generator().manual_seed(2))
-    assert out.shape == images.shape and labels.shape == targets.shape and labels.dtype == torch.int64
+    assert (
+        out.shape == images.shape and labels.shape == targets.shape and labels.dtype == torch.int64
+    )
     assert set(labels.unique().tolist()) <= {0, 1}
     agree = ((out[:, 0] > 0.5).long() == labels).double().mean()
-    assert agree > 0.97                              # only boundary pixels may differ (bilinear vs nearest)
-    assert (labels != targets).any()                 # and the crops did change the maps
+    assert agree > 0.97  # only boundary pixels may differ (bilinear vs nearest)
+    assert (labels != targets).any()  # and the crops did change the maps
 
 
 def test_device_batches_augment_where_the_split_has_transforms():
@@ -97,7 +110,9 @@ def test_device_batches_augment_where_the_split_has_transforms():
     data.transforms = train_transforms(24)
     augmented = [t for _, t in DeviceBatches(data, 8, shuffle=False, seed=0, device="cpu")][0]
     assert torch.equal(plain, data.targets.long()) and not torch.equal(augmented, plain)
-    assert isinstance(make_batches(data, 4, True, 0, "cpu"), torch.utils.data.DataLoader)    # CPU: the DataLoader
+    assert isinstance(
+        make_batches(data, 4, True, 0, "cpu"), torch.utils.data.DataLoader
+    )  # CPU: the DataLoader
     assert isinstance(make_batches(data, 4, True, 0, "cpu", on_device=True), DeviceBatches)
 
 
@@ -107,8 +122,11 @@ def test_evaluate_on_the_device_equals_the_metrics_of_the_predictions():
     data = toy_data(9)
     probs = predict(model, data, 4, "cpu")
     assert evaluate(model, data, 4, "cpu") == evaluate_probs(probs, data)[0]
-    # counted in chunks on a device (as workflow does on a GPU): the same pooled and per-image figures
-    assert evaluate_probs(probs, data, "cpu", batch_size=2) == evaluate_probs(probs, data, batch_size=64)
+    # counted in chunks on a device (as workflow does on a GPU): the same pooled and per-image
+    # figures
+    assert evaluate_probs(probs, data, "cpu", batch_size=2) == evaluate_probs(
+        probs, data, batch_size=64
+    )
     with pytest.raises(ValueError, match="2 probability maps for a dataset of 9"):
         evaluate_probs(probs[:2], data, batch_size=2)
     with pytest.raises(ValueError, match="empty"):
@@ -122,8 +140,16 @@ def test_training_from_device_batches_learns_and_resumes_exactly(tmp_path, monke
 
     train, val = toy_data(), toy_data(6, seed=1)
     train.transforms = train_transforms(24)
-    kw = dict(epochs=3, lr=5e-3, batch_size=4, device="cpu", seed=0, progress=False, data_on_device=True,
-              spec={"stage": "t"})
+    kw = dict(
+        epochs=3,
+        lr=5e-3,
+        batch_size=4,
+        device="cpu",
+        seed=0,
+        progress=False,
+        data_on_device=True,
+        spec={"stage": "t"},
+    )
 
     def model():
         torch.manual_seed(0)
@@ -150,10 +176,14 @@ def test_training_from_device_batches_learns_and_resumes_exactly(tmp_path, monke
     assert safe_load(tmp_path / "b.pt")["epoch"] == 1
     # fit is deterministic, so a restart from scratch would match too: count the evaluated epochs
     evaluated = []
-    monkeypatch.setattr(tr, "evaluate", lambda *a, **k: (evaluated.append(1), real_evaluate(*a, **k))[1])
+    monkeypatch.setattr(
+        tr, "evaluate", lambda *a, **k: (evaluated.append(1), real_evaluate(*a, **k))[1]
+    )
     resumed = model()
     again = fit(resumed, train_set=train, val_set=val, checkpoint=tmp_path / "b.pt", **kw)
-    assert len(evaluated) == 2, "the resumed run retrained from epoch 0 instead of continuing after epoch 1"
+    assert len(evaluated) == 2, (
+        "the resumed run retrained from epoch 0 instead of continuing after epoch 1"
+    )
     assert again.val == whole.val and again.train_loss == whole.train_loss
     for a, b in zip(straight.state_dict().values(), resumed.state_dict().values()):
         assert torch.equal(a, b)

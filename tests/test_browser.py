@@ -8,6 +8,7 @@ Screenshots (before / after) go to ``runs/test-output/browser/``.
 Needs Debian's ``chromium`` on PATH and the ``playwright`` Python package (no browser download);
 ``.ci/run`` installs both. Where they are missing the tests are skipped with the reason.
 """
+
 from __future__ import annotations
 
 import os
@@ -25,17 +26,31 @@ pytestmark = pytest.mark.browser
 
 REPO = Path(__file__).resolve().parent.parent
 SCREENSHOTS = REPO / "runs" / "test-output" / "browser"
-CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync", "--disable-default-apps", "--no-first-run",
-                  "--disable-quic", "--metrics-recording-only", "--no-pings"]
+CHROMIUM_FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-default-apps",
+    "--no-first-run",
+    "--disable-quic",
+    "--metrics-recording-only",
+    "--no-pings",
+]
 # JupyterLab asks about fetching news on first start: answered "no" so the popup never covers cells
-LAB_SETTINGS = {"@jupyterlab/apputils-extension/notification.jupyterlab-settings": '{"fetchNews": "false"}'}
+LAB_SETTINGS = {
+    "@jupyterlab/apputils-extension/notification.jupyterlab-settings": '{"fetchNews": "false"}'
+}
 
 
 def _chromium() -> str:
     path = shutil.which("chromium") or shutil.which("chromium-browser")
     if path is None:
-        pytest.skip("Debian's chromium is not on PATH (apt-get install chromium; .ci/run installs it)")
+        pytest.skip(
+            "Debian's chromium is not on PATH (apt-get install chromium; .ci/run installs it)"
+        )
     return path
 
 
@@ -49,24 +64,50 @@ def _free_port() -> int:
 def lab(tmp_path_factory):
     """A JupyterLab server on loopback over a copy of the workbook (so nothing it does, autosave
     included, touches the committed notebooks): yields (base URL, token)."""
-    pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed (pip install playwright)")
+    pytest.importorskip(
+        "playwright.sync_api",
+        reason="the playwright package is not installed (pip install playwright)",
+    )
     _chromium()
     work = tmp_path_factory.mktemp("lab")
     for folder in ("helpers", "notebooks"):
-        shutil.copytree(REPO / folder, work / folder, ignore=shutil.ignore_patterns("__pycache__", ".ipynb_checkpoints"))
+        shutil.copytree(
+            REPO / folder,
+            work / folder,
+            ignore=shutil.ignore_patterns("__pycache__", ".ipynb_checkpoints"),
+        )
     settings = work / ".lab-settings"
     for name, text in LAB_SETTINGS.items():
         (settings / name).parent.mkdir(parents=True, exist_ok=True)
         (settings / name).write_text(text)
     port, token = _free_port(), "workbook-browser-test"
-    env = {**os.environ, "WORKBOOK_PROFILE": "smoke", "JUPYTERLAB_SETTINGS_DIR": str(settings),
-           "MPLBACKEND": "module://matplotlib_inline.backend_inline"}
+    env = {
+        **os.environ,
+        "WORKBOOK_PROFILE": "smoke",
+        "JUPYTERLAB_SETTINGS_DIR": str(settings),
+        "MPLBACKEND": "module://matplotlib_inline.backend_inline",
+    }
     log = open(work / "jupyterlab.log", "w")
     server = subprocess.Popen(
-        [sys.executable, "-m", "jupyter", "lab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
-         f"--IdentityProvider.token={token}", "--expose-app-in-browser", f"--ServerApp.root_dir={work}",
-         "--allow-root", "--ServerApp.open_browser=False"],
-        env=env, stdout=log, stderr=subprocess.STDOUT, cwd=work)
+        [
+            sys.executable,
+            "-m",
+            "jupyter",
+            "lab",
+            "--no-browser",
+            "--ip=127.0.0.1",
+            f"--port={port}",
+            f"--IdentityProvider.token={token}",
+            "--expose-app-in-browser",
+            f"--ServerApp.root_dir={work}",
+            "--allow-root",
+            "--ServerApp.open_browser=False",
+        ],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=work,
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60
@@ -76,7 +117,10 @@ def lab(tmp_path_factory):
                 break
             except OSError:
                 if server.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("JupyterLab did not start:\n" + (work / "jupyterlab.log").read_text()[-3000:])
+                    raise RuntimeError(
+                        "JupyterLab did not start:\n"
+                        + (work / "jupyterlab.log").read_text()[-3000:]
+                    )
                 time.sleep(0.3)
         yield base, token
     finally:
@@ -90,7 +134,10 @@ def lab(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def browser():
-    pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed (pip install playwright)")
+    pytest.importorskip(
+        "playwright.sync_api",
+        reason="the playwright package is not installed (pip install playwright)",
+    )
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
@@ -101,9 +148,12 @@ def browser():
 
 # JavaScript run in the page (window.jupyterapp exists with --expose-app-in-browser). The notebook
 # is found by its path, never as "the current widget", which another restored tab could be.
-FIND = """const find = (path) => { if (!window.jupyterapp) return null;   // the page is still loading
+FIND = """const find = (path) => {
+    if (!window.jupyterapp) return null;   // the page is still loading
     for (const w of window.jupyterapp.shell.widgets('main')) {
-    if (w.context && w.context.path === path && w.content && w.sessionContext) return w; } return null; };"""
+        if (w.context && w.context.path === path && w.content && w.sessionContext) return w;
+    }
+    return null; };"""
 KERNEL_READY = f"""(path) => {{ {FIND} const nb = find(path);
     return !!(nb && nb.sessionContext.session && nb.sessionContext.session.kernel
               && nb.sessionContext.session.kernel.status === 'idle'); }}"""
@@ -114,29 +164,36 @@ RUN_ALL = f"""async (path) => {{ {FIND} const nb = find(path);
 ALL_RUN = f"""(path) => {{ {FIND} const nb = find(path);
     const cells = nb.content.widgets.filter(c => c.model.type === 'code');
     return nb.sessionContext.session.kernel.status === 'idle'
-        && cells.every(c => c.model.executionCount !== null && !c.promptNode.textContent.includes('*')); }}"""
-ERRORS = f"""(path) => {{ {FIND} return find(path).content.widgets.filter(c => c.model.type === 'code')
+        && cells.every(c => c.model.executionCount !== null
+                            && !c.promptNode.textContent.includes('*')); }}"""
+ERRORS = f"""(path) => {{ {FIND}
+    return find(path).content.widgets.filter(c => c.model.type === 'code')
     .flatMap(c => c.model.outputs.toJSON()).filter(o => o.output_type === 'error')
     .map(o => o.ename + ': ' + o.evalue); }}"""
 # SHA-256 of the bytes behind the <img> the Image widget shows (a blob: URL)
 SHOWN_HASH = """async (img) => {
     const bytes = await (await fetch(img.src)).arrayBuffer();
     const digest = await crypto.subtle.digest('SHA-256', bytes);
-    return Array.from(new Uint8Array(digest)).map(b => b.toString(16).padStart(2, '0')).join(''); }"""
+    return Array.from(new Uint8Array(digest))
+        .map(b => b.toString(16).padStart(2, '0')).join(''); }"""
 # run code in the notebook's kernel and return what it printed (or the error it raised)
 KERNEL_PRINT = f"""async ([path, code]) => {{ {FIND}
     const future = find(path).sessionContext.session.kernel.requestExecute({{code}});
     let text = '';
     future.onIOPub = msg => {{
         if (msg.header.msg_type === 'stream') text += msg.content.text;
-        if (msg.header.msg_type === 'error') text += 'ERROR ' + msg.content.ename + ': ' + msg.content.evalue;
+        if (msg.header.msg_type === 'error')
+            text += 'ERROR ' + msg.content.ename + ': ' + msg.content.evalue;
     }};
     await future.done;
     return text; }}"""
 
 
-def _settled_hash(page, image, reads: int = 4, interval_ms: int = 250, timeout_s: float = 10.0) -> str:
-    """The hash of the image once ``reads`` consecutive reads agree (or the last one at the time-out)."""
+def _settled_hash(
+    page, image, reads: int = 4, interval_ms: int = 250, timeout_s: float = 10.0
+) -> str:
+    """The hash of the image once ``reads`` consecutive reads agree (or the last one at the
+    time-out)."""
     import time
 
     seen, deadline = [], time.monotonic() + timeout_s
@@ -152,7 +209,9 @@ def _run_notebook(page, base: str, token: str, name: str) -> str:
     """Open notebooks/``name`` in a fresh workspace (no tabs restored), run all cells, wait until
     every code cell has run; return its path on the server."""
     path = f"notebooks/{name}"
-    page.goto(f"{base}/lab/workspaces/browser-test-{name.split('.')[0]}/tree/{path}?reset&token={token}")
+    page.goto(
+        f"{base}/lab/workspaces/browser-test-{name.split('.')[0]}/tree/{path}?reset&token={token}"
+    )
     page.wait_for_function(KERNEL_READY, arg=path, timeout=90_000, polling=300)
     page.evaluate(RUN_ALL, path)
     page.wait_for_timeout(1000)
@@ -171,8 +230,13 @@ def test_slider_and_play_change_the_frame_in_jupyterlab(lab, browser, name):
         assert page.evaluate(ERRORS, path) == [], "a cell shows an error"
 
         # the frames the kernel rendered, as the browser must show them
-        printed = page.evaluate(KERNEL_PRINT, [path, "import hashlib\n"
-                                "print(*[hashlib.sha256(f).hexdigest() for f in scrubber.frames])"])
+        printed = page.evaluate(
+            KERNEL_PRINT,
+            [
+                path,
+                "import hashlib\nprint(*[hashlib.sha256(f).hexdigest() for f in scrubber.frames])",
+            ],
+        )
         kernel_hashes = printed.split()
         T = len(kernel_hashes) - 1
         assert T >= 2 and len(set(kernel_hashes)) == T + 1, printed
@@ -192,9 +256,14 @@ def test_slider_and_play_change_the_frame_in_jupyterlab(lab, browser, name):
         handle.focus()
         handle.press("ArrowRight")
         handle.press("ArrowRight")
-        page.wait_for_function("(el) => el.textContent.trim() === '2'", arg=readout.element_handle(), timeout=10_000)
-        page.wait_for_function(f"async (img) => ({SHOWN_HASH})(img).then(h => h === '{kernel_hashes[2]}')",
-                               arg=image.element_handle(), timeout=10_000)
+        page.wait_for_function(
+            "(el) => el.textContent.trim() === '2'", arg=readout.element_handle(), timeout=10_000
+        )
+        page.wait_for_function(
+            f"async (img) => ({SHOWN_HASH})(img).then(h => h === '{kernel_hashes[2]}')",
+            arg=image.element_handle(),
+            timeout=10_000,
+        )
         # the kernel-side link between Play and the slider can make the image flicker back to an
         # intermediate frame for a moment after the first time frame 2 shows; what must hold is
         # the frame the image settles on
@@ -204,9 +273,14 @@ def test_slider_and_play_change_the_frame_in_jupyterlab(lab, browser, name):
 
         # Play runs from the slider's value to T through widgets.link
         page.locator(".widget-play button").first.click()
-        page.wait_for_function(f"(el) => el.textContent.trim() === '{T}'", arg=readout.element_handle(), timeout=30_000)
-        page.wait_for_function(f"async (img) => ({SHOWN_HASH})(img).then(h => h === '{kernel_hashes[T]}')",
-                               arg=image.element_handle(), timeout=10_000)
+        page.wait_for_function(
+            f"(el) => el.textContent.trim() === '{T}'", arg=readout.element_handle(), timeout=30_000
+        )
+        page.wait_for_function(
+            f"async (img) => ({SHOWN_HASH})(img).then(h => h === '{kernel_hashes[T]}')",
+            arg=image.element_handle(),
+            timeout=10_000,
+        )
         page.screenshot(path=str(SCREENSHOTS / f"{stem}-after-play.png"))
         assert page.evaluate(ERRORS, path) == []
     finally:
@@ -224,8 +298,13 @@ def test_static_html_export_shows_the_iteration_strip(browser, tmp_path, name):
 
     nb = nbformat.read(REPO / "notebooks" / name, as_version=4)
     assert "widgets" not in nb.metadata, "committed notebooks carry no widget state"
-    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
-               if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
+    outputs = [
+        o
+        for c in nb.cells
+        if c.cell_type == "code"
+        for o in c.get("outputs", [])
+        if "application/vnd.jupyter.widget-view+json" in o.get("data", {})
+    ]
     scrubber = [o for o in outputs if "IterationScrubber" in o["data"].get("text/plain", "")]
     assert len(scrubber) == 1
     strip = scrubber[0]["data"]["image/png"]
@@ -238,7 +317,9 @@ def test_static_html_export_shows_the_iteration_strip(browser, tmp_path, name):
         assert img.count() == 1
         img.scroll_into_view_if_needed()
         size = img.evaluate("e => [e.naturalWidth, e.naturalHeight, e.complete]")
-        assert size[2] and size[0] > 4 * size[1] > 0, f"the strip did not load as a wide image: {size}"
+        assert size[2] and size[0] > 4 * size[1] > 0, (
+            f"the strip did not load as a wide image: {size}"
+        )
         assert base64.b64decode(strip)[:8] == b"\x89PNG\r\n\x1a\n"
         SCREENSHOTS.mkdir(parents=True, exist_ok=True)
         img.screenshot(path=str(SCREENSHOTS / f"{name.split('.')[0]}-static-export.png"))

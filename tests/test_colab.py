@@ -1,5 +1,6 @@
 """The first cell of every notebook and ``helpers.cli.colab.setup``: a no-op here, the few steps
 Colab needs there (driven with a stand-in ``google.colab`` module)."""
+
 import shutil
 import subprocess
 import sys
@@ -23,7 +24,9 @@ def setup_cell(path: Path) -> str:
 def fake_colab(monkeypatch):
     """google.colab with a recording widget manager; pip and CUDA stubbed."""
     calls = {"pip": [], "widgets": 0}
-    output = types.SimpleNamespace(enable_custom_widget_manager=lambda: calls.__setitem__("widgets", calls["widgets"] + 1))
+    output = types.SimpleNamespace(
+        enable_custom_widget_manager=lambda: calls.__setitem__("widgets", calls["widgets"] + 1)
+    )
     google = types.ModuleType("google")
     google_colab = types.ModuleType("google.colab")
     google_colab.output = output
@@ -52,13 +55,19 @@ def test_outside_colab_setup_does_nothing(monkeypatch, capsys):
 
 
 @pytest.mark.parametrize("gpu, profile", [(True, "full"), (False, "cpu")])
-def test_on_colab_installs_only_the_missing_extras_never_torch(fake_colab, monkeypatch, capsys, gpu, profile):
+def test_on_colab_installs_only_the_missing_extras_never_torch(
+    fake_colab, monkeypatch, capsys, gpu, profile
+):
     import importlib.util
 
     import torch
 
     real_find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "nbval" else real_find_spec(name, *a))
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "nbval" else real_find_spec(name, *a),
+    )
     monkeypatch.setattr(torch.cuda, "is_available", lambda: gpu)
     done = colab.setup()
     assert fake_colab["pip"] == [[sys.executable, "-m", "pip", "install", "-q", "nbval"]]
@@ -66,7 +75,11 @@ def test_on_colab_installs_only_the_missing_extras_never_torch(fake_colab, monke
     assert fake_colab["widgets"] == 1
     assert colab.os.environ["WORKBOOK_PROFILE"] == profile
     said = capsys.readouterr().out
-    assert said.startswith("Colab set-up:") and "installed nbval" in said and f"profile {profile}" in said
+    assert (
+        said.startswith("Colab set-up:")
+        and "installed nbval" in said
+        and f"profile {profile}" in said
+    )
     assert len(done) == 3
 
 
@@ -86,7 +99,9 @@ def test_setup_cell_imports_the_installed_workbook_from_any_folder(monkeypatch, 
         monkeypatch.chdir(cwd)
         ns = {}
         exec(setup_cell(NOTEBOOKS[0]), ns)
-        assert ns["colab"] is colab and capsys.readouterr().out == ""   # nothing to say outside Colab
+        assert (
+            ns["colab"] is colab and capsys.readouterr().out == ""
+        )  # nothing to say outside Colab
 
 
 def _not_installed(monkeypatch, fetched: list):
@@ -94,8 +109,11 @@ def _not_installed(monkeypatch, fetched: list):
     import importlib.util
 
     real_find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a: (real_find_spec(name, *a) if name != "helpers" or fetched else None))
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: real_find_spec(name, *a) if name != "helpers" or fetched else None,
+    )
 
 
 def test_setup_cell_outside_colab_names_the_install_command(monkeypatch):
@@ -105,7 +123,9 @@ def test_setup_cell_outside_colab_names_the_install_command(monkeypatch):
         exec(setup_cell(NOTEBOOKS[0]), {})
 
 
-def test_setup_cell_on_colab_clones_installs_then_reuses_the_clone(fake_colab, monkeypatch, tmp_path):
+def test_setup_cell_on_colab_clones_installs_then_reuses_the_clone(
+    fake_colab, monkeypatch, tmp_path
+):
     clone = tmp_path / "content" / "spn-workbook"
     monkeypatch.setenv("WORKBOOK_CLONE_DIR", str(clone))
     monkeypatch.setenv("WORKBOOK_PROFILE", "smoke")
@@ -120,7 +140,11 @@ def test_setup_cell_on_colab_clones_installs_then_reuses_the_clone(fake_colab, m
     def run(cmd, *args, **kwargs):
         if cmd[:2] == ["git", "clone"]:
             clones.append(cmd)
-            shutil.copytree(REPO / "helpers", Path(cmd[-1]) / "helpers", ignore=shutil.ignore_patterns("__pycache__"))
+            shutil.copytree(
+                REPO / "helpers",
+                Path(cmd[-1]) / "helpers",
+                ignore=shutil.ignore_patterns("__pycache__"),
+            )
         elif cmd[:3] == [sys.executable, "-m", "pip"]:
             installs.append(cmd)
         else:
@@ -131,10 +155,15 @@ def test_setup_cell_on_colab_clones_installs_then_reuses_the_clone(fake_colab, m
     monkeypatch.setenv("WORKBOOK_REPO_URL", "https://example.invalid/workbook.git")
     ns = {}
     exec(source, ns)
-    assert clones[0][-2:] == ["https://example.invalid/workbook.git", str(clone)] and str(clone) in sys.path
+    assert (
+        clones[0][-2:] == ["https://example.invalid/workbook.git", str(clone)]
+        and str(clone) in sys.path
+    )
     # installed without its dependencies: Colab's own torch is never replaced
-    assert installs == [[sys.executable, "-m", "pip", "install", "-q", "--no-deps", "-e", str(clone)]]
+    assert installs == [
+        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "-e", str(clone)]
+    ]
     assert ns["colab"] is colab
     installs.clear()
-    exec(source, {})                       # the cell again, the runtime restarted: the clone is reused
+    exec(source, {})  # the cell again, the runtime restarted: the clone is reused
     assert len(clones) == 1

@@ -1,31 +1,57 @@
 """The configuration object: profiles, environment, and typed FIELD=VALUE overrides."""
+
 import pytest
 
 from helpers.core.config import Config, load_config, parse_overrides, profile_config
 
 
 def test_overrides_take_the_type_of_their_field():
-    got = parse_overrides(["coarse_size=64", "refine_lr=1e-3", "start_map=corrected", "max_train=none",
-                           "amp=false", "augment=1", "device=cpu"])
-    assert got == {"coarse_size": 64, "refine_lr": 1e-3, "start_map": "corrected", "max_train": None,
-                   "amp": False, "augment": True, "device": "cpu"}
+    got = parse_overrides(
+        [
+            "coarse_size=64",
+            "refine_lr=1e-3",
+            "start_map=corrected",
+            "max_train=none",
+            "amp=false",
+            "augment=1",
+            "device=cpu",
+        ]
+    )
+    assert got == {
+        "coarse_size": 64,
+        "refine_lr": 1e-3,
+        "start_map": "corrected",
+        "max_train": None,
+        "amp": False,
+        "augment": True,
+        "device": "cpu",
+    }
     assert type(got["coarse_size"]) is int and type(got["refine_lr"]) is float
     # the parsed overrides build the same Config as keyword arguments would
-    assert profile_config("cpu", **got) == Config(profile="cpu", coarse_size=64, refine_lr=1e-3,
-                                                  start_map="corrected", max_train=None, amp=False,
-                                                  device="cpu")
+    assert profile_config("cpu", **got) == Config(
+        profile="cpu",
+        coarse_size=64,
+        refine_lr=1e-3,
+        start_map="corrected",
+        max_train=None,
+        amp=False,
+        device="cpu",
+    )
 
 
-@pytest.mark.parametrize("pair, message", [
-    ("colour_size=3", "FIELD=VALUE"),        # unknown field
-    ("coarse_size", "FIELD=VALUE"),          # no value
-    ("coarse_size=big", "type int"),
-    ("refine_lr=fast", "type float"),
-    ("amp=maybe", "type bool"),
-    ("coarse_size=none", "type int"),        # only optional fields take none
-    ("seed=3", "own option"),
-    ("profile=full", "own option"),
-])
+@pytest.mark.parametrize(
+    "pair, message",
+    [
+        ("colour_size=3", "FIELD=VALUE"),  # unknown field
+        ("coarse_size", "FIELD=VALUE"),  # no value
+        ("coarse_size=big", "type int"),
+        ("refine_lr=fast", "type float"),
+        ("amp=maybe", "type bool"),
+        ("coarse_size=none", "type int"),  # only optional fields take none
+        ("seed=3", "own option"),
+        ("profile=full", "own option"),
+    ],
+)
 def test_bad_overrides_are_refused_with_the_reason(pair, message):
     with pytest.raises(ValueError, match=message):
         parse_overrides([pair])
@@ -35,7 +61,11 @@ def test_environment_picks_profile_and_seed(monkeypatch):
     monkeypatch.setenv("WORKBOOK_PROFILE", "smoke")
     monkeypatch.setenv("WORKBOOK_SEED", "7")
     cfg = load_config(device="cpu")
-    assert (cfg.profile, cfg.seed, cfg.image_size) == ("smoke", 7, profile_config("smoke").image_size)
+    assert (cfg.profile, cfg.seed, cfg.image_size) == (
+        "smoke",
+        7,
+        profile_config("smoke").image_size,
+    )
     monkeypatch.setenv("WORKBOOK_SEED", "seven")
     with pytest.raises(ValueError, match="WORKBOOK_SEED"):
         load_config()
@@ -55,12 +85,12 @@ def test_every_profile_trains_a_step_at_its_own_resolution(name):
     import torch
 
     from helpers.models.coarse import CoarseSegmenter
-    from helpers.models.refiner import Refiner
     from helpers.models.losses import segmentation_loss
+    from helpers.models.refiner import Refiner
 
     torch.manual_seed(0)
     cfg = profile_config(name, device="cpu")
-    assert cfg.coarse_size % 2 ** cfg.coarse_depth == 0 and cfg.image_size % 2 ** cfg.refiner_depth == 0
+    assert cfg.coarse_size % 2**cfg.coarse_depth == 0 and cfg.image_size % 2**cfg.refiner_depth == 0
     coarse = CoarseSegmenter.from_config(cfg)
     image = torch.rand(1, 3, cfg.image_size, cfg.image_size)
     target = (torch.rand(1, cfg.image_size, cfg.image_size) > 0.5).long()
@@ -69,10 +99,12 @@ def test_every_profile_trains_a_step_at_its_own_resolution(name):
         out = model.refine(image)
         assert out.probs.shape == (1, 2, cfg.image_size, cfg.image_size)
         assert len(out.propagation.maps) == cfg.iterations + 1
-        torch.testing.assert_close(out.probs, out.coarse)           # zero-initialised head: identity
+        torch.testing.assert_close(out.probs, out.coarse)  # zero-initialised head: identity
         segmentation_loss(out.probs, target).backward()
         grads = [p.grad for p in model.guidance.parameters() if p.grad is not None]
         assert grads and all(torch.isfinite(g).all() for g in grads)
         head = model.guidance.head.conv.weight.grad
-        assert head.shape[0] == model.layout.channels and head.abs().sum() > 0, "the zero head gets no gradient"
-        assert all(p.grad is None for p in model.coarse.parameters())   # the coarse net stays frozen
+        assert head.shape[0] == model.layout.channels and head.abs().sum() > 0, (
+            "the zero head gets no gradient"
+        )
+        assert all(p.grad is None for p in model.coarse.parameters())  # the coarse net stays frozen

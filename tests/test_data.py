@@ -1,4 +1,5 @@
 """The loader on files laid out exactly as the official dataset, messy files included."""
+
 import hashlib
 import warnings
 
@@ -8,12 +9,16 @@ import torch
 from PIL import Image
 
 import helpers.data.decoding as decoding
-from helpers.data.dataset import PetSegmentation
-from helpers.data.sources import DataSource
 from helpers.core.config import profile_config
-from helpers.data.dataset import build_datasets
-from helpers.data.decoding import decode_split, load_rgb, read_split_ids, split_ids, trimap_to_target
-from helpers.data.sources import DataError, resolve_source
+from helpers.data.dataset import PetSegmentation, build_datasets
+from helpers.data.decoding import (
+    decode_split,
+    load_rgb,
+    read_split_ids,
+    split_ids,
+    trimap_to_target,
+)
+from helpers.data.sources import DataError, DataSource, resolve_source
 from helpers.data.synthetic import render_sample, trimap_from_mask, write_synthetic_dataset
 
 
@@ -33,21 +38,24 @@ def test_official_layout_and_list_format(pets):
         assert Image.open(img).format == "JPEG"
         assert set(np.unique(np.asarray(Image.open(tri)))) <= {1, 2, 3}
     assert (base / "annotations" / "list.txt").read_text().startswith("#")
-    assert read_split_ids(pets, "list.txt")[:14] == ids          # comment lines skipped
+    assert read_split_ids(pets, "list.txt")[:14] == ids  # comment lines skipped
 
 
 def test_synthetic_is_deterministic_and_varied(tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
     write_synthetic_dataset(a, 4, 1, seed=3, progress=False)
     write_synthetic_dataset(b, 4, 1, seed=3, progress=False)
-    digest = lambda root: sorted(hashlib.sha1(p.read_bytes()).hexdigest()  # noqa: E731
-                                 for p in (root / "oxford-iiit-pet").rglob("*") if p.is_file())
+    digest = lambda root: sorted(
+        hashlib.sha1(p.read_bytes()).hexdigest()  # noqa: E731
+        for p in (root / "oxford-iiit-pet").rglob("*")
+        if p.is_file()
+    )
     assert digest(a) == digest(b)
     sizes = {render_sample(0, i)[0].size for i in range(8)}
-    assert len(sizes) == 8                                                   # varied sizes
-    assert len({round(w / h, 1) for w, h in sizes}) >= 4                     # and aspect ratios
+    assert len(sizes) == 8  # varied sizes
+    assert len({round(w / h, 1) for w, h in sizes}) >= 4  # and aspect ratios
     _, tri = render_sample(0, 0)
-    assert (tri == 3).any() and (tri == 1).any() and (tri == 2).any()       # a boundary band exists
+    assert (tri == 3).any() and (tri == 1).any() and (tri == 2).any()  # a boundary band exists
 
 
 def test_trimap_band_width():
@@ -55,7 +63,7 @@ def test_trimap_band_width():
     mask[5:15, 5:15] = True
     tri = trimap_from_mask(mask, band=2)
     assert tri[10, 10] == 1 and tri[0, 0] == 2
-    assert (tri[10, 3:7] == 3).all() and tri[10, 2] == 2 and tri[10, 7] == 1   # 2 px each side
+    assert (tri[10, 3:7] == 3).all() and tri[10, 2] == 2 and tri[10, 7] == 1  # 2 px each side
 
 
 def test_binary_and_three_class_targets():
@@ -96,13 +104,16 @@ def _broken_copy(pets, tmp_path, breaker):
     return root, image_id
 
 
-@pytest.mark.parametrize("problem, message", [
-    ("missing trimap", "missing trimap"),
-    ("size mismatch", "but its image is"),
-    ("bad values", "outside {1, 2, 3}"),
-    ("unreadable image", "unreadable image"),
-    ("missing image", "missing image"),
-])
+@pytest.mark.parametrize(
+    "problem, message",
+    [
+        ("missing trimap", "missing trimap"),
+        ("size mismatch", "but its image is"),
+        ("bad values", "outside {1, 2, 3}"),
+        ("unreadable image", "unreadable image"),
+        ("missing image", "missing image"),
+    ],
+)
 def test_bad_files_raise_naming_the_file(pets, tmp_path, problem, message):
     def breaker(img, tri):
         if problem == "missing trimap":
@@ -136,7 +147,7 @@ def test_split_is_deterministic_disjoint_and_covers_trainval():
     assert not set(train) & set(val) and set(train) | set(val) == set(ids)
     assert 60 < len(val) < 140
     train2, val2 = split_ids(list(reversed(ids)), 0.2)
-    assert set(val2) == set(val)            # independent of order
+    assert set(val2) == set(val)  # independent of order
 
 
 def test_datasets_resize_cache_and_augment(pets, tmp_path, monkeypatch):
@@ -146,16 +157,24 @@ def test_datasets_resize_cache_and_augment(pets, tmp_path, monkeypatch):
     assert set(ds["train"].ids).isdisjoint(ds["val"].ids)
     assert len(ds["train"]) + len(ds["val"]) == 14 and len(ds["test"]) == 4
     image, target = ds["val"][0]
-    assert image.shape == (3, 40, 40) and image.dtype == torch.float32 and 0 <= image.min() and image.max() <= 1
+    assert (
+        image.shape == (3, 40, 40)
+        and image.dtype == torch.float32
+        and 0 <= image.min()
+        and image.max() <= 1
+    )
     assert target.shape == (40, 40) and set(target.unique().tolist()) <= {0, 1}
-    assert list((tmp_path / "data" / "cache").glob("*.pt"))         # decoded once, cached
+    assert list((tmp_path / "data" / "cache").glob("*.pt"))  # decoded once, cached
 
     def no_decoding(*args, **kwargs):
         raise AssertionError("decoded again although the cache is valid")
-    monkeypatch.setattr(decoding, "decode_split", no_decoding)          # the second time comes from the cache
+
+    monkeypatch.setattr(
+        decoding, "decode_split", no_decoding
+    )  # the second time comes from the cache
     again = build_datasets(cfg, source, size=40, progress=False, data_dir=tmp_path / "data")
     assert torch.equal(again["val"].images, ds["val"].images)
-    img, tgt = ds["train"][0]                       # augmented items keep the configured size
+    img, tgt = ds["train"][0]  # augmented items keep the configured size
     assert img.shape == (3, 40, 40) and tgt.shape == (40, 40)
 
 
@@ -163,9 +182,9 @@ def test_joint_flip_keeps_image_and_mask_aligned(pets):
     from torchvision.transforms import v2
 
     images = torch.zeros(1, 3, 8, 8, dtype=torch.uint8)
-    images[0, :, :, :3] = 255                      # bright left part ...
+    images[0, :, :, :3] = 255  # bright left part ...
     trimaps = torch.full((1, 8, 8), 2, dtype=torch.uint8)
-    trimaps[0, :, :3] = 1                          # ... is the pet
+    trimaps[0, :, :3] = 1  # ... is the pet
     ds = PetSegmentation(images, trimaps, ["a"], transforms=v2.RandomHorizontalFlip(p=1.0))
     img, tgt = ds[0]
     assert torch.equal(img[0] > 0.5, tgt.bool())
@@ -177,10 +196,12 @@ def test_source_order_env_then_local_then_synthetic(pets, tmp_path, monkeypatch,
 
     folder = {"data_dir": tmp_path / "data"}
     monkeypatch.setenv("PETS_ROOT", str(pets))
-    cfg = load_config("smoke")                                # the environment is read here
+    cfg = load_config("smoke")  # the environment is read here
     assert cfg.pets_root == str(pets) and resolve_source(cfg, **folder).kind == "env"
-    assert "PETS_ROOT" in capsys.readouterr().out            # the choice is printed
-    assert resolve_source(cfg, data_root=pets, **folder).kind == "root"  # an argument wins over PETS_ROOT
+    assert "PETS_ROOT" in capsys.readouterr().out  # the choice is printed
+    assert (
+        resolve_source(cfg, data_root=pets, **folder).kind == "root"
+    )  # an argument wins over PETS_ROOT
     assert "data root given" in capsys.readouterr().out
     monkeypatch.setenv("PETS_ROOT", str(tmp_path / "nowhere"))
     with pytest.raises(DataError, match="oxford-iiit-pet"):
@@ -188,8 +209,12 @@ def test_source_order_env_then_local_then_synthetic(pets, tmp_path, monkeypatch,
     monkeypatch.delenv("PETS_ROOT")
     cfg = load_config("smoke")
     src = resolve_source(cfg, download=False, **folder)
-    assert src.kind == "synthetic" and (src.root / "oxford-iiit-pet" / "annotations" / "test.txt").is_file()
+    assert (
+        src.kind == "synthetic"
+        and (src.root / "oxford-iiit-pet" / "annotations" / "test.txt").is_file()
+    )
     assert src.root.parent == tmp_path / "data"
     import shutil
+
     shutil.copytree(pets / "oxford-iiit-pet", tmp_path / "data" / "oxford-iiit-pet")
     assert resolve_source(cfg, download=False, **folder).kind == "local"

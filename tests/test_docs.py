@@ -1,6 +1,7 @@
 """Every relative link in the README, the docs and the notebooks' text resolves: the file exists
 and, where a link names an anchor (``docs/results.md#where-the-remaining-errors-lie``), a heading
 of that file gives it (GitHub's rule: lower case, punctuation dropped, spaces to hyphens)."""
+
 import json
 import re
 from pathlib import Path
@@ -15,9 +16,9 @@ FENCE = re.compile(r"^\s*(```|~~~)")
 
 def slug(title: str) -> str:
     """GitHub's anchor of a heading."""
-    title = LINK.sub(lambda m: m["text"], title)               # a link's text, not its target
+    title = LINK.sub(lambda m: m["text"], title)  # a link's text, not its target
     title = re.sub(r"<[^>]+>", "", title).strip().lower()
-    title = re.sub(r"[^\w\- ]", "", title)                       # \w keeps letters, digits, _
+    title = re.sub(r"[^\w\- ]", "", title)  # \w keeps letters, digits, _
     return title.replace(" ", "-")
 
 
@@ -48,8 +49,9 @@ def _documents() -> list[tuple[Path, str]]:
     out = [(p, p.read_text(encoding="utf-8")) for p in docs]
     for nb in sorted((ROOT / "notebooks").glob("*.ipynb")):
         cells = json.loads(nb.read_text(encoding="utf-8"))["cells"]
-        out.append((nb, "\n\n".join("".join(c["source"]) for c in cells
-                                    if c["cell_type"] == "markdown")))
+        out.append(
+            (nb, "\n\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "markdown"))
+        )
     return out
 
 
@@ -59,7 +61,7 @@ def _links() -> list[tuple[str, Path, str]]:
         for line in _prose(text):
             for m in LINK.finditer(re.sub(r"`[^`]*`", "", line)):
                 target = m["target"]
-                if not re.match(r"^[a-z][a-z0-9+.-]*:", target):    # http:, mailto:, ...
+                if not re.match(r"^[a-z][a-z0-9+.-]*:", target):  # http:, mailto:, ...
                     found.append((f"{path.relative_to(ROOT)} -> {target}", path, target))
     return found
 
@@ -70,10 +72,14 @@ def test_the_docs_exist_and_are_linked_from_the_readme():
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     unlinked = [d for d in docs if f"docs/{d}" not in readme]
     assert not unlinked, f"not linked from the README: {unlinked}"
-    assert len(readme.splitlines()) <= 250, "the README is meant to stay short: move detail to docs/"
+    assert len(readme.splitlines()) <= 250, (
+        "the README is meant to stay short: move detail to docs/"
+    )
 
 
-@pytest.mark.parametrize("name, source, target", _links(), ids=lambda v: v if isinstance(v, str) else "")
+@pytest.mark.parametrize(
+    "name, source, target", _links(), ids=lambda v: v if isinstance(v, str) else ""
+)
 def test_a_relative_link_resolves(name, source, target):
     file, _, anchor = target.partition("#")
     path = (source.parent / file).resolve() if file else source

@@ -1,8 +1,19 @@
 """Wrong pixels by their distance from the true boundary (helpers/error_bands.py)."""
+
 import pytest
 import torch
 
-from helpers.analysis.error_bands import DISTANCE_EDGES, ErrorBands, band_index, band_labels, boundary_distance, edges_with, error_bands, format_bands, label_distance
+from helpers.analysis.error_bands import (
+    DISTANCE_EDGES,
+    ErrorBands,
+    band_index,
+    band_labels,
+    boundary_distance,
+    edges_with,
+    error_bands,
+    format_bands,
+    label_distance,
+)
 from helpers.analysis.metrics import confusion_matrix
 
 
@@ -22,7 +33,8 @@ def brute_distance(target: torch.Tensor, cap: int) -> torch.Tensor:
 
 
 def brute_label_distance(pred: torch.Tensor, target: torch.Tensor, cap: int) -> torch.Tensor:
-    """For each pixel, the chessboard distance to the nearest pixel ``pred`` gives its true class."""
+    """For each pixel, the chessboard distance to the nearest pixel ``pred`` gives its true
+    class."""
     out = torch.zeros(target.shape, dtype=torch.int64)
     for b, y, x in (pred != target).nonzero().tolist():
         pts = (pred[b] == target[b, y, x]).nonzero()
@@ -53,10 +65,12 @@ def test_distance_is_chessboard_and_the_border_is_no_boundary():
     d = boundary_distance(target, 2, max_distance=8)
     y, x = torch.meshgrid(torch.arange(9), torch.arange(9), indexing="ij")
     expected = torch.maximum((y - 4).abs(), (x - 4).abs())
-    expected[4, 4] = 1          # the lone pet pixel touches background on every side
+    expected[4, 4] = 1  # the lone pet pixel touches background on every side
     assert torch.equal(d[0], expected)
     one_class = torch.ones(2, 5, 7, dtype=torch.long)
-    assert (boundary_distance(one_class, 2, 3) == 4).all(), "an image of one class has no boundary at all"
+    assert (boundary_distance(one_class, 2, 3) == 4).all(), (
+        "an image of one class has no boundary at all"
+    )
 
 
 @pytest.mark.parametrize("classes", [2, 3])
@@ -68,7 +82,7 @@ def test_distance_matches_a_brute_force_search(classes):
 @pytest.mark.parametrize("classes", [2, 3])
 def test_label_distance_matches_a_brute_force_search(classes):
     target, pred = blobs(3, classes, (13, 17), seed=2), blobs(3, classes, (13, 17), seed=3)
-    pred[0] = 0    # an image whose map lacks every class but one: its other errors are "farther"
+    pred[0] = 0  # an image whose map lacks every class but one: its other errors are "farther"
     d = label_distance(pred, target, classes, 5)
     assert torch.equal(d, brute_label_distance(pred, target, 5))
     assert ((d == 0) == (pred == target)).all(), "right pixels, and only they, are at distance 0"
@@ -79,11 +93,28 @@ def test_label_distance_of_a_missed_strip_counts_from_its_far_edge():
     target = torch.zeros(1, 3, 30, dtype=torch.long)
     target[..., 10:] = 1
     pred = target.clone()
-    pred[..., 10:20] = 0                 # 10 px of pet missed: the nearest pet label is at column 20
-    assert label_distance(pred, target, 2, 12)[0, 0, 8:22].tolist() == [0, 0, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0, 0]
+    pred[..., 10:20] = 0  # 10 px of pet missed: the nearest pet label is at column 20
+    assert label_distance(pred, target, 2, 12)[0, 0, 8:22].tolist() == [
+        0,
+        0,
+        10,
+        9,
+        8,
+        7,
+        6,
+        5,
+        4,
+        3,
+        2,
+        1,
+        0,
+        0,
+    ]
     bands = error_bands(pred, target, measure="label")
     # 3 rows x columns at distance 1, 2, 3, 4-6, 7-10: what T iterations of reach r could bridge
-    assert bands.errors.tolist() == [3, 3, 3, 9, 12, 0, 0, 0] and torch.equal(bands.pixels, bands.errors)
+    assert bands.errors.tolist() == [3, 3, 3, 9, 12, 0, 0, 0] and torch.equal(
+        bands.pixels, bands.errors
+    )
     assert bands.within(6) == pytest.approx(0.6) and bands.total == 90
     assert float(bands.share_of_pixels().sum()) == pytest.approx(30 / 90)
     with pytest.raises(ValueError, match="boundary distance"):
@@ -106,18 +137,22 @@ def test_a_shifted_boundary_puts_every_error_within_the_shift():
     target[:, :, 8:] = 1
     for shift in (1, 2, 3):
         pred = torch.zeros_like(target)
-        pred[:, :, 8 + shift:] = 1     # the map's edge ``shift`` px too far right: pet pixels missed
+        pred[:, :, 8 + shift :] = 1  # the map's edge ``shift`` px too far right: pet pixels missed
         bands = error_bands(pred, target)
         assert int(bands.errors.sum()) == 2 * 16 * shift
         # the missed pixels are at distances 1..shift on the pet side: one column per band
-        assert bands.errors[:shift].tolist() == [2 * 16] * shift and int(bands.errors[shift:].sum()) == 0
+        assert (
+            bands.errors[:shift].tolist() == [2 * 16] * shift
+            and int(bands.errors[shift:].sum()) == 0
+        )
         assert bands.within(3) == 1.0
 
 
 def test_bands_partition_the_pixels_and_count_exactly_the_wrong_ones():
     g = torch.Generator().manual_seed(1)
-    target = torch.nn.functional.interpolate(torch.randint(0, 2, (5, 1, 6, 6), generator=g).float(),
-                                             size=(40, 40), mode="nearest")[:, 0].long()
+    target = torch.nn.functional.interpolate(
+        torch.randint(0, 2, (5, 1, 6, 6), generator=g).float(), size=(40, 40), mode="nearest"
+    )[:, 0].long()
     pred = torch.where(torch.rand(target.shape, generator=g) < 0.2, 1 - target, target)
     label = error_bands(pred, target, measure="label", edges=edges_with(8))
     assert label.edges == (1, 2, 3, 6, 8, 12, 18, 36) and len(label.errors) == 9
@@ -152,7 +187,9 @@ def test_bad_arguments_are_refused():
         error_bands(t, t).within(5)
     a = error_bands(t, t)
     with pytest.raises(ValueError, match="cannot pool"):
-        a + ErrorBands((1, 2), torch.zeros(3, dtype=torch.int64), torch.zeros(3, dtype=torch.int64), 16)
+        a + ErrorBands(
+            (1, 2), torch.zeros(3, dtype=torch.int64), torch.zeros(3, dtype=torch.int64), 16
+        )
     with pytest.raises(ValueError, match="cannot pool"):
         a + error_bands(t, t, measure="label")
 
@@ -161,10 +198,15 @@ def test_table_rows_sum_to_the_pixel_error():
     target = torch.zeros(1, 20, 20, dtype=torch.long)
     target[0, 5:15, 5:15] = 1
     pred = target.clone()
-    pred[0, 5:15, 5:7] = 0            # two columns of pet missed: 20 of 400 pixels wrong
-    text = format_bands({"map": error_bands(pred, target), "truth": error_bands(target, target)}, {"CSPN": 6})
+    pred[0, 5:15, 5:7] = 0  # two columns of pet missed: 20 of 400 pixels wrong
+    text = format_bands(
+        {"map": error_bands(pred, target), "truth": error_bands(target, target)}, {"CSPN": 6}
+    )
     lines = text.splitlines()
     assert lines[0].split()[:2] == ["stage", "1"] and "within 6 px (CSPN)" in lines[0]
-    assert lines[1].split()[-2:] == ["5.00", "100%"]      # 20 / 400 pixels, all within 2 px of the boundary
+    assert lines[1].split()[-2:] == [
+        "5.00",
+        "100%",
+    ]  # 20 / 400 pixels, all within 2 px of the boundary
     assert lines[2].split()[-2:] == ["0.00", "0%"]
     assert len(DISTANCE_EDGES) + 1 == len(band_labels())

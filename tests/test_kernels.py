@@ -5,6 +5,7 @@ Triton compiles anything, so these tests run in a fresh interpreter (a subproces
 The kernels are the CUDA path; this is how CI checks them without a GPU. Where CUDA is available
 the same checks also run compiled, on the GPU (``-k cuda``), against the PyTorch path there.
 """
+
 import os
 import subprocess
 import sys
@@ -17,8 +18,15 @@ pytest.importorskip("triton")
 ROOT = Path(__file__).resolve().parent.parent
 
 
-DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
-    not __import__("torch").cuda.is_available(), reason="compiled kernels need CUDA"))]
+DEVICES = [
+    "cpu",
+    pytest.param(
+        "cuda",
+        marks=pytest.mark.skipif(
+            not __import__("torch").cuda.is_available(), reason="compiled kernels need CUDA"
+        ),
+    ),
+]
 
 
 def run_kernel_check(code: str, device: str) -> str:
@@ -30,53 +38,84 @@ def run_kernel_check(code: str, device: str) -> str:
     else:
         env.pop("TRITON_INTERPRET", None)
     code = f"DEVICE = {device!r}\n" + textwrap.dedent(code)
-    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc.stdout
 
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_kernels_match_the_pytorch_path_forward_and_backward(device):
-    out = run_kernel_check("""
+    out = run_kernel_check(
+        """
+
         import torch
         from helpers.models.propagation import kernels
         from helpers.models.propagation.propagators import CSPN, DySPN
 
         launched, fused = [0], kernels._FusedStep.apply
-        kernels._FusedStep.apply = lambda *args: (launched.__setitem__(0, launched[0] + 1), fused(*args))[1]
+        kernels._FusedStep.apply = lambda *args: (
+            launched.__setitem__(0, launched[0] + 1),
+            fused(*args),
+        )[1]
         g = torch.Generator().manual_seed(0)
         for classes in (2, 3):
             h0 = torch.softmax(3 * torch.randn(2, classes, 9, 11, generator=g), 1)
-            for make, extra in ((lambda b: CSPN(4, backend=b), (torch.randn(2, 8, 9, 11, generator=g),)),
-                                (lambda b: DySPN(4, 7, backend=b), (torch.randn(2, 48, 9, 11, generator=g),
-                                                                    torch.randn(2, 16, 9, 11, generator=g))),
-                                (lambda b: DySPN(3, 5, backend=b), (torch.randn(2, 24, 9, 11, generator=g),
-                                                                    torch.randn(2, 9, 9, 11, generator=g))),
-                                # rings 2 and 3 at distances 4 and 6: most neighbours of a 9 x 11 map fall outside
-                                (lambda b: DySPN(3, 7, backend=b, dilation=2), (torch.randn(2, 48, 9, 11, generator=g),
-                                                                                torch.randn(2, 12, 9, 11, generator=g)))):
+            for make, extra in (
+                (lambda b: CSPN(4, backend=b), (torch.randn(2, 8, 9, 11, generator=g),)),
+                (
+                    lambda b: DySPN(4, 7, backend=b),
+                    (
+                        torch.randn(2, 48, 9, 11, generator=g),
+                        torch.randn(2, 16, 9, 11, generator=g),
+                    ),
+                ),
+                (
+                    lambda b: DySPN(3, 5, backend=b),
+                    (torch.randn(2, 24, 9, 11, generator=g), torch.randn(2, 9, 9, 11, generator=g)),
+                ),
+                # rings 2 and 3 at distances 4 and 6: most neighbours of a 9 x 11 map fall outside
+                (
+                    lambda b: DySPN(3, 7, backend=b, dilation=2),
+                    (
+                        torch.randn(2, 48, 9, 11, generator=g),
+                        torch.randn(2, 12, 9, 11, generator=g),
+                    ),
+                ),
+            ):
                 maps, grads = {}, {}
                 for backend in ("torch", "triton"):
                     inputs = [t.to(DEVICE, copy=True).requires_grad_() for t in (h0, *extra)]
                     res = make(backend)(*inputs)
-                    weights = torch.linspace(-1, 1, res.final.numel(), device=DEVICE).view_as(res.final)
-                    loss = sum((m * weights).sum() for m in res.maps[1:])   # every iteration's gradient path
+                    weights = torch.linspace(-1, 1, res.final.numel(), device=DEVICE).view_as(
+                        res.final
+                    )
+                    loss = sum(
+                        (m * weights).sum() for m in res.maps[1:]
+                    )  # every iteration's gradient path
                     loss.backward()
-                    maps[backend], grads[backend] = [m.detach() for m in res.maps], [t.grad for t in inputs]
+                    maps[backend], grads[backend] = (
+                        [m.detach() for m in res.maps],
+                        [t.grad for t in inputs],
+                    )
                 for a, b in zip(maps["torch"] + grads["torch"], maps["triton"] + grads["triton"]):
                     torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
                 # the range guarantee holds on the kernel path too
                 assert all(m.min() >= -1e-6 and m.max() <= 1 + 1e-6 for m in maps["triton"])
-        assert launched[0] == 2 * (3 + 3 + 2 + 2)   # every step after the first ran as a kernel
+        assert launched[0] == 2 * (3 + 3 + 2 + 2)  # every step after the first ran as a kernel
         print("ok")
-    """, device)
+    """,
+        device,
+    )
     assert out.strip() == "ok"
 
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_kernels_keep_constant_maps_exactly_and_mask_the_borders(device):
-    out = run_kernel_check("""
+    out = run_kernel_check(
+        """
+
         import torch
         from helpers.models.propagation.propagators import CSPN, DySPN
 
@@ -84,11 +123,19 @@ def test_kernels_keep_constant_maps_exactly_and_mask_the_borders(device):
         constant = torch.full((1, 2, 6, 7), 0.25)
         constant[:, 0] = 0.75
         constant = constant.to(DEVICE)
-        cspn = CSPN(6, backend="triton")(constant, 5 * torch.randn(1, 8, 6, 7, generator=g).to(DEVICE))
-        dyspn = DySPN(6, backend="triton")(constant, 5 * torch.randn(1, 48, 6, 7, generator=g).to(DEVICE),
-                                           torch.randn(1, 24, 6, 7, generator=g).to(DEVICE))
-        dilated = DySPN(6, backend="triton", dilation=2)(constant, 5 * torch.randn(1, 48, 6, 7, generator=g).to(DEVICE),
-                                                         torch.randn(1, 24, 6, 7, generator=g).to(DEVICE))
+        cspn = CSPN(6, backend="triton")(
+            constant, 5 * torch.randn(1, 8, 6, 7, generator=g).to(DEVICE)
+        )
+        dyspn = DySPN(6, backend="triton")(
+            constant,
+            5 * torch.randn(1, 48, 6, 7, generator=g).to(DEVICE),
+            torch.randn(1, 24, 6, 7, generator=g).to(DEVICE),
+        )
+        dilated = DySPN(6, backend="triton", dilation=2)(
+            constant,
+            5 * torch.randn(1, 48, 6, 7, generator=g).to(DEVICE),
+            torch.randn(1, 24, 6, 7, generator=g).to(DEVICE),
+        )
         assert all(torch.equal(m, constant) for m in cspn.maps + dyspn.maps + dilated.maps)
         # a map that is 1 in one corner: nothing of it appears at the far side (no wrap-around)
         h0 = torch.zeros(1, 2, 6, 7)
@@ -100,7 +147,9 @@ def test_kernels_keep_constant_maps_exactly_and_mask_the_borders(device):
         torch.testing.assert_close(out, ref)
         assert out[0, 1, -1].abs().max() == 0 and out[0, 1, :, -1].abs().max() == 0
         print("ok")
-    """, device)
+    """,
+        device,
+    )
     assert out.strip() == "ok"
 
 
@@ -108,33 +157,49 @@ def test_kernels_keep_constant_maps_exactly_and_mask_the_borders(device):
 def test_kernels_carry_the_confidence_forward_and_backward(device):
     """NLSPN's confidence scales the weights before the steps: the kernel path must give the
     PyTorch path's maps and gradients, the confidence's own gradient included."""
-    out = run_kernel_check("""
+    out = run_kernel_check(
+        """
+
         import torch
         from helpers.models.propagation.propagators import CSPN, DySPN
 
         g = torch.Generator().manual_seed(3)
         h0 = torch.softmax(3 * torch.randn(2, 2, 9, 11, generator=g), 1)
         conf = 2 * torch.randn(2, 1, 9, 11, generator=g)
-        for make, extra in ((lambda b: CSPN(3, backend=b), (torch.randn(2, 8, 9, 11, generator=g),)),
-                            (lambda b: DySPN(3, 7, backend=b), (torch.randn(2, 48, 9, 11, generator=g),
-                                                                torch.randn(2, 12, 9, 11, generator=g)))):
+        for make, extra in (
+            (lambda b: CSPN(3, backend=b), (torch.randn(2, 8, 9, 11, generator=g),)),
+            (
+                lambda b: DySPN(3, 7, backend=b),
+                (torch.randn(2, 48, 9, 11, generator=g), torch.randn(2, 12, 9, 11, generator=g)),
+            ),
+        ):
             maps, grads = {}, {}
             for backend in ("torch", "triton"):
                 inputs = [t.to(DEVICE, copy=True).requires_grad_() for t in (h0, *extra, conf)]
                 res = make(backend)(*inputs[:-1], raw_confidence=inputs[-1])
-                sum((m * torch.linspace(-1, 1, m.numel(), device=DEVICE).view_as(m)).sum() for m in res.maps[1:]).backward()
-                maps[backend], grads[backend] = [m.detach() for m in res.maps], [t.grad for t in inputs]
+                sum(
+                    (m * torch.linspace(-1, 1, m.numel(), device=DEVICE).view_as(m)).sum()
+                    for m in res.maps[1:]
+                ).backward()
+                maps[backend], grads[backend] = (
+                    [m.detach() for m in res.maps],
+                    [t.grad for t in inputs],
+                )
             for a, b in zip(maps["torch"] + grads["torch"], maps["triton"] + grads["triton"]):
                 torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
             assert grads["triton"][-1].abs().max() > 0
         print("ok")
-    """, device)
+    """,
+        device,
+    )
     assert out.strip() == "ok"
 
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_half_precision_inputs_accumulate_in_float32(device):
-    out = run_kernel_check("""
+    out = run_kernel_check(
+        """
+
         import torch
         from helpers.models.propagation.propagators import DySPN
 
@@ -146,10 +211,14 @@ def test_half_precision_inputs_accumulate_in_float32(device):
         assert half.dtype == torch.float32
         # the same bf16-rounded inputs propagated in float32 by the PyTorch path: only float32
         # rounding may differ (storing or summing in bf16 would be off by about 1e-3 per step)
-        ref = DySPN(6, backend="torch")(h0.bfloat16().float(), raw.bfloat16().float(), att.bfloat16().float()).final
+        ref = DySPN(6, backend="torch")(
+            h0.bfloat16().float(), raw.bfloat16().float(), att.bfloat16().float()
+        ).final
         torch.testing.assert_close(half, ref, atol=1e-5, rtol=0)
         print("ok")
-    """, device)
+    """,
+        device,
+    )
     assert out.strip() == "ok"
 
 

@@ -1,9 +1,20 @@
 """Metrics against values computed by hand."""
+
 import math
 
 import torch
 
-from helpers.analysis.metrics import SegmentationMeter, boundary_band, boundary_counts, boundary_iou, boundary_width, confusion_matrix, iou_per_class, mean_iou, per_image_miou
+from helpers.analysis.metrics import (
+    SegmentationMeter,
+    boundary_band,
+    boundary_counts,
+    boundary_iou,
+    boundary_width,
+    confusion_matrix,
+    iou_per_class,
+    mean_iou,
+    per_image_miou,
+)
 
 
 def test_confusion_and_iou_by_hand():
@@ -19,9 +30,9 @@ def test_confusion_and_iou_by_hand():
 def test_empty_and_all_pet_masks():
     empty = torch.zeros(4, 4, dtype=torch.long)
     full = torch.ones(4, 4, dtype=torch.long)
-    assert mean_iou(confusion_matrix(empty, empty)) == 1.0      # absent class is skipped, not 0
+    assert mean_iou(confusion_matrix(empty, empty)) == 1.0  # absent class is skipped, not 0
     assert mean_iou(confusion_matrix(full, full)) == 1.0
-    assert mean_iou(confusion_matrix(full, empty)) == 0.0       # all wrong
+    assert mean_iou(confusion_matrix(full, empty)) == 0.0  # all wrong
     ious = iou_per_class(confusion_matrix(empty, full))
     assert ious.tolist() == [0.0, 0.0]
 
@@ -41,9 +52,9 @@ def test_pooled_is_not_mean_of_images():
 def test_boundary_band_and_width():
     assert boundary_width(100, 100) == round(0.02 * math.hypot(100, 100))  # 3 px
     mask = torch.zeros(1, 9, 9, dtype=torch.bool)
-    mask[0, 2:7, 2:7] = True                      # a 5x5 square
+    mask[0, 2:7, 2:7] = True  # a 5x5 square
     band = boundary_band(mask, 1)
-    assert band.sum() == 25 - 9                   # the square minus its 3x3 interior
+    assert band.sum() == 25 - 9  # the square minus its 3x3 interior
     full = torch.ones(1, 5, 5, dtype=torch.bool)
     assert boundary_band(full, 1).sum() == 25 - 9  # the image border counts as contour
 
@@ -53,7 +64,7 @@ def test_boundary_iou_by_hand():
     target[0, 2:8, 2:8] = 1
     assert boundary_iou(boundary_counts(target, target)) == 1.0
     pred = torch.zeros_like(target)
-    pred[0, 2:8, 2:7] = 1                          # one column short
+    pred[0, 2:8, 2:7] = 1  # one column short
     counts = boundary_counts(pred, target, ratio=0.02)  # width = round(0.02 * 14.1) = 0 -> 1 px
     pet = counts[1]
     bp = boundary_band(pred == 1, 1)

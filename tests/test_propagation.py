@@ -1,9 +1,16 @@
 """CSPN and DySPN tested as numerical code: gradients, invariants, and a slow reference."""
+
 import pytest
 import torch
 
 from helpers.models.propagation.autograd import AFFINITY_LIMIT, prepare_affinity, rectify
-from helpers.models.propagation.geometry import Window, border_mask, ring_sizes, window_offsets, window_reach
+from helpers.models.propagation.geometry import (
+    Window,
+    border_mask,
+    ring_sizes,
+    window_offsets,
+    window_reach,
+)
 from helpers.models.propagation.propagators import CSPN, DySPN
 from helpers.models.propagation.reference import reference_cspn, reference_dyspn
 
@@ -19,7 +26,7 @@ def randn(*shape, dtype=torch.float64, seed=1, scale=1.0):
     return scale * torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)
 
 
-DILATION = {"dyspn": 1, "dyspn-dilated": 2}   # DySPN with its rings 2 and 3 at distances 4 and 6
+DILATION = {"dyspn": 1, "dyspn-dilated": 2}  # DySPN with its rings 2 and 3 at distances 4 and 6
 
 
 def make(method, iterations=T):
@@ -41,7 +48,9 @@ def reference(method, h0, aff, att, iterations=T, **kw):
 def heads(method, b, h, w, dtype=torch.float64, scale=1.0, seed=1):
     if method == "cspn":
         return randn(b, 8, h, w, dtype=dtype, seed=seed, scale=scale), None
-    return randn(b, 48, h, w, dtype=dtype, seed=seed, scale=scale), randn(b, T * 4, h, w, dtype=dtype, seed=seed + 1, scale=scale)
+    return randn(b, 48, h, w, dtype=dtype, seed=seed, scale=scale), randn(
+        b, T * 4, h, w, dtype=dtype, seed=seed + 1, scale=scale
+    )
 
 
 METHODS = ["cspn", "dyspn", "dyspn-dilated"]
@@ -58,19 +67,28 @@ def test_neighbourhood_layout():
     dist = [max(abs(dy), abs(dx)) for dy, dx in offs]
     assert dist == sorted(dist) and dist.count(1) == 8 and dist.count(3) == 24
     m = border_mask(3, 4, 5)
-    assert m[:, 1:-1, 1:-1].eq(1).all()           # interior pixels see all 8 neighbours
-    assert m[:, 0, 0].sum() == 3                   # a corner sees 3
+    assert m[:, 1:-1, 1:-1].eq(1).all()  # interior pixels see all 8 neighbours
+    assert m[:, 0, 0].sum() == 3  # a corner sees 3
 
 
 def test_dilated_window_spreads_the_outer_rings_and_keeps_the_first():
     plain, dilated = window_offsets(7), window_offsets(Window(7, 2))
-    assert window_offsets(Window(7, 1)) == plain and window_offsets(Window(3, 4)) == window_offsets(3)
+    assert window_offsets(Window(7, 1)) == plain and window_offsets(Window(3, 4)) == window_offsets(
+        3
+    )
     assert len(set(dilated)) == 48 and ring_sizes(Window(7, 2)) == (8, 16, 24)
-    assert dilated[:8] == plain[:8]                                     # ring 1 stays at distance 1
-    assert dilated[8:] == tuple((2 * dy, 2 * dx) for dy, dx in plain[8:])   # rings 2, 3 at 4 and 6
-    assert (window_reach(3), window_reach(7), window_reach(Window(7, 2)), window_reach(Window(7, 3))) == (1, 3, 6, 9)
+    assert dilated[:8] == plain[:8]  # ring 1 stays at distance 1
+    assert dilated[8:] == tuple((2 * dy, 2 * dx) for dy, dx in plain[8:])  # rings 2, 3 at 4 and 6
+    assert (
+        window_reach(3),
+        window_reach(7),
+        window_reach(Window(7, 2)),
+        window_reach(Window(7, 3)),
+    ) == (1, 3, 6, 9)
     m = border_mask(Window(7, 2), 13, 13)
-    assert m[:, 6, 6].eq(1).all() and m[:, 5, 6].sum() == 48 - 7   # 1 px off-centre: ring 3's row of 7 at dy = -6 falls out
+    assert (
+        m[:, 6, 6].eq(1).all() and m[:, 5, 6].sum() == 48 - 7
+    )  # 1 px off-centre: ring 3's row of 7 at dy = -6 falls out
     for bad in (dict(size=7, dilation=0), dict(size=6), dict(size=7, dilation=1.5)):
         with pytest.raises(ValueError):
             Window(**bad)
@@ -86,7 +104,10 @@ def test_one_iteration_moves_a_value_exactly_onto_the_window(dilation):
     h0 = torch.zeros(1, 2, size, size, dtype=torch.float64)
     h0[:, 0] = 1.0
     h0[:, :, c, c] = torch.tensor([0.0, 1.0], dtype=torch.float64)
-    aff, att = torch.ones(1, 48, size, size, dtype=torch.float64), torch.zeros(1, 4, size, size, dtype=torch.float64)
+    aff, att = (
+        torch.ones(1, 48, size, size, dtype=torch.float64),
+        torch.zeros(1, 4, size, size, dtype=torch.float64),
+    )
     out = DySPN(1, dilation=dilation)(h0, aff, att).final
     reached = {(y - c, x - c) for y, x in (out[0, 1] > 0).nonzero().tolist()}
     assert reached == set(window_offsets(Window(7, dilation))) | {(0, 0)}
@@ -95,17 +116,26 @@ def test_one_iteration_moves_a_value_exactly_onto_the_window(dilation):
 
 def test_reach_bounds_how_far_t_iterations_move_a_value():
     """From a single pet pixel, every affinity positive, T iterations bring pet exactly to the
-    pixels within T x reach (chessboard): the distance helpers.analysis.error_bands compares errors with."""
+    pixels within T x reach (chessboard): the distance helpers.analysis.error_bands compares errors
+    with."""
     size, c, steps = 25, 12, 3
     for prop in (CSPN(steps), DySPN(steps)):
         h0 = torch.zeros(1, 2, size, size, dtype=torch.float64)
         h0[:, 0] = 1.0
         h0[:, :, c, c] = torch.tensor([0.0, 1.0], dtype=torch.float64)
         aff = torch.full((1, prop.affinity_channels, size, size), 0.1, dtype=torch.float64)
-        args = (torch.zeros(1, 4 * steps, size, size, dtype=torch.float64),) if isinstance(prop, DySPN) else ()
-        reached = {(y - c, x - c) for y, x in (prop(h0, aff, *args).final[0, 1] > 0).nonzero().tolist()}
-        r = steps * prop.reach       # every offset of a full window of this radius, and none beyond
-        assert reached == {(dy, dx) for dy in range(-r, r + 1) for dx in range(-r, r + 1)}, type(prop).__name__
+        args = (
+            (torch.zeros(1, 4 * steps, size, size, dtype=torch.float64),)
+            if isinstance(prop, DySPN)
+            else ()
+        )
+        reached = {
+            (y - c, x - c) for y, x in (prop(h0, aff, *args).final[0, 1] > 0).nonzero().tolist()
+        }
+        r = steps * prop.reach  # every offset of a full window of this radius, and none beyond
+        assert reached == {(dy, dx) for dy in range(-r, r + 1) for dx in range(-r, r + 1)}, type(
+            prop
+        ).__name__
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -131,7 +161,9 @@ def test_prepared_affinity_is_autograd_of_the_reference_bit_for_bit(kernel, dtyp
     assert torch.equal(pos, pos_ref) and torch.equal(mag, mag_ref)
     assert torch.equal(fast.grad, slow.grad)
     # the cases themselves, spelled out
-    assert torch.equal(fast.grad[0, :3, 4, 4], g_pos[0, :3, 4, 4])          # k = 0: k+ has slope 1, |k| slope 0
+    assert torch.equal(
+        fast.grad[0, :3, 4, 4], g_pos[0, :3, 4, 4]
+    )  # k = 0: k+ has slope 1, |k| slope 0
     assert fast.grad[1, 0, 4, 4] == 0 and fast.grad[2, 2, 4, 4] == 0 and fast.grad[2, 3, 4, 4] == 0
     outside = border_mask(kernel, 9, 11, dtype=dtype).expand_as(raw) == 0
     assert outside.any() and (fast.grad[outside] == 0).all()
@@ -140,12 +172,18 @@ def test_prepared_affinity_is_autograd_of_the_reference_bit_for_bit(kernel, dtyp
 @pytest.mark.parametrize("method", METHODS)
 def test_gradcheck_float64(method):
     h, w = GRAD_SIZE[method]
-    assert border_mask(make(method).kernel, h, w)[-1].sum() > 0, "the outermost ring must reach inside"
+    assert border_mask(make(method).kernel, h, w)[-1].sum() > 0, (
+        "the outermost ring must reach inside"
+    )
     h0 = probs(1, 2, h, w).requires_grad_()
     aff, att = heads(method, 1, h, w)
     aff.requires_grad_()
     inputs = (h0, aff) if att is None else (h0, aff, att.requires_grad_())
-    fn = (lambda a, b: make(method, 3)(a, b).final) if method == "cspn" else (lambda a, b, c: make(method, 3)(a, b, c).final)
+    fn = (
+        (lambda a, b: make(method, 3)(a, b).final)
+        if method == "cspn"
+        else (lambda a, b, c: make(method, 3)(a, b, c).final)
+    )
     assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-5)
 
 
@@ -166,7 +204,12 @@ def test_matches_unfold_reference(method):
 @pytest.mark.parametrize("scale", [1.0, 1e3, 1e30])
 def test_constant_map_stays_exactly_constant(method, scale):
     b, h, w = 2, 8, 9
-    const = torch.tensor([0.3, 0.7], dtype=torch.float32).view(1, 2, 1, 1).expand(b, 2, h, w).contiguous()
+    const = (
+        torch.tensor([0.3, 0.7], dtype=torch.float32)
+        .view(1, 2, 1, 1)
+        .expand(b, 2, h, w)
+        .contiguous()
+    )
     aff, att = heads(method, b, h, w, dtype=torch.float32, scale=scale)
     out = run(method, const, aff, att)
     for m in out.maps:
@@ -198,15 +241,15 @@ def test_refined_maps_are_probabilities_for_any_head(method, scale):
 
 @pytest.mark.parametrize("method", METHODS)
 def test_translation_equivariance_away_from_borders(method):
-    reach = T * window_reach(make(method).kernel)   # how far information travels in T steps
-    size = 2 * (reach + 4) + 6                        # leaves a 6 x 6 square out of the border's reach
+    reach = T * window_reach(make(method).kernel)  # how far information travels in T steps
+    size = 2 * (reach + 4) + 6  # leaves a 6 x 6 square out of the border's reach
     h0 = probs(1, 2, size, size, seed=5)
     aff, att = heads(method, 1, size, size, seed=6)
     shift = (4, -3)
     roll = lambda x: torch.roll(x, shift, dims=(-2, -1)) if x is not None else None  # noqa: E731
     a = run(method, h0, aff, att).final
     b = run(method, roll(h0), roll(aff), roll(att)).final
-    lo, hi = reach + 4, size - reach - 4             # pixels unaffected by the border or the roll seam
+    lo, hi = reach + 4, size - reach - 4  # pixels unaffected by the border or the roll seam
     assert hi - lo == 6
     torch.testing.assert_close(roll(a)[..., lo:hi, lo:hi], b[..., lo:hi, lo:hi], atol=1e-12, rtol=0)
     # the comparison can fail: at the roll's seam (row 4) the two runs do differ
@@ -216,15 +259,18 @@ def test_translation_equivariance_away_from_borders(method):
 @pytest.mark.parametrize("method", METHODS)
 def test_no_wrap_around(method):
     """Mass at the left border must never reach the right border (what torch.roll would do)."""
-    h, w = 12, max(16, 4 * window_reach(make(method).kernel) + 4)   # 2 iterations reach less than half-way
+    h, w = (
+        12,
+        max(16, 4 * window_reach(make(method).kernel) + 4),
+    )  # 2 iterations reach less than half-way
     h0 = torch.zeros(1, 2, h, w, dtype=torch.float64)
     h0[:, 0] = 1.0
-    h0[:, 1, :, 0] = 1.0          # a pet column on the left edge
+    h0[:, 1, :, 0] = 1.0  # a pet column on the left edge
     h0[:, 0, :, 0] = 0.0
     aff, att = heads(method, 1, h, w, scale=5.0)
     out = run(method, h0, aff, att, iterations=2).final
     assert out[:, 1, :, -1].abs().max() == 0, "probability leaked across the image border"
-    assert out[:, 1, :, w // 2:].abs().max() == 0
+    assert out[:, 1, :, w // 2 :].abs().max() == 0
 
 
 def test_dyspn_returns_attention_per_iteration():
@@ -243,7 +289,12 @@ def test_autocast_runs_propagation_in_float32(method):
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = run(method, h0.bfloat16(), aff.bfloat16(), None if att is None else att.bfloat16())
     assert out.final.dtype == torch.float32
-    ref = run(method, h0.bfloat16().float(), aff.bfloat16().float(), None if att is None else att.bfloat16().float())
+    ref = run(
+        method,
+        h0.bfloat16().float(),
+        aff.bfloat16().float(),
+        None if att is None else att.bfloat16().float(),
+    )
     torch.testing.assert_close(out.final, ref.final)
 
 
@@ -292,14 +343,23 @@ def test_confidence_matches_the_reference_and_its_gradients_check(method):
     ref = reference(method, h0, aff, att, raw_confidence=conf)
     for a, b in zip(ours, ref):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
-    assert (ours[-1] - run(method, h0, aff, att).final).abs().max() > 1e-3, "the confidence changed nothing"
+    assert (ours[-1] - run(method, h0, aff, att).final).abs().max() > 1e-3, (
+        "the confidence changed nothing"
+    )
     h, w = GRAD_SIZE[method]
     small = probs(1, 2, h, w).requires_grad_()
     a, b = heads(method, 1, h, w)
     c = randn(1, 1, h, w, seed=7).requires_grad_()
-    inputs = (small, a.requires_grad_(), c) if b is None else (small, a.requires_grad_(), b.requires_grad_(), c)
-    fn = ((lambda h, k, q: make(method, 3)(h, k, raw_confidence=q).final) if method == "cspn"
-          else (lambda h, k, p, q: make(method, 3)(h, k, p, raw_confidence=q).final))
+    inputs = (
+        (small, a.requires_grad_(), c)
+        if b is None
+        else (small, a.requires_grad_(), b.requires_grad_(), c)
+    )
+    fn = (
+        (lambda h, k, q: make(method, 3)(h, k, raw_confidence=q).final)
+        if method == "cspn"
+        else (lambda h, k, p, q: make(method, 3)(h, k, p, raw_confidence=q).final)
+    )
     assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-5)
 
 
@@ -315,11 +375,17 @@ def test_confidence_keeps_the_guarantees_and_its_limits_are_known(method):
         torch.testing.assert_close(m.sum(1), torch.ones_like(m[:, 0]), atol=1e-5, rtol=0)
     const = torch.tensor([0.2, 0.3, 0.5]).view(1, 3, 1, 1).expand(2, 3, 9, 10).contiguous()
     assert all(torch.equal(m, const) for m in run_confident(method, const, aff, att, conf).maps)
-    nothing = run_confident(method, h0, aff, att, torch.full((2, 1, 9, 10), -1e4)).final   # sigmoid -> 0 exactly
+    nothing = run_confident(
+        method, h0, aff, att, torch.full((2, 1, 9, 10), -1e4)
+    ).final  # sigmoid -> 0 exactly
     torch.testing.assert_close(nothing, h0, atol=1e-6, rtol=0)
-    full = run_confident(method, h0, aff, att, torch.full((2, 1, 9, 10), 1e4))              # sigmoid -> 1 exactly
+    full = run_confident(
+        method, h0, aff, att, torch.full((2, 1, 9, 10), 1e4)
+    )  # sigmoid -> 1 exactly
     assert torch.equal(full.final, run(method, h0, aff, att).final)
-    assert full.confidence.shape == (2, 1, 9, 10) and torch.equal(full.confidence, torch.ones(2, 1, 9, 10))
+    assert full.confidence.shape == (2, 1, 9, 10) and torch.equal(
+        full.confidence, torch.ones(2, 1, 9, 10)
+    )
 
 
 def test_confidence_of_the_wrong_shape_is_refused():

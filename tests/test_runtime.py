@@ -1,4 +1,5 @@
 """Process settings: freed memory is kept for reuse (helpers/runtime.py)."""
+
 import os
 import platform
 import subprocess
@@ -22,14 +23,19 @@ print(applied, faults() - f0, s)
 
 
 def run(mode):
-    out = subprocess.run([sys.executable, "-c", SCRIPT, mode], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", SCRIPT, mode], capture_output=True, text=True, check=True
+    )
     applied, faults, total = out.stdout.split()
     return applied, int(faults), float(total)
 
 
-GLIBC_DEFAULTS = (platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
-                  and "malloc" not in os.environ.get("LD_PRELOAD", "")      # jemalloc / tcmalloc
-                  and not any(k.startswith("MALLOC_") or k == "GLIBC_TUNABLES" for k in os.environ))
+GLIBC_DEFAULTS = (
+    platform.system() == "Linux"
+    and platform.libc_ver()[0] == "glibc"
+    and "malloc" not in os.environ.get("LD_PRELOAD", "")  # jemalloc / tcmalloc
+    and not any(k.startswith("MALLOC_") or k == "GLIBC_TUNABLES" for k in os.environ)
+)
 
 
 @pytest.mark.skipif(not GLIBC_DEFAULTS, reason="needs glibc's malloc with its default settings")

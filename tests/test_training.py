@@ -1,13 +1,14 @@
 """The training engine: determinism, checkpoints (atomic, refused, corrupt, resumable)."""
+
 import pytest
 import torch
+from toys import toy_data
 
 from helpers.core.checkpoint import CheckpointError, atomic_save, safe_load
 from helpers.models.coarse import CoarseSegmenter
 from helpers.models.refiner import Refiner
 from helpers.training.evaluation import evaluate
 from helpers.training.loop import fit, load_trained
-from toys import toy_data
 
 
 def model(seed=0):
@@ -35,7 +36,9 @@ def test_evaluate_restores_train_mode():
 def test_checkpoint_round_trip_resume_and_refusal(tmp_path):
     train, val = toy_data(), toy_data(6, seed=1)
     spec = {"stage": "coarse", "width": 4}
-    full = fit(model(), train_set=train, val_set=val, checkpoint=tmp_path / "full.pt", spec=spec, **KW)
+    full = fit(
+        model(), train_set=train, val_set=val, checkpoint=tmp_path / "full.pt", spec=spec, **KW
+    )
     st = safe_load(tmp_path / "full.pt")
     assert st["epoch"] == 2 and {"torch", "torchvision"} <= set(st["versions"])
     assert full.val == st["history"]["val"]
@@ -53,25 +56,40 @@ def test_resume_continues_an_interrupted_run(tmp_path):
     """Stop after epoch 1 of 3 (simulated), resume: the same history as an uninterrupted run."""
     train, val = toy_data(), toy_data(6, seed=1)
     spec = {"stage": "coarse"}
-    whole = fit(model(), train_set=train, val_set=val, checkpoint=tmp_path / "a.pt", spec=spec, **{**KW, "epochs": 3})
+    whole = fit(
+        model(),
+        train_set=train,
+        val_set=val,
+        checkpoint=tmp_path / "a.pt",
+        spec=spec,
+        **{**KW, "epochs": 3},
+    )
 
     class Stop(Exception):
         pass
 
     import helpers.training.loop as tr
+
     real_evaluate, calls = tr.evaluate, []
 
     def interrupting(*a, **k):
         out = real_evaluate(*a, **k)
         calls.append(1)
-        if len(calls) == 2:      # the second epoch is interrupted before its checkpoint
+        if len(calls) == 2:  # the second epoch is interrupted before its checkpoint
             raise Stop
         return out
 
     tr.evaluate = interrupting
     try:
         with pytest.raises(Stop):
-            fit(model(), train_set=train, val_set=val, checkpoint=tmp_path / "b.pt", spec=spec, **{**KW, "epochs": 3})
+            fit(
+                model(),
+                train_set=train,
+                val_set=val,
+                checkpoint=tmp_path / "b.pt",
+                spec=spec,
+                **{**KW, "epochs": 3},
+            )
     finally:
         tr.evaluate = real_evaluate
     assert safe_load(tmp_path / "b.pt")["epoch"] == 1
@@ -80,24 +98,32 @@ def test_resume_continues_an_interrupted_run(tmp_path):
     evaluated = []
     tr.evaluate = lambda *a, **k: (evaluated.append(1), real_evaluate(*a, **k))[1]
     try:
-        resumed = fit(model(), train_set=train, val_set=val, checkpoint=tmp_path / "b.pt", spec=spec,
-                      **{**KW, "epochs": 3})
+        resumed = fit(
+            model(),
+            train_set=train,
+            val_set=val,
+            checkpoint=tmp_path / "b.pt",
+            spec=spec,
+            **{**KW, "epochs": 3},
+        )
     finally:
         tr.evaluate = real_evaluate
-    assert len(evaluated) == 2, "the resumed run retrained from epoch 0 instead of continuing after epoch 1"
+    assert len(evaluated) == 2, (
+        "the resumed run retrained from epoch 0 instead of continuing after epoch 1"
+    )
     assert resumed.val == whole.val
 
 
 def test_corrupt_or_foreign_checkpoint_is_a_clear_error(tmp_path):
     path = tmp_path / "m.pt"
     atomic_save({"state_dict": model().state_dict(), "spec": {}}, path)
-    path.write_bytes(path.read_bytes()[:100])          # truncated
+    path.write_bytes(path.read_bytes()[:100])  # truncated
     with pytest.raises(CheckpointError, match="unreadable or truncated"):
         safe_load(path)
     atomic_save({"something": 1}, path)
     with pytest.raises(CheckpointError, match="not a workbook checkpoint"):
         safe_load(path)
-    assert not list(tmp_path.glob(".*tmp*"))           # no temporary files left behind
+    assert not list(tmp_path.glob(".*tmp*"))  # no temporary files left behind
 
 
 def test_atomic_save_keeps_the_old_file_when_writing_fails(tmp_path):
@@ -134,10 +160,12 @@ def test_tune_base_trains_a_copy_and_round_trips(method):
     statistics stay frozen, and a checkpoint of the refiner restores the tuned copy."""
     coarse = model()
     before = {k: v.clone() for k, v in coarse.state_dict().items()}
-    r = Refiner(coarse, method=method, start="corrected", width=4, depth=2, iterations=3, tune_base=True)
+    r = Refiner(
+        coarse, method=method, start="corrected", width=4, depth=2, iterations=3, tune_base=True
+    )
     assert r.coarse is not coarse and all(p.requires_grad for p in r.coarse.parameters())
     r.train()
-    assert not r.coarse.training     # statistics frozen, weights trained
+    assert not r.coarse.training  # statistics frozen, weights trained
     opt = torch.optim.AdamW([p for p in r.parameters() if p.requires_grad], lr=1e-2)
     x, y = torch.rand(4, 3, 20, 20), (torch.rand(4, 20, 20) > 0.5).long()
     for _ in range(2):
@@ -153,15 +181,21 @@ def test_tune_base_trains_a_copy_and_round_trips(method):
         if "running" in k:
             assert torch.equal(tuned[k], before[k]), f"BatchNorm statistics drifted: {k}"
     r.eval()
-    fresh = Refiner(coarse, method=method, start="corrected", width=4, depth=2, iterations=3, tune_base=True)
+    fresh = Refiner(
+        coarse, method=method, start="corrected", width=4, depth=2, iterations=3, tune_base=True
+    )
     fresh.load_state_dict(r.state_dict())
     fresh.eval()
-    coarse.eval()   # compared as the refiner runs its base: eval mode, running statistics
+    coarse.eval()  # compared as the refiner runs its base: eval mode, running statistics
     with torch.no_grad():
         torch.testing.assert_close(fresh(x), r(x), atol=0, rtol=0)
-        untuned = Refiner(coarse, method=method, start="corrected", width=4, depth=2, iterations=3).eval()
+        untuned = Refiner(
+            coarse, method=method, start="corrected", width=4, depth=2, iterations=3
+        ).eval()
         torch.testing.assert_close(untuned.refine(x).coarse, coarse(x), atol=0, rtol=0)
-        assert not torch.allclose(fresh.refine(x).coarse, coarse(x)), "the tuned copy must differ from the base"
+        assert not torch.allclose(fresh.refine(x).coarse, coarse(x)), (
+            "the tuned copy must differ from the base"
+        )
 
 
 def test_tune_base_has_its_own_checkpoint_and_leaves_old_names(folders):
@@ -181,18 +215,23 @@ def test_tune_base_has_its_own_checkpoint_and_leaves_old_names(folders):
 
 def test_confidence_head_starts_as_the_identity_and_has_its_own_checkpoint(folders):
     """NLSPN's confidence adds one head channel after the others (older layouts unchanged), the
-    zero-initialised head is still the identity, and only the propagating refiners' specs name it."""
+    zero-initialised head is still the identity, and only the propagating refiners' specs name
+    it."""
     from helpers.workbook import stages
     from helpers.workbook.session import open_workbook
 
     plain = Refiner(model(), method="dyspn", start="corrected", width=4, depth=2, iterations=6)
-    r = Refiner(model(), method="dyspn", start="corrected", width=4, depth=2, iterations=6, confidence=True).eval()
+    r = Refiner(
+        model(), method="dyspn", start="corrected", width=4, depth=2, iterations=6, confidence=True
+    ).eval()
     assert r.layout.confidence == (74, 75) and r.layout.start == plain.layout.start == (72, 74)
     x = torch.rand(2, 3, 24, 24)
     out = r.refine(x)
     torch.testing.assert_close(out.probs, out.coarse, atol=1e-6, rtol=0)
     assert torch.equal(out.propagation.confidence, torch.full((2, 1, 24, 24), 0.5))
-    assert Refiner(model(), method="control", width=4, depth=2, confidence=True).layout.channels == 2
+    assert (
+        Refiner(model(), method="control", width=4, depth=2, confidence=True).layout.channels == 2
+    )
 
     wb = open_workbook(profile="smoke", **folders)
     confident = open_workbook(profile="smoke", confidence=True, **folders)
@@ -210,7 +249,9 @@ def test_cspn_gain_scales_the_affinity_head_and_has_its_own_checkpoint(folders):
 
     torch.manual_seed(3)
     base = model()
-    gained = Refiner(base, method="cspn", start="corrected", width=4, depth=2, iterations=4, cspn_gain=4.0).eval()
+    gained = Refiner(
+        base, method="cspn", start="corrected", width=4, depth=2, iterations=4, cspn_gain=4.0
+    ).eval()
     with torch.no_grad():
         for p in gained.guidance.head.parameters():
             p.normal_(0, 0.3)
@@ -222,13 +263,17 @@ def test_cspn_gain_scales_the_affinity_head_and_has_its_own_checkpoint(folders):
         plain.guidance.head.conv.bias[affinity] *= 4
     x = torch.rand(2, 3, 24, 24)
     a, b = gained.refine(x), plain.refine(x)
-    torch.testing.assert_close(a.start, b.start, atol=0, rtol=0)       # the correction is not scaled
+    torch.testing.assert_close(a.start, b.start, atol=0, rtol=0)  # the correction is not scaled
     torch.testing.assert_close(a.probs, b.probs, atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(a.propagation.affinity, b.propagation.affinity, atol=1e-6, rtol=1e-5)
-    unscaled = Refiner(base, method="cspn", start="corrected", width=4, depth=2, iterations=4).eval()
+    unscaled = Refiner(
+        base, method="cspn", start="corrected", width=4, depth=2, iterations=4
+    ).eval()
     unscaled.load_state_dict(gained.state_dict())
     weak = unscaled.refine(x).propagation.affinity
-    assert (a.propagation.affinity.sum(1) > weak.sum(1) + 1e-3).any(), "the gain must strengthen kappa"
+    assert (a.propagation.affinity.sum(1) > weak.sum(1) + 1e-3).any(), (
+        "the gain must strengthen kappa"
+    )
     assert (a.propagation.affinity.sum(1) <= 1 + 1e-6).all()
     with pytest.raises(ValueError, match="cspn_gain"):
         Refiner(base, method="cspn", cspn_gain=0.0)
@@ -239,11 +284,17 @@ def test_cspn_gain_scales_the_affinity_head_and_has_its_own_checkpoint(folders):
     assert stages.get("cspn").spec(wb)["cspn_gain"] == wb.cfg.cspn_gain == 4.0
     assert "cspn_gain" not in stages.get("converged+cspn").spec(wb)
     assert stages.get("cspn").build(wb.cfg, CoarseSegmenter.from_config(wb.cfg)).cspn_gain == 4.0
-    assert stages.get("converged+cspn").build(wb.cfg, CoarseSegmenter.from_config(wb.cfg)).cspn_gain == 1.0
+    assert (
+        stages.get("converged+cspn").build(wb.cfg, CoarseSegmenter.from_config(wb.cfg)).cspn_gain
+        == 1.0
+    )
     swapped = open_workbook(profile="smoke", cspn_gain=1.0, converged_cspn_gain=2.0, **folders)
     unnamed = {k: v for k, v in stages.get("cspn").spec(wb).items() if k != "cspn_gain"}
     assert stages.get("cspn").spec(swapped) == unnamed
-    assert stages.get("converged+cspn").spec(swapped) == {**stages.get("converged+cspn").spec(wb), "cspn_gain": 2.0}
+    assert stages.get("converged+cspn").spec(swapped) == {
+        **stages.get("converged+cspn").spec(wb),
+        "cspn_gain": 2.0,
+    }
     for name in ("control", "dyspn", "converged+control", "converged+dyspn"):
         assert stages.get(name).spec(swapped) == stages.get(name).spec(wb)
 
@@ -258,7 +309,7 @@ def test_guidance_init_from_the_base_starts_from_its_features_and_has_its_own_ch
 
     torch.manual_seed(5)
     base = model()
-    with torch.no_grad():       # a base that is not at its random initialisation
+    with torch.no_grad():  # a base that is not at its random initialisation
         for p in base.parameters():
             p.normal_(0, 0.5)
         for m in base.modules():
@@ -267,17 +318,29 @@ def test_guidance_init_from_the_base_starts_from_its_features_and_has_its_own_ch
                 m.running_var.uniform_(0.5, 2.0)
     x = torch.rand(2, 3, 24, 24)
     for method in ("control", "cspn", "dyspn"):
-        ref = Refiner(base, method=method, start="corrected", width=4, depth=2, iterations=3, kernel=5,
-                      guidance_init="base").eval()
+        ref = Refiner(
+            base,
+            method=method,
+            start="corrected",
+            width=4,
+            depth=2,
+            iterations=3,
+            kernel=5,
+            guidance_init="base",
+        ).eval()
         with torch.no_grad():
             ours = ref.guidance.features(torch.cat([x, base(x)], 1))
             torch.testing.assert_close(ours, base.unet.features(x), atol=0, rtol=0)
             torch.testing.assert_close(ref(x), base(x), atol=1e-6, rtol=0)
-        scratch = Refiner(base, method=method, start="corrected", width=4, depth=2, iterations=3, kernel=5).eval()
+        scratch = Refiner(
+            base, method=method, start="corrected", width=4, depth=2, iterations=3, kernel=5
+        ).eval()
         with torch.no_grad():
             assert not torch.allclose(scratch.guidance.features(torch.cat([x, base(x)], 1)), ours)
     # the map's filters start at zero but do get a gradient: the map is read after one step
-    ref = Refiner(base, method="dyspn", width=4, depth=2, iterations=3, kernel=5, guidance_init="base").train()
+    ref = Refiner(
+        base, method="dyspn", width=4, depth=2, iterations=3, kernel=5, guidance_init="base"
+    ).train()
     with torch.no_grad():
         ref.guidance.head.conv.weight.normal_(0, 0.1)
     ref.training_loss(x, (torch.rand(2, 24, 24) > 0.5).long()).backward()
@@ -291,22 +354,33 @@ def test_guidance_init_from_the_base_starts_from_its_features_and_has_its_own_ch
 
     # "scratch" is never named (the checkpoints of earlier runs keep their names); the default,
     # "base" in both settings, is
-    wb = open_workbook(profile="smoke", guidance_init="scratch", converged_guidance_init="scratch", **folders)
+    wb = open_workbook(
+        profile="smoke", guidance_init="scratch", converged_guidance_init="scratch", **folders
+    )
     refiners = [n for n in stages.REGISTRY if stages.get(n).kind == "refiner"]
     assert all("guidance_init" not in stages.get(n).spec(wb) for n in refiners)
     default = open_workbook(profile="smoke", **folders)
     assert all(stages.get(n).spec(default)["guidance_init"] == "base" for n in refiners)
-    tuned = open_workbook(profile="smoke", guidance_init="scratch", converged_guidance_init="base", **folders)
+    tuned = open_workbook(
+        profile="smoke", guidance_init="scratch", converged_guidance_init="base", **folders
+    )
     for name in ("converged+control", "converged+cspn", "converged+dyspn"):
-        assert stages.get(name).spec(tuned) == {**stages.get(name).spec(wb), "guidance_init": "base"}
+        assert stages.get(name).spec(tuned) == {
+            **stages.get(name).spec(wb),
+            "guidance_init": "base",
+        }
         assert stages.get(name).checkpoint(tuned) != stages.get(name).checkpoint(wb)
     for name in ("control", "cspn", "dyspn"):
         assert stages.get(name).spec(tuned) == stages.get(name).spec(wb)
     torch.manual_seed(0)
     smoke_base = CoarseSegmenter.from_config(tuned.cfg)
     built = stages.get("converged+dyspn").build(tuned.cfg, smoke_base)
-    torch.testing.assert_close(built.guidance.downs[0].block[1].block[0].weight,
-                               smoke_base.unet.downs[0].block[1].block[0].weight, atol=0, rtol=0)
+    torch.testing.assert_close(
+        built.guidance.downs[0].block[1].block[0].weight,
+        smoke_base.unet.downs[0].block[1].block[0].weight,
+        atol=0,
+        rtol=0,
+    )
 
 
 def test_warm_lr_factor_trains_the_copied_layers_at_a_lower_peak_rate(tmp_path, folders):
@@ -318,32 +392,64 @@ def test_warm_lr_factor_trains_the_copied_layers_at_a_lower_peak_rate(tmp_path, 
     from helpers.workbook.session import open_workbook
 
     base = model()
-    warm = Refiner(base, method="dyspn", width=4, depth=2, iterations=3, kernel=5, guidance_init="base", warm_lr_factor=0.25)
+    warm = Refiner(
+        base,
+        method="dyspn",
+        width=4,
+        depth=2,
+        iterations=3,
+        kernel=5,
+        guidance_init="base",
+        warm_lr_factor=0.25,
+    )
     new, copied = warm.parameter_groups(1e-3)
     assert (new["lr"], copied["lr"]) == (1e-3, 0.25e-3)
     names = {id(p): n for n, p in warm.named_parameters()}
     assert sorted(names[id(p)].split(".")[1] for p in new["params"]) == ["head", "head", "inc"]
-    assert len(new["params"]) + len(copied["params"]) == sum(p.requires_grad for p in warm.parameters())
+    assert len(new["params"]) + len(copied["params"]) == sum(
+        p.requires_grad for p in warm.parameters()
+    )
     assert not any(names[id(p)].startswith("coarse.") for p in new["params"] + copied["params"])
-    for one in (Refiner(base, method="dyspn", width=4, depth=2, iterations=3, kernel=5, warm_lr_factor=0.25),
-                Refiner(base, method="dyspn", width=4, depth=2, iterations=3, kernel=5, guidance_init="base")):
+    for one in (
+        Refiner(
+            base, method="dyspn", width=4, depth=2, iterations=3, kernel=5, warm_lr_factor=0.25
+        ),
+        Refiner(
+            base, method="dyspn", width=4, depth=2, iterations=3, kernel=5, guidance_init="base"
+        ),
+    ):
         assert len(one.parameter_groups(1e-3)) == 1
     with pytest.raises(ValueError, match="warm_lr_factor"):
         Refiner(base, method="dyspn", width=4, depth=2, guidance_init="base", warm_lr_factor=0)
 
     train, val = toy_data(), toy_data(6, seed=1)
-    fit(warm, train_set=train, val_set=val, checkpoint=tmp_path / "warm.pt", spec={"stage": "dyspn"},
-        loss_fn=warm.training_loss, **{**KW, "epochs": 1, "lr": 1e-3})
+    fit(
+        warm,
+        train_set=train,
+        val_set=val,
+        checkpoint=tmp_path / "warm.pt",
+        spec={"stage": "dyspn"},
+        loss_fn=warm.training_loss,
+        **{**KW, "epochs": 1, "lr": 1e-3},
+    )
     groups = safe_load(tmp_path / "warm.pt")["optimiser"]["param_groups"]
     assert [g["max_lr"] for g in groups] == [1e-3, 0.25e-3]
 
     default = open_workbook(profile="smoke", **folders)
     slower = open_workbook(profile="smoke", warm_lr_factor=0.25, **folders)
-    scratch = open_workbook(profile="smoke", warm_lr_factor=0.25, guidance_init="scratch",
-                            converged_guidance_init="scratch", **folders)
+    scratch = open_workbook(
+        profile="smoke",
+        warm_lr_factor=0.25,
+        guidance_init="scratch",
+        converged_guidance_init="scratch",
+        **folders,
+    )
     for name in ("cspn", "converged+dyspn", "converged+control"):
         assert "warm_lr_factor" not in stages.get(name).spec(default)
-        assert stages.get(name).spec(slower) == {**stages.get(name).spec(default), "warm_lr_factor": 0.25}
+        assert stages.get(name).spec(slower) == {
+            **stages.get(name).spec(default),
+            "warm_lr_factor": 0.25,
+        }
         assert "warm_lr_factor" not in stages.get(name).spec(scratch)
     assert stages.get("converged").spec(slower) == stages.get("converged").spec(default)
 
@@ -357,16 +463,21 @@ def test_start_weight_is_in_the_spec_of_propagators_with_a_corrected_start_only(
     coarse_start = open_workbook(profile="smoke", start_weight=1.0, start_map="coarse", **folders)
     for name in ("cspn", "dyspn", "converged+dyspn"):
         assert "start_weight" not in stages.get(name).spec(default)
-        assert stages.get(name).spec(weighted) == {**stages.get(name).spec(default), "start_weight": 1.0}
+        assert stages.get(name).spec(weighted) == {
+            **stages.get(name).spec(default),
+            "start_weight": 1.0,
+        }
     assert "start_weight" not in stages.get("dyspn").spec(coarse_start)
-    assert stages.get("converged+dyspn").spec(coarse_start)["start_weight"] == 1.0   # its own setting's start
+    assert (
+        stages.get("converged+dyspn").spec(coarse_start)["start_weight"] == 1.0
+    )  # its own setting's start
     for name in ("control", "converged+control", "converged"):
         assert stages.get(name).spec(weighted) == stages.get(name).spec(default)
 
 
 def test_dyspn_dilation_reaches_the_propagator_and_only_dyspn_checkpoints(folders):
-    from helpers.workbook import stages
     from helpers.models.propagation.geometry import Window
+    from helpers.workbook import stages
     from helpers.workbook.session import open_workbook
 
     default = open_workbook(profile="smoke", **folders)
@@ -387,18 +498,25 @@ def test_refine_from_another_start_map_uses_the_same_affinities(method):
     given back reproduces the refiner exactly, another map is propagated by the same weights
     (checked against the propagator called directly), and the control has nothing to propagate."""
     torch.manual_seed(0)
-    r = Refiner(model(), method=method, start="corrected", width=4, depth=2, iterations=3, cspn_gain=2.0).eval()
+    r = Refiner(
+        model(), method=method, start="corrected", width=4, depth=2, iterations=3, cspn_gain=2.0
+    ).eval()
     with torch.no_grad():
         for p in r.guidance.head.parameters():
-            p.normal_(0, 0.5)        # a trained-looking head: the zero head would make every test the identity
+            p.normal_(
+                0, 0.5
+            )  # a trained-looking head: the zero head would make every test the identity
         x = torch.rand(2, 3, 20, 20)
         own = r.refine(x)
         torch.testing.assert_close(r.refine(x, start=own.start).probs, own.probs, atol=0, rtol=0)
         other = torch.softmax(torch.randn(2, 2, 20, 20), 1)
         given = r.refine(x, start=other)
         head = r.layout.split(r.guidance(torch.cat([x, own.coarse], 1)).float())
-        direct = (r.propagator(other, 2.0 * head["affinity"]) if method == "cspn"
-                  else r.propagator(other, head["affinity"], head["attention"]))
+        direct = (
+            r.propagator(other, 2.0 * head["affinity"])
+            if method == "cspn"
+            else r.propagator(other, head["affinity"], head["attention"])
+        )
         torch.testing.assert_close(given.probs, direct.final, atol=1e-6, rtol=0)
         assert torch.equal(given.start, other) and (given.probs - other).abs().max() > 1e-3
     with pytest.raises(ValueError, match="nothing to propagate"):
@@ -418,13 +536,26 @@ def test_a_refiner_started_from_a_trained_control_computes_its_map(method):
     control = Refiner(base, method="control", width=4, depth=2).eval()
     with torch.no_grad():
         for p in control.guidance.parameters():
-            p.normal_(0, 0.3)        # a trained-looking control: at zero init every refiner is the identity
+            p.normal_(
+                0, 0.3
+            )  # a trained-looking control: at zero init every refiner is the identity
     x = torch.rand(2, 3, 20, 20)
-    r = Refiner(base, method=method, start="corrected", width=4, depth=2, iterations=3, kernel=5, cspn_gain=4.0).eval()
+    r = Refiner(
+        base,
+        method=method,
+        start="corrected",
+        width=4,
+        depth=2,
+        iterations=3,
+        kernel=5,
+        cspn_gain=4.0,
+    ).eval()
     init_from_refiner(r, control)
     with torch.no_grad():
         want = control(x)
-        assert (want - base(x)).abs().max() > 1e-2, "the control must change the map, or the test proves nothing"
+        assert (want - base(x)).abs().max() > 1e-2, (
+            "the control must change the map, or the test proves nothing"
+        )
         out = r.refine(x)
         torch.testing.assert_close(out.start, want, atol=1e-6, rtol=0)
         torch.testing.assert_close(out.probs, want, atol=1e-6, rtol=0)
@@ -434,25 +565,35 @@ def test_a_refiner_started_from_a_trained_control_computes_its_map(method):
             r.guidance.head.conv.bias[a:b].normal_(0, 1.0)
             assert (r(x) - want).abs().max() > 1e-3
     with pytest.raises(ValueError, match="same base net"):
-        init_from_refiner(Refiner(model(), method=method, start="corrected", width=4, depth=2), control)
+        init_from_refiner(
+            Refiner(model(), method=method, start="corrected", width=4, depth=2), control
+        )
     with pytest.raises(ValueError, match="same width and depth"):
-        init_from_refiner(Refiner(base, method=method, start="corrected", width=8, depth=2), control)
+        init_from_refiner(
+            Refiner(base, method=method, start="corrected", width=8, depth=2), control
+        )
     if method != "control":
         with pytest.raises(ValueError, match="correct the map"):
-            init_from_refiner(Refiner(base, method=method, start="coarse", width=4, depth=2), control)
+            init_from_refiner(
+                Refiner(base, method=method, start="coarse", width=4, depth=2), control
+            )
 
 
 def test_corrected_start_layout():
     r = Refiner(model(), method="dyspn", start="corrected", width=4, depth=2, iterations=6)
-    assert r.layout.affinity == (0, 48) and r.layout.attention == (48, 72) and r.layout.start == (72, 74)
+    assert (
+        r.layout.affinity == (0, 48)
+        and r.layout.attention == (48, 72)
+        and r.layout.start == (72, 74)
+    )
     assert r.guidance.out_channels == 74
 
 
 def test_small_training_sets_get_enough_steps(capsys):
     from helpers.workbook.stages import epochs_for
 
-    assert epochs_for(3, 72, n_train=369, batch_size=16) == 3            # 24 steps x 3 = 72: unchanged
-    assert epochs_for(3, 72, n_train=55, batch_size=16, what="coarse") == 18   # 4 steps per epoch
+    assert epochs_for(3, 72, n_train=369, batch_size=16) == 3  # 24 steps x 3 = 72: unchanged
+    assert epochs_for(3, 72, n_train=55, batch_size=16, what="coarse") == 18  # 4 steps per epoch
     assert "training 18 epochs instead of 3" in capsys.readouterr().out
     assert epochs_for(12, 0, n_train=5, batch_size=16) == 12
 
@@ -467,7 +608,10 @@ def test_smoke_profile_is_repeatable(folders, capsys):
     second = workflow.coarse_stage(wb, retrain=True, progress=False)
     # retrained, not loaded: a loaded checkpoint would match the first run trivially
     assert "loaded the trained" not in capsys.readouterr().out
-    assert first.val_metrics == second.val_metrics and first.history.train_loss == second.history.train_loss
+    assert (
+        first.val_metrics == second.val_metrics
+        and first.history.train_loss == second.history.train_loss
+    )
     assert torch.equal(first.val_probs, second.val_probs)
     # the no-propagation control, the stage whose result varies most between seeds and machines,
     # is bit-identical too at the same thread count (README, Reproducibility)
@@ -475,10 +619,14 @@ def test_smoke_profile_is_repeatable(folders, capsys):
     capsys.readouterr()
     again = workflow.refine_stage(wb, "control", retrain=True, progress=False)
     assert "loaded the trained" not in capsys.readouterr().out
-    assert control.history.train_loss == again.history.train_loss and torch.equal(control.val_probs, again.val_probs)
+    assert control.history.train_loss == again.history.train_loss and torch.equal(
+        control.val_probs, again.val_probs
+    )
 
 
-def test_early_stopping_keeps_the_best_epoch_and_finishes_the_checkpoint(tmp_path, monkeypatch, capsys):
+def test_early_stopping_keeps_the_best_epoch_and_finishes_the_checkpoint(
+    tmp_path, monkeypatch, capsys
+):
     """Validation mIoU scripted to peak at epoch 2 and then fall: training stops after
     ``patience`` epochs without improvement, the returned weights are epoch 2's, and the
     checkpoint counts as finished (loaded, not resumed) although it stopped before the cap."""
@@ -495,7 +643,15 @@ def test_early_stopping_keeps_the_best_epoch_and_finishes_the_checkpoint(tmp_pat
     train, val = toy_data(), toy_data(6, seed=1)
     m = model()
     spec = {"stage": "converged"}
-    h = fit(m, train_set=train, val_set=val, checkpoint=tmp_path / "c.pt", spec=spec, patience=2, **{**KW, "epochs": 6})
+    h = fit(
+        m,
+        train_set=train,
+        val_set=val,
+        checkpoint=tmp_path / "c.pt",
+        spec=spec,
+        patience=2,
+        **{**KW, "epochs": 6},
+    )
     assert h.epoch == [1, 2, 3, 4] and h.best_epoch == 2
     for a, b in zip(m.state_dict().values(), states[1].values()):
         assert torch.equal(a, b)
@@ -511,12 +667,24 @@ def test_early_stopping_keeps_the_best_epoch_and_finishes_the_checkpoint(tmp_pat
 def test_stage_registry_declares_each_stage_once():
     """Every stage of both settings is one registry entry; names, bases and kinds agree with
     how the workflow builds them, and a variant gets its own name (and so its own file)."""
-    from helpers.workbook import stages
     from helpers.core.config import profile_config
+    from helpers.workbook import stages
 
-    assert stages.SETTINGS["coarse"] == ("coarse", "guided-filter", "coarse-longer", "control", "cspn", "dyspn")
-    assert stages.SETTINGS["converged"] == ("converged", "converged-longer", "converged+control", "converged+cspn",
-                                            "converged+dyspn")
+    assert stages.SETTINGS["coarse"] == (
+        "coarse",
+        "guided-filter",
+        "coarse-longer",
+        "control",
+        "cspn",
+        "dyspn",
+    )
+    assert stages.SETTINGS["converged"] == (
+        "converged",
+        "converged-longer",
+        "converged+control",
+        "converged+cspn",
+        "converged+dyspn",
+    )
     for name, stage in stages.REGISTRY.items():
         assert stages.get(name) is stage and name in stages.SETTINGS[stage.base]
         assert (stage.trains_on is None) == (stage.kind == "base")
@@ -529,17 +697,33 @@ def test_stage_registry_declares_each_stage_once():
     assert stages.get("cspn").variant(cfg, start=cfg.start_map) is stages.get("cspn")
     # an epoch budget is a variant too: it must not overwrite the registered stage's row
     assert stages.get("cspn").variant(cfg, epochs=24).name == "cspn-e24"
-    assert stages.get("converged+dyspn").variant(cfg, start="corrected", epochs=5).name == "converged+dyspn-corrected-e5"
+    assert (
+        stages.get("converged+dyspn").variant(cfg, start="corrected", epochs=5).name
+        == "converged+dyspn-corrected-e5"
+    )
     # the start map is per setting: here the converged refiners start from the converged map
     assert stages.get("cspn").start_map(cfg) == cfg.start_map == "corrected"
     assert stages.get("converged+cspn").start_map(cfg) == cfg.converged_start_map == "coarse"
     # the defaults: both settings start from the corrected map
-    assert profile_config("smoke").converged_start_map == profile_config("smoke").start_map == "corrected"
+    assert (
+        profile_config("smoke").converged_start_map
+        == profile_config("smoke").start_map
+        == "corrected"
+    )
 
     from helpers.workbook.results import format_table
-    row = {"stage": "converged+cspn-e5", "base": "converged", "label": "variant", "miou": 0.7, "pet_iou": 0.6,
-           "boundary_iou": 0.3, "parameters": 1, "train_seconds": 1.0}
-    table = format_table([row])   # a variant without its base row: no gain is invented
+
+    row = {
+        "stage": "converged+cspn-e5",
+        "base": "converged",
+        "label": "variant",
+        "miou": 0.7,
+        "pet_iou": 0.6,
+        "boundary_iou": 0.3,
+        "parameters": 1,
+        "train_seconds": 1.0,
+    }
+    table = format_table([row])  # a variant without its base row: no gain is invented
     assert "+0.000" not in table and "variant" in table
     with pytest.raises(KeyError, match="no stage 'cspn2'"):
         stages.get("cspn2")

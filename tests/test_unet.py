@@ -1,4 +1,5 @@
 """The U-Net works at any input size, forward and backward."""
+
 import pytest
 import torch
 

@@ -1,4 +1,5 @@
 """Tiny learnable datasets shared by the tests."""
+
 import torch
 
 from helpers.data.dataset import PetSegmentation
@@ -12,6 +13,6 @@ def toy_data(n=12, size=24, seed=0, side=None):
     for i in range(n):
         y, x = torch.randint(0, size // 2, (2,), generator=g).tolist()
         s = side or int(torch.randint(6, size // 2, (1,), generator=g))
-        trimaps[i, y:y + s, x:x + s] = 1
-        images[i, :, y:y + s, x:x + s] += 150
+        trimaps[i, y : y + s, x : x + s] = 1
+        images[i, :, y : y + s, x : x + s] += 150
     return PetSegmentation(images, trimaps, [f"toy_{i}" for i in range(n)])

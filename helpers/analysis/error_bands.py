@@ -5,8 +5,8 @@ Two distances, two questions:
 * ``"boundary"``: the chessboard distance of a pixel to the nearest pixel of *another class* in
   the ground truth (1 for a pixel touching the boundary, 2 one further in, ...). Is an error an
   edge placed a pixel or two off, or a whole region taken for the wrong class? The image border
-  is not a boundary here (unlike :func:`helpers.analysis.metrics.boundary_band`, whose band follows the
-  Boundary IoU paper), and an image of one class has none: its pixels are farther than any band.
+  is not a boundary here (unlike :func:`helpers.analysis.metrics.boundary_band`, whose band follows
+  the Boundary IoU paper), and an image of one class has none: its pixels are farther than any band.
 * ``"label"``: for a wrong pixel, the chessboard distance to the nearest pixel *the map itself*
   gives the pixel's true class. Propagation moves a label at most ``reach`` pixels per
   iteration (CSPN's 3x3 window: 1, DySPN's 7x7: 3), so T iterations starting from this map
@@ -19,6 +19,7 @@ An error next to the true boundary may still be out of reach (a missed leg 5 px 
 tip is 20 px from any pet label), and one far from it may be within reach (a small hole in the
 pet): the two distances answer different questions.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -42,35 +43,43 @@ def boundary_distance(target: torch.Tensor, classes: int, max_distance: int) -> 
     """
     if max_distance < 1:
         raise ValueError(f"max_distance must be >= 1, got {max_distance}")
-    present = F.one_hot(target.long(), classes).permute(0, 3, 1, 2).float()   # (N, C, H, W)
+    present = F.one_hot(target.long(), classes).permute(0, 3, 1, 2).float()  # (N, C, H, W)
     start = torch.full(target.shape, max_distance + 1, dtype=torch.int64, device=target.device)
     return _first_reached(present, lambda grown: grown.sum(1) > 1.5, start, max_distance)
 
 
-def _first_reached(present: torch.Tensor, reached, distance: torch.Tensor, max_distance: int) -> torch.Tensor:
+def _first_reached(
+    present: torch.Tensor, reached, distance: torch.Tensor, max_distance: int
+) -> torch.Tensor:
     """Grow the class masks ``present`` (N, C, H, W) by one 3x3 step at a time, k = 1..max_distance;
     where ``reached(grown)`` (N, H, W) first holds and ``distance`` is still "farther"
-    (max_distance + 1), write k. The max-pool pads with -inf: nothing grows in from beyond the border."""
+    (max_distance + 1), write k. The max-pool pads with -inf: nothing grows in from beyond the
+    border."""
     for k in range(1, max_distance + 1):
         present = F.max_pool2d(present, 3, stride=1, padding=1)
         distance = torch.where(reached(present) & (distance > max_distance), k, distance)
     return distance
 
 
-def label_distance(pred: torch.Tensor, target: torch.Tensor, classes: int, max_distance: int) -> torch.Tensor:
+def label_distance(
+    pred: torch.Tensor, target: torch.Tensor, classes: int, max_distance: int
+) -> torch.Tensor:
     """For every pixel, the chessboard distance to the nearest pixel that ``pred`` labels with the
     pixel's true class: 0 where ``pred`` is right, 1..max_distance, or max_distance + 1 for
     "farther" (and where ``pred`` has no pixel of that class at all).
 
     pred, target (N, H, W) integer labels 0..classes-1 -> (N, H, W) int64. Each class's mask in
-    ``pred`` grows by one 3x3 step at a time; a pixel is within k once k steps bring its true class in.
+    ``pred`` grows by one 3x3 step at a time; a pixel is within k once k steps bring its true class
+    in.
     """
     if max_distance < 1:
         raise ValueError(f"max_distance must be >= 1, got {max_distance}")
-    present = F.one_hot(pred.long(), classes).permute(0, 3, 1, 2).float()     # (N, C, H, W)
-    truth = target.long().unsqueeze(1)                                          # (N, 1, H, W)
+    present = F.one_hot(pred.long(), classes).permute(0, 3, 1, 2).float()  # (N, C, H, W)
+    truth = target.long().unsqueeze(1)  # (N, 1, H, W)
     start = torch.where(pred == target, 0, max_distance + 1).to(torch.int64)
-    return _first_reached(present, lambda grown: grown.gather(1, truth).squeeze(1) > 0.5, start, max_distance)
+    return _first_reached(
+        present, lambda grown: grown.gather(1, truth).squeeze(1) > 0.5, start, max_distance
+    )
 
 
 def edges_with(*distances: int, edges: tuple[int, ...] = DISTANCE_EDGES) -> tuple[int, ...]:
@@ -118,10 +127,17 @@ class ErrorBands:
 
     def __add__(self, other: "ErrorBands") -> "ErrorBands":
         if (self.edges, self.measure) != (other.edges, other.measure):
-            raise ValueError(f"cannot pool bands of {self.measure} distance with edges {self.edges} and "
-                             f"bands of {other.measure} distance with edges {other.edges}")
-        return ErrorBands(self.edges, self.pixels + other.pixels, self.errors + other.errors,
-                          self.total + other.total, self.measure)
+            raise ValueError(
+                f"cannot pool bands of {self.measure} distance with edges {self.edges} and "
+                f"bands of {other.measure} distance with edges {other.edges}"
+            )
+        return ErrorBands(
+            self.edges,
+            self.pixels + other.pixels,
+            self.errors + other.errors,
+            self.total + other.total,
+            self.measure,
+        )
 
     @property
     def labels(self) -> list[str]:
@@ -129,15 +145,21 @@ class ErrorBands:
 
     def share_of_pixels(self) -> torch.Tensor:
         """(bands,) float64: wrong pixels of each band as a share of *all* pixels. Summed over the
-        bands, the stage's pixel error (1 - accuracy): a row difference says where a gain was made."""
+        bands, the stage's pixel error (1 - accuracy): a row difference says where a gain was
+        made."""
         return self.errors.double() / max(self.total, 1)
 
     def error_rate(self) -> torch.Tensor:
         """(bands,) float64: the share of each band's own pixels that are wrong (nan for an empty
         band); boundary distance only (under the label distance every binned pixel is wrong)."""
         if self.measure != "boundary":
-            raise ValueError("an error rate per band needs the boundary distance: every pixel with a label distance is wrong")
-        return torch.where(self.pixels > 0, self.errors.double() / self.pixels.clamp(min=1), float("nan"))
+            raise ValueError(
+                "an error rate per band needs the boundary distance: every pixel with a label "
+                "distance is wrong"
+            )
+        return torch.where(
+            self.pixels > 0, self.errors.double() / self.pixels.clamp(min=1), float("nan")
+        )
 
     def within(self, distance: int) -> float:
         """Share of the wrong pixels at a distance of at most ``distance`` px (an edge)."""
@@ -147,15 +169,23 @@ class ErrorBands:
         return float(inside.double() / self.errors.sum().clamp(min=1))
 
 
-def error_bands(pred: torch.Tensor, target: torch.Tensor, classes: int = 2,
-                edges: tuple[int, ...] = DISTANCE_EDGES, batch_size: int = 64, measure: str = "boundary") -> ErrorBands:
+def error_bands(
+    pred: torch.Tensor,
+    target: torch.Tensor,
+    classes: int = 2,
+    edges: tuple[int, ...] = DISTANCE_EDGES,
+    batch_size: int = 64,
+    measure: str = "boundary",
+) -> ErrorBands:
     """Wrong pixels of label maps pred (N, H, W) against target (N, H, W), per band of the
     ``measure`` distance (``"boundary"``: :func:`boundary_distance` of the target; ``"label"``:
     :func:`label_distance` of pred to each pixel's true class).
 
     Counted where the maps are, ``batch_size`` images at a time; the counts come back to the CPU."""
     if pred.shape != target.shape:
-        raise ValueError(f"prediction {tuple(pred.shape)} and target {tuple(target.shape)} differ in shape")
+        raise ValueError(
+            f"prediction {tuple(pred.shape)} and target {tuple(target.shape)} differ in shape"
+        )
     if not edges or list(edges) != sorted(set(edges)) or edges[0] < 1:
         raise ValueError(f"band edges must increase from 1 on, got {edges}")
     if measure not in MEASURES:
@@ -164,7 +194,7 @@ def error_bands(pred: torch.Tensor, target: torch.Tensor, classes: int = 2,
     pixels = torch.zeros(bands, dtype=torch.int64)
     errors = torch.zeros(bands, dtype=torch.int64)
     for lo in range(0, len(pred), batch_size):
-        p, t = pred[lo:lo + batch_size], target[lo:lo + batch_size].to(pred.device)
+        p, t = pred[lo : lo + batch_size], target[lo : lo + batch_size].to(pred.device)
         wrong = (p != t).reshape(-1)
         if measure == "boundary":
             band = band_index(boundary_distance(t, classes, edges[-1]), edges).reshape(-1)
@@ -173,7 +203,7 @@ def error_bands(pred: torch.Tensor, target: torch.Tensor, classes: int = 2,
             band = band_index(label_distance(p, t, classes, edges[-1]), edges).reshape(-1)
         counted = torch.bincount(band[wrong], minlength=bands).cpu()
         errors += counted
-        if measure == "label":   # only a wrong pixel has a label distance
+        if measure == "label":  # only a wrong pixel has a label distance
             pixels += counted
     return ErrorBands(tuple(edges), pixels, errors, pred.numel(), measure)
 
@@ -187,12 +217,25 @@ def format_bands(rows: dict[str, ErrorBands], reach: dict[str, int] | None = Non
         raise ValueError("no stages to tabulate")
     first = next(iter(rows.values()))
     reach = reach or {}
-    head = ["stage"] + [f"{b} px" for b in first.labels] + ["total"] + [f"within {r} px ({n})" for n, r in reach.items()]
+    head = (
+        ["stage"]
+        + [f"{b} px" for b in first.labels]
+        + ["total"]
+        + [f"within {r} px ({n})" for n, r in reach.items()]
+    )
     lines = [head]
     for name, bands in rows.items():
         share = bands.share_of_pixels()
-        lines.append([name] + [f"{100 * s:.2f}" for s in share.tolist()] + [f"{100 * share.sum():.2f}"]
-                     + [f"{100 * bands.within(r):.0f}%" for r in reach.values()])
+        lines.append(
+            [name]
+            + [f"{100 * s:.2f}" for s in share.tolist()]
+            + [f"{100 * share.sum():.2f}"]
+            + [f"{100 * bands.within(r):.0f}%" for r in reach.values()]
+        )
     widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
-    return "\n".join("  ".join(cell.rjust(w) if i else cell.ljust(w) for i, (cell, w) in enumerate(zip(line, widths)))
-                     for line in lines)
+    return "\n".join(
+        "  ".join(
+            cell.rjust(w) if i else cell.ljust(w) for i, (cell, w) in enumerate(zip(line, widths))
+        )
+        for line in lines
+    )

@@ -5,17 +5,20 @@ All functions take integer label maps ``(B, H, W)`` (or ``(H, W)``) with values 
 (``nan``) and is left out of the mean, so an all-background image predicted all-background
 scores 1.0, not 0.5.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-PET = 1  # class index of the pet in both the binary and the 3-class task
-
 import torch
 import torch.nn.functional as F
 
+PET = 1  # class index of the pet in both the binary and the 3-class task
 
-def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int = 2) -> torch.Tensor:
+
+def confusion_matrix(
+    pred: torch.Tensor, target: torch.Tensor, num_classes: int = 2
+) -> torch.Tensor:
     """(C, C) int64 counts; row = ground truth class, column = predicted class.
 
     pred, target: integer maps of the same shape (any, e.g. (B, H, W)) with values 0..C-1;
@@ -23,9 +26,15 @@ def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int 
     """
     # BEGIN EXERCISE miou
     if pred.shape != target.shape:
-        raise ValueError(f"prediction {tuple(pred.shape)} and target {tuple(target.shape)} differ in shape")
+        raise ValueError(
+            f"prediction {tuple(pred.shape)} and target {tuple(target.shape)} differ in shape"
+        )
     idx = target.reshape(-1).long() * num_classes + pred.reshape(-1).long()
-    return torch.bincount(idx, minlength=num_classes * num_classes).reshape(num_classes, num_classes).cpu()
+    return (
+        torch.bincount(idx, minlength=num_classes * num_classes)
+        .reshape(num_classes, num_classes)
+        .cpu()
+    )
     # END EXERCISE
 
 
@@ -65,11 +74,16 @@ def boundary_band(mask: torch.Tensor, width: int) -> torch.Tensor:
 
 def boundary_width(height: int, width: int, ratio: float = 0.02) -> int:
     """Band width: ``ratio`` of the image diagonal, at least one pixel."""
-    return max(1, round(ratio * (height ** 2 + width ** 2) ** 0.5))
+    return max(1, round(ratio * (height**2 + width**2) ** 0.5))
 
 
-def boundary_counts(pred: torch.Tensor, target: torch.Tensor, num_classes: int = 2,
-                    ratio: float = 0.02, per_image: bool = False) -> torch.Tensor:
+def boundary_counts(
+    pred: torch.Tensor,
+    target: torch.Tensor,
+    num_classes: int = 2,
+    ratio: float = 0.02,
+    per_image: bool = False,
+) -> torch.Tensor:
     """(C, 2) int64 on pred's device: per class, intersection and union of the boundary bands of
     pred and target (counted where the maps are, so a GPU's maps are never copied). With
     ``per_image`` (B, C, 2), one row per image of the batch: summed over images, the same counts
@@ -95,8 +109,10 @@ def boundary_iou(counts: torch.Tensor) -> float:
 
 def per_image_miou(pred: torch.Tensor, target: torch.Tensor, num_classes: int = 2) -> torch.Tensor:
     """mIoU of each image of a batch (B,) float64, as the report quotes for Abyssinian_100."""
-    return torch.tensor([mean_iou(confusion_matrix(p, t, num_classes)) for p, t in zip(pred, target)],
-                        dtype=torch.float64)
+    return torch.tensor(
+        [mean_iou(confusion_matrix(p, t, num_classes)) for p, t in zip(pred, target)],
+        dtype=torch.float64,
+    )
 
 
 @dataclass
@@ -122,5 +138,8 @@ class SegmentationMeter:
 
     def summary(self) -> dict:
         ious = iou_per_class(self.cm)
-        return {"miou": mean_iou(self.cm), "pet_iou": float(ious[PET]),
-                "boundary_iou": boundary_iou(self.bcounts)}
+        return {
+            "miou": mean_iou(self.cm),
+            "pet_iou": float(ious[PET]),
+            "boundary_iou": boundary_iou(self.bcounts),
+        }

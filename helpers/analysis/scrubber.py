@@ -5,6 +5,7 @@ shown, so scrubbing is instant. The Play button drives the slider through ``widg
 (kernel-side: ``jslink`` does not work on Colab). Where widgets cannot render (GitHub, a static
 HTML export), the same output carries a static strip of all iterations as ``image/png``.
 """
+
 from __future__ import annotations
 
 import base64
@@ -23,8 +24,9 @@ from .viz import (
 )
 
 
-def render_frame(image: torch.Tensor, maps: list, t: int, attention: torch.Tensor | None = None,
-                 title: str = "") -> bytes:
+def render_frame(
+    image: torch.Tensor, maps: list, t: int, attention: torch.Tensor | None = None, title: str = ""
+) -> bytes:
     """PNG of iteration ``t``: RGB, pet probability H^t, change H^t - H^{t-1}, and (DySPN) the
     attention pi^t of this iteration, one panel per ring and one for the pixel itself.
 
@@ -39,13 +41,20 @@ def render_frame(image: torch.Tensor, maps: list, t: int, attention: torch.Tenso
     fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 2.8 * rows), squeeze=False)
     top = axes[0]
     top[0].imshow(to_numpy_image(image)), top[0].set_title("RGB")
-    top[1].imshow(pet[t], cmap=PET_CMAP, vmin=0, vmax=1), top[1].set_title(f"pet probability $H^{{{t}}}$")
-    lim = max(1e-3, float(max(np.abs(pet[k] - pet[k - 1]).max() for k in range(1, len(pet))))) if len(pet) > 1 else 1
+    (
+        top[1].imshow(pet[t], cmap=PET_CMAP, vmin=0, vmax=1),
+        top[1].set_title(f"pet probability $H^{{{t}}}$"),
+    )
+    lim = (
+        max(1e-3, float(max(np.abs(pet[k] - pet[k - 1]).max() for k in range(1, len(pet)))))
+        if len(pet) > 1
+        else 1
+    )
     top[2].imshow(change, cmap="coolwarm", vmin=-lim, vmax=lim)
     top[2].set_title(f"change $H^{{{t}}} - H^{{{t - 1}}}$" if t else "start (no change)")
     for ax in top[3:]:
         ax.set_visible(False)
-    labels = ring_names(n_att - 1) if n_att else []   # as many rings as the DySPN kernel has
+    labels = ring_names(n_att - 1) if n_att else []  # as many rings as the DySPN kernel has
     for r in range(n_att):
         ax = axes[1, r]
         if t == 0:
@@ -67,8 +76,14 @@ class IterationScrubber:
     ``frames[t]`` holds the PNG bytes of iteration t; ``view.value`` is the frame on screen.
     """
 
-    def __init__(self, image: torch.Tensor, maps: list, attention: torch.Tensor | None = None,
-                 title: str = "", interval_ms: int = 700):
+    def __init__(
+        self,
+        image: torch.Tensor,
+        maps: list,
+        attention: torch.Tensor | None = None,
+        title: str = "",
+        interval_ms: int = 700,
+    ):
         import ipywidgets as widgets
 
         if len(maps) < 1:
@@ -76,9 +91,12 @@ class IterationScrubber:
         self.T = len(maps) - 1
         self.frames = [render_frame(image, maps, t, attention, title) for t in range(self.T + 1)]
         self.strip = figure_png(iteration_strip(maps, image, title or "all iterations"))
-        self.slider = widgets.IntSlider(value=0, min=0, max=self.T, description="iteration t",
-                                        continuous_update=True)
-        self.play = widgets.Play(value=0, min=0, max=self.T, interval=interval_ms, description="Play")
+        self.slider = widgets.IntSlider(
+            value=0, min=0, max=self.T, description="iteration t", continuous_update=True
+        )
+        self.play = widgets.Play(
+            value=0, min=0, max=self.T, interval=interval_ms, description="Play"
+        )
         widgets.link((self.play, "value"), (self.slider, "value"))
         self.view = widgets.Image(value=self.frames[0], format="png")
         self.slider.observe(self._on_change, names="value")
@@ -100,7 +118,10 @@ class IterationScrubber:
     def _repr_mimebundle_(self, **kwargs) -> dict:
         bundle = self.widget._repr_mimebundle_(**kwargs)
         bundle["image/png"] = base64.b64encode(self.strip).decode("ascii")  # static fallback
-        bundle["text/plain"] = f"IterationScrubber over t = 0..{self.T} (static strip shown where widgets do not render)"
+        bundle["text/plain"] = (
+            f"IterationScrubber over t = 0..{self.T} (static strip shown where widgets do not "
+            "render)"
+        )
         return bundle
 
 

@@ -1,4 +1,6 @@
-"""First-cell set-up: the few steps Colab needs, and one-line messages for the exercises everywhere."""
+"""First-cell set-up: the few steps Colab needs, and one-line messages for the exercises
+everywhere."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -8,7 +10,8 @@ import sys
 
 from ..core.runtime import in_colab
 
-# what the workbook needs beyond Colab's own image (torch, torchvision, matplotlib, tqdm, ipywidgets ship there)
+# what the workbook needs beyond Colab's own image (torch, torchvision, matplotlib, tqdm, ipywidgets
+# ship there)
 COLAB_EXTRAS = ("nbval",)
 
 
@@ -22,7 +25,7 @@ def setup(verbose: bool = True) -> list[str]:
     """
     from ..course.notebook import install_one_line_errors
 
-    install_one_line_errors()   # an unsolved or failing exercise shows as one line, not a traceback
+    install_one_line_errors()  # an unsolved or failing exercise shows as one line, not a traceback
     done = []
     if in_colab():
         missing = [p for p in COLAB_EXTRAS if importlib.util.find_spec(p) is None]
@@ -37,7 +40,10 @@ def setup(verbose: bool = True) -> list[str]:
 
         if "WORKBOOK_PROFILE" not in os.environ:
             os.environ["WORKBOOK_PROFILE"] = "full" if torch.cuda.is_available() else "cpu"
-            done.append(f"profile {os.environ['WORKBOOK_PROFILE']} ({'GPU' if torch.cuda.is_available() else 'no GPU'})")
+            done.append(
+                f"profile {os.environ['WORKBOOK_PROFILE']} "
+                f"({'GPU' if torch.cuda.is_available() else 'no GPU'})"
+            )
     if verbose and done:
         print("Colab set-up: " + "; ".join(done))
     return done

@@ -3,102 +3,28 @@
 Executed copies go to ``runs/<profile>/``; the notebooks themselves add their stages to
 ``runs/<profile>/results.json``. A failing cell stops the run with the notebook and cell named.
 """
+
 from __future__ import annotations
 
 import argparse
 import os
-import re
 import signal
 import sys
-import threading
 import time
 from pathlib import Path
 
 from ..core import progress
 from ..core.checkpoint import REPO_ROOT
 from ..core.config import check_settings
+from .execute import NotebookFailed, in_worker, kill_kernel, run_notebook
 
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
 
-
-class NotebookFailed(RuntimeError):
-    pass
 
 def numbered_notebooks(folder: Path | None = None) -> list[Path]:
     """notebooks/NN_*.ipynb in numeric order."""
     return sorted(p for p in (folder or NOTEBOOK_DIR).glob("[0-9][0-9]_*.ipynb"))
 
-def failed_copy(out_dir: Path, notebook: Path) -> Path:
-    """Where a failed execution of ``notebook`` is written: beside the last good one, never over it."""
-    return out_dir / f"{notebook.stem}.failed.ipynb"
-
-def _error_of(nb) -> tuple[int | None, str]:
-    """(index of the first cell with an error output, 'ErrorName: message' of that error)."""
-    for i, cell in enumerate(nb.cells):
-        for out in cell.get("outputs", []):
-            if out.get("output_type") == "error":
-                value = re.sub(r"\x1b\[[0-9;]*m", "", str(out.get("evalue", ""))).strip()
-                # the project's errors name the file and what to do; torch's hint to load a file
-                # with weights_only=False (which may run code) is never passed on
-                lines = [ln.strip() for ln in value.splitlines() if ln.strip() and "weights_only" not in ln]
-                return i, f"{out.get('ename', 'Error')}: {' '.join(lines)}".rstrip(": ")
-    return None, "unknown error"
-
-def run_notebook(path: Path, out_dir: Path, timeout_s: int = 3600, started=None) -> float:
-    """Execute one notebook with cwd = notebooks/; return seconds.
-
-    A success is saved as ``out_dir/<name>.ipynb``; a failure as ``<name>.failed.ipynb`` beside
-    it (the last good executed copy is kept) and raised as :class:`NotebookFailed` with one line
-    naming the notebook, the cell and the error."""
-    import nbformat
-    from nbclient import NotebookClient
-    from nbclient.exceptions import (
-        CellExecutionError,
-        CellTimeoutError,
-        DeadKernelError,
-    )
-
-    nb = nbformat.read(path, as_version=4)
-    for cell in nb.cells:   # the committed outputs must not pass for this run's (cells after a failure)
-        if cell.cell_type == "code":
-            cell.outputs, cell.execution_count = [], None
-    running = {"cell": None}
-
-    def on_cell_execute(cell, cell_index, **_):
-        running["cell"] = cell_index
-
-    client = NotebookClient(nb, timeout=timeout_s, kernel_name="python3", store_widget_state=False,
-                            resources={"metadata": {"path": str(path.parent)}}, on_cell_execute=on_cell_execute)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    failed = failed_copy(out_dir, path)
-    t0 = time.perf_counter()
-    # the kernel's own console chatter (ipykernel's transport warning, C-level messages) goes to a
-    # log beside the executed notebook instead of the terminal; cell outputs are in the notebook
-    log = open(out_dir / f"{path.stem}.kernel.log", "w")
-    where = f"runs/{out_dir.name}/{failed.name}" if out_dir.parent.name == "runs" else str(failed)
-    if started is not None:
-        started(client)   # lets the caller stop this kernel on an interruption
-    try:
-        client.execute(stdout=log, stderr=log)
-    except CellExecutionError:
-        nbformat.write(nb, failed)
-        cell, error = _error_of(nb)
-        raise NotebookFailed(f"{path.name}: cell {cell} failed: {error}\n"
-                             f"the executed notebook with the error: {where}") from None
-    except CellTimeoutError:
-        nbformat.write(nb, failed)
-        raise NotebookFailed(f"{path.name}: cell {running['cell']} ran longer than the limit of {timeout_s} s and "
-                             "was stopped; this profile is too slow for this machine: use --profile cpu "
-                             f"(or smoke), or raise the limit with --cell-timeout\npartial notebook: {where}") from None
-    except DeadKernelError:
-        nbformat.write(nb, failed)
-        raise NotebookFailed(f"{path.name}: the kernel died (out of memory?); its console output is in "
-                             f"{path.stem}.kernel.log; the notebook up to that point: {where}") from None
-    finally:
-        log.close()
-    nbformat.write(nb, out_dir / path.name)
-    failed.unlink(missing_ok=True)   # a stale failure would contradict the good copy
-    return time.perf_counter() - t0
 
 def estimate_cpu_hours(profile: str) -> float:
     """Rough hours the whole workbook needs in ``profile`` on this machine's CPU, from one timed
@@ -116,7 +42,9 @@ def estimate_cpu_hours(profile: str) -> float:
     if cfg.pets_root:
         from ..data.decoding import read_split_ids
 
-        n_train = round(len(read_split_ids(Path(cfg.pets_root), "trainval.txt")) * (1 - cfg.val_fraction))
+        n_train = round(
+            len(read_split_ids(Path(cfg.pets_root), "trainval.txt")) * (1 - cfg.val_fraction)
+        )
     if cfg.max_train:
         n_train = min(n_train, cfg.max_train)
     images = torch.rand(2, 3, cfg.image_size, cfg.image_size)
@@ -125,11 +53,14 @@ def estimate_cpu_hours(profile: str) -> float:
     steps_per_epoch = -(-n_train // cfg.batch_size) * cfg.batch_size / 2
     coarse_epochs = epochs_for(cfg.coarse_epochs, cfg.coarse_min_steps, n_train, cfg.batch_size)
     refine_epochs = epochs_for(cfg.refine_epochs, cfg.refine_min_steps, n_train, cfg.batch_size)
-    seconds = step_seconds(coarse, images, targets) * (coarse_epochs + refine_epochs) * steps_per_epoch
+    seconds = (
+        step_seconds(coarse, images, targets) * (coarse_epochs + refine_epochs) * steps_per_epoch
+    )
     for method in ("control", "cspn", "dyspn"):
         refiner = Refiner.from_config(cfg, coarse, method)
         seconds += step_seconds(refiner, images, targets) * refine_epochs * steps_per_epoch
     return seconds / 3600
+
 
 def _print_results(results: Path, profile: str, started: float) -> None:
     from ..workbook.results import read_results
@@ -137,15 +68,25 @@ def _print_results(results: Path, profile: str, started: float) -> None:
     doc = read_results(results)
     if doc is None:
         return
-    print(f"results: runs/{profile}/results.json ({doc.get('data_source')}, seed {doc.get('seed')})")
+    print(
+        f"results: runs/{profile}/results.json ({doc.get('data_source')}, seed {doc.get('seed')})"
+    )
     old = []
     for name, row in doc["stages"].items():
         mark = " *" if row.get("recorded_at", 0) < started else ""
         old += [name] if mark else []
-        print(f"  {name:22s} " + "  ".join(f"{m} {row.get(m, float('nan')):.3f}" for m in ("miou", "pet_iou",
-                                                                                           "boundary_iou")) + mark)
+        print(
+            f"  {name:22s} "
+            + "  ".join(
+                f"{m} {row.get(m, float('nan')):.3f}" for m in ("miou", "pet_iou", "boundary_iou")
+            )
+            + mark
+        )
     if old:
-        print(f"  * recorded by an earlier run, not this one ({len(old)} of {len(doc['stages'])} stages)")
+        print(
+            f"  * recorded by an earlier run, not this one ({len(old)} of {len(doc['stages'])} "
+            "stages)"
+        )
 
 
 def run_command(args, run: argparse.ArgumentParser) -> int:
@@ -159,32 +100,50 @@ def run_command(args, run: argparse.ArgumentParser) -> int:
     if args.seed is not None:
         os.environ["WORKBOOK_SEED"] = str(args.seed)
     try:
-        profile, seed = check_settings(os.environ.get("WORKBOOK_PROFILE") or default_profile(),
-                                       os.environ.get("WORKBOOK_SEED", "0"))
+        profile, seed = check_settings(
+            os.environ.get("WORKBOOK_PROFILE") or default_profile(),
+            os.environ.get("WORKBOOK_SEED", "0"),
+        )
         # the kernels run in notebooks/: hand them an absolute data folder, resolved from here
-        what, root = ("--data-root", args.data_root) if args.data_root is not None else ("PETS_ROOT", os.environ.get("PETS_ROOT"))
+        what, root = (
+            ("--data-root", args.data_root)
+            if args.data_root is not None
+            else ("PETS_ROOT", os.environ.get("PETS_ROOT"))
+        )
         if root is not None:
             os.environ["PETS_ROOT"] = str(locate_root(root, what))
     except (ValueError, DataError) as exc:
-        run.error(str(exc))   # the usage line of `run`, not of the top-level command
+        run.error(str(exc))  # the usage line of `run`, not of the top-level command
     os.environ["WORKBOOK_PROFILE"] = profile
     notebooks = numbered_notebooks()
     if args.only:
         notebooks = [p for p in notebooks if any(p.name.startswith(o) for o in args.only)]
         if not notebooks:
-            run.error(f"--only {' '.join(args.only)} matches no notebook; the notebooks are "
-                         + ", ".join(p.stem for p in numbered_notebooks()))
+            run.error(
+                f"--only {' '.join(args.only)} matches no notebook; the notebooks are "
+                + ", ".join(p.stem for p in numbered_notebooks())
+            )
     if profile == "full":
         import torch
 
         if not torch.cuda.is_available():
-            print("warning: profile full without a GPU; timing one training step of each model ...", flush=True)
+            print(
+                "warning: profile full without a GPU; timing one training step of each model ...",
+                flush=True,
+            )
             hours = estimate_cpu_hours(profile)
-            print(f"warning: the full profile would take about {hours:.0f} hours on this CPU "
-                  "(it is the GPU profile); stop with Ctrl-C and use --profile cpu (about 20 minutes)", flush=True)
+            print(
+                f"warning: the full profile would take about {hours:.0f} hours on this CPU "
+                "(it is the GPU profile); stop with Ctrl-C and use --profile cpu (about 20 "
+                "minutes)",
+                flush=True,
+            )
     out_dir = REPO_ROOT / "runs" / profile
-    print(f"profile {profile}, seed {seed}, data {os.environ.get('PETS_ROOT', 'auto (data/ or synthetic)')}; "
-          f"{len(notebooks)} notebooks")
+    print(
+        f"profile {profile}, seed {seed}, data "
+        f"{os.environ.get('PETS_ROOT', 'auto (data/ or synthetic)')}; "
+        f"{len(notebooks)} notebooks"
+    )
     started = time.time()
     stop = {"signal": None, "client": None}
 
@@ -192,35 +151,47 @@ def run_command(args, run: argparse.ArgumentParser) -> int:
         # Ctrl-C and SIGTERM (a closed terminal, a job scheduler): stop the kernel, then end
         # with one line instead of nbclient's tracebacks
         stop["signal"] = signal.Signals(signum).name
-        _kill_kernel(stop["client"])
+        kill_kernel(stop["client"])
 
     previous = {}
     for sig in (signal.SIGINT, signal.SIGTERM):
         try:
             previous[sig] = signal.signal(sig, interrupt)
-        except ValueError:   # not the main thread (an embedding application): leave its signals alone
+        except (
+            ValueError
+        ):  # not the main thread (an embedding application): leave its signals alone
             pass
     current = None
     saved_env = {k: os.environ.get(k) for k in (progress.HEADLESS_ENV, progress.PROGRESS_ENV)}
     try:
         for i, nb in enumerate(notebooks, 1):
-            if stop["signal"]:   # interrupted between two notebooks: start no other
+            if stop["signal"]:  # interrupted between two notebooks: start no other
                 break
             current = nb
             print(f"[{i}/{len(notebooks)}] {nb.name} ...", flush=True)
             events = out_dir / f"{nb.stem}.progress.jsonl"
             out_dir.mkdir(parents=True, exist_ok=True)
             events.write_text("")
-            # the kernel inherits these: no widget bars in the saved notebook, epochs reported to the file
+            # the kernel inherits these: no widget bars in the saved notebook, epochs reported to
+            # the file
             os.environ[progress.HEADLESS_ENV], os.environ[progress.PROGRESS_ENV] = "1", str(events)
             follow = _follower(events)
 
             def on_wait():
                 if stop["signal"]:
-                    _kill_kernel(stop["client"])   # again on every wait: the kernel may still be starting
+                    kill_kernel(
+                        stop["client"]
+                    )  # again on every wait: the kernel may still be starting
                 follow()
-            outcome = _in_worker(run_notebook, nb, out_dir, args.cell_timeout,
-                                 lambda client: stop.__setitem__("client", client), on_wait=on_wait)
+
+            outcome = in_worker(
+                run_notebook,
+                nb,
+                out_dir,
+                args.cell_timeout,
+                lambda client: stop.__setitem__("client", client),
+                on_wait=on_wait,
+            )
             if stop["signal"]:
                 break
             if isinstance(outcome, NotebookFailed):
@@ -232,16 +203,26 @@ def run_command(args, run: argparse.ArgumentParser) -> int:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-        for key, value in saved_env.items():   # leave the caller's environment as it was
+        for key, value in saved_env.items():  # leave the caller's environment as it was
             if value is None:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
     if stop["signal"]:
-        where = f"during {current.name}: its kernel was stopped" if current else "before the first notebook"
-        print(f"\ninterrupted ({stop['signal']}) {where}; finished epochs are checkpointed and resume on the next "
-              f"run; notebooks executed before it are in runs/{profile}/", file=sys.stderr)
-        return 128 + getattr(signal, stop["signal"])   # the shell's convention: 130 for Ctrl-C, 143 for SIGTERM
+        where = (
+            f"during {current.name}: its kernel was stopped"
+            if current
+            else "before the first notebook"
+        )
+        print(
+            f"\ninterrupted ({stop['signal']}) {where}; finished epochs are checkpointed and "
+            "resume on the next "
+            f"run; notebooks executed before it are in runs/{profile}/",
+            file=sys.stderr,
+        )
+        return 128 + getattr(
+            signal, stop["signal"]
+        )  # the shell's convention: 130 for Ctrl-C, 143 for SIGTERM
     _print_results(out_dir / "results.json", profile, started)
     return 0
 
@@ -254,34 +235,5 @@ def _follower(path: Path):
         events, state["offset"] = progress.follow(path, state["offset"])
         for event in events:
             print("      " + progress.describe(event), flush=True)
+
     return show
-
-def _in_worker(fn, *args, on_wait=None):
-    """``fn(*args)`` in a worker thread; its result, or the exception it raised. The main thread
-    only waits (calling ``on_wait`` between waits), so it receives Ctrl-C and SIGTERM itself (and
-    nbclient, off the main thread, leaves the process's signal handlers alone)."""
-    box = {}
-
-    def work():
-        try:
-            box["value"] = fn(*args)
-        except BaseException as exc:   # handed to the caller, whatever it is
-            box["value"] = exc
-
-    worker = threading.Thread(target=work, daemon=True)
-    worker.start()
-    while worker.is_alive():
-        worker.join(0.2)   # short waits: signal handlers run between them
-        if on_wait is not None:
-            try:
-                on_wait()
-            except Exception as exc:   # showing progress must never end a run
-                print(f"      (progress display failed: {exc})", file=sys.stderr)
-    return box["value"]
-
-def _kill_kernel(client) -> None:
-    """Stop the kernel process of a running nbclient client (if any); its execution then ends
-    with a dead-kernel error in the worker."""
-    process = getattr(getattr(getattr(client, "km", None), "provisioner", None), "process", None)
-    if process is not None and process.poll() is None:
-        process.kill()

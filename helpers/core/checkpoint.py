@@ -1,4 +1,5 @@
 """Checkpoints that never lose work: atomic writes, safe loads, explicit compatibility checks."""
+
 from __future__ import annotations
 
 import contextlib
@@ -18,9 +19,14 @@ class CheckpointError(RuntimeError):
 def library_versions() -> dict:
     import torchvision
 
-    # the thread count is recorded because CPU results are reproducible only at the same count (README)
-    return {"torch": str(torch.__version__), "torchvision": str(torchvision.__version__), "python": platform.python_version(),
-            "torch_threads": torch.get_num_threads()}
+    # the thread count is recorded because CPU results are reproducible only at the same count
+    # (README)
+    return {
+        "torch": str(torch.__version__),
+        "torchvision": str(torchvision.__version__),
+        "python": platform.python_version(),
+        "torch_threads": torch.get_num_threads(),
+    }
 
 
 # the checkout holding helpers/ (runs/, data/ and notebooks/ live there); helpers/core/ is two below
@@ -82,7 +88,7 @@ def file_lock(path: str | Path):
     ``fcntl`` (Windows) the update is still atomic, only not serialised."""
     try:
         import fcntl
-    except ImportError:   # pragma: no cover - Windows
+    except ImportError:  # pragma: no cover - Windows
         yield
         return
     lock = Path(path).with_name(Path(path).name + ".lock")
@@ -90,7 +96,7 @@ def file_lock(path: str | Path):
     with open(lock, "a") as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX)
-        except OSError:   # a file system without locks (some network mounts): atomic, not serialised
+        except OSError:  # a file system without locks (some network mounts): atomic, not serialised
             yield
             return
         try:
@@ -108,13 +114,19 @@ def safe_load(path: str | Path) -> dict:
         raise
     except Exception as exc:
         if "Weights only load failed" in str(exc):
-            raise CheckpointError(f"checkpoint {display_path(path)} holds Python objects besides tensors and was "
-                                  "refused (loading it could run code); it was not written by this workbook: "
-                                  "delete it to retrain, or restore a good copy") from None
-        raise CheckpointError(f"checkpoint {display_path(path)} is unreadable or truncated ({_first_line(exc)}); "
-                              "delete it to retrain, or restore a good copy") from None
+            raise CheckpointError(
+                f"checkpoint {display_path(path)} holds Python objects besides tensors and was "
+                "refused (loading it could run code); it was not written by this workbook: "
+                "delete it to retrain, or restore a good copy"
+            ) from None
+        raise CheckpointError(
+            f"checkpoint {display_path(path)} is unreadable or truncated ({_first_line(exc)}); "
+            "delete it to retrain, or restore a good copy"
+        ) from None
     if not isinstance(obj, dict) or "state_dict" not in obj or "spec" not in obj:
-        raise CheckpointError(f"checkpoint {display_path(path)} is not a workbook checkpoint (no state_dict / spec)")
+        raise CheckpointError(
+            f"checkpoint {display_path(path)} is not a workbook checkpoint (no state_dict / spec)"
+        )
     return obj
 
 
@@ -128,12 +140,18 @@ def _first_line(exc: Exception) -> str:
 
 def describe_difference(saved: dict, expected: dict) -> str:
     keys = sorted(set(saved) | set(expected))
-    diffs = [f"{k}: saved {saved.get(k)!r}, expected {expected.get(k)!r}" for k in keys if saved.get(k) != expected.get(k)]
+    diffs = [
+        f"{k}: saved {saved.get(k)!r}, expected {expected.get(k)!r}"
+        for k in keys
+        if saved.get(k) != expected.get(k)
+    ]
     return "; ".join(diffs)
 
 
 def check_spec(ckpt: dict, spec: dict, path: str | Path) -> None:
     """Refuse a checkpoint whose spec (architecture and training settings) differs."""
     if ckpt["spec"] != spec:
-        raise CheckpointError(f"checkpoint {display_path(path)} was made for another setting: "
-                              f"{describe_difference(ckpt['spec'], spec)}")
+        raise CheckpointError(
+            f"checkpoint {display_path(path)} was made for another setting: "
+            f"{describe_difference(ckpt['spec'], spec)}"
+        )

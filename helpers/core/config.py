@@ -4,6 +4,7 @@ A profile is chosen with ``WORKBOOK_PROFILE`` (``smoke`` / ``cpu`` / ``full``); 
 ``WORKBOOK_SEED``; the data folder with ``PETS_ROOT``. Nothing here reads the environment at
 import time: :func:`load_config` does, when a notebook or the CLI asks for it.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -19,31 +20,31 @@ class Config:
 
     profile: str = "cpu"
     seed: int = 0
-    device: str = "cpu"                  # "cpu" or "cuda"; taken from torch by load_config
+    device: str = "cpu"  # "cpu" or "cuda"; taken from torch by load_config
     # data
-    image_size: int = 128                # side of the square the images are resized to
+    image_size: int = 128  # side of the square the images are resized to
     # blobby by design; 64 px, not 32 (32: worse, no easier to refine); docs/tuning.md#coarse_size
     coarse_size: int = 64
-    val_fraction: float = 0.2            # carved from trainval, deterministic by image id
-    max_train: int | None = None         # cap on train images (None: all)
-    max_eval: int | None = None          # cap on val / test images
-    synthetic_trainval: int = 480        # size of the embedded synthetic dataset
+    val_fraction: float = 0.2  # carved from trainval, deterministic by image id
+    max_train: int | None = None  # cap on train images (None: all)
+    max_eval: int | None = None  # cap on val / test images
+    synthetic_trainval: int = 480  # size of the embedded synthetic dataset
     synthetic_test: int = 120
-    pets_root: str | None = None         # has oxford-iiit-pet/ (PETS_ROOT); None: data/, synthetic
-    download: bool = False               # torchvision may download (Colab, WORKBOOK_DOWNLOAD=1)
-    allow_split_overlap: bool = False    # else an id in trainval.txt and test.txt is an error
-    augment: bool = True                 # joint flips / crops of image and mask while training
+    pets_root: str | None = None  # has oxford-iiit-pet/ (PETS_ROOT); None: data/, synthetic
+    download: bool = False  # torchvision may download (Colab, WORKBOOK_DOWNLOAD=1)
+    allow_split_overlap: bool = False  # else an id in trainval.txt and test.txt is an error
+    augment: bool = True  # joint flips / crops of image and mask while training
     num_workers: int = 0
     # models
-    coarse_width: int = 16               # base width of the coarse U-Net
-    coarse_depth: int = 4                # number of down-sampling steps
+    coarse_width: int = 16  # base width of the coarse U-Net
+    coarse_depth: int = 4  # number of down-sampling steps
     # guidance U-Net width 16, not 8: no stage worse, CSPN better; docs/tuning.md#refiner_width
     refiner_width: int = 16
     # 4, not 5: a deeper guidance U-Net tied or lost, and is slower; docs/tuning.md#refiner_depth
     refiner_depth: int = 4
     # training
     batch_size: int = 16
-    coarse_epochs: int = 3               # the report's "minimally trained" U-Net
+    coarse_epochs: int = 3  # the report's "minimally trained" U-Net
     refine_epochs: int = 12
     # an epoch of a few dozen images is not an epoch of thousands: small training sets get more
     # epochs, so that every model sees at least this many optimiser steps
@@ -59,12 +60,12 @@ class Config:
     converged_patience: int = 8
     weight_decay: float = 1e-4
     # propagation
-    iterations: int = 6                  # T, the report's: docs/tuning.md#iterations
-    dyspn_kernel: int = 7                # 7x7 window: rings of 8, 16, 24 neighbours
+    iterations: int = 6  # T, the report's: docs/tuning.md#iterations
+    dyspn_kernel: int = 7  # 7x7 window: rings of 8, 16, 24 neighbours
     # d: DySPN's rings 2, 3 at 2d, 3d; 1, not 2: d = 2 cost DySPN; docs/tuning.md#dyspn_dilation
     dyspn_dilation: int = 1
     # H^0: "corrected" (NLSPN-style) or "coarse"; corrected pays in both: docs/tuning.md#start_map
-    start_map: str = "corrected"            # refining the report's minimally trained coarse U-Net
+    start_map: str = "corrected"  # refining the report's minimally trained coarse U-Net
     converged_start_map: str = "corrected"  # refining the converged U-Net
     # "auto": fused Triton kernels on CUDA, PyTorch on the CPU; "torch" / "triton" force one
     # (the same numbers either way, to float32 rounding: not part of a checkpoint's identity)
@@ -74,7 +75,7 @@ class Config:
     perturb: float = 0.5
     # share of start maps from the degraded ground truth; 0: it hurt; docs/tuning.md#perturb_truth
     perturb_truth: float = 0.0
-    deep_supervision: bool = True        # every H^t supervised: docs/tuning.md#deep_supervision
+    deep_supervision: bool = True  # every H^t supervised: docs/tuning.md#deep_supervision
     # loss weight of the target's boundary band; 4, not 1 or 10: docs/tuning.md#boundary_weight
     boundary_weight: float = 4.0
     # train a copy of the base net too; off: propagation then adds nothing; docs/tuning.md#tune_base
@@ -82,16 +83,16 @@ class Config:
     # NLSPN's per-pixel confidence; off: it cost DySPN, helped none; docs/tuning.md#confidence
     confidence: bool = False
     # gain g of CSPN's head: 4 pays on the coarse net, 1 on the converged; docs/tuning.md#cspn_gain
-    cspn_gain: float = 4.0               # refining the report's minimally trained coarse U-Net
-    converged_cspn_gain: float = 1.0     # refining the converged U-Net
+    cspn_gain: float = 4.0  # refining the report's minimally trained coarse U-Net
+    converged_cspn_gain: float = 1.0  # refining the converged U-Net
     # guidance U-Net from "scratch" or the "base" net's weights: base; docs/tuning.md#guidance_init
-    guidance_init: str = "base"             # refining the report's minimally trained coarse U-Net
-    converged_guidance_init: str = "base"   # refining the converged U-Net
+    guidance_init: str = "base"  # refining the report's minimally trained coarse U-Net
+    converged_guidance_init: str = "base"  # refining the converged U-Net
     # rate factor of the layers copied from the base net; 1, not 0.25: docs/tuning.md#warm_lr_factor
     warm_lr_factor: float = 1.0
     # loss weight of a corrected H^0; 0, not 1: 1 cost DySPN; docs/tuning.md#start_weight
     start_weight: float = 0.0
-    amp: bool = True                     # autocast, used only on CUDA
+    amp: bool = True  # autocast, used only on CUDA
 
     @property
     def cuda(self) -> bool:
@@ -106,16 +107,43 @@ class Config:
 
 _PROFILE_SETTINGS: dict[str, dict] = {
     # tests: tiny data, a notebook in seconds (refine_lr 2e-3: a refiner gets 1 epoch of 6 steps)
-    "smoke": dict(image_size=48, coarse_size=32, synthetic_trainval=40, synthetic_test=12,
-                  max_train=24, max_eval=12, coarse_min_steps=0, refine_min_steps=0, coarse_width=8, coarse_depth=2, refiner_width=8,
-                  refiner_depth=2, batch_size=4, coarse_epochs=4, coarse_lr=1e-2, refine_epochs=1, refine_lr=2e-3,
-                  iterations=6, converged_max_epochs=8, converged_patience=2),
+    "smoke": dict(
+        image_size=48,
+        coarse_size=32,
+        synthetic_trainval=40,
+        synthetic_test=12,
+        max_train=24,
+        max_eval=12,
+        coarse_min_steps=0,
+        refine_min_steps=0,
+        coarse_width=8,
+        coarse_depth=2,
+        refiner_width=8,
+        refiner_depth=2,
+        batch_size=4,
+        coarse_epochs=4,
+        coarse_lr=1e-2,
+        refine_epochs=1,
+        refine_lr=2e-3,
+        iterations=6,
+        converged_max_epochs=8,
+        converged_patience=2,
+    ),
     # the default without a GPU: real learning at 128 px, the whole workbook in about 20 minutes
     "cpu": dict(),
     # the default with CUDA: the report's settings
-    "full": dict(image_size=256, coarse_size=64, synthetic_trainval=2000, synthetic_test=400,
-                 coarse_width=32, refiner_width=32, batch_size=16, coarse_epochs=3,
-                 refine_epochs=40, num_workers=2),
+    "full": dict(
+        image_size=256,
+        coarse_size=64,
+        synthetic_trainval=2000,
+        synthetic_test=400,
+        coarse_width=32,
+        refiner_width=32,
+        batch_size=16,
+        coarse_epochs=3,
+        refine_epochs=40,
+        num_workers=2,
+    ),
 }
 
 
@@ -139,9 +167,13 @@ def parse_overrides(pairs: list[str]) -> dict:
         key, sep, raw = pair.partition("=")
         key = key.strip()
         if key in ("profile", "seed"):
-            raise ValueError(f"{key} has its own option (--{key}); it cannot be set with FIELD=VALUE")
+            raise ValueError(
+                f"{key} has its own option (--{key}); it cannot be set with FIELD=VALUE"
+            )
         if not sep or key not in fields:
-            raise ValueError(f"expected FIELD=VALUE with FIELD one of {', '.join(settable)}; got {pair!r}")
+            raise ValueError(
+                f"expected FIELD=VALUE with FIELD one of {', '.join(settable)}; got {pair!r}"
+            )
         kind = str(fields[key].type)
         raw = raw.strip()
         try:
@@ -174,12 +206,16 @@ def check_settings(profile: str, seed) -> tuple[str, int]:
     that name the variable: the runner calls this before any notebook starts (inside a kernel a
     bad value would fail late, in another library's words), :func:`load_config` on every call."""
     if profile not in PROFILES:
-        raise ValueError(f"WORKBOOK_PROFILE={profile!r} is not a profile: use one of {', '.join(PROFILES)}")
+        raise ValueError(
+            f"WORKBOOK_PROFILE={profile!r} is not a profile: use one of {', '.join(PROFILES)}"
+        )
     try:
         value = int(seed)
     except ValueError:
-        raise ValueError(f"WORKBOOK_SEED={seed!r} is not an integer (use e.g. WORKBOOK_SEED=0)") from None
-    if not 0 <= value < 2 ** 32:
+        raise ValueError(
+            f"WORKBOOK_SEED={seed!r} is not an integer (use e.g. WORKBOOK_SEED=0)"
+        ) from None
+    if not 0 <= value < 2**32:
         raise ValueError(f"WORKBOOK_SEED={value} is outside 0 .. 2**32 - 1 (NumPy's seed range)")
     return profile, value
 
@@ -195,8 +231,10 @@ def load_config(profile: str | None = None, seed: int | None = None, **overrides
 
     from .runtime import in_colab
 
-    profile, seed = check_settings(profile or os.environ.get("WORKBOOK_PROFILE") or default_profile(),
-                                   seed if seed is not None else os.environ.get("WORKBOOK_SEED", "0"))
+    profile, seed = check_settings(
+        profile or os.environ.get("WORKBOOK_PROFILE") or default_profile(),
+        seed if seed is not None else os.environ.get("WORKBOOK_SEED", "0"),
+    )
     overrides.setdefault("device", "cuda" if torch.cuda.is_available() else "cpu")
     overrides.setdefault("pets_root", os.environ.get("PETS_ROOT"))
     overrides.setdefault("download", in_colab() or os.environ.get("WORKBOOK_DOWNLOAD") == "1")

@@ -9,6 +9,7 @@
 * Everywhere: one summary line per trained stage, printed when its training ends, which is
   what a saved notebook shows.
 """
+
 from __future__ import annotations
 
 import json
@@ -20,7 +21,8 @@ PROGRESS_ENV = "WORKBOOK_PROGRESS_FILE"
 
 
 def headless() -> bool:
-    """True inside a notebook executed by ``python -m helpers run`` (or with ``WORKBOOK_HEADLESS=1``)."""
+    """True inside a notebook executed by ``python -m helpers run`` (or with
+    ``WORKBOOK_HEADLESS=1``)."""
     return os.environ.get(HEADLESS_ENV) == "1"
 
 
@@ -31,33 +33,51 @@ def bar(iterable=None, show: bool = True, **kwargs):
     return tqdm(iterable, disable=not show or headless(), **kwargs)
 
 
-def report_epoch(stage: str, epoch: int, epochs: int, loss: float, val_miou: float, seconds: float,
-                 seconds_left: float, capped: bool = False) -> None:
+def report_epoch(
+    stage: str,
+    epoch: int,
+    epochs: int,
+    loss: float,
+    val_miou: float,
+    seconds: float,
+    seconds_left: float,
+    capped: bool = False,
+) -> None:
     """Append one finished epoch to the progress file, if a runner asked for one."""
     path = os.environ.get(PROGRESS_ENV)
     if not path:
         return
-    event = {"stage": stage, "epoch": epoch, "epochs": epochs, "loss": round(loss, 4),
-             "val_miou": round(val_miou, 4), "seconds": round(seconds, 1), "left": round(seconds_left, 1),
-             "capped": capped}
-    with open(path, "ab") as handle:   # bytes, "\n" on every platform: the reader counts bytes
+    event = {
+        "stage": stage,
+        "epoch": epoch,
+        "epochs": epochs,
+        "loss": round(loss, 4),
+        "val_miou": round(val_miou, 4),
+        "seconds": round(seconds, 1),
+        "left": round(seconds_left, 1),
+        "capped": capped,
+    }
+    with open(path, "ab") as handle:  # bytes, "\n" on every platform: the reader counts bytes
         handle.write((json.dumps(event) + "\n").encode())
 
 
 def follow(path: Path, offset: int = 0) -> tuple[list[dict], int]:
-    """Events appended to ``path`` since byte ``offset``, and the new offset (complete lines only)."""
+    """Events appended to ``path`` since byte ``offset``, and the new offset (complete lines
+    only)."""
     try:
         with open(path, "rb") as handle:
             handle.seek(offset)
             chunk = handle.read()
     except FileNotFoundError:
         return [], offset
-    end = chunk.rfind(b"\n") + 1   # a line still being written waits for the next call
+    end = chunk.rfind(b"\n") + 1  # a line still being written waits for the next call
     events = []
     for line in chunk[:end].decode(errors="replace").splitlines():
         try:
             events.append(json.loads(line))
-        except json.JSONDecodeError:   # progress is for display only: a bad line is skipped, never fatal
+        except (
+            json.JSONDecodeError
+        ):  # progress is for display only: a bad line is skipped, never fatal
             continue
     return events, offset + end
 
@@ -68,7 +88,14 @@ def _duration(seconds: float) -> str:
 
 
 def describe(event: dict) -> str:
-    """``cspn refiner: epoch 5/32, loss 0.452, val mIoU 0.661, 1 min 10 s, about 6 min 20 s left``."""
-    left = f"at most {_duration(event['left'])} left" if event.get("capped") else f"about {_duration(event['left'])} left"
-    return (f"{event['stage']}: epoch {event['epoch']}/{event['epochs']}, loss {event['loss']:.3f}, "
-            f"val mIoU {event['val_miou']:.3f}, {_duration(event['seconds'])}, {left}")
+    """``cspn refiner: epoch 5/32, loss 0.452, val mIoU 0.661, 1 min 10 s, about 6 min 20 s
+    left``."""
+    left = (
+        f"at most {_duration(event['left'])} left"
+        if event.get("capped")
+        else f"about {_duration(event['left'])} left"
+    )
+    return (
+        f"{event['stage']}: epoch {event['epoch']}/{event['epochs']}, loss {event['loss']:.3f}, "
+        f"val mIoU {event['val_miou']:.3f}, {_duration(event['seconds'])}, {left}"
+    )

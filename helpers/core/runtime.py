@@ -14,8 +14,10 @@ settings keep freed blocks in the heap, where the next step reuses them:
 * ``M_TRIM_THRESHOLD = 2 GiB``: free memory at the top of the heap is not handed back.
 
 The cost: a process keeps the memory it has used at its peak until it exits (training does
-anyway), so the workbook applies it on the CPU only; on CUDA host memory is not the bottleneck. The arithmetic does not change: the same numbers, to the last bit.
+anyway), so the workbook applies it on the CPU only; on CUDA host memory is not the bottleneck. The
+arithmetic does not change: the same numbers, to the last bit.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -25,9 +27,9 @@ import sys
 
 import torch
 
-M_TRIM_THRESHOLD = -1      # glibc's mallopt parameter numbers (malloc.h)
+M_TRIM_THRESHOLD = -1  # glibc's mallopt parameter numbers (malloc.h)
 M_MMAP_MAX = -4
-TRIM_THRESHOLD = 2 ** 31 - 1   # mallopt takes an int
+TRIM_THRESHOLD = 2**31 - 1  # mallopt takes an int
 
 
 def keep_freed_memory() -> bool:

@@ -10,15 +10,16 @@ Gradients are compared with the solution's, in float64 for the propagation, so a
 or an in-place edit fails. The refiner's training step runs with stand-in networks, so that it
 does not need the U-Net or CSPN exercises.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
-import torch.nn as nn
 
 from .compare import Mismatch, close, equal, grad_of
+from .inputs import blobs, rand, stand_in_refiner, stand_in_state
 
 
 @dataclass(frozen=True)
@@ -30,110 +31,93 @@ class Case:
     compare: Callable[[dict, dict], str]
 
 
-# ------------------------------------------------------------------------------ fixed inputs
-def _rand(gen: torch.Generator, *shape, scale: float = 1.0, dtype=torch.float32) -> torch.Tensor:
-    return (torch.randn(*shape, generator=gen, dtype=torch.float64) * scale).to(dtype)
-
-def _blobs(gen: torch.Generator, *shape) -> torch.Tensor:
-    """Smooth random masks (B, H, W) bool, some touching the border."""
-    noise = torch.rand(shape[0], 1, *shape[1:], generator=gen)
-    return nn.functional.avg_pool2d(noise, 3, stride=1, padding=1, count_include_pad=False)[:, 0] > 0.5
-
-class _StandInCoarse(nn.Module):
-    """A coarse segmenter with a BatchNorm whose statistics must stay frozen: (B, 3, H, W) -> probabilities."""
-
-    def __init__(self, classes: int = 2):
-        super().__init__()
-        self.conv, self.norm = nn.Conv2d(3, classes, 3, padding=1), nn.BatchNorm2d(classes)
-
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
-        return self.norm(self.conv(image)).softmax(1)
-
-class _StandInPropagation(nn.Module):
-    """T differentiable steps H^{t+1} = softmax(log H^t + a / 2) on the first C affinity channels, so
-    the training step can be checked without the CSPN exercises."""
-
-    def __init__(self, result_type, iterations: int = 2):
-        super().__init__()
-        self.result_type, self.iterations = result_type, iterations
-
-    def forward(self, h0, raw, iterations=None):
-        maps = [h0]
-        for _ in range(self.iterations if iterations is None else iterations):
-            maps.append((torch.log(maps[-1].clamp_min(1e-6)) + 0.5 * raw[:, :h0.shape[1]]).softmax(1))
-        return self.result_type(maps[-1], maps, raw)
-
-def _stand_in_refiner(pkg, method: str, deep: bool, boundary_weight: float, state: dict):
-    """The student's :class:`Refiner` with stand-in networks whose weights are ``state``: only
-    ``train`` and ``training_loss`` (and ``refine``, not an exercise) of the student's code run."""
-    model = pkg.refiner.Refiner(_StandInCoarse(), method=method, start="coarse", classes=2, width=2,
-                                depth=1, iterations=2, perturb=0.0, deep_supervision=deep,
-                                boundary_weight=boundary_weight)
-    model.guidance = nn.Conv2d(5, model.layout.channels, 3, padding=1)
-    if model.propagator is not None:
-        model.propagator = _StandInPropagation(pkg.propagation.PropagationResult)
-    model.load_state_dict(state)
-    return model
-
-def _stand_in_state(method: str, gen: torch.Generator) -> dict:
-    """Random weights for :func:`_stand_in_refiner` (BatchNorm statistics included)."""
-    channels = {"cspn": 8, "control": 2}[method]
-    state = {"coarse.conv.weight": _rand(gen, 2, 3, 3, 3, scale=0.5), "coarse.conv.bias": _rand(gen, 2, scale=0.5),
-             "coarse.norm.weight": 1 + _rand(gen, 2, scale=0.2), "coarse.norm.bias": _rand(gen, 2, scale=0.2),
-             "coarse.norm.running_mean": _rand(gen, 2, scale=0.2), "coarse.norm.running_var": 1 + torch.rand(2, generator=gen),
-             "coarse.norm.num_batches_tracked": torch.tensor(0),
-             "guidance.weight": _rand(gen, channels, 5, 3, 3, scale=0.5), "guidance.bias": _rand(gen, channels, scale=0.5)}
-    return state
-
 def _inputs_miou(gen) -> dict:
-    pred2, target2 = torch.randint(0, 2, (2, 5, 7), generator=gen), torch.randint(0, 2, (2, 5, 7), generator=gen)
-    pred3, target3 = torch.randint(0, 2, (3, 4, 6), generator=gen), torch.randint(0, 3, (3, 4, 6), generator=gen)
-    target3[target3 == 2] = 1   # class 2 absent from both maps: its IoU is nan and leaves the mean
+    pred2, target2 = (
+        torch.randint(0, 2, (2, 5, 7), generator=gen),
+        torch.randint(0, 2, (2, 5, 7), generator=gen),
+    )
+    pred3, target3 = (
+        torch.randint(0, 2, (3, 4, 6), generator=gen),
+        torch.randint(0, 3, (3, 4, 6), generator=gen),
+    )
+    target3[target3 == 2] = 1  # class 2 absent from both maps: its IoU is nan and leaves the mean
     return {"pred2": pred2, "target2": target2, "pred3": pred3, "target3": target3}
+
 
 def _run_miou(pkg, x: dict) -> dict:
     m = pkg.metrics
-    cm2, cm3 = m.confusion_matrix(x["pred2"], x["target2"], 2), m.confusion_matrix(x["pred3"], x["target3"], 3)
+    cm2, cm3 = (
+        m.confusion_matrix(x["pred2"], x["target2"], 2),
+        m.confusion_matrix(x["pred3"], x["target3"], 3),
+    )
     # IoU of the student's own matrices: both functions are this one exercise, and a wrong
     # matrix is reported first (by the comparison of the matrices)
-    return {"cm2": cm2, "cm3": cm3, "iou2": m.iou_per_class(cm2), "iou3": m.iou_per_class(cm3),
-            "miou3": torch.tensor(m.mean_iou(cm3))}
+    return {
+        "cm2": cm2,
+        "cm3": cm3,
+        "iou2": m.iou_per_class(cm2),
+        "iou3": m.iou_per_class(cm3),
+        "miou3": torch.tensor(m.mean_iou(cm3)),
+    }
+
 
 def _compare_miou(got: dict, want: dict) -> str:
     equal("confusion_matrix (2 classes)", got["cm2"], want["cm2"])
     equal("confusion_matrix (3 classes)", got["cm3"], want["cm3"])
     if not torch.isnan(torch.as_tensor(got["iou3"])[2]):
-        raise Mismatch("iou_per_class must be nan for a class absent from prediction and ground truth "
-                        f"(got {float(torch.as_tensor(got['iou3'])[2]):.3g})")
-    err = max(close("iou_per_class (2 classes)", got["iou2"], want["iou2"]),
-              close("iou_per_class (3 classes)", got["iou3"], want["iou3"]))
+        raise Mismatch(
+            "iou_per_class must be nan for a class absent from prediction and ground truth "
+            f"(got {float(torch.as_tensor(got['iou3'])[2]):.3g})"
+        )
+    err = max(
+        close("iou_per_class (2 classes)", got["iou2"], want["iou2"]),
+        close("iou_per_class (3 classes)", got["iou3"], want["iou3"]),
+    )
     close("mean_iou", got["miou3"], want["miou3"])
     return f"confusion matrices exact, IoU relative error {err:.1e}"
 
+
 def _inputs_boundary_band(gen) -> dict:
-    masks = _blobs(gen, 3, 12, 14)
+    masks = blobs(gen, 3, 12, 14)
     masks[2] = False
-    masks[2, 3:9, 4:14] = True          # touches the right border: the band runs along it
+    masks[2, 3:9, 4:14] = True  # touches the right border: the band runs along it
     return {"masks": masks}
+
 
 def _run_boundary_band(pkg, x: dict) -> dict:
     return {f"band{w}": pkg.metrics.boundary_band(x["masks"], w) for w in (1, 2)}
+
 
 def _compare_boundary_band(got: dict, want: dict) -> str:
     for width in (1, 2):
         equal(f"boundary_band(mask, width={width})", got[f"band{width}"], want[f"band{width}"])
     return "bands exact at widths 1 and 2, border included"
 
+
 def _inputs_unet_up(gen) -> dict:
-    shapes = {"conv.block.0.weight": (5, 10, 3, 3), "conv.block.1.weight": (5,), "conv.block.1.bias": (5,),
-              "conv.block.1.running_mean": (5,), "conv.block.3.weight": (5, 5, 3, 3), "conv.block.4.weight": (5,),
-              "conv.block.4.bias": (5,), "conv.block.4.running_mean": (5,)}
-    state = {k: _rand(gen, *shape, scale=0.5) for k, shape in shapes.items()}
-    for k in ("conv.block.1.running_var", "conv.block.4.running_var"):   # variances must be positive
-        state[k] = 0.5 + _rand(gen, 5, scale=0.5).abs()
-    state["conv.block.1.num_batches_tracked"] = state["conv.block.4.num_batches_tracked"] = torch.tensor(0)
-    return {"state": state, "x": _rand(gen, 2, 6, 3, 5), "skip_pad": _rand(gen, 2, 4, 7, 11),
-            "skip_crop": _rand(gen, 2, 4, 5, 9)}
+    shapes = {
+        "conv.block.0.weight": (5, 10, 3, 3),
+        "conv.block.1.weight": (5,),
+        "conv.block.1.bias": (5,),
+        "conv.block.1.running_mean": (5,),
+        "conv.block.3.weight": (5, 5, 3, 3),
+        "conv.block.4.weight": (5,),
+        "conv.block.4.bias": (5,),
+        "conv.block.4.running_mean": (5,),
+    }
+    state = {k: rand(gen, *shape, scale=0.5) for k, shape in shapes.items()}
+    for k in ("conv.block.1.running_var", "conv.block.4.running_var"):  # variances must be positive
+        state[k] = 0.5 + rand(gen, 5, scale=0.5).abs()
+    state["conv.block.1.num_batches_tracked"] = state["conv.block.4.num_batches_tracked"] = (
+        torch.tensor(0)
+    )
+    return {
+        "state": state,
+        "x": rand(gen, 2, 6, 3, 5),
+        "skip_pad": rand(gen, 2, 4, 7, 11),
+        "skip_crop": rand(gen, 2, 4, 5, 9),
+    }
+
 
 def _run_unet_up(pkg, x: dict) -> dict:
     up = pkg.unet.Up(6, 4, 5)
@@ -142,28 +126,39 @@ def _run_unet_up(pkg, x: dict) -> dict:
     with torch.no_grad():
         return {"pad": up(x["x"], x["skip_pad"]), "crop": up(x["x"], x["skip_crop"])}
 
+
 def _compare_unet_up(got: dict, want: dict) -> str:
-    err = max(close("Up(x, skip) with a larger skip (padding)", got["pad"], want["pad"]),
-              close("Up(x, skip) with a smaller skip (cropping)", got["crop"], want["crop"]))
+    err = max(
+        close("Up(x, skip) with a larger skip (padding)", got["pad"], want["pad"]),
+        close("Up(x, skip) with a smaller skip (cropping)", got["crop"], want["crop"]),
+    )
     return f"padded and cropped skips, relative error {err:.1e}"
 
+
 def _inputs_cspn_affinity(gen) -> dict:
-    raw = _rand(gen, 2, 8, 6, 7, scale=0.5)
-    raw[0, :, 2, 3] = 0.0                        # a zero head: kappa = 0, the identity
-    raw[1, :, 4, 4] = 1e9                        # clamped, then normalised by the sum
+    raw = rand(gen, 2, 8, 6, 7, scale=0.5)
+    raw[0, :, 2, 3] = 0.0  # a zero head: kappa = 0, the identity
+    raw[1, :, 4, 4] = 1e9  # clamped, then normalised by the sum
     return {"raw": raw}
+
 
 def _run_cspn_affinity(pkg, x: dict) -> dict:
     return {"kappa": pkg.propagation.CSPN(3).normalise(x["raw"])}
+
 
 def _compare_cspn_affinity(got: dict, want: dict) -> str:
     err = close("kappa", got["kappa"], want["kappa"])
     return f"kappa relative error {err:.1e} (borders, a zero head and a clamped one included)"
 
+
 def _inputs_cspn_step(gen) -> dict:
-    kappa = torch.rand(2, 8, 6, 7, generator=gen, dtype=torch.float64) / 8   # non-negative, sum <= 1
-    return {"kappa": kappa, "base": _rand(gen, 2, 1, 6, 7, scale=0.1, dtype=torch.float64),
-            "weights": _rand(gen, 3, 2, 1, 6, 7, dtype=torch.float64)}
+    kappa = torch.rand(2, 8, 6, 7, generator=gen, dtype=torch.float64) / 8  # non-negative, sum <= 1
+    return {
+        "kappa": kappa,
+        "base": rand(gen, 2, 1, 6, 7, scale=0.1, dtype=torch.float64),
+        "weights": rand(gen, 3, 2, 1, 6, 7, dtype=torch.float64),
+    }
+
 
 def _run_cspn_step(pkg, x: dict) -> dict:
     cspn = pkg.propagation.CSPN(3)
@@ -176,18 +171,25 @@ def _run_cspn_step(pkg, x: dict) -> dict:
     (ds * x["weights"]).sum().backward()
     return {"d": ds.detach(), "grad_base": grad_of(base), "grad_kappa": grad_of(kappa)}
 
+
 def _compare_steps(got: dict, want: dict) -> str:
     err = close("D^1..D^3 of three steps", got["d"], want["d"])
     for name in sorted(k for k in want if k.startswith("grad_")):
         close(f"the gradient of {name[5:]} through three steps", got[name], want[name])
     return f"three steps and their gradients, relative error {err:.1e}"
 
+
 def _inputs_dyspn_step(gen) -> dict:
     K, R = 48, 3
-    w = _rand(gen, 2, K, 6, 7, scale=0.7, dtype=torch.float64)
-    return {"pos": w.clamp(min=0), "mag": w.abs(), "base": _rand(gen, 2, R, 1, 6, 7, scale=0.1, dtype=torch.float64),
-            "p": torch.sigmoid(_rand(gen, 3, 2, R + 1, 6, 7, dtype=torch.float64)),
-            "weights": _rand(gen, 3, 2, 1, 6, 7, dtype=torch.float64)}
+    w = rand(gen, 2, K, 6, 7, scale=0.7, dtype=torch.float64)
+    return {
+        "pos": w.clamp(min=0),
+        "mag": w.abs(),
+        "base": rand(gen, 2, R, 1, 6, 7, scale=0.1, dtype=torch.float64),
+        "p": torch.sigmoid(rand(gen, 3, 2, R + 1, 6, 7, dtype=torch.float64)),
+        "weights": rand(gen, 3, 2, 1, 6, 7, dtype=torch.float64),
+    }
+
 
 def _run_dyspn_step(pkg, x: dict) -> dict:
     dyspn = pkg.propagation.DySPN(3, 7)
@@ -200,37 +202,66 @@ def _run_dyspn_step(pkg, x: dict) -> dict:
         ds.append(d)
     ds = torch.stack(ds)
     (ds * x["weights"]).sum().backward()
-    return {"A": A.detach(), "d": ds.detach(), "grad_mag": grad_of(mag), "grad_base": grad_of(base), "grad_pos": grad_of(pos),
-            "grad_pi": grad_of(p)}
+    return {
+        "A": A.detach(),
+        "d": ds.detach(),
+        "grad_mag": grad_of(mag),
+        "grad_base": grad_of(base),
+        "grad_pos": grad_of(pos),
+        "grad_pi": grad_of(p),
+    }
+
 
 def _compare_dyspn_step(got: dict, want: dict) -> str:
     err = close("ring_magnitudes (A_r)", got["A"], want["A"])
     return f"A_r (relative error {err:.1e}), " + _compare_steps(got, want)
 
-_REFINER_CASES = {"cspn-deep": ("cspn", True, 4.0), "cspn-last": ("cspn", False, 1.0), "control": ("control", True, 4.0)}
+
+_REFINER_CASES = {
+    "cspn-deep": ("cspn", True, 4.0),
+    "cspn-last": ("cspn", False, 1.0),
+    "control": ("control", True, 4.0),
+}
+
 
 def _inputs_refiner_loss(gen) -> dict:
-    image, target = torch.rand(2, 3, 12, 12, generator=gen), _blobs(gen, 2, 12, 12).long()
-    return {"image": image, "target": target,
-            **{f"state:{name}": _stand_in_state(method, gen) for name, (method, _, _) in _REFINER_CASES.items()}}
+    image, target = torch.rand(2, 3, 12, 12, generator=gen), blobs(gen, 2, 12, 12).long()
+    return {
+        "image": image,
+        "target": target,
+        **{
+            f"state:{name}": stand_in_state(method, gen)
+            for name, (method, _, _) in _REFINER_CASES.items()
+        },
+    }
+
 
 def _run_refiner_loss(pkg, x: dict) -> dict:
     out = {}
     for name, (method, deep, bw) in _REFINER_CASES.items():
-        model = _stand_in_refiner(pkg, method, deep, bw, x[f"state:{name}"])
+        model = stand_in_refiner(pkg, method, deep, bw, x[f"state:{name}"])
         frozen = {k: v.clone() for k, v in model.coarse.state_dict().items()}
         returned = model.train()
         flags = [returned is model, model.coarse.training, model.guidance.training]
         loss = model.training_loss(x["image"], x["target"])
         if not isinstance(loss, torch.Tensor) or loss.dim() != 0:
-            raise TypeError(f"training_loss must return a scalar tensor, got {type(loss).__name__} "
-                            f"{tuple(loss.shape) if isinstance(loss, torch.Tensor) else ''}")
+            raise TypeError(
+                f"training_loss must return a scalar tensor, got {type(loss).__name__} "
+                f"{tuple(loss.shape) if isinstance(loss, torch.Tensor) else ''}"
+            )
         loss.backward()
-        coarse_grad = sum(float(p.grad.abs().sum()) for p in model.coarse.parameters() if p.grad is not None)
+        coarse_grad = sum(
+            float(p.grad.abs().sum()) for p in model.coarse.parameters() if p.grad is not None
+        )
         drift = any(not torch.equal(v, frozen[k]) for k, v in model.coarse.state_dict().items())
-        out[name] = {"flags": torch.tensor(flags + [drift]), "coarse_grad": torch.tensor(coarse_grad),
-                     "loss": loss.detach(), "grad": grad_of(model.guidance.weight)}
+        out[name] = {
+            "flags": torch.tensor(flags + [drift]),
+            "coarse_grad": torch.tensor(coarse_grad),
+            "loss": loss.detach(),
+            "grad": grad_of(model.guidance.weight),
+        }
     return out
+
 
 def _compare_refiner_loss(got: dict, want: dict) -> str:
     err = 0.0
@@ -239,19 +270,27 @@ def _compare_refiner_loss(got: dict, want: dict) -> str:
         if not returns_self:
             raise Mismatch("Refiner.train must return self (as nn.Module.train does)")
         if coarse_training or not guidance_training:
-            raise Mismatch("after model.train() the coarse net must be in eval mode (frozen BatchNorm) and the "
-                            f"guidance net in train mode; got coarse.training={coarse_training}, "
-                            f"guidance.training={guidance_training}")
+            raise Mismatch(
+                "after model.train() the coarse net must be in eval mode (frozen BatchNorm) and "
+                "the "
+                f"guidance net in train mode; got coarse.training={coarse_training}, "
+                f"guidance.training={guidance_training}"
+            )
         what = f"training_loss ({method}, deep_supervision={deep}, boundary_weight={bw:g})"
         err = max(err, close(what, got[name]["loss"], want[name]["loss"]))
         if float(got[name]["grad"].abs().sum()) == 0:
             raise Mismatch(f"{what}: no gradient reaches the guidance net (is the loss detached?)")
-        err = max(err, close(f"the guidance gradient of {what}", got[name]["grad"], want[name]["grad"]))
+        err = max(
+            err, close(f"the guidance gradient of {what}", got[name]["grad"], want[name]["grad"])
+        )
         if float(got[name]["coarse_grad"]) > 0:
             raise Mismatch("the coarse net received a gradient: it must stay frozen")
         if drift:
-            raise Mismatch("the coarse net's weights or BatchNorm statistics changed during the training step: it "
-                            "must stay frozen (eval mode keeps BatchNorm's running statistics)")
+            raise Mismatch(
+                "the coarse net's weights or BatchNorm statistics changed during the training "
+                "step: it "
+                "must stay frozen (eval mode keeps BatchNorm's running statistics)"
+            )
     return f"losses and gradients of 3 settings, relative error {err:.1e}; coarse net frozen"
 
 

@@ -10,6 +10,7 @@ exception is said where it applies (exercise 6 needs the boundary band of exerci
 Nothing here imports the rest of the workbook at import time: the grader loads *its own* copy of
 this subpackage in a subprocess and points it at the *student's* package (:func:`load_package`).
 """
+
 from __future__ import annotations
 
 import importlib
@@ -19,21 +20,30 @@ from pathlib import Path
 
 import torch
 
-from .cases import CASES, _rand
+from .cases import CASES
 from .catalogue import EXERCISES, lookup
 from .compare import Mismatch, detached, gradcheck
+from .inputs import rand
 
 REFERENCES = Path(__file__).resolve().with_name("references.pt")
 # the modules a check reads, by the name the cases use (pkg.metrics, pkg.propagation, ...)
-MODULES = {"metrics": "analysis.metrics", "unet": "models.unet", "propagation": "models.propagation",
-           "refiner": "models.refiner", "losses": "models.losses"}
+MODULES = {
+    "metrics": "analysis.metrics",
+    "unet": "models.unet",
+    "propagation": "models.propagation",
+    "refiner": "models.refiner",
+    "losses": "models.losses",
+}
 
 
-_NEEDS = {"refiner-loss": ("boundary-band",)}   # the boundary-weighted loss uses the band
+_NEEDS = {"refiner-loss": ("boundary-band",)}  # the boundary-weighted loss uses the band
+
 
 def draw_inputs(key: str, seed: int) -> dict:
-    """The inputs of ``key``'s check drawn with ``seed`` (the references use seed 0; grading a fresh one)."""
+    """The inputs of ``key``'s check drawn with ``seed`` (the references use seed 0; grading a fresh
+    one)."""
     return CASES[key].inputs(torch.Generator().manual_seed(seed))
+
 
 def run_exercise(key: str, pkg, inputs: dict) -> dict:
     """A package's outputs for ``key`` on ``inputs`` (tensors only), with the random state kept."""
@@ -41,6 +51,7 @@ def run_exercise(key: str, pkg, inputs: dict) -> dict:
         torch.manual_seed(0)
         with torch.enable_grad():
             return detached(CASES[key].run(pkg, inputs))
+
 
 # ------------------------------------------------------------------------------ running checks
 @dataclass
@@ -53,11 +64,13 @@ class Result:
     passed: bool
     message: str
 
+
 def load_package(name: str) -> types.SimpleNamespace:
     """The modules of the package ``name`` that the checks read, as ``pkg.metrics``,
     ``pkg.propagation``, ... (:data:`MODULES`)."""
-    return types.SimpleNamespace(**{short: importlib.import_module(f"{name}.{path}")
-                                    for short, path in MODULES.items()})
+    return types.SimpleNamespace(
+        **{short: importlib.import_module(f"{name}.{path}") for short, path in MODULES.items()}
+    )
 
 
 def own_package() -> str:
@@ -69,11 +82,15 @@ def load_references(path: str | Path = REFERENCES) -> dict:
     """The reference inputs and outputs (plain tensors, loaded with ``weights_only=True``)."""
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"{path} is missing: the instructor regenerates it with `python -m helpers references`")
+        raise FileNotFoundError(
+            f"{path} is missing: the instructor regenerates it with `python -m helpers references`"
+        )
     return torch.load(path, map_location="cpu", weights_only=True)
 
+
 def make_references(package: str | None = None, path: str | Path = REFERENCES) -> Path:
-    """Run the solution on the fixed inputs (seed 0) and save inputs and outputs (``python -m helpers references``)."""
+    """Run the solution on the fixed inputs (seed 0) and save inputs and outputs (``python -m
+    helpers references``)."""
     pkg = load_package(package or own_package())
     refs = {}
     for e in EXERCISES:
@@ -84,7 +101,10 @@ def make_references(package: str | None = None, path: str | Path = REFERENCES) -
     torch.save(detached(refs), path)
     return path
 
-def outcome(key: str, outputs: dict | None, reference: dict, error: tuple[str, str] | None = None) -> Result:
+
+def outcome(
+    key: str, outputs: dict | None, reference: dict, error: tuple[str, str] | None = None
+) -> Result:
     """The result of ``key`` from a package's ``outputs`` (or the ``error`` it raised: kind and
     message) against the solution's ``reference`` outputs, compared here."""
     ex = lookup(key)
@@ -92,36 +112,61 @@ def outcome(key: str, outputs: dict | None, reference: dict, error: tuple[str, s
     if error is not None:
         kind, text = error
         if kind == "not-done":
-            msg = (f"{ex.label} cannot be checked yet: it needs {text.split(':')[0]} first"
-                   if text.startswith("Exercise ") and not text.startswith(ex.label)
-                   else f"{ex.label} is not done yet: write it in {ex.where}")
+            msg = (
+                f"{ex.label} cannot be checked yet: it needs {text.split(':')[0]} first"
+                if text.startswith("Exercise ") and not text.startswith(ex.label)
+                else f"{ex.label} is not done yet: write it in {ex.where}"
+            )
         else:
             msg = f"{ex.label} failed: {text}"
     else:
         try:
             detail = CASES[ex.key].compare(outputs, reference)
-            return Result(ex.key, ex.number, ex.title, ex.points, ex.points, True, f"{ex.label}: passed: {detail}")
+            return Result(
+                ex.key,
+                ex.number,
+                ex.title,
+                ex.points,
+                ex.points,
+                True,
+                f"{ex.label}: passed: {detail}",
+            )
         except Mismatch as exc:
             msg = f"{ex.label} failed: {exc}; edit {ex.where}"
-        except (KeyError, TypeError, AttributeError, RuntimeError) as exc:   # outputs of the wrong kind
-            msg = f"{ex.label} failed: its outputs could not be compared ({type(exc).__name__}: {exc}); edit {ex.where}"
+        except (
+            KeyError,
+            TypeError,
+            AttributeError,
+            RuntimeError,
+        ) as exc:  # outputs of the wrong kind
+            msg = (
+                f"{ex.label} failed: its outputs could not be compared ({type(exc).__name__}: "
+                f"{exc}); edit {ex.where}"
+            )
     needs = [lookup(n).label for n in _NEEDS.get(ex.key, ())]
     if needs and "cannot be checked" not in msg:
         msg += f" (this check also uses {', '.join(needs)})"
     return Result(ex.key, ex.number, ex.title, 0, ex.points, False, msg)
 
+
 def attempt(key: str, pkg, inputs: dict) -> tuple[dict | None, tuple[str, str] | None]:
-    """Run a package's code for ``key``: (outputs, None), or (None, (kind, message)) if it raised."""
+    """Run a package's code for ``key``: (outputs, None), or (None, (kind, message)) if it
+    raised."""
     try:
         return run_exercise(key, pkg, inputs), None
     except NotImplementedError as exc:
         return None, ("not-done", str(exc))
     except Exception as exc:  # the student's code raised: name the error and where it came from
-        return None, ("raised", f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-                                f"{_student_frame(exc)}")
+        return None, (
+            "raised",
+            f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            f"{_student_frame(exc)}",
+        )
+
 
 def check_one(key: str, pkg=None, refs: dict | None = None) -> Result:
-    """Run one exercise's check on the shipped reference inputs; never raises for the student's errors."""
+    """Run one exercise's check on the shipped reference inputs; never raises for the student's
+    errors."""
     pkg = pkg or load_package(own_package())
     refs = refs if refs is not None else load_references()
     ref = refs[lookup(key).key]
@@ -133,36 +178,63 @@ def check_one(key: str, pkg=None, refs: dict | None = None) -> Result:
             result.message += "; gradcheck passed"
         except Mismatch as exc:
             ex = lookup(key)
-            result = Result(ex.key, ex.number, ex.title, 0, ex.points, False, f"{ex.label} failed: {exc}; edit {ex.where}")
+            result = Result(
+                ex.key,
+                ex.number,
+                ex.title,
+                0,
+                ex.points,
+                False,
+                f"{ex.label} failed: {exc}; edit {ex.where}",
+            )
     return result
+
 
 def _gradcheck_cspn(pkg) -> None:
     cspn, gen = pkg.propagation.CSPN(3), torch.Generator().manual_seed(50)
-    args = (_rand(gen, 1, 1, 4, 5, dtype=torch.float64), _rand(gen, 1, 1, 4, 5, dtype=torch.float64),
-            torch.rand(1, 8, 4, 5, generator=gen, dtype=torch.float64) / 8)
-    gradcheck("CSPN.step", lambda d, base, k: cspn.step(d, base, k), tuple(a.requires_grad_() for a in args))
+    args = (
+        rand(gen, 1, 1, 4, 5, dtype=torch.float64),
+        rand(gen, 1, 1, 4, 5, dtype=torch.float64),
+        torch.rand(1, 8, 4, 5, generator=gen, dtype=torch.float64) / 8,
+    )
+    gradcheck(
+        "CSPN.step",
+        lambda d, base, k: cspn.step(d, base, k),
+        tuple(a.requires_grad_() for a in args),
+    )
+
 
 def _gradcheck_dyspn(pkg) -> None:
     dyspn, gen = pkg.propagation.DySPN(2, 5), torch.Generator().manual_seed(60)
-    w = _rand(gen, 1, 24, 4, 5, dtype=torch.float64)
-    args = (_rand(gen, 1, 1, 4, 5, scale=0.1, dtype=torch.float64), _rand(gen, 1, 2, 1, 4, 5, scale=0.1, dtype=torch.float64),
-            w.clamp(min=0), 0.5 + torch.rand(1, 2, 4, 5, generator=gen, dtype=torch.float64),
-            torch.sigmoid(_rand(gen, 1, 3, 4, 5, dtype=torch.float64)))
-    gradcheck("DySPN.step", lambda d, base, pos, A, p: dyspn.step(d, base, pos, A, p),
-               tuple(a.requires_grad_() for a in args))
+    w = rand(gen, 1, 24, 4, 5, dtype=torch.float64)
+    args = (
+        rand(gen, 1, 1, 4, 5, scale=0.1, dtype=torch.float64),
+        rand(gen, 1, 2, 1, 4, 5, scale=0.1, dtype=torch.float64),
+        w.clamp(min=0),
+        0.5 + torch.rand(1, 2, 4, 5, generator=gen, dtype=torch.float64),
+        torch.sigmoid(rand(gen, 1, 3, 4, 5, dtype=torch.float64)),
+    )
+    gradcheck(
+        "DySPN.step",
+        lambda d, base, pos, A, p: dyspn.step(d, base, pos, A, p),
+        tuple(a.requires_grad_() for a in args),
+    )
+
 
 # in a notebook, the propagation's backward pass is also checked against finite differences
 _GRADCHECKS = {"cspn-step": _gradcheck_cspn, "dyspn-step": _gradcheck_dyspn}
+
 
 def _student_frame(exc: BaseException) -> str:
     tb, where = exc.__traceback__, ""
     while tb is not None:
         name = tb.tb_frame.f_code.co_filename
         parts = Path(name).parts
-        if "helpers" in parts and "course" not in parts:   # the student's code, not the checks
+        if "helpers" in parts and "course" not in parts:  # the student's code, not the checks
             where = f" (at {Path(name).name}:{tb.tb_lineno})"
         tb = tb.tb_next
     return where
+
 
 def run_checks(package: str | None = None, references: str | Path = REFERENCES) -> list[Result]:
     """Every exercise's check against the package named ``package``, on the shipped references."""

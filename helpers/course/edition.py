@@ -11,6 +11,7 @@ the student edition replaces them too, with a note instead of a hint.
   keeping the markers, the signatures and the docstrings; the notebooks' outputs are cleared.
 * :func:`fill_back` puts the solution back into a student's file (the round trip the tests use).
 """
+
 from __future__ import annotations
 
 import json
@@ -26,20 +27,28 @@ BEGIN = re.compile(r"^(?P<indent>[ \t]*)# BEGIN EXERCISE (?P<key>[a-z0-9-]+)[ \t
 
 END = re.compile(r"^[ \t]*# END EXERCISE[ \t]*$")
 
-MARKER = re.compile(r"^[ \t]*#\s*(BEGIN|END)\s+EXERCISE", re.IGNORECASE)   # anything that looks like one
+MARKER = re.compile(
+    r"^[ \t]*#\s*(BEGIN|END)\s+EXERCISE", re.IGNORECASE
+)  # anything that looks like one
 
 SOLUTION_ONLY = "solution-only"
 
-NOT_IN_STUDENT_EDITION = ("not part of the student edition (it would give an exercise away); "
-                          "the workbook runs without it")
+NOT_IN_STUDENT_EDITION = (
+    "not part of the student edition (it would give an exercise away); the workbook runs without it"
+)
 
 # settings that differ in the student edition: on a GPU the propagators would otherwise run the
 # fused Triton kernels (the solution) instead of the student's CSPN.step / DySPN.step
-STUDENT_SETTINGS = {"helpers/core/config.py": (('propagation_backend: str = "auto"', 'propagation_backend: str = "torch"'),)}
+STUDENT_SETTINGS = {
+    "helpers/core/config.py": (
+        ('propagation_backend: str = "auto"', 'propagation_backend: str = "torch"'),
+    )
+}
 
 
 class AssignmentError(ValueError):
     """A malformed exercise marker, or an output folder that is not empty."""
+
 
 @dataclass(frozen=True)
 class Region:
@@ -50,48 +59,64 @@ class Region:
     end: int
     indent: str
 
+
 def find_regions(text: str, name: str = "<text>") -> list[Region]:
-    """The exercise regions of a source file, checked: known keys, no nesting, every BEGIN closed."""
+    """The exercise regions of a source file, checked: known keys, no nesting, every BEGIN
+    closed."""
     regions, open_ = [], None
     for i, line in enumerate(text.splitlines()):
         if m := BEGIN.match(line):
             if open_ is not None:
-                raise AssignmentError(f"{name}:{i + 1}: BEGIN EXERCISE {m['key']} inside the region opened at "
-                                      f"line {open_[1] + 1}")
+                raise AssignmentError(
+                    f"{name}:{i + 1}: BEGIN EXERCISE {m['key']} inside the region opened at "
+                    f"line {open_[1] + 1}"
+                )
             if m["key"] not in BY_KEY and m["key"] != SOLUTION_ONLY:
-                raise AssignmentError(f"{name}:{i + 1}: unknown exercise {m['key']!r} (known: {', '.join(BY_KEY)}, "
-                                      f"{SOLUTION_ONLY})")
+                raise AssignmentError(
+                    f"{name}:{i + 1}: unknown exercise {m['key']!r} (known: {', '.join(BY_KEY)}, "
+                    f"{SOLUTION_ONLY})"
+                )
             open_ = (m["key"], i, m["indent"])
         elif END.match(line):
             if open_ is None:
                 raise AssignmentError(f"{name}:{i + 1}: END EXERCISE without a BEGIN")
             regions.append(Region(open_[0], open_[1], i, open_[2]))
             open_ = None
-        elif MARKER.match(line):   # a near miss would leave its solution in the student edition
-            raise AssignmentError(f"{name}:{i + 1}: malformed exercise marker {line.strip()!r}: write "
-                                  "'# BEGIN EXERCISE <key>' or '# END EXERCISE', nothing else on the line")
+        elif MARKER.match(line):  # a near miss would leave its solution in the student edition
+            raise AssignmentError(
+                f"{name}:{i + 1}: malformed exercise marker {line.strip()!r}: write "
+                "'# BEGIN EXERCISE <key>' or '# END EXERCISE', nothing else on the line"
+            )
     if open_ is not None:
         raise AssignmentError(f"{name}:{open_[1] + 1}: BEGIN EXERCISE {open_[0]} is never closed")
     return regions
+
 
 def _replace_regions(text: str, body_for) -> str:
     lines = text.splitlines(keepends=True)
     out, last = [], 0
     for region in find_regions(text):
-        out += lines[last:region.begin + 1]
+        out += lines[last : region.begin + 1]
         out += body_for(region)
         last = region.end
     return "".join(out + lines[last:])
 
+
 def strip_solutions(text: str) -> str:
     """The student version of a source file: each region's body becomes the exercise's stub."""
+
     def stub(region: Region) -> list[str]:
         if region.key == SOLUTION_ONLY:
             return [f"{region.indent}raise NotImplementedError({NOT_IN_STUDENT_EDITION!r})\n"]
         ex = BY_KEY[region.key]
-        return [f"{region.indent}# Your code here: replace the raise below (see {ex.label} in notebook {ex.notebook}).\n",
-                f"{region.indent}raise NotImplementedError({ex.stub_message()!r})\n"]
+        return [
+            f"{region.indent}# Your code here: replace the raise below (see {ex.label} in "
+            f"notebook {ex.notebook}).\n",
+            f"{region.indent}raise NotImplementedError({ex.stub_message()!r})\n",
+        ]
+
     return _replace_regions(text, stub)
+
 
 def fill_back(student_text: str, solution_text: str, keys: set[str] | None = None) -> str:
     """The student's file with the regions' bodies taken from the solution (those of ``keys``
@@ -99,11 +124,21 @@ def fill_back(student_text: str, solution_text: str, keys: set[str] | None = Non
     solution = solution_text.splitlines(keepends=True)
     theirs, ours = find_regions(solution_text), find_regions(student_text)
     if [r.key for r in theirs] != [r.key for r in ours]:
-        raise AssignmentError(f"the files' exercise regions differ: {[r.key for r in ours]} vs {[r.key for r in theirs]}")
+        raise AssignmentError(
+            f"the files' exercise regions differ: {[r.key for r in ours]} vs "
+            f"{[r.key for r in theirs]}"
+        )
     student = student_text.splitlines(keepends=True)
-    bodies = iter([solution[r.begin + 1:r.end] if keys is None or r.key in keys else student[o.begin + 1:o.end]
-                   for r, o in zip(theirs, ours)])
+    bodies = iter(
+        [
+            solution[r.begin + 1 : r.end]
+            if keys is None or r.key in keys
+            else student[o.begin + 1 : o.end]
+            for r, o in zip(theirs, ours)
+        ]
+    )
     return _replace_regions(student_text, lambda region: next(bodies))
+
 
 def exercise_files(root: Path | None = None) -> dict[str, list[Path]]:
     """Exercise key -> the source files holding its regions (every exercise has at least one)."""
@@ -128,14 +163,17 @@ def clear_outputs(notebook: dict) -> dict:
     notebook.get("metadata", {}).pop("widgets", None)
     return notebook
 
+
 def make_student_edition(out_dir: str | Path, root: Path | None = None) -> list[Path]:
     """Write the student edition of the workbook at ``root`` (default: this checkout, or the
     installed wheel's copy) into the empty or new ``out_dir``."""
     out_dir = Path(out_dir)
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
-        raise AssignmentError(f"{out_dir} exists and is not an empty folder: choose a new one "
-                              "(the student edition never overwrites anything)")
-    exercise_files(root)   # every exercise has a region before anything is written
+        raise AssignmentError(
+            f"{out_dir} exists and is not an empty folder: choose a new one "
+            "(the student edition never overwrites anything)"
+        )
+    exercise_files(root)  # every exercise has a region before anything is written
     written = []
     for rel, src in workbook_files(root).items():
         rel = Path(rel)
@@ -147,9 +185,11 @@ def make_student_edition(out_dir: str | Path, root: Path | None = None) -> list[
             text = strip_solutions(src.read_text(encoding="utf-8"))
             for old, new in STUDENT_SETTINGS.get(rel.as_posix(), ()):
                 if old not in text:
-                    raise AssignmentError(f"{rel}: expected {old!r} to set the student edition's default")
+                    raise AssignmentError(
+                        f"{rel}: expected {old!r} to set the student edition's default"
+                    )
                 text = text.replace(old, new)
-            compile(text, str(rel), "exec")   # a stub that does not parse would be a broken hand-out
+            compile(text, str(rel), "exec")  # a stub that does not parse would be a broken hand-out
             dst.write_text(text, encoding="utf-8")
         elif src.suffix == ".ipynb":
             nb = clear_outputs(json.loads(src.read_text(encoding="utf-8")))
@@ -160,9 +200,13 @@ def make_student_edition(out_dir: str | Path, root: Path | None = None) -> list[
     (out_dir / "ASSIGNMENT.md").write_text(assignment_sheet(), encoding="utf-8")
     return written + [out_dir / "ASSIGNMENT.md"]
 
+
 def assignment_sheet() -> str:
     """The hand-out's first page: the exercises, where to write them, how to check them."""
-    rows = "\n".join(f"| {e.number} | {e.title} | {e.points} | `{e.where}` | `{e.notebook}.ipynb` |" for e in EXERCISES)
+    rows = "\n".join(
+        f"| {e.number} | {e.title} | {e.points} | `{e.where}` | `{e.notebook}.ipynb` |"
+        for e in EXERCISES
+    )
     total = sum(e.points for e in EXERCISES)
     return f"""# Assignment: refining coarse segmentations with spatial propagation
 

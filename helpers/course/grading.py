@@ -4,6 +4,7 @@ Each submission's code runs in a subprocess with a time limit, on fresh random i
 outputs (tensors only) are compared here with what the instructor's solution computes on the same
 inputs, and the points are this process's.
 """
+
 from __future__ import annotations
 
 import os
@@ -37,8 +38,11 @@ def submissions(path: str | Path) -> list[Path]:
         return [path]
     found = sorted(p for p in path.iterdir() if (p / "helpers").is_dir())
     if not found:
-        raise AssignmentError(f"{path} holds no submission: expected a helpers/ folder in it or in its sub-folders")
+        raise AssignmentError(
+            f"{path} holds no submission: expected a helpers/ folder in it or in its sub-folders"
+        )
     return found
+
 
 def grade_one(submission: Path, timeout: float = 120.0) -> list[Result]:
     """Grade one submission: fresh random inputs for every check; the submission's code runs on
@@ -46,31 +50,47 @@ def grade_one(submission: Path, timeout: float = 120.0) -> list[Result]:
     ``weights_only=True``) are compared here with what the instructor's solution computes on the
     same inputs, and the points are this process's. Nothing the submission prints or writes
     decides its grade, and a table of the shipped reference outputs does not help."""
-    grader = Path(__file__).resolve().with_name("__init__.py")   # this subpackage, loaded by path
+    grader = Path(__file__).resolve().with_name("__init__.py")  # this subpackage, loaded by path
     seed = secrets.randbits(31)
     inputs = {e.key: draw_inputs(e.key, seed) for e in EXERCISES}
     solution = load_package(own_package())
     with tempfile.TemporaryDirectory(prefix="workbook-grade-") as tmp:
         inputs_file, out = Path(tmp) / "inputs.pt", Path(tmp) / "outputs.pt"
         torch.save(inputs, inputs_file)
-        code = ("import importlib.util, pathlib, sys\n"
-                "init = pathlib.Path(sys.argv[1])\n"
-                "spec = importlib.util.spec_from_file_location(\n"
-                "    'workbook_grader', init, submodule_search_locations=[str(init.parent)])\n"
-                "mod = importlib.util.module_from_spec(spec); sys.modules['workbook_grader'] = mod\n"
-                "spec.loader.exec_module(mod)\n"
-                "from workbook_grader.worker import main\n"
-                "main(sys.argv[2], sys.argv[3], sys.argv[4])\n")
+        code = (
+            "import importlib.util, pathlib, sys\n"
+            "init = pathlib.Path(sys.argv[1])\n"
+            "spec = importlib.util.spec_from_file_location(\n"
+            "    'workbook_grader', init, submodule_search_locations=[str(init.parent)])\n"
+            "mod = importlib.util.module_from_spec(spec); sys.modules['workbook_grader'] = mod\n"
+            "spec.loader.exec_module(mod)\n"
+            "from workbook_grader.worker import main\n"
+            "main(sys.argv[2], sys.argv[3], sys.argv[4])\n"
+        )
         env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "WORKBOOK_"))}
         env.update(WORKBOOK_HEADLESS="1", OMP_NUM_THREADS="1")
-        cmd = [sys.executable, "-I", "-c", code, str(grader), str(submission.resolve()), str(inputs_file), str(out)]
+        cmd = [
+            sys.executable,
+            "-I",
+            "-c",
+            code,
+            str(grader),
+            str(submission.resolve()),
+            str(inputs_file),
+            str(out),
+        ]
         try:
-            proc = subprocess.run(cmd, cwd=tmp, env=env, capture_output=True, text=True, timeout=timeout)
+            proc = subprocess.run(
+                cmd, cwd=tmp, env=env, capture_output=True, text=True, timeout=timeout
+            )
         except subprocess.TimeoutExpired:
-            return _all_failed(f"the checks did not finish within {timeout:g} s (an endless loop, or work at import?)")
+            return _all_failed(
+                f"the checks did not finish within {timeout:g} s (an endless loop, or work at "
+                "import?)"
+            )
         try:
             produced = torch.load(out, map_location="cpu", weights_only=True)
-        except Exception:   # no file, or one that is not plain tensors
+        except Exception:  # no file, or one that is not plain tensors
             last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
             return _all_failed(f"the submission's package could not be checked: {last}")
     results = []
@@ -84,17 +104,30 @@ def grade_one(submission: Path, timeout: float = 120.0) -> list[Result]:
         results.append(outcome(e.key, got.get("outputs"), want, error))
     return results
 
+
 def _all_failed(why: str) -> list[Result]:
-    return [Result(e.key, e.number, e.title, 0, e.points, False, f"{e.label}: {why}") for e in EXERCISES]
+    return [
+        Result(e.key, e.number, e.title, 0, e.points, False, f"{e.label}: {why}") for e in EXERCISES
+    ]
+
 
 def grade(path: str | Path, timeout: float = 120.0) -> dict:
-    """Grades of every submission under ``path``: {"submissions": [{name, path, score, max_score, exercises}]}."""
+    """Grades of every submission under ``path``: {"submissions": [{name, path, score, max_score,
+    exercises}]}."""
     out = []
     for sub in submissions(path):
         results = grade_one(sub, timeout)
-        out.append({"name": sub.resolve().name, "path": str(sub), "score": sum(r.points for r in results),
-                    "max_score": sum(r.max_points for r in results), "exercises": [r.__dict__ for r in results]})
+        out.append(
+            {
+                "name": sub.resolve().name,
+                "path": str(sub),
+                "score": sum(r.points for r in results),
+                "max_score": sum(r.max_points for r in results),
+                "exercises": [r.__dict__ for r in results],
+            }
+        )
     return {"submissions": out}
+
 
 def format_grades(doc: dict) -> str:
     """A plain-text table per submission: exercise, points, passed, message."""
@@ -104,7 +137,14 @@ def format_grades(doc: dict) -> str:
         lines.append(f"  {'exercise':36s} {'points':>7s}  passed  message")
         for r in sub["exercises"]:
             label = f"{r['number']} {r['title']}"
-            detail = r["message"].removeprefix(f"Exercise {label[:len(str(r['number']))]} ({r['title']})").lstrip(": ")
-            lines.append(f"  {label:36s} {r['points']:>3d} / {r['max_points']:<3d} {'yes' if r['passed'] else 'no ':6s}  "
-                         f"{detail}")
+            detail = (
+                r["message"]
+                .removeprefix(f"Exercise {label[: len(str(r['number']))]} ({r['title']})")
+                .lstrip(": ")
+            )
+            lines.append(
+                f"  {label:36s} {r['points']:>3d} / {r['max_points']:<3d} "
+                f"{'yes' if r['passed'] else 'no ':6s}  "
+                f"{detail}"
+            )
     return "\n".join(lines)

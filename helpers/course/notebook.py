@@ -1,6 +1,7 @@
 """The check cells of the notebooks: ``check("cspn-step")`` and ``require(...)``, and one-line
 messages instead of tracebacks for an exercise that is not done or fails (IPython only).
 """
+
 from __future__ import annotations
 
 from .catalogue import EXERCISES, ExerciseFailed
@@ -9,8 +10,10 @@ from .checking import Result, check_one, load_references
 
 # ------------------------------------------------------------------------------ in a notebook
 def _is_exercise_error(value: BaseException) -> bool:
-    return isinstance(value, ExerciseFailed) or (isinstance(value, NotImplementedError)
-                                                 and str(value).startswith("Exercise "))
+    return isinstance(value, ExerciseFailed) or (
+        isinstance(value, NotImplementedError) and str(value).startswith("Exercise ")
+    )
+
 
 def _shell():
     try:
@@ -18,6 +21,7 @@ def _shell():
     except ImportError:
         return None
     return get_ipython()
+
 
 def install_one_line_errors() -> None:
     """In IPython (idempotent; nothing elsewhere): show :class:`ExerciseFailed` and the exercises'
@@ -31,17 +35,20 @@ def install_one_line_errors() -> None:
     def handler(shell, etype, value, tb, tb_offset=None):
         # IPython leaves the display to the handler
         if _is_exercise_error(value):
-            shell._workbook_exercise_error = str(value)   # on the kernel's shell, not in this module
+            shell._workbook_exercise_error = str(value)  # on the kernel's shell, not in this module
             stb = [f"{etype.__name__}: {value}"]
         elif isinstance(value, NameError) and getattr(shell, "_workbook_exercise_error", None):
-            stb = [f"{etype.__name__}: {value}, because an earlier cell stopped: {shell._workbook_exercise_error}"]
+            stb = [
+                f"{etype.__name__}: {value}, because an earlier cell stopped: "
+                f"{shell._workbook_exercise_error}"
+            ]
         else:  # anything else keeps its usual traceback
             shell.showtraceback((etype, value, tb), tb_offset=tb_offset)
             return None
         shell._showtraceback(etype, value, stb)
         return stb
 
-    def forget(result):   # a cell that ran cleanly: later NameErrors are the student's own again
+    def forget(result):  # a cell that ran cleanly: later NameErrors are the student's own again
         if result.error_in_exec is None and result.error_before_exec is None:
             shell._workbook_exercise_error = None
 
@@ -49,13 +56,16 @@ def install_one_line_errors() -> None:
     shell.events.register("post_run_cell", forget)
     shell._workbook_exercise_handler = True
 
+
 def _passed() -> None:
     shell = _shell()
     if shell is not None:
         shell._workbook_exercise_error = None
 
+
 def check(key: str | int) -> Result:
-    """The check cell: run one exercise's check, print one line; raise :class:`ExerciseFailed` if it fails."""
+    """The check cell: run one exercise's check, print one line; raise :class:`ExerciseFailed` if it
+    fails."""
     install_one_line_errors()
     result = check_one(key)
     if not result.passed:
@@ -63,6 +73,7 @@ def check(key: str | int) -> Result:
     _passed()
     print(result.message)
     return result
+
 
 def require(*keys: str | int) -> None:
     """First line of a cell that uses these exercises (keys or numbers; none: all of them): stops

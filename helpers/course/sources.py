@@ -4,13 +4,14 @@ wheel (which carries the non-package files in ``helpers/course/workbook/``).
 The list is one manifest, ``handout.txt`` beside this file: ``helpers/`` itself, plus the
 patterns it names. ``setup.py`` reads the same manifest when it builds a wheel.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
 
-PACKAGE = Path(__file__).resolve().parents[1]        # helpers/
+PACKAGE = Path(__file__).resolve().parents[1]  # helpers/
 MANIFEST = Path(__file__).resolve().with_name("handout.txt")
-BUNDLE = Path(__file__).resolve().with_name("workbook")   # in a wheel: the manifest's files
+BUNDLE = Path(__file__).resolve().with_name("workbook")  # in a wheel: the manifest's files
 SKIP_DIRS = {"__pycache__", ".ipynb_checkpoints"}
 
 
@@ -27,15 +28,22 @@ def default_root() -> Path:
         return checkout
     if BUNDLE.is_dir():
         return BUNDLE
-    raise FileNotFoundError(f"{PACKAGE} is neither in a checkout of the workbook nor an installed "
-                            "wheel with its notebooks: reinstall the workbook")
+    raise FileNotFoundError(
+        f"{PACKAGE} is neither in a checkout of the workbook nor an installed "
+        "wheel with its notebooks: reinstall the workbook"
+    )
 
 
 def package_files(package: Path = PACKAGE) -> list[Path]:
     """The package's own files (sources and data), without caches or a wheel's bundle."""
-    return sorted(p for p in package.rglob("*") if p.is_file()
-                  and not SKIP_DIRS & set(p.relative_to(package).parts)
-                  and BUNDLE not in p.parents and p.suffix != ".pyc")
+    return sorted(
+        p
+        for p in package.rglob("*")
+        if p.is_file()
+        and not SKIP_DIRS & set(p.relative_to(package).parts)
+        and BUNDLE not in p.parents
+        and p.suffix != ".pyc"
+    )
 
 
 def workbook_files(root: Path | None = None) -> dict[str, Path]:
@@ -47,6 +55,8 @@ def workbook_files(root: Path | None = None) -> dict[str, Path]:
     for pattern in manifest_patterns(package / "course" / "handout.txt"):
         matches = sorted(p for p in root.glob(pattern) if p.is_file())
         if not matches:
-            raise FileNotFoundError(f"{root}: nothing matches {pattern!r} of the hand-out's manifest")
+            raise FileNotFoundError(
+                f"{root}: nothing matches {pattern!r} of the hand-out's manifest"
+            )
         files.update({p.relative_to(root).as_posix(): p for p in matches})
     return files

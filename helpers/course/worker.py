@@ -4,6 +4,7 @@ returns (tensors, or the error it raised); the grader compares, in its own proce
 Started by :func:`helpers.course.grading.grade_one` with this subpackage loaded by path under a
 private name, so that the submission's own ``helpers`` is the only one on the import path.
 """
+
 from __future__ import annotations
 
 import sys
@@ -25,10 +26,22 @@ def main(submission: str, inputs_file: str, out: str) -> None:
     root = (Path(submission) / "helpers").resolve()
     try:
         pkg = load_package("helpers")
-        stray = [m.__name__ for m in vars(pkg).values() if root not in Path(m.__file__).resolve().parents]
-        error = ("raised", f"helpers/{stray[0].split('.')[-1]}.py is missing from the submission") if stray else None
-    except Exception as exc:   # a module that does not import
-        pkg, error = None, ("raised", f"the submission's helpers package does not import: {type(exc).__name__}: {exc}")
+        stray = [
+            m.__name__ for m in vars(pkg).values() if root not in Path(m.__file__).resolve().parents
+        ]
+        error = (
+            ("raised", f"helpers/{stray[0].split('.')[-1]}.py is missing from the submission")
+            if stray
+            else None
+        )
+    except Exception as exc:  # a module that does not import
+        pkg, error = (
+            None,
+            (
+                "raised",
+                f"the submission's helpers package does not import: {type(exc).__name__}: {exc}",
+            ),
+        )
     results = {}
     for e in EXERCISES:
         outputs, err = (None, error) if error else attempt(e.key, pkg, inputs[e.key])

@@ -4,6 +4,7 @@ Every file that cannot be read gives a :class:`~helpers.data.sources.DataError` 
 cache (``data/cache/``) is keyed on the list file and on the size and modification time of every
 listed file; the *content digest* (ids, pixels, masks) names the data a model was trained on.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -39,15 +40,19 @@ def read_split_ids(root: Path, split_file: str) -> list[str]:
         if len(parts) != 4:
             raise DataError(f"{path}:{n}: expected '<id> <class> <species> <breed>', got {line!r}")
         if parts[0] in seen:
-            repeats += 1   # an image listed twice would count twice in training and in every metric
+            repeats += 1  # an image listed twice would count twice in training and in every metric
             continue
         seen.add(parts[0])
         ids.append(parts[0])
     if repeats:
-        warnings.warn(f"{path}: {repeats} line(s) repeat an id listed earlier; each image is used once")
+        warnings.warn(
+            f"{path}: {repeats} line(s) repeat an id listed earlier; each image is used once"
+        )
     if not ids:
-        raise DataError(f"{path} lists no images: it needs lines '<id> <class> <species> <breed>', "
-                        "one per image (as in the official annotations)")
+        raise DataError(
+            f"{path} lists no images: it needs lines '<id> <class> <species> <breed>', "
+            "one per image (as in the official annotations)"
+        )
     return ids
 
 
@@ -86,7 +91,9 @@ def load_trimap(path: Path, size: tuple[int, int]) -> np.ndarray:
     with _decoding("trimap", path), Image.open(path) as img:
         img.load()
         if img.size != size:
-            raise DataError(f"trimap {path} is {img.size[0]}x{img.size[1]} but its image is {size[0]}x{size[1]}")
+            raise DataError(
+                f"trimap {path} is {img.size[0]}x{img.size[1]} but its image is {size[0]}x{size[1]}"
+            )
         arr = np.array(img.convert("L") if img.mode not in ("L", "P") else img)
     bad = np.setdiff1d(np.unique(arr), (1, 2, 3))
     if bad.size:
@@ -112,12 +119,15 @@ def split_ids(trainval_ids: list[str], val_fraction: float) -> tuple[list[str], 
     train = [i for i in trainval_ids if zlib.crc32(i.encode()) % 1000 >= threshold]
     assert not set(train) & set(val), "train and val overlap"
     if not train or not val:
-        raise DataError(f"cannot split {len(trainval_ids)} trainval ids into non-empty train and val")
+        raise DataError(
+            f"cannot split {len(trainval_ids)} trainval ids into non-empty train and val"
+        )
     return train, val
 
 
-def decode_split(root: Path, ids: list[str], size: int, on_error: str = "raise",
-                 progress: bool = True) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+def decode_split(
+    root: Path, ids: list[str], size: int, on_error: str = "raise", progress: bool = True
+) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     """Decode and resize every pair once: images (N, 3, S, S) uint8 (antialiased), trimaps
     (N, S, S) uint8 (nearest). ``on_error="skip"`` skips bad pairs with one warning and a count."""
     from torchvision.transforms.v2 import functional as TF
@@ -139,8 +149,13 @@ def decode_split(root: Path, ids: list[str], size: int, on_error: str = "raise",
             continue
         img = torch.from_numpy(np.array(rgb)).permute(2, 0, 1)
         images.append(TF.resize(img, [size, size], antialias=True))
-        trimaps.append(TF.resize(torch.from_numpy(tri)[None], [size, size],
-                                 interpolation=TF.InterpolationMode.NEAREST)[0])
+        trimaps.append(
+            TF.resize(
+                torch.from_numpy(tri)[None],
+                [size, size],
+                interpolation=TF.InterpolationMode.NEAREST,
+            )[0]
+        )
         kept.append(image_id)
     if skipped:
         warnings.warn(f"skipped {len(skipped)} of {len(ids)} pairs; first: {skipped[0]}")
@@ -149,9 +164,10 @@ def decode_split(root: Path, ids: list[str], size: int, on_error: str = "raise",
     return torch.stack(images), torch.stack(trimaps), kept
 
 
-
 def _cache_path(source: DataSource, split_file: str, size: int, data_dir: Path = DATA_DIR) -> Path:
-    key = hashlib.sha1(f"{source.root.resolve()}|{split_file}|{size}|{CACHE_VERSION}".encode()).hexdigest()[:12]
+    key = hashlib.sha1(
+        f"{source.root.resolve()}|{split_file}|{size}|{CACHE_VERSION}".encode()
+    ).hexdigest()[:12]
     return data_dir / "cache" / f"{source.root.name}-{split_file[:-4]}-{size}px-{key}.pt"
 
 
@@ -171,7 +187,10 @@ def files_signature(root: Path, split_file: str, ids: list[str]) -> str:
     base = root / "oxford-iiit-pet"
     digest = hashlib.sha1((base / "annotations" / split_file).read_bytes())
     for image_id in ids:
-        for path in (base / "images" / f"{image_id}.jpg", base / "annotations" / "trimaps" / f"{image_id}.png"):
+        for path in (
+            base / "images" / f"{image_id}.jpg",
+            base / "annotations" / "trimaps" / f"{image_id}.png",
+        ):
             try:
                 st = path.stat()
                 digest.update(f"{image_id}|{st.st_size}|{st.st_mtime_ns};".encode())
@@ -180,8 +199,14 @@ def files_signature(root: Path, split_file: str, ids: list[str]) -> str:
     return digest.hexdigest()
 
 
-def load_decoded(source: DataSource, split_file: str, size: int, on_error: str = "raise",
-                 progress: bool = True, data_dir: Path = DATA_DIR) -> dict:
+def load_decoded(
+    source: DataSource,
+    split_file: str,
+    size: int,
+    on_error: str = "raise",
+    progress: bool = True,
+    data_dir: Path = DATA_DIR,
+) -> dict:
     """Decoded pairs of one list file, cached on disk (atomic write, ``weights_only`` load).
 
     The cache is used only while the list and every listed file are unchanged (same
@@ -197,9 +222,13 @@ def load_decoded(source: DataSource, split_file: str, size: int, on_error: str =
         except Exception:  # a stale or broken cache is only a cache: decode again
             pass
     images, trimaps, kept = decode_split(source.root, ids, size, on_error, progress)
-    data = {"images": images, "trimaps": trimaps, "ids": kept, "ids_listed": ids, "signature": signature,
-            "content": content_digest(kept, images, trimaps)}   # hashed once here, not in every kernel
+    data = {
+        "images": images,
+        "trimaps": trimaps,
+        "ids": kept,
+        "ids_listed": ids,
+        "signature": signature,
+        "content": content_digest(kept, images, trimaps),
+    }  # hashed once here, not in every kernel
     atomic_save(data, path)
     return data
-
-

@@ -9,6 +9,7 @@ Layout read (the official one, also written by :mod:`helpers.data.synthetic`)::
 Task: the binary SimpleOxfordPet mask (pet = trimap 1 or 3, background = 2), or the 3-class
 trimap with ``classes=3`` (0 background, 1 pet, 2 boundary).
 """
+
 from __future__ import annotations
 
 import os
@@ -20,20 +21,20 @@ from ..core.checkpoint import REPO_ROOT, display_path
 from ..core.config import Config
 
 DATA_DIR = REPO_ROOT / "data"
-CACHE_VERSION = 1   # part of every cache and synthetic folder name: raise it to invalidate them
+CACHE_VERSION = 1  # part of every cache and synthetic folder name: raise it to invalidate them
 
 
 class DataError(RuntimeError):
     """A file of the dataset is missing, unreadable or inconsistent (the message names it)."""
 
 
-
 @dataclass(frozen=True)
 class DataSource:
-    """Where the images come from: ``kind`` is one of root (an argument) / env / local / download / synthetic."""
+    """Where the images come from: ``kind`` is one of root (an argument) / env / local / download /
+    synthetic."""
 
     kind: str
-    root: Path          # the folder holding oxford-iiit-pet/
+    root: Path  # the folder holding oxford-iiit-pet/
 
     @property
     def name(self) -> str:
@@ -41,13 +42,23 @@ class DataSource:
         return "synthetic" if self.kind == "synthetic" else f"oxford-pets:{self.root.name}"
 
     def describe(self) -> str:
-        where = {"root": "the data root given", "env": "PETS_ROOT", "local": "data/oxford-iiit-pet", "download": "downloaded",
-                 "synthetic": "embedded synthetic stand-in (no real dataset found)"}[self.kind]
+        where = {
+            "root": "the data root given",
+            "env": "PETS_ROOT",
+            "local": "data/oxford-iiit-pet",
+            "download": "downloaded",
+            "synthetic": "embedded synthetic stand-in (no real dataset found)",
+        }[self.kind]
         return f"data source: {where} -> {display_path(self.root / 'oxford-iiit-pet')}"
 
 
-def resolve_source(cfg: Config, data_root: str | Path | None = None, download: bool | None = None,
-                   verbose: bool = True, data_dir: Path = DATA_DIR) -> DataSource:
+def resolve_source(
+    cfg: Config,
+    data_root: str | Path | None = None,
+    download: bool | None = None,
+    verbose: bool = True,
+    data_dir: Path = DATA_DIR,
+) -> DataSource:
     """Pick the data source, in this order, and print the choice.
 
     1. ``data_root``, or ``cfg.pets_root`` (the environment variable ``PETS_ROOT``, read by
@@ -64,7 +75,9 @@ def resolve_source(cfg: Config, data_root: str | Path | None = None, download: b
     elif (data_dir / "oxford-iiit-pet" / "annotations").is_dir():
         source = DataSource("local", data_dir)
     else:
-        source = _try_download(data_dir) if (cfg.download if download is None else download) else None
+        source = (
+            _try_download(data_dir) if (cfg.download if download is None else download) else None
+        )
         if source is None:
             n_tv, n_te = cfg.synthetic_trainval, cfg.synthetic_test
             folder = data_dir / f"synthetic-v{CACHE_VERSION}-{n_tv}-{n_te}"
@@ -86,12 +99,16 @@ def locate_root(root: str | Path, what: str = "PETS_ROOT") -> Path:
     it must not break there."""
     if not str(root).strip():
         # an empty value is a mistake (a typo in an export), never a request for the synthetic data
-        raise DataError(f"{what} is set but empty: set it to the folder holding oxford-iiit-pet/, "
-                        "or unset it to use data/oxford-iiit-pet or the synthetic stand-in")
+        raise DataError(
+            f"{what} is set but empty: set it to the folder holding oxford-iiit-pet/, "
+            "or unset it to use data/oxford-iiit-pet or the synthetic stand-in"
+        )
     root = Path(root).expanduser()
     bases = [Path.cwd()]
     if not root.is_absolute():
-        bases += [Path(os.environ["WORKBOOK_START_DIR"])] if os.environ.get("WORKBOOK_START_DIR") else []
+        bases += (
+            [Path(os.environ["WORKBOOK_START_DIR"])] if os.environ.get("WORKBOOK_START_DIR") else []
+        )
         bases.append(REPO_ROOT)
     tried = []
     for base in bases:
@@ -101,8 +118,10 @@ def locate_root(root: str | Path, what: str = "PETS_ROOT") -> Path:
         if candidate not in tried:
             tried.append(candidate)
     places = " or ".join(str(t) for t in tried)
-    raise DataError(f"{what} {str(root)!r} does not hold an 'oxford-iiit-pet' folder (looked in {places}; "
-                    "expected oxford-iiit-pet/images and oxford-iiit-pet/annotations)")
+    raise DataError(
+        f"{what} {str(root)!r} does not hold an 'oxford-iiit-pet' folder (looked in {places}; "
+        "expected oxford-iiit-pet/images and oxford-iiit-pet/annotations)"
+    )
 
 
 def _try_download(target: Path, timeout_s: float = 60.0) -> DataSource | None:
@@ -120,5 +139,3 @@ def _try_download(target: Path, timeout_s: float = 60.0) -> DataSource | None:
         return None
     finally:
         socket.setdefaulttimeout(old)
-
-

@@ -1,6 +1,7 @@
 """The guidance U-Net's head and warm starts: which output channels feed what, and how the
 guidance net starts from a trained base net or from another trained refiner.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -10,7 +11,9 @@ import torch.nn as nn
 
 from .unet import UNet
 
-FIRST_CONV = "inc.block.0."    # the U-Net's first convolution: the only layer that reads the coarse map
+FIRST_CONV = (
+    "inc.block.0."  # the U-Net's first convolution: the only layer that reads the coarse map
+)
 
 
 def init_from_base(guidance: UNet, base: UNet) -> None:
@@ -24,16 +27,18 @@ def init_from_base(guidance: UNet, base: UNet) -> None:
     to use the map. The head keeps its zero initialisation (the refiner starts as the identity).
     Both nets must have the same width and depth."""
     theirs, ours = base.state_dict(), guidance.state_dict()
-    first = FIRST_CONV + "weight"   # (width, in_channels, 3, 3)
+    first = FIRST_CONV + "weight"  # (width, in_channels, 3, 3)
     if len(guidance.downs) != len(base.downs) or ours[first].shape[0] != theirs[first].shape[0]:
-        raise ValueError("guidance_init='base' needs a guidance U-Net of the base net's width and depth: set "
-                         "refiner_width = coarse_width and refiner_depth = coarse_depth")
+        raise ValueError(
+            "guidance_init='base' needs a guidance U-Net of the base net's width and depth: set "
+            "refiner_width = coarse_width and refiner_depth = coarse_depth"
+        )
     for name, tensor in theirs.items():
         if name == first:
             ours[name] = torch.zeros_like(ours[name])
-            ours[name][:, :tensor.shape[1]] = tensor
+            ours[name][:, : tensor.shape[1]] = tensor
         elif not name.startswith("head."):
-            ours[name] = tensor       # load_state_dict copies
+            ours[name] = tensor  # load_state_dict copies
     guidance.load_state_dict(ours)
 
 
@@ -52,18 +57,22 @@ def init_from_refiner(refiner: nn.Module, trained: nn.Module) -> None:
     if refiner.coarse is not trained.coarse:
         raise ValueError("init_from_refiner needs both refiners built on the same base net")
     ours, theirs = refiner.guidance.state_dict(), trained.guidance.state_dict()
-    if {k: v.shape for k, v in ours.items() if not k.startswith("head.")} != \
-            {k: v.shape for k, v in theirs.items() if not k.startswith("head.")}:
+    if {k: v.shape for k, v in ours.items() if not k.startswith("head.")} != {
+        k: v.shape for k, v in theirs.items() if not k.startswith("head.")
+    }:
         raise ValueError("init_from_refiner needs guidance U-Nets of the same width and depth")
     (a, b), (c, d) = refiner.layout.start, trained.layout.start
     if b - a != refiner.classes or d - c != trained.classes or refiner.classes != trained.classes:
-        raise ValueError("init_from_refiner needs both refiners to correct the map (start='corrected', or the control)")
+        raise ValueError(
+            "init_from_refiner needs both refiners to correct the map (start='corrected', or the "
+            "control)"
+        )
     for name, tensor in theirs.items():
         if name.startswith("head."):
             ours[name] = ours[name].clone()
             ours[name][a:b] = tensor[c:d]
         else:
-            ours[name] = tensor       # load_state_dict copies
+            ours[name] = tensor  # load_state_dict copies
     refiner.guidance.load_state_dict(ours)
 
 
@@ -90,8 +99,15 @@ class HeadLayout:
         return dict(zip(names, parts))
 
     @classmethod
-    def build(cls, method: str, start: str, classes: int, affinity: int = 0, attention: int = 0,
-              confidence: int = 0) -> "HeadLayout":
+    def build(
+        cls,
+        method: str,
+        start: str,
+        classes: int,
+        affinity: int = 0,
+        attention: int = 0,
+        confidence: int = 0,
+    ) -> "HeadLayout":
         a = (0, affinity)
         b = (a[1], a[1] + attention)
         s = (b[1], b[1] + (classes if start == "corrected" or method == "control" else 0))

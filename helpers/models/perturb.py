@@ -19,6 +19,7 @@ for a share of the batch.
 The result is renormalised so that it stays a probability map. Randomness comes from torch's
 global generator, which :func:`helpers.training.loop.fit` seeds, so training stays reproducible.
 """
+
 from __future__ import annotations
 
 import torch
@@ -28,8 +29,8 @@ import torch.nn.functional as F
 def grow(p: torch.Tensor, cls: int, radius: int) -> torch.Tensor:
     """(1, C, H, W): class ``cls`` dilated by ``radius`` px (max filter), then renormalised: the
     band it grows into becomes uncertain (1/2 each, for a hard two-class map), not flipped."""
-    grown = F.max_pool2d(p[:, cls:cls + 1], 2 * radius + 1, stride=1, padding=radius)
-    q = torch.cat([p[:, :cls], grown, p[:, cls + 1:]], 1)
+    grown = F.max_pool2d(p[:, cls : cls + 1], 2 * radius + 1, stride=1, padding=radius)
+    q = torch.cat([p[:, :cls], grown, p[:, cls + 1 :]], 1)
     return q / q.sum(1, keepdim=True)
 
 
@@ -48,10 +49,10 @@ def resample(p: torch.Tensor, factor: int) -> torch.Tensor:
 def shift(p: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
     """(1, C, H, W) translated by (dy, dx) px, the border row / column replicated."""
     H, W = p.shape[-2:]
-    pad = (max(dx, 0), max(-dx, 0), max(dy, 0), max(-dy, 0))          # left, right, top, bottom
+    pad = (max(dx, 0), max(-dx, 0), max(dy, 0), max(-dy, 0))  # left, right, top, bottom
     q = F.pad(p, pad, mode="replicate")
     top, left = max(-dy, 0), max(-dx, 0)
-    return q[..., top:top + H, left:left + W]
+    return q[..., top : top + H, left : left + W]
 
 
 def _randint(low: int, high: int) -> int:
@@ -59,7 +60,9 @@ def _randint(low: int, high: int) -> int:
     return int(torch.randint(low, high + 1, (1,)))
 
 
-def perturb_map(p: torch.Tensor, rate: float, max_radius: float = 0.04, max_shift: float = 0.03) -> torch.Tensor:
+def perturb_map(
+    p: torch.Tensor, rate: float, max_radius: float = 0.04, max_shift: float = 0.03
+) -> torch.Tensor:
     """Degrade each map of ``p`` (B, C, H, W) with probability ``rate``; returns a new tensor.
 
     Maps that are not chosen are returned unchanged; every output is a probability map.

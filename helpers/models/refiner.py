@@ -5,11 +5,11 @@
 * :class:`Refiner` freezes a coarse segmenter and adds a guidance U-Net that reads the RGB image
   and the coarse probabilities, (B, 3 + C, H, W), and predicts what the chosen method needs:
 
-  ========  =========================================================================================
-  cspn      8 affinities, times the gain g (cspn_gain); CSPN propagates T iterations from the start map
-  dyspn     48 ring affinities + T x 4 attention maps; DySPN propagates (rings 2, 3 dilated by dilation)
+  ========  ==================================================================================
+  cspn      8 affinities, times the gain g (cspn_gain); CSPN propagates T iterations from H^0
+  dyspn     48 ring affinities + T x 4 attention maps; DySPN propagates (rings 2, 3 dilated)
   control   nothing to propagate: the same U-Net corrects the coarse map directly
-  ========  =========================================================================================
+  ========  ==================================================================================
 
   With ``start="corrected"`` the head also predicts a correction ``delta`` (C channels) and the
   propagation starts from ``softmax(log P_coarse + delta)`` (as NLSPN and DySPN predict an
@@ -28,6 +28,7 @@ Training (see :meth:`Refiner.training_loss`): in train mode a share ``perturb`` 
 maps is degraded before the refiner sees them (:mod:`helpers.models.perturb`), and the loss may
 supervise every iteration and weigh the boundary band (:mod:`helpers.models.losses`).
 """
+
 from __future__ import annotations
 
 import copy
@@ -70,14 +71,30 @@ class Refiner(nn.Module):
     (B, 3, H, W) -> (B, C, H, W). ``self.coarse`` is the caller's base net, or with ``tune_base``
     the refiner's own copy of it (so ``RefineOutput.coarse`` is then that copy's map)."""
 
-    def __init__(self, coarse: CoarseSegmenter, *, method: str = "cspn", start: str = "coarse",
-                 classes: int = 2, width: int = 16, depth: int = 4, iterations: int = 6,
-                 kernel: int = 7, dilation: int = 1, backend: str = "auto",
-                 perturb: float = 0.0, perturb_truth: float = 0.0,
-                 deep_supervision: bool = False, boundary_weight: float = 1.0,
-                 start_weight: float = 0.0, tune_base: bool = False, confidence: bool = False,
-                 cspn_gain: float = 1.0, guidance_init: str = "scratch",
-                 warm_lr_factor: float = 1.0):
+    def __init__(
+        self,
+        coarse: CoarseSegmenter,
+        *,
+        method: str = "cspn",
+        start: str = "coarse",
+        classes: int = 2,
+        width: int = 16,
+        depth: int = 4,
+        iterations: int = 6,
+        kernel: int = 7,
+        dilation: int = 1,
+        backend: str = "auto",
+        perturb: float = 0.0,
+        perturb_truth: float = 0.0,
+        deep_supervision: bool = False,
+        boundary_weight: float = 1.0,
+        start_weight: float = 0.0,
+        tune_base: bool = False,
+        confidence: bool = False,
+        cspn_gain: float = 1.0,
+        guidance_init: str = "scratch",
+        warm_lr_factor: float = 1.0,
+    ):
         super().__init__()
         if method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {method!r}")
@@ -85,34 +102,56 @@ class Refiner(nn.Module):
             raise ValueError(f"start must be one of {STARTS}, got {start!r}")
         # a tuned base is a copy: the caller's net (shared by the other stages) never changes
         self.tune_base = tune_base
-        self.coarse = (copy.deepcopy(coarse) if tune_base else coarse).requires_grad_(tune_base).eval()
+        self.coarse = (
+            (copy.deepcopy(coarse) if tune_base else coarse).requires_grad_(tune_base).eval()
+        )
         self.method, self.start_mode, self.classes = method, start, classes
-        self.perturb, self.deep_supervision, self.boundary_weight = perturb, deep_supervision, boundary_weight
+        self.perturb, self.deep_supervision, self.boundary_weight = (
+            perturb,
+            deep_supervision,
+            boundary_weight,
+        )
         self.perturb_truth = perturb_truth
-        # NLSPN's confidence: one channel, c = sigmoid, how much each pixel may spread (propagators only)
+        # NLSPN's confidence: one channel, c = sigmoid, how much each pixel may spread (propagators
+        # only)
         self.confidence = confidence and method != "control"
         # CSPN's head output k is scaled by g before kappa_j = (g k_j)^+ / max(1, g sum_j |k_j|):
         # the weights saturate from sum_j |k_j| = 1 / g on, so a head that starts at zero reaches
-        # strong propagation g times sooner (Adam moves a weight by about the learning rate per step)
+        # strong propagation g times sooner (Adam moves a weight by about the learning rate per
+        # step)
         if cspn_gain <= 0:
             raise ValueError(f"cspn_gain must be > 0, got {cspn_gain}")
         self.cspn_gain = cspn_gain
         if method == "cspn":
             self.propagator = CSPN(iterations, backend=backend)
-            layout = HeadLayout.build(method, start, classes, affinity=self.propagator.affinity_channels,
-                                      confidence=int(self.confidence))
+            layout = HeadLayout.build(
+                method,
+                start,
+                classes,
+                affinity=self.propagator.affinity_channels,
+                confidence=int(self.confidence),
+            )
         elif method == "dyspn":
             self.propagator = DySPN(iterations, kernel, backend=backend, dilation=dilation)
-            layout = HeadLayout.build(method, start, classes, affinity=self.propagator.affinity_channels,
-                                      attention=iterations * self.propagator.attention_channels,
-                                      confidence=int(self.confidence))
+            layout = HeadLayout.build(
+                method,
+                start,
+                classes,
+                affinity=self.propagator.affinity_channels,
+                attention=iterations * self.propagator.attention_channels,
+                confidence=int(self.confidence),
+            )
         else:
             self.propagator = None
             layout = HeadLayout.build(method, start, classes)
         self.layout = layout
-        self.guidance = UNet(3 + classes, layout.channels, width=width, depth=depth, zero_init_head=True)
+        self.guidance = UNet(
+            3 + classes, layout.channels, width=width, depth=depth, zero_init_head=True
+        )
         if guidance_init not in GUIDANCE_INITS:
-            raise ValueError(f"guidance_init must be one of {GUIDANCE_INITS}, got {guidance_init!r}")
+            raise ValueError(
+                f"guidance_init must be one of {GUIDANCE_INITS}, got {guidance_init!r}"
+            )
         if guidance_init == "base":
             init_from_base(self.guidance, self.coarse.unet)
         if warm_lr_factor <= 0:
@@ -137,33 +176,59 @@ class Refiner(nn.Module):
         return [{"params": rest, "lr": lr}, {"params": copied, "lr": lr * self.warm_lr_factor}]
 
     @classmethod
-    def from_config(cls, cfg: Config, coarse: CoarseSegmenter, method: str, start: str | None = None,
-                    classes: int = 2, cspn_gain: float | None = None, guidance_init: str | None = None) -> "Refiner":
+    def from_config(
+        cls,
+        cfg: Config,
+        coarse: CoarseSegmenter,
+        method: str,
+        start: str | None = None,
+        classes: int = 2,
+        cspn_gain: float | None = None,
+        guidance_init: str | None = None,
+    ) -> "Refiner":
         """The refiner of the report's setting unless ``start``, ``cspn_gain`` and
-        ``guidance_init`` say otherwise (a :class:`~helpers.workbook.stages.Stage` passes its own setting's)."""
+        ``guidance_init`` say otherwise (a :class:`~helpers.workbook.stages.Stage` passes its own
+        setting's)."""
         return cls(
-            coarse, method=method, start=start or cfg.start_map, classes=classes,
-            width=cfg.refiner_width, depth=cfg.refiner_depth, iterations=cfg.iterations,
-            kernel=cfg.dyspn_kernel, dilation=cfg.dyspn_dilation,
-            backend=cfg.propagation_backend, perturb=cfg.perturb,
-            perturb_truth=cfg.perturb_truth, deep_supervision=cfg.deep_supervision,
-            boundary_weight=cfg.boundary_weight, start_weight=cfg.start_weight,
-            tune_base=cfg.tune_base, confidence=cfg.confidence,
+            coarse,
+            method=method,
+            start=start or cfg.start_map,
+            classes=classes,
+            width=cfg.refiner_width,
+            depth=cfg.refiner_depth,
+            iterations=cfg.iterations,
+            kernel=cfg.dyspn_kernel,
+            dilation=cfg.dyspn_dilation,
+            backend=cfg.propagation_backend,
+            perturb=cfg.perturb,
+            perturb_truth=cfg.perturb_truth,
+            deep_supervision=cfg.deep_supervision,
+            boundary_weight=cfg.boundary_weight,
+            start_weight=cfg.start_weight,
+            tune_base=cfg.tune_base,
+            confidence=cfg.confidence,
             cspn_gain=cfg.cspn_gain if cspn_gain is None else cspn_gain,
             guidance_init=cfg.guidance_init if guidance_init is None else guidance_init,
-            warm_lr_factor=cfg.warm_lr_factor)
+            warm_lr_factor=cfg.warm_lr_factor,
+        )
 
     def train(self, mode: bool = True) -> "Refiner":
-        """Train (or eval) mode for the guidance U-Net; the coarse net stays in eval mode (frozen, or
-        with ``tune_base`` trained with its BatchNorm statistics frozen)."""
+        """Train (or eval) mode for the guidance U-Net; the coarse net stays in eval mode (frozen,
+        or with ``tune_base`` trained with its BatchNorm statistics frozen)."""
         # BEGIN EXERCISE refiner-loss
         super().train(mode)
         self.coarse.eval()  # frozen: its BatchNorm statistics must not drift
         return self
         # END EXERCISE
 
-    def refine(self, image: torch.Tensor, iterations: int | None = None, suppression: bool = True,
-               truth: torch.Tensor | None = None, start: torch.Tensor | None = None) -> RefineOutput:
+    def refine(
+        self,
+        image: torch.Tensor,
+        iterations: int | None = None,
+        suppression: bool = True,
+        truth: torch.Tensor | None = None,
+        start: torch.Tensor | None = None,
+    ) -> RefineOutput:
         """image (B, 3, H, W) -> :class:`RefineOutput`; ``iterations`` overrides T (an iteration
         sweep); ``suppression=False`` drops DySPN's diffusion suppression (an ablation).
         In train mode the coarse map is degraded first (``perturb``), and given the ground truth
@@ -172,14 +237,20 @@ class Refiner(nn.Module):
         from this map instead of the refiner's own H^0, with the affinities (and attention) the
         guidance net predicts for ``image`` (a diagnostic: another refiner's map as H^0)."""
         if start is not None and self.propagator is None:
-            raise ValueError("start= needs a propagator: the no-propagation control has nothing to propagate")
+            raise ValueError(
+                "start= needs a propagator: the no-propagation control has nothing to propagate"
+            )
         with torch.set_grad_enabled(self.tune_base and torch.is_grad_enabled()):
             coarse = self.coarse(image)
         if self.training:
-            coarse = perturb_map(coarse, self.perturb)   # differentiable: a tuned base learns through it
+            coarse = perturb_map(
+                coarse, self.perturb
+            )  # differentiable: a tuned base learns through it
             if truth is not None:
                 coarse = truth_starts(coarse, truth, self.perturb_truth)
-        head = self.layout.split(self.guidance(torch.cat([image, coarse.to(image.dtype)], 1)).float())
+        head = self.layout.split(
+            self.guidance(torch.cat([image, coarse.to(image.dtype)], 1)).float()
+        )
         if start is not None:
             start = start.float()
         elif head["start"].shape[1]:
@@ -189,9 +260,13 @@ class Refiner(nn.Module):
         # passed only when used: a propagator without the option (an exercise's stand-in) still fits
         extra = {"raw_confidence": head["confidence"]} if self.confidence else {}
         if self.method == "cspn":
-            result = self.propagator(start, self.cspn_gain * head["affinity"], iterations, **extra)   # x 1.0 is exact
+            result = self.propagator(
+                start, self.cspn_gain * head["affinity"], iterations, **extra
+            )  # x 1.0 is exact
         elif self.method == "dyspn":
-            result = self.propagator(start, head["affinity"], head["attention"], iterations, suppression, **extra)
+            result = self.propagator(
+                start, head["affinity"], head["attention"], iterations, suppression, **extra
+            )
         else:
             return RefineOutput(start, coarse, start, None)
         return RefineOutput(result.final, coarse, start, result)
@@ -206,10 +281,13 @@ class Refiner(nn.Module):
 
         :meth:`refine` gives the maps H^0 .. H^T (``out.propagation.maps``; the control has no
         propagation: its maps are the coarse map and its output) and computes the coarse map
-        without gradients (with them where ``tune_base`` trains it); :func:`~helpers.models.losses.refinement_loss` is the cross-entropy."""
+        without gradients (with them where ``tune_base`` trains it);
+        :func:`~helpers.models.losses.refinement_loss` is the cross-entropy."""
         # BEGIN EXERCISE refiner-loss
         out = self.refine(image, truth=target)
         # the control has no iterations: its corrected map is its only output
         maps = out.propagation.maps if out.propagation is not None else [out.coarse, out.probs]
-        return refinement_loss(maps, target, self.deep_supervision, self.boundary_weight, self.start_weight)
+        return refinement_loss(
+            maps, target, self.deep_supervision, self.boundary_weight, self.start_weight
+        )
         # END EXERCISE

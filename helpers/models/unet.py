@@ -3,6 +3,7 @@
 Widths double at each of ``depth`` down-sampling steps from ``width``; any input size works,
 because each skip connection is padded (or cropped) to the up-sampled tensor's size.
 """
+
 from __future__ import annotations
 
 import torch
@@ -17,8 +18,13 @@ class DoubleConv(nn.Module):
         super().__init__()
         mid_ch = mid_ch or out_ch
         self.block = nn.Sequential(
-            nn.Conv2d(in_ch, mid_ch, 3, padding=1, bias=False), nn.BatchNorm2d(mid_ch), nn.ReLU(inplace=True),
-            nn.Conv2d(mid_ch, out_ch, 3, padding=1, bias=False), nn.BatchNorm2d(out_ch), nn.ReLU(inplace=True))
+            nn.Conv2d(in_ch, mid_ch, 3, padding=1, bias=False),
+            nn.BatchNorm2d(mid_ch),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(mid_ch, out_ch, 3, padding=1, bias=False),
+            nn.BatchNorm2d(out_ch),
+            nn.ReLU(inplace=True),
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.block(x)
@@ -53,7 +59,8 @@ class Up(nn.Module):
         self.conv = DoubleConv(up_ch + skip_ch, out_ch)
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
-        """x (B, C_in, h, w), skip (B, C_skip, H, W) -> DoubleConv([skip, up(x)]) (B, C_out, H, W)."""
+        """x (B, C_in, h, w), skip (B, C_skip, H, W) -> DoubleConv([skip, up(x)]) (B, C_out, H,
+        W)."""
         # BEGIN EXERCISE unet-up
         x = self.up(x)
         dy, dx = skip.shape[-2] - x.shape[-2], skip.shape[-1] - x.shape[-1]
@@ -84,15 +91,25 @@ class UNet(nn.Module):
     ``features`` returns the last decoder features (B, width, H, W) for task heads.
     """
 
-    def __init__(self, in_channels: int = 3, out_channels: int = 2, *, width: int = 16, depth: int = 4,
-                 bilinear: bool = True, zero_init_head: bool = False):
+    def __init__(
+        self,
+        in_channels: int = 3,
+        out_channels: int = 2,
+        *,
+        width: int = 16,
+        depth: int = 4,
+        bilinear: bool = True,
+        zero_init_head: bool = False,
+    ):
         super().__init__()
         if depth < 1 or width < 1:
             raise ValueError("depth and width must be positive")
-        widths = [width * 2 ** i for i in range(depth + 1)]
+        widths = [width * 2**i for i in range(depth + 1)]
         self.inc = DoubleConv(in_channels, widths[0])
         self.downs = nn.ModuleList(Down(widths[i], widths[i + 1]) for i in range(depth))
-        self.ups = nn.ModuleList(Up(widths[i + 1], widths[i], widths[i], bilinear) for i in reversed(range(depth)))
+        self.ups = nn.ModuleList(
+            Up(widths[i + 1], widths[i], widths[i], bilinear) for i in reversed(range(depth))
+        )
         self.head = OutConv(widths[0], out_channels, zero_init=zero_init_head)
         self.in_channels, self.out_channels = in_channels, out_channels
 

@@ -3,6 +3,7 @@ the iteration sweep of a refiner.
 
 Models map an image batch (B, 3, H, W) in [0, 1] to class probabilities (B, C, H, W).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -20,7 +21,9 @@ def autocast_for(device: torch.device | str, amp: bool):
     """bfloat16/float16 autocast on CUDA only; on CPU a no-op context (AMP does not help there)."""
     device = torch.device(device)
     if amp and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
+        return torch.autocast(
+            "cuda", dtype=torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        )
     return contextlib.nullcontext()
 
 
@@ -36,8 +39,13 @@ def eval_mode(model: nn.Module):
 
 
 @torch.inference_mode()
-def predict(model: nn.Module, dataset: Dataset, batch_size: int, device: str | torch.device,
-            amp: bool = False) -> torch.Tensor:
+def predict(
+    model: nn.Module,
+    dataset: Dataset,
+    batch_size: int,
+    device: str | torch.device,
+    amp: bool = False,
+) -> torch.Tensor:
     """Probabilities (N, C, H, W) float32 on the CPU for a whole dataset, in dataset order."""
     out = []
     with eval_mode(model):
@@ -47,30 +55,44 @@ def predict(model: nn.Module, dataset: Dataset, batch_size: int, device: str | t
     return torch.cat(out)
 
 
-def split_counts(probs: torch.Tensor, dataset: Dataset, device: str | torch.device | None = None,
-                 batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+def split_counts(
+    probs: torch.Tensor,
+    dataset: Dataset,
+    device: str | torch.device | None = None,
+    batch_size: int = 64,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-image counts of probability maps (N, C, H, W) against the dataset's targets: confusion
-    matrices (N, C, C) and boundary-band counts (N, C, 2) (:func:`helpers.analysis.statistics.image_counts`).
+    matrices (N, C, C) and boundary-band counts (N, C, 2)
+    (:func:`helpers.analysis.statistics.image_counts`).
 
     The counting runs on ``device`` (default: where ``probs`` are), ``batch_size`` maps at a time:
     on a GPU the boundary bands of a split at 256 px take milliseconds there and seconds on the
     CPU. Pooled metrics are their sums, so the result does not depend on either."""
-    targets = torch.stack([dataset[i][1] for i in range(len(dataset))]) if not hasattr(dataset, "targets") \
+    targets = (
+        torch.stack([dataset[i][1] for i in range(len(dataset))])
+        if not hasattr(dataset, "targets")
         else dataset.targets.long()
+    )
     if len(probs) != len(targets):
         raise ValueError(f"{len(probs)} probability maps for a dataset of {len(targets)} images")
     return image_counts(probs.argmax(1), targets, probs.shape[1], device, batch_size)
 
 
-def evaluate_probs(probs: torch.Tensor, dataset: Dataset, device: str | torch.device | None = None,
-                   batch_size: int = 64) -> tuple[dict, list]:
+def evaluate_probs(
+    probs: torch.Tensor,
+    dataset: Dataset,
+    device: str | torch.device | None = None,
+    batch_size: int = 64,
+) -> tuple[dict, list]:
     """Metrics of probability maps (N, C, H, W) against the dataset's targets; also per-image mIoU
     (:func:`split_counts`, then :func:`helpers.analysis.statistics.counts_summary`)."""
     return counts_summary(*split_counts(probs, dataset, device, batch_size))
 
 
 @torch.inference_mode()
-def evaluate(model: nn.Module, dataset: Dataset, batch_size: int, device, amp: bool = False) -> dict:
+def evaluate(
+    model: nn.Module, dataset: Dataset, batch_size: int, device, amp: bool = False
+) -> dict:
     """Pooled mIoU, pet IoU and Boundary IoU of ``model`` on ``dataset`` (train mode restored).
 
     The same numbers as :func:`evaluate_probs` of :func:`predict`, but the maps never leave the
@@ -88,8 +110,15 @@ def evaluate(model: nn.Module, dataset: Dataset, batch_size: int, device, amp: b
 
 
 @torch.inference_mode()
-def iteration_sweep(model: nn.Module, dataset: Dataset, device, batch_size: int, max_iterations: int = 12,
-                    suppression: bool = True, amp: bool = False) -> list[dict]:
+def iteration_sweep(
+    model: nn.Module,
+    dataset: Dataset,
+    device,
+    batch_size: int,
+    max_iterations: int = 12,
+    suppression: bool = True,
+    amp: bool = False,
+) -> list[dict]:
     """Metrics of a refiner run with T = 0, 1, ..., ``max_iterations`` at inference: entry t is the
     pooled mIoU / pet IoU / Boundary IoU of H^t on ``dataset`` (one pass: the maps of a T_max run
     are, iteration by iteration, those of every shorter run). DySPN reuses its last attention
@@ -100,7 +129,7 @@ def iteration_sweep(model: nn.Module, dataset: Dataset, device, batch_size: int,
     meters = [SegmentationMeter(num_classes=model.classes) for _ in range(max_iterations + 1)]
     with eval_mode(model):
         for images, targets in split_batches(dataset, batch_size, device):
-            with autocast_for(device, amp):   # as in evaluation, so entry T is the stage's own score
+            with autocast_for(device, amp):  # as in evaluation, so entry T is the stage's own score
                 out = model.refine(images, max_iterations, suppression)
             for meter, h in zip(meters, out.propagation.maps):
                 meter.update(h.argmax(1), targets)

@@ -3,6 +3,7 @@
 Models trained here map an image batch (B, 3, H, W) in [0, 1] to class probabilities
 (B, C, H, W); the loss is the cross-entropy of those probabilities with the target (B, H, W).
 """
+
 from __future__ import annotations
 
 import math
@@ -40,36 +41,63 @@ class History:
 
     epoch: list = field(default_factory=list)
     train_loss: list = field(default_factory=list)
-    val: list = field(default_factory=list)          # dicts from SegmentationMeter.summary
+    val: list = field(default_factory=list)  # dicts from SegmentationMeter.summary
     seconds: float = 0.0
-    best_epoch: int | None = None                     # with early stopping: the epoch whose weights were kept
+    best_epoch: int | None = None  # with early stopping: the epoch whose weights were kept
 
     def to_dict(self) -> dict:
-        return {"epoch": self.epoch, "train_loss": self.train_loss, "val": self.val, "seconds": self.seconds,
-                "best_epoch": self.best_epoch}
+        return {
+            "epoch": self.epoch,
+            "train_loss": self.train_loss,
+            "val": self.val,
+            "seconds": self.seconds,
+            "best_epoch": self.best_epoch,
+        }
 
     @classmethod
     def from_dict(cls, d: dict) -> "History":
-        return cls(list(d["epoch"]), list(d["train_loss"]), list(d["val"]), float(d["seconds"]), d.get("best_epoch"))
+        return cls(
+            list(d["epoch"]),
+            list(d["train_loss"]),
+            list(d["val"]),
+            float(d["seconds"]),
+            d.get("best_epoch"),
+        )
 
 
-def make_optimiser(model: nn.Module, lr: float, weight_decay: float = 1e-4) -> torch.optim.Optimizer:
+def make_optimiser(
+    model: nn.Module, lr: float, weight_decay: float = 1e-4
+) -> torch.optim.Optimizer:
     """AdamW over the parameters that require gradients (a refiner's frozen coarse net has none),
     in the model's own groups where it has them (``model.parameter_groups(lr)``: a warm-started
     refiner trains its copied layers at a lower rate), else in one group at ``lr``."""
-    groups = (model.parameter_groups(lr) if hasattr(model, "parameter_groups")
-              else [{"params": [p for p in model.parameters() if p.requires_grad], "lr": lr}])
+    groups = (
+        model.parameter_groups(lr)
+        if hasattr(model, "parameter_groups")
+        else [{"params": [p for p in model.parameters() if p.requires_grad], "lr": lr}]
+    )
     return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay)
 
 
-def train_step(model: nn.Module, optimiser: torch.optim.Optimizer, image: torch.Tensor, target: torch.Tensor,
-               loss_fn=None, amp: bool = False, scaler: torch.amp.GradScaler | None = None) -> torch.Tensor:
+def train_step(
+    model: nn.Module,
+    optimiser: torch.optim.Optimizer,
+    image: torch.Tensor,
+    target: torch.Tensor,
+    loss_fn=None,
+    amp: bool = False,
+    scaler: torch.amp.GradScaler | None = None,
+) -> torch.Tensor:
     """One optimiser step on a batch: the loss under autocast (CUDA only), backward, update.
 
     ``loss_fn(image, target)`` defaults to the cross-entropy of ``model(image)``; ``scaler``
     scales float16 losses. Returns the loss (a tensor: reading it is a host sync on CUDA)."""
     with autocast_for(image.device, amp):
-        loss = loss_fn(image, target) if loss_fn is not None else segmentation_loss(model(image), target)
+        loss = (
+            loss_fn(image, target)
+            if loss_fn is not None
+            else segmentation_loss(model(image), target)
+        )
     optimiser.zero_grad(set_to_none=True)
     if scaler is None:
         loss.backward()
@@ -81,11 +109,26 @@ def train_step(model: nn.Module, optimiser: torch.optim.Optimizer, image: torch.
     return loss
 
 
-def fit(model: nn.Module, *, train_set: Dataset, val_set: Dataset, epochs: int, lr: float,
-        batch_size: int, device: str | torch.device = "cpu", seed: int = 0, weight_decay: float = 1e-4,
-        amp: bool = True, checkpoint: str | Path | None = None, spec: dict | None = None,
-        desc: str = "training", progress: bool = True, loss_fn=None, patience: int | None = None,
-        data_on_device: bool | None = None) -> History:
+def fit(
+    model: nn.Module,
+    *,
+    train_set: Dataset,
+    val_set: Dataset,
+    epochs: int,
+    lr: float,
+    batch_size: int,
+    device: str | torch.device = "cpu",
+    seed: int = 0,
+    weight_decay: float = 1e-4,
+    amp: bool = True,
+    checkpoint: str | Path | None = None,
+    spec: dict | None = None,
+    desc: str = "training",
+    progress: bool = True,
+    loss_fn=None,
+    patience: int | None = None,
+    data_on_device: bool | None = None,
+) -> History:
     """Train ``model`` with AdamW and a one-cycle schedule; return the :class:`History`.
 
     Steps: 1. seed and build the loader; 2. resume from ``checkpoint`` if it holds an unfinished
@@ -104,27 +147,37 @@ def fit(model: nn.Module, *, train_set: Dataset, val_set: Dataset, epochs: int, 
 
     device = torch.device(device)
     if device.type == "cpu":
-        keep_freed_memory()   # a step's large tensors reuse the last step's memory (helpers/runtime.py)
+        # a step's large tensors reuse the last step's memory (helpers/core/runtime.py)
+        keep_freed_memory()
     else:
-        limit_cpu_threads()   # the GPU does the work: processes side by side must not fight for cores
+        # the GPU does the work: processes side by side must not fight for cores
+        limit_cpu_threads()
     seed_everything(seed)
     model.to(device)
-    loader = make_batches(train_set, batch_size, shuffle=True, seed=seed, device=device, on_device=data_on_device)
+    loader = make_batches(
+        train_set, batch_size, shuffle=True, seed=seed, device=device, on_device=data_on_device
+    )
     optimiser = make_optimiser(model, lr, weight_decay)
     params = [p for group in optimiser.param_groups for p in group["params"]]
     if patience is None:
         # each group peaks at its own rate (a scalar max_lr would overwrite every group's with lr)
-        schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=[g["lr"] for g in optimiser.param_groups],
-                                                       total_steps=max(1, epochs * len(loader)),
-                                                       pct_start=0.15)
+        schedule = torch.optim.lr_scheduler.OneCycleLR(
+            optimiser,
+            max_lr=[g["lr"] for g in optimiser.param_groups],
+            total_steps=max(1, epochs * len(loader)),
+            pct_start=0.15,
+        )
     else:
         # training to convergence: a one-cycle schedule over the cap would stop at a high rate,
         # mid-cycle; instead the rate falls (x0.3) whenever validation mIoU stalls for a third of
-        # the patience, so that by the time it has stalled for the whole patience the net has settled
-        schedule = torch.optim.lr_scheduler.ReduceLROnPlateau(optimiser, mode="max", factor=0.3,
-                                                              patience=max(1, patience // 3))
-    scaler = torch.amp.GradScaler("cuda", enabled=amp and device.type == "cuda"
-                                  and not torch.cuda.is_bf16_supported())
+        # the patience, so that by the time it has stalled for the whole patience the net has
+        # settled
+        schedule = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimiser, mode="max", factor=0.3, patience=max(1, patience // 3)
+        )
+    scaler = torch.amp.GradScaler(
+        "cuda", enabled=amp and device.type == "cuda" and not torch.cuda.is_bf16_supported()
+    )
     history, start, best_state = History(), 0, None
     spec = spec or {}
     if checkpoint is not None and Path(checkpoint).exists():
@@ -148,7 +201,10 @@ def fit(model: nn.Module, *, train_set: Dataset, val_set: Dataset, epochs: int, 
         running, seen = 0.0, 0
         batch_bar = prog.bar(loader, progress, desc=f"epoch {epoch + 1}", leave=False)
         for image, target in batch_bar:
-            image, target = image.to(device, non_blocking=True), target.to(device, non_blocking=True)
+            image, target = (
+                image.to(device, non_blocking=True),
+                target.to(device, non_blocking=True),
+            )
             loss = train_step(model, optimiser, image, target, loss_fn, amp, scaler)
             if patience is None:
                 schedule.step()
@@ -156,54 +212,93 @@ def fit(model: nn.Module, *, train_set: Dataset, val_set: Dataset, epochs: int, 
             if not math.isfinite(value):
                 # raised before this epoch's checkpoint is written: a diverged net is never saved,
                 # let alone as finished; the last good epoch stays on disk
-                raise TrainingDiverged(f"{desc}: the training loss became {value} in epoch {epoch + 1}, batch "
-                                       f"{seen // batch_size + 1}; the learning rate ({lr:g}: coarse_lr for a U-Net, "
-                                       "refine_lr for a refiner) is probably too high for this setting: lower it "
-                                       "(for example halve it) and run again; nothing of this epoch was saved")
+                raise TrainingDiverged(
+                    f"{desc}: the training loss became {value} in epoch {epoch + 1}, batch "
+                    f"{seen // batch_size + 1}; the learning rate ({lr:g}: coarse_lr for a U-Net, "
+                    "refine_lr for a refiner) is probably too high for this setting: lower it "
+                    "(for example halve it) and run again; nothing of this epoch was saved"
+                )
             running += value * len(image)
             seen += len(image)
             batch_bar.set_postfix(loss=f"{running / seen:.3f}")
         if not all(torch.isfinite(p).all() for p in params):
-            raise TrainingDiverged(f"{desc}: the weights hold NaN or infinity after epoch {epoch + 1} although "
-                                   f"the loss stayed finite; lower the learning rate ({lr:g}) and run again; "
-                                   "nothing of this epoch was saved")
+            raise TrainingDiverged(
+                f"{desc}: the weights hold NaN or infinity after epoch {epoch + 1} although "
+                f"the loss stayed finite; lower the learning rate ({lr:g}) and run again; "
+                "nothing of this epoch was saved"
+            )
         metrics = evaluate(model, val_set, batch_size, device, amp)
         history.epoch.append(epoch + 1)
         history.train_loss.append(running / max(seen, 1))
         history.val.append(metrics)
         history.seconds = time.perf_counter() - t0
-        epoch_bar.set_postfix(loss=f"{history.train_loss[-1]:.3f}", val_miou=f"{metrics['miou']:.3f}")
+        epoch_bar.set_postfix(
+            loss=f"{history.train_loss[-1]:.3f}", val_miou=f"{metrics['miou']:.3f}"
+        )
         per_epoch = (time.perf_counter() - session_start) / (epoch + 1 - resumed_at)
-        prog.report_epoch(desc, epoch + 1, epochs, history.train_loss[-1], metrics["miou"], history.seconds,
-                          per_epoch * (epochs - epoch - 1), capped=patience is not None)
+        prog.report_epoch(
+            desc,
+            epoch + 1,
+            epochs,
+            history.train_loss[-1],
+            metrics["miou"],
+            history.seconds,
+            per_epoch * (epochs - epoch - 1),
+            capped=patience is not None,
+        )
         stop = False
         if patience is not None:
             schedule.step(metrics["miou"])
-            if history.best_epoch is None or metrics["miou"] > history.val[history.best_epoch - 1]["miou"]:
+            if (
+                history.best_epoch is None
+                or metrics["miou"] > history.val[history.best_epoch - 1]["miou"]
+            ):
                 history.best_epoch = epoch + 1
                 best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
             stop = epoch + 1 - history.best_epoch >= patience
         finished = stop or epoch + 1 == epochs
         if finished and best_state is not None:
-            model.load_state_dict(best_state)   # early stopping keeps the best epoch, not the last
+            model.load_state_dict(best_state)  # early stopping keeps the best epoch, not the last
         if checkpoint is not None:
-            atomic_save({"state_dict": model.state_dict(), "spec": spec, "epoch": epoch + 1, "finished": finished,
-                         "history": history.to_dict(), "metrics": metrics, "versions": library_versions(),
-                         "optimiser": optimiser.state_dict(), "schedule": schedule.state_dict(),
-                         "rng": torch.get_rng_state(), "loader_rng": loader.generator.get_state(),
-                         **({"best_state_dict": best_state} if best_state is not None and not finished else {})},
-                        checkpoint)
+            atomic_save(
+                {
+                    "state_dict": model.state_dict(),
+                    "spec": spec,
+                    "epoch": epoch + 1,
+                    "finished": finished,
+                    "history": history.to_dict(),
+                    "metrics": metrics,
+                    "versions": library_versions(),
+                    "optimiser": optimiser.state_dict(),
+                    "schedule": schedule.state_dict(),
+                    "rng": torch.get_rng_state(),
+                    "loader_rng": loader.generator.get_state(),
+                    **(
+                        {"best_state_dict": best_state}
+                        if best_state is not None and not finished
+                        else {}
+                    ),
+                },
+                checkpoint,
+            )
         if stop:
             epoch_bar.close()
-            print(f"{desc}: validation mIoU has not improved for {patience} epochs; stopped after epoch {epoch + 1}, "
-                  f"keeping epoch {history.best_epoch} ({history.val[history.best_epoch - 1]['miou']:.3f})")
+            print(
+                f"{desc}: validation mIoU has not improved for {patience} epochs; stopped after "
+                f"epoch {epoch + 1}, "
+                f"keeping epoch {history.best_epoch} "
+                f"({history.val[history.best_epoch - 1]['miou']:.3f})"
+            )
             break
     epoch_bar.close()
     if progress and history.epoch and history.epoch[-1] > start:
         # what a saved notebook shows of the training (its bars are widgets and are not saved)
         kept = history.best_epoch or history.epoch[-1]
-        print(f"{desc}: trained {history.epoch[-1]} epochs in {history.seconds:.0f} s; final loss "
-              f"{history.train_loss[-1]:.3f}, val mIoU {history.val[kept - 1]['miou']:.3f} (epoch {kept})")
+        print(
+            f"{desc}: trained {history.epoch[-1]} epochs in {history.seconds:.0f} s; final loss "
+            f"{history.train_loss[-1]:.3f}, val mIoU {history.val[kept - 1]['miou']:.3f} (epoch "
+            f"{kept})"
+        )
     return history
 
 
@@ -218,7 +313,9 @@ def epochs_done(checkpoint: str | Path, epochs: int) -> int:
     return _epochs_behind(safe_load(checkpoint), epochs) if Path(checkpoint).exists() else 0
 
 
-def load_trained(model: nn.Module, checkpoint: str | Path, spec: dict, epochs: int) -> History | None:
+def load_trained(
+    model: nn.Module, checkpoint: str | Path, spec: dict, epochs: int
+) -> History | None:
     """Load a finished run of the same spec into ``model``; None if there is none to load."""
     if not Path(checkpoint).exists():
         return None

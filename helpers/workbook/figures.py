@@ -1,5 +1,6 @@
 """The figures shown in the README and docs, drawn from a run's trained stages
 (``python -m helpers figures``)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -19,8 +20,12 @@ def save_readme_figures(wb, stages: dict, folder, count: int = 3) -> list:
     val = wb.data["val"]
     gains, _ = gains_and_losses(stages["coarse"].image_miou, stages["dyspn"].image_miou, k=count)
     names = {"coarse": "coarse", "cspn": "CSPN", "dyspn": "DySPN"}
-    grid = prediction_grid(val, {label: stages[s].val_probs.argmax(1) for s, label in names.items()}, gains,
-                               {label: stages[s].image_miou for s, label in names.items()})
+    grid = prediction_grid(
+        val,
+        {label: stages[s].val_probs.argmax(1) for s, label in names.items()},
+        gains,
+        {label: stages[s].image_miou for s, label in names.items()},
+    )
     i = wb.showcase_index
     images, refined = refine_images(stages["dyspn"].model, val, [i], wb.device)
     row = attention_row(images[0], refined.probs[0], refined.propagation.attention[0], t=1)

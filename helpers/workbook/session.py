@@ -1,6 +1,7 @@
 """One run of the workbook: its configuration, data and folders (:class:`Workbook`), and what a
 trained stage hands back (:class:`StageResult`).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -19,7 +20,7 @@ from ..models.refiner import Refiner
 from ..models.unet import count_parameters
 from ..training.loop import History
 
-SHOWCASE_ID = "Abyssinian_100"   # the report's Fig. 2-4 image
+SHOWCASE_ID = "Abyssinian_100"  # the report's Fig. 2-4 image
 RUNS_DIR = REPO_ROOT / "runs"
 
 
@@ -30,8 +31,10 @@ class Workbook:
     cfg: Config
     source: DataSource
     data: dict[str, PetSegmentation]
-    runs_dir: Path = RUNS_DIR                      # runs/<profile>/... (checkpoints, results.json)
-    stages: dict = field(default_factory=dict)     # base nets and donors (init_from) loaded in this session
+    runs_dir: Path = RUNS_DIR  # runs/<profile>/... (checkpoints, results.json)
+    stages: dict = field(
+        default_factory=dict
+    )  # base nets and donors (init_from) loaded in this session
 
     @property
     def data_id(self) -> str:
@@ -45,7 +48,8 @@ class Workbook:
 
     @property
     def profile_dir(self) -> Path:
-        """``runs/<profile>``: the executed notebooks, ``results.json`` and every data source's runs."""
+        """``runs/<profile>``: the executed notebooks, ``results.json`` and every data source's
+        runs."""
         return self.runs_dir / self.cfg.profile
 
     @property
@@ -65,19 +69,27 @@ class Workbook:
 
     def summary(self) -> str:
         sizes = ", ".join(f"{k} {len(v)}" for k, v in self.data.items())
-        return (f"profile {self.cfg.profile}, seed {self.cfg.seed}, device {self.cfg.device}, "
-                f"{self.cfg.image_size} px; images: {sizes}")
+        return (
+            f"profile {self.cfg.profile}, seed {self.cfg.seed}, device {self.cfg.device}, "
+            f"{self.cfg.image_size} px; images: {sizes}"
+        )
 
 
-def open_workbook(profile: str | None = None, data_root: str | Path | None = None, seed: int | None = None,
-                  verbose: bool = True, runs_dir: str | Path = RUNS_DIR, data_dir: str | Path = DATA_DIR,
-                  **overrides) -> Workbook:
+def open_workbook(
+    profile: str | None = None,
+    data_root: str | Path | None = None,
+    seed: int | None = None,
+    verbose: bool = True,
+    runs_dir: str | Path = RUNS_DIR,
+    data_dir: str | Path = DATA_DIR,
+    **overrides,
+) -> Workbook:
     """Configuration from the environment, data source resolved and printed, datasets decoded.
     ``runs_dir`` and ``data_dir`` (default: the repository's ``runs/`` and ``data/``) are where
     this run writes."""
     cfg = load_config(profile, seed, **overrides)
     if not cfg.cuda:
-        keep_freed_memory()   # evaluation and training reuse freed memory (helpers/runtime.py)
+        keep_freed_memory()  # evaluation and training reuse freed memory (helpers/runtime.py)
     source = resolve_source(cfg, data_root, verbose=verbose, data_dir=Path(data_dir))
     data = build_datasets(cfg, source, progress=verbose, data_dir=Path(data_dir))
     wb = Workbook(cfg, source, data, Path(runs_dir))
@@ -97,13 +109,15 @@ class StageResult:
     test_probs: torch.Tensor
     val_metrics: dict
     test_metrics: dict
-    image_miou: list          # per validation image
+    image_miou: list  # per validation image
     # per-image counts of each split, (confusion matrices (N, C, C), boundary counts (N, C, 2)):
     # the metrics above are their sums; the benchmarks' bootstrap resamples them
     val_counts: tuple = ()
     test_counts: tuple = ()
-    settings: dict = field(default_factory=dict)   # what was chosen for this stage (e.g. the filter's radius)
-    base: str = "coarse"      # the setting: the base net its gains are measured against
+    settings: dict = field(
+        default_factory=dict
+    )  # what was chosen for this stage (e.g. the filter's radius)
+    base: str = "coarse"  # the setting: the base net its gains are measured against
 
     @property
     def parameters(self) -> int:
@@ -116,6 +130,11 @@ class StageResult:
         return count_parameters(self.model)
 
     def row(self) -> dict:
-        row = {**self.val_metrics, "test": self.test_metrics, "parameters": self.parameters,
-               "train_seconds": round(self.history.seconds, 1), "epochs": len(self.history.epoch)}
+        row = {
+            **self.val_metrics,
+            "test": self.test_metrics,
+            "parameters": self.parameters,
+            "train_seconds": round(self.history.seconds, 1),
+            "epochs": len(self.history.epoch),
+        }
         return {**row, "settings": self.settings} if self.settings else row

@@ -4,14 +4,16 @@ A *stage* is one model of the comparison (or the training-free filter): what it 
 labelled, what it is built from, which stage it trains on top of, its epochs and learning rate,
 and the spec that identifies its checkpoint. Everything else reads this table: training
 (:func:`helpers.workbook.workflow.run_stage`), checkpoint names, the time estimate
-(:mod:`helpers.workbook.timing`), the comparison table and ``results.json`` (:mod:`helpers.workbook.results`), the
-notebooks and the benchmarks. Adding a stage is one entry in :func:`_declare`.
+(:mod:`helpers.workbook.timing`), the comparison table and ``results.json``
+(:mod:`helpers.workbook.results`), the notebooks and the benchmarks. Adding a stage is one entry in
+:func:`_declare`.
 
 The two settings of the comparison are two *bases*: refine the report's minimally trained
 coarse U-Net (``coarse``), or a coarse U-Net trained until its validation mIoU stops improving
 (``converged``). On each base sit the equal-compute control (the base trained on), the
 no-propagation control and the two refiners.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -33,21 +35,26 @@ BASES = ("coarse", "converged")
 KINDS = ("base", "longer", "refiner", "filter")
 
 
-def epochs_for(epochs: int, min_steps: int, n_train: int, batch_size: int, what: str | None = None) -> int:
+def epochs_for(
+    epochs: int, min_steps: int, n_train: int, batch_size: int, what: str | None = None
+) -> int:
     """``epochs``, raised where needed so that training takes at least ``min_steps`` optimiser
     steps: an epoch of a few dozen images is not an epoch of thousands. Says so when it acts."""
     steps_per_epoch = max(1, math.ceil(n_train / batch_size))
     needed = max(epochs, math.ceil(min_steps / steps_per_epoch))
     if needed > epochs and what:
-        print(f"{what}: {n_train} training images make {steps_per_epoch} steps per epoch; "
-              f"training {needed} epochs instead of {epochs} to reach {min_steps} steps")
+        print(
+            f"{what}: {n_train} training images make {steps_per_epoch} steps per epoch; "
+            f"training {needed} epochs instead of {epochs} to reach {min_steps} steps"
+        )
     return needed
 
 
 @dataclass(frozen=True)
 class Stage:
     """One stage. ``kind``: ``base`` (a U-Net trained from scratch), ``longer`` (its base trained
-    on for a refiner's budget), ``refiner`` (control / cspn / dyspn on its base, frozen unless ``tune_base``) or
+    on for a refiner's budget), ``refiner`` (control / cspn / dyspn on its base, frozen unless
+    ``tune_base``) or
     ``filter`` (the guided filter on the coarse map, nothing trained). ``start`` and ``epochs``
     are a refiner's variants (None: the configuration's); so is ``init_from``, the name of a
     registered refiner of the same base (the no-propagation control) whose trained guidance
@@ -68,10 +75,19 @@ class Stage:
         if self.base not in BASES:
             raise ValueError(f"base must be one of {BASES}, got {self.base!r}")
         if (self.kind == "refiner") != (self.method in METHODS):
-            raise ValueError(f"a refiner stage needs a method of {METHODS}; got kind {self.kind!r}, method {self.method!r}")
-        if self.init_from is not None and (self.kind != "refiner" or get(self.init_from).kind != "refiner"
-                                           or get(self.init_from).base != self.base):
-            raise ValueError(f"{self.name!r}: init_from must name a refiner of the same base, got {self.init_from!r}")
+            raise ValueError(
+                f"a refiner stage needs a method of {METHODS}; got kind {self.kind!r}, method "
+                f"{self.method!r}"
+            )
+        if self.init_from is not None and (
+            self.kind != "refiner"
+            or get(self.init_from).kind != "refiner"
+            or get(self.init_from).base != self.base
+        ):
+            raise ValueError(
+                f"{self.name!r}: init_from must name a refiner of the same base, got "
+                f"{self.init_from!r}"
+            )
 
     @property
     def trains_on(self) -> str | None:
@@ -87,8 +103,13 @@ class Stage:
         """Epochs of the base net: the profile's (raised for small training sets), or for the
         converged net the cap of its early stopping."""
         c = wb.cfg
-        epochs = epochs_for(c.coarse_epochs, c.coarse_min_steps, len(wb.data["train"]), c.batch_size,
-                            "coarse U-Net" if verbose and self.base == "coarse" else None)
+        epochs = epochs_for(
+            c.coarse_epochs,
+            c.coarse_min_steps,
+            len(wb.data["train"]),
+            c.batch_size,
+            "coarse U-Net" if verbose and self.base == "coarse" else None,
+        )
         return max(epochs, c.converged_max_epochs) if self.base == "converged" else epochs
 
     def train_epochs(self, wb: "Workbook", verbose: bool = False) -> int:
@@ -99,8 +120,13 @@ class Stage:
         if self.epochs is not None:
             return self.epochs
         c = wb.cfg
-        return epochs_for(c.refine_epochs, c.refine_min_steps, len(wb.data["train"]), c.batch_size,
-                          f"{self.name} refiner" if verbose and self.kind == "refiner" else None)
+        return epochs_for(
+            c.refine_epochs,
+            c.refine_min_steps,
+            len(wb.data["train"]),
+            c.batch_size,
+            f"{self.name} refiner" if verbose and self.kind == "refiner" else None,
+        )
 
     def lr(self, cfg: Config) -> float:
         return cfg.refine_lr if self.kind == "refiner" else cfg.coarse_lr
@@ -115,19 +141,40 @@ class Stage:
         weights, and (for controls and refiners) the base net's own spec. Never reordered or
         renamed: a checkpoint is found by the hash of this dict."""
         c = wb.cfg
-        base = {"stage": "coarse", "data": wb.data_id, "image_size": c.image_size, "coarse_size": c.coarse_size,
-                "width": c.coarse_width, "depth": c.coarse_depth, "epochs": self.base_epochs(wb), "lr": c.coarse_lr,
-                "batch_size": c.batch_size, "seed": c.seed, "n_train": len(wb.data["train"])}
+        base = {
+            "stage": "coarse",
+            "data": wb.data_id,
+            "image_size": c.image_size,
+            "coarse_size": c.coarse_size,
+            "width": c.coarse_width,
+            "depth": c.coarse_depth,
+            "epochs": self.base_epochs(wb),
+            "lr": c.coarse_lr,
+            "batch_size": c.batch_size,
+            "seed": c.seed,
+            "n_train": len(wb.data["train"]),
+        }
         if self.base == "converged":
             base.update(stage="converged", patience=c.converged_patience)
         if self.kind in ("base", "filter"):
             return base
         if self.kind == "longer":
             return {**base, "stage": self.name, "extra_epochs": self.train_epochs(wb)}
-        spec = {**base, "stage": self.method, "base": self.base, "start": self.start_map(c),
-                "refiner_width": c.refiner_width, "refiner_depth": c.refiner_depth, "iterations": c.iterations,
-                "kernel": c.dyspn_kernel, "refine_epochs": self.train_epochs(wb), "refine_lr": c.refine_lr,
-                "perturb": c.perturb, "deep_supervision": c.deep_supervision, "boundary_weight": c.boundary_weight}
+        spec = {
+            **base,
+            "stage": self.method,
+            "base": self.base,
+            "start": self.start_map(c),
+            "refiner_width": c.refiner_width,
+            "refiner_depth": c.refiner_depth,
+            "iterations": c.iterations,
+            "kernel": c.dyspn_kernel,
+            "refine_epochs": self.train_epochs(wb),
+            "refine_lr": c.refine_lr,
+            "perturb": c.perturb,
+            "deep_supervision": c.deep_supervision,
+            "boundary_weight": c.boundary_weight,
+        }
         # added only when set: the checkpoints of frozen-base refiners keep their names
         if c.tune_base:
             spec["tune_base"] = True
@@ -135,7 +182,9 @@ class Stage:
             spec["perturb_truth"] = c.perturb_truth
         if c.confidence and self.method != "control":
             spec["confidence"] = True
-        if self.method == "dyspn" and c.dyspn_dilation != 1 and c.dyspn_kernel > 3:   # 3 x 3: one ring, nothing to dilate
+        if (
+            self.method == "dyspn" and c.dyspn_dilation != 1 and c.dyspn_kernel > 3
+        ):  # 3 x 3: one ring, nothing to dilate
             spec["dilation"] = c.dyspn_dilation
         if self.method == "cspn" and self.cspn_gain(c) != 1:
             spec["cspn_gain"] = self.cspn_gain(c)
@@ -150,7 +199,8 @@ class Stage:
         return spec
 
     def start_map(self, cfg: Config) -> str:
-        """H^0 of a refiner: its variant's, else its setting's (``start_map`` / ``converged_start_map``)."""
+        """H^0 of a refiner: its variant's, else its setting's (``start_map`` /
+        ``converged_start_map``)."""
         return self.start or self.default_start(cfg)
 
     def default_start(self, cfg: Config) -> str:
@@ -162,7 +212,8 @@ class Stage:
         return getattr(cfg, field if self.base == "coarse" else f"converged_{field}")
 
     def cspn_gain(self, cfg: Config) -> float:
-        """The gain of a CSPN head in this stage's setting (``cspn_gain`` / ``converged_cspn_gain``)."""
+        """The gain of a CSPN head in this stage's setting (``cspn_gain`` /
+        ``converged_cspn_gain``)."""
         return self.setting(cfg, "cspn_gain")
 
     def guidance_init(self, cfg: Config) -> str:
@@ -182,22 +233,36 @@ class Stage:
         weights), or a refiner on ``base_model`` (frozen; with ``tune_base`` on a copy of it,
         so that fine-tuning never changes the base net the other stages share)."""
         if self.kind == "refiner":
-            return Refiner.from_config(cfg, base_model, self.method, self.start_map(cfg), cspn_gain=self.cspn_gain(cfg),
-                                      guidance_init=self.guidance_init(cfg))
+            return Refiner.from_config(
+                cfg,
+                base_model,
+                self.method,
+                self.start_map(cfg),
+                cspn_gain=self.cspn_gain(cfg),
+                guidance_init=self.guidance_init(cfg),
+            )
         model = CoarseSegmenter.from_config(cfg)
         if self.kind == "longer":
             model.load_state_dict(base_model.state_dict())
         return model
 
-    def variant(self, cfg: Config, start: str | None = None, epochs: int | None = None,
-                init_from: str | None = None) -> "Stage":
+    def variant(
+        self,
+        cfg: Config,
+        start: str | None = None,
+        epochs: int | None = None,
+        init_from: str | None = None,
+    ) -> "Stage":
         """This refiner with another start map, epoch budget or warm start; a variant has its own
         name (``cspn-corrected``, ``cspn-e24``, ``dyspn-from-control``, and ``control-longer`` for
-        the control started from itself: trained on), so tables and ``results.json`` tell it apart."""
+        the control started from itself: trained on), so tables and ``results.json`` tell it
+        apart."""
         if start in (None, self.default_start(cfg)) and epochs is None and init_from is None:
             return self
         if self.kind != "refiner":
-            raise ValueError(f"only a refiner has start / epochs / init_from variants, not {self.name!r}")
+            raise ValueError(
+                f"only a refiner has start / epochs / init_from variants, not {self.name!r}"
+            )
         name, label = self.name, self.label
         if start not in (None, self.default_start(cfg)):
             name, label = f"{name}-{start}", f"{label} ({start} start)"
@@ -205,9 +270,14 @@ class Stage:
             name, label = f"{name}-e{epochs}", f"{label} ({epochs} epochs)"
         if init_from is not None:
             donor = get(init_from)
-            name, label = ((f"{name}-longer", f"{label}, trained on") if donor.method == self.method else
-                           (f"{name}-from-{donor.method}", f"{label} (from the trained {donor.method})"))
-        return replace(self, name=name, label=label, start=start, epochs=epochs, init_from=init_from)
+            name, label = (
+                (f"{name}-longer", f"{label}, trained on")
+                if donor.method == self.method
+                else (f"{name}-from-{donor.method}", f"{label} (from the trained {donor.method})")
+            )
+        return replace(
+            self, name=name, label=label, start=start, epochs=epochs, init_from=init_from
+        )
 
 
 def stage_name(base: str, what: str) -> str:
@@ -231,18 +301,29 @@ def _declare() -> dict[str, Stage]:
         stages.append(Stage(base, base_label[base], "base", base))
         if base == "coarse":
             stages.append(Stage("guided-filter", "guided filter (no training)", "filter", base))
-        stages.append(Stage(stage_name(base, "longer"), f"{base_label[base]} trained on", "longer", base))
-        stages += [Stage(stage_name(base, m), prefix + method_label[m], "refiner", base, m) for m in METHODS]
+        stages.append(
+            Stage(stage_name(base, "longer"), f"{base_label[base]} trained on", "longer", base)
+        )
+        stages += [
+            Stage(stage_name(base, m), prefix + method_label[m], "refiner", base, m)
+            for m in METHODS
+        ]
     return {s.name: s for s in stages}
 
 
 REGISTRY: dict[str, Stage] = _declare()
-SETTINGS: dict[str, tuple[str, ...]] = {b: tuple(n for n, s in REGISTRY.items() if s.base == b) for b in BASES}
-SETTING_TITLES = {"coarse": "the report's setting: refining the minimally trained coarse U-Net",
-                  "converged": "refining a converged U-Net (trained until validation mIoU stops improving)"}
+SETTINGS: dict[str, tuple[str, ...]] = {
+    b: tuple(n for n, s in REGISTRY.items() if s.base == b) for b in BASES
+}
+SETTING_TITLES = {
+    "coarse": "the report's setting: refining the minimally trained coarse U-Net",
+    "converged": "refining a converged U-Net (trained until validation mIoU stops improving)",
+}
 
 
-def select(settings: tuple[str, ...] | list[str], only: tuple[str, ...] | list[str] | None = None) -> tuple[str, ...]:
+def select(
+    settings: tuple[str, ...] | list[str], only: tuple[str, ...] | list[str] | None = None
+) -> tuple[str, ...]:
     """The stages of ``settings`` (bases: ``coarse`` and / or ``converged``) in the registry's
     order; with ``only``, just those stages and the base net of each (every gain is measured
     against it). A name outside the settings is a ``ValueError`` that lists the choices."""
@@ -254,8 +335,10 @@ def select(settings: tuple[str, ...] | list[str], only: tuple[str, ...] | list[s
         return names
     unknown = [n for n in only if n not in names]
     if unknown:
-        raise ValueError(f"no stage {', '.join(map(repr, unknown))} in the settings {', '.join(settings)}; "
-                         f"choose among {', '.join(names)}")
+        raise ValueError(
+            f"no stage {', '.join(map(repr, unknown))} in the settings {', '.join(settings)}; "
+            f"choose among {', '.join(names)}"
+        )
     wanted = set(only) | {REGISTRY[n].base for n in only}
     return tuple(n for n in names if n in wanted)
 

@@ -1,8 +1,8 @@
 """The workbook's stages, as the notebooks call them: open a run, then train or load any stage.
 
 A :class:`Workbook` ties together one configuration, one data source, the datasets and the run's
-folders. :func:`run_stage` is the one way from a stage of the registry (:mod:`helpers.workbook.stages`)
-to a :class:`StageResult`:
+folders. :func:`run_stage` is the one way from a stage of the registry
+(:mod:`helpers.workbook.stages`) to a :class:`StageResult`:
 
 1. its base net is loaded (or trained first, with a message) for controls and refiners, and
    for a refiner started from another (``init_from``, e.g. ``dyspn-from-control``) that one;
@@ -16,6 +16,7 @@ The notebooks' names for it: ``coarse_stage`` / ``load_coarse`` (01), ``refine_s
 (02-03), ``coarse_longer_stage`` and ``guided_filter_stage`` (04), ``all_stages`` (the whole
 chain). Outputs live under ``runs/<profile>/<data name>-<digest>/seed<k>/``.
 """
+
 from __future__ import annotations
 
 import time
@@ -37,7 +38,9 @@ from .stages import Stage
 
 
 # ------------------------------------------------------------------------------ one stage
-def run_stage(wb: Workbook, stage: str | Stage, retrain: bool = False, progress: bool = True) -> StageResult:
+def run_stage(
+    wb: Workbook, stage: str | Stage, retrain: bool = False, progress: bool = True
+) -> StageResult:
     """Train (or load a finished run of) ``stage`` on ``wb``; see the module docstring's steps."""
     stage = registry.get(stage)
     cfg = wb.cfg
@@ -46,7 +49,7 @@ def run_stage(wb: Workbook, stage: str | Stage, retrain: bool = False, progress:
     if stage.kind == "filter":
         return _guided_filter(wb, stage, base)
     donor = None
-    if stage.init_from:   # evaluated once per session, however many refiners start from it
+    if stage.init_from:  # evaluated once per session, however many refiners start from it
         donor = wb.stages.get(stage.init_from) or run_stage(wb, stage.init_from, progress=progress)
         wb.stages[stage.init_from] = donor
     # 2. the model and its identity
@@ -62,22 +65,42 @@ def run_stage(wb: Workbook, stage: str | Stage, retrain: bool = False, progress:
         ckpt.unlink()
     history = load_trained(model, ckpt, spec, epochs)
     if history is None:
-        history = fit(model, train_set=wb.data["train"], val_set=wb.data["val"], epochs=epochs, lr=stage.lr(cfg),
-                      batch_size=cfg.batch_size, device=wb.device, seed=cfg.seed, weight_decay=cfg.weight_decay,
-                      amp=cfg.amp, checkpoint=ckpt, spec=spec, desc=label, progress=progress,
-                      patience=stage.patience(cfg),
-                      loss_fn=model.training_loss if isinstance(model, Refiner) else None)
+        history = fit(
+            model,
+            train_set=wb.data["train"],
+            val_set=wb.data["val"],
+            epochs=epochs,
+            lr=stage.lr(cfg),
+            batch_size=cfg.batch_size,
+            device=wb.device,
+            seed=cfg.seed,
+            weight_decay=cfg.weight_decay,
+            amp=cfg.amp,
+            checkpoint=ckpt,
+            spec=spec,
+            desc=label,
+            progress=progress,
+            patience=stage.patience(cfg),
+            loss_fn=model.training_loss if isinstance(model, Refiner) else None,
+        )
     else:
         print(f"loaded the trained {label} from {display_path(ckpt)}")
     # 4. evaluate (and hand a base net's maps to the later notebooks)
     settings = {"extra_epochs": epochs} if stage.kind == "longer" else None
     result = _finish(wb, stage, model, history, settings)
-    if stage.kind == "base" or stage.name in wb.stages:   # a retrained donor replaces the one held
+    if stage.kind == "base" or stage.name in wb.stages:  # a retrained donor replaces the one held
         wb.stages[stage.name] = result
     if stage.kind == "base":
-        atomic_save({"val": result.val_probs.half(), "test": result.test_probs.half(),
-                     "val_ids": wb.data["val"].ids, "test_ids": wb.data["test"].ids, "spec": spec},
-                    predictions_path(wb, stage.name))
+        atomic_save(
+            {
+                "val": result.val_probs.half(),
+                "test": result.test_probs.half(),
+                "val_ids": wb.data["val"].ids,
+                "test_ids": wb.data["test"].ids,
+                "spec": spec,
+            },
+            predictions_path(wb, stage.name),
+        )
     return result
 
 
@@ -88,7 +111,9 @@ def _label(stage: Stage, epochs: int) -> str:
     return f"{stage.name} refiner" if stage.kind == "refiner" else stage.label
 
 
-def _finish(wb: Workbook, stage: Stage, model, history: History, settings: dict | None = None) -> StageResult:
+def _finish(
+    wb: Workbook, stage: Stage, model, history: History, settings: dict | None = None
+) -> StageResult:
     cfg = wb.cfg
     val = predict(model, wb.data["val"], cfg.batch_size, wb.device, cfg.amp)
     val_counts = split_counts(val, wb.data["val"], wb.device)
@@ -99,15 +124,33 @@ def _finish(wb: Workbook, stage: Stage, model, history: History, settings: dict 
         test_metrics, _ = counts_summary(*test_counts)
     else:  # a folder without test.txt: there is nothing to report on
         test, test_metrics, test_counts = val.new_zeros((0,) + val.shape[1:]), {}, ()
-    return StageResult(stage.name, model, history, val, test, val_metrics, test_metrics, image_miou, val_counts,
-                       test_counts, settings or {}, stage.base)
+    return StageResult(
+        stage.name,
+        model,
+        history,
+        val,
+        test,
+        val_metrics,
+        test_metrics,
+        image_miou,
+        val_counts,
+        test_counts,
+        settings or {},
+        stage.base,
+    )
 
 
-def _guided_filter(wb: Workbook, stage: Stage, coarse: StageResult, grid: dict | None = None) -> StageResult:
+def _guided_filter(
+    wb: Workbook, stage: Stage, coarse: StageResult, grid: dict | None = None
+) -> StageResult:
     t0 = time.perf_counter()
-    (radius, eps), _ = tune_guided_filter(coarse.val_probs, wb.data["val"], wb.cfg.batch_size, grid, wb.device)
+    (radius, eps), _ = tune_guided_filter(
+        coarse.val_probs, wb.data["val"], wb.cfg.batch_size, grid, wb.device
+    )
     model = GuidedFilterRefiner(coarse.model, radius=radius, eps=eps)
-    return _finish(wb, stage, model, History(seconds=time.perf_counter() - t0), {"radius": radius, "eps": eps})
+    return _finish(
+        wb, stage, model, History(seconds=time.perf_counter() - t0), {"radius": radius, "eps": eps}
+    )
 
 
 def predictions_path(wb: Workbook, base: str = "coarse") -> Path:
@@ -116,8 +159,11 @@ def predictions_path(wb: Workbook, base: str = "coarse") -> Path:
     return ckpt.with_name(ckpt.stem + "-predictions.pt")
 
 
-# ------------------------------------------------------------------------------ the notebooks' names
-def coarse_stage(wb: Workbook, retrain: bool = False, progress: bool = True, base: str = "coarse") -> StageResult:
+# ------------------------------------------------------------------------------ the notebooks'
+# names
+def coarse_stage(
+    wb: Workbook, retrain: bool = False, progress: bool = True, base: str = "coarse"
+) -> StageResult:
     """Train (or load) the base U-Net: ``"coarse"``, the report's minimally trained net, or
     ``"converged"``, trained until validation mIoU stops improving for ``converged_patience``
     epochs (best weights kept), at most ``converged_max_epochs``."""
@@ -131,8 +177,10 @@ def load_coarse(wb: Workbook, progress: bool = True, base: str = "coarse") -> St
     if base in wb.stages:
         return wb.stages[base]
     if not predictions_path(wb, base).exists():
-        print(f"no {stage.label} for this profile, data and seed yet: training it now"
-              + (" (as notebook 01 does)" if base == "coarse" else ""))
+        print(
+            f"no {stage.label} for this profile, data and seed yet: training it now"
+            + (" (as notebook 01 does)" if base == "coarse" else "")
+        )
     return run_stage(wb, stage, progress=progress)
 
 
@@ -141,10 +189,18 @@ def load_coarse_predictions(wb: Workbook) -> dict:
     return torch.load(predictions_path(wb), map_location="cpu", weights_only=True)
 
 
-def refine_stage(wb: Workbook, method: str, start: str | None = None, epochs: int | None = None,
-                 retrain: bool = False, progress: bool = True, base: str = "coarse",
-                 init_from: str | None = None) -> StageResult:
-    """Train (or load) a refiner of ``method`` (control / cspn / dyspn) on the ``base`` net (frozen unless ``tune_base``);
+def refine_stage(
+    wb: Workbook,
+    method: str,
+    start: str | None = None,
+    epochs: int | None = None,
+    retrain: bool = False,
+    progress: bool = True,
+    base: str = "coarse",
+    init_from: str | None = None,
+) -> StageResult:
+    """Train (or load) a refiner of ``method`` (control / cspn / dyspn) on the ``base`` net (frozen
+    unless ``tune_base``);
     ``start``, ``epochs`` and ``init_from`` (a method: start from that trained refiner of the
     same base) choose a variant (see :meth:`Stage.variant`)."""
     donor = registry.refiner(base, init_from).name if init_from else None
@@ -152,11 +208,14 @@ def refine_stage(wb: Workbook, method: str, start: str | None = None, epochs: in
     return run_stage(wb, stage, retrain, progress)
 
 
-def coarse_longer_stage(wb: Workbook, retrain: bool = False, progress: bool = True,
-                        base: str = "coarse") -> StageResult:
+def coarse_longer_stage(
+    wb: Workbook, retrain: bool = False, progress: bool = True, base: str = "coarse"
+) -> StageResult:
     """The equal-compute control: the ``base`` U-Net trained on, from its own weights, for as
     many extra epochs as every refiner gets. A refiner must beat this, not only its base net."""
-    return run_stage(wb, registry.get(registry.stage_name(_base(base).name, "longer")), retrain, progress)
+    return run_stage(
+        wb, registry.get(registry.stage_name(_base(base).name, "longer")), retrain, progress
+    )
 
 
 def guided_filter_stage(wb: Workbook, grid: dict | None = None) -> StageResult:
@@ -165,18 +224,27 @@ def guided_filter_stage(wb: Workbook, grid: dict | None = None) -> StageResult:
     return _guided_filter(wb, registry.get("guided-filter"), load_coarse(wb), grid)
 
 
-def all_stages(wb: Workbook, progress: bool = True, converged: bool = True,
-               wall_seconds: dict | None = None, only: tuple[str, ...] | list[str] | None = None) -> dict[str, StageResult]:
+def all_stages(
+    wb: Workbook,
+    progress: bool = True,
+    converged: bool = True,
+    wall_seconds: dict | None = None,
+    only: tuple[str, ...] | list[str] | None = None,
+) -> dict[str, StageResult]:
     """Every registered stage of the report's setting and, with ``converged``, of the converged
     one, each loaded from its checkpoint or trained now, in the registry's order; with ``only``,
-    just those stages and their base nets (:func:`helpers.workbook.stages.select`). ``wall_seconds``,
+    just those stages and their base nets (:func:`helpers.workbook.stages.select`).
+    ``wall_seconds``,
     if given, receives each stage's wall-clock time (training or loading, and evaluation)."""
     names = registry.select(("coarse", "converged") if converged else ("coarse",), only)
     out = {}
     for name in names:
         t0 = time.perf_counter()
-        out[name] = load_coarse(wb, progress, name) if registry.get(name).kind == "base" else \
-            run_stage(wb, name, progress=progress)
+        out[name] = (
+            load_coarse(wb, progress, name)
+            if registry.get(name).kind == "base"
+            else run_stage(wb, name, progress=progress)
+        )
         if wall_seconds is not None:
             wall_seconds[name] = time.perf_counter() - t0
     return out
@@ -198,8 +266,11 @@ def gains_and_losses(before: list, after: list, k: int = 3) -> tuple[list, list]
 
 
 @torch.inference_mode()
-def refine_images(model: Refiner, dataset: PetSegmentation, indices, device, iterations: int | None = None):
-    """Images (N, 3, H, W) and the refiner's :class:`~helpers.models.refiner.RefineOutput` for them."""
+def refine_images(
+    model: Refiner, dataset: PetSegmentation, indices, device, iterations: int | None = None
+):
+    """Images (N, 3, H, W) and the refiner's :class:`~helpers.models.refiner.RefineOutput` for
+    them."""
     with eval_mode(model):
         images = torch.stack([dataset[i][0] for i in indices]).to(device)
         out = model.refine(images, iterations)

@@ -8,6 +8,7 @@
 
 Both compute exactly what plain autograd would (the tests compare them), only in fewer passes.
 """
+
 from __future__ import annotations
 
 import torch
@@ -23,7 +24,7 @@ from .geometry import (
     window_reach,
 )
 
-AFFINITY_LIMIT = 1e4   # raw affinities are clamped here: the normaliser dominates far earlier
+AFFINITY_LIMIT = 1e4  # raw affinities are clamped here: the normaliser dominates far earlier
 
 
 def as_float(x: torch.Tensor) -> torch.Tensor:
@@ -111,11 +112,11 @@ class _RingSums(torch.autograd.Function):
         j = 0
         for ring, size in enumerate(sizes):
             acc = out[:, ring]
-            for dy, dx in offsets[j:j + size]:
-                view = xp[:, :, r + dy:r + dy + H, r + dx:r + dx + W]
+            for dy, dx in offsets[j : j + size]:
+                view = xp[:, :, r + dy : r + dy + H, r + dx : r + dx + W]
                 if centred:
                     view = torch.sub(view, x, out=diff)
-                acc.addcmul_(w[:, j:j + 1], view)
+                acc.addcmul_(w[:, j : j + 1], view)
                 j += 1
         ctx.save_for_backward(xp, w)
         ctx.kernel, ctx.centred = kernel, centred
@@ -128,19 +129,26 @@ class _RingSums(torch.autograd.Function):
         kernel, centred = ctx.kernel, ctx.centred
         r = window_reach(kernel)
         H, W = xp.shape[-2] - 2 * r, xp.shape[-1] - 2 * r
-        x = xp[:, :, r:r + H, r:r + W]
+        x = xp[:, :, r : r + H, r : r + W]
         grad = grad.contiguous()
         grad_xp = torch.zeros_like(xp) if ctx.needs_input_grad[0] else None
         # neighbour-major (K, B, H, W): each grad_w[j] is contiguous, which makes the writes fast
-        grad_w = w.new_empty((w.shape[1], w.shape[0]) + w.shape[2:]) if ctx.needs_input_grad[1] else None
-        single = xp.shape[1] == 1      # one channel: the product needs no reduction
+        grad_w = (
+            w.new_empty((w.shape[1], w.shape[0]) + w.shape[2:]) if ctx.needs_input_grad[1] else None
+        )
+        single = xp.shape[1] == 1  # one channel: the product needs no reduction
         offsets = window_offsets(kernel)
         j = 0
         for ring, size in enumerate(ring_sizes(kernel)):
             g = grad[:, ring]
             g_x = (g * x).sum(1) if grad_w is not None and centred else None
-            for dy, dx in offsets[j:j + size]:
-                view = (slice(None), slice(None), slice(r + dy, r + dy + H), slice(r + dx, r + dx + W))
+            for dy, dx in offsets[j : j + size]:
+                view = (
+                    slice(None),
+                    slice(None),
+                    slice(r + dy, r + dy + H),
+                    slice(r + dx, r + dx + W),
+                )
                 if grad_w is not None:
                     if single:
                         torch.mul(g[:, 0], xp[view][:, 0], out=grad_w[j])
@@ -149,15 +157,19 @@ class _RingSums(torch.autograd.Function):
                     if centred:
                         grad_w[j].sub_(g_x)
                 if grad_xp is not None:
-                    grad_xp[view].addcmul_(w[:, j:j + 1], g)
+                    grad_xp[view].addcmul_(w[:, j : j + 1], g)
                 j += 1
             if grad_xp is not None and centred:
-                grad_xp[:, :, r:r + H, r:r + W].addcmul_(w[:, j - size:j].sum(1, keepdim=True), g, value=-1.0)
-        grad_x = grad_xp[:, :, r:r + H, r:r + W] if grad_xp is not None else None
+                grad_xp[:, :, r : r + H, r : r + W].addcmul_(
+                    w[:, j - size : j].sum(1, keepdim=True), g, value=-1.0
+                )
+        grad_x = grad_xp[:, :, r : r + H, r : r + W] if grad_xp is not None else None
         return grad_x, grad_w.transpose(0, 1) if grad_w is not None else None, None, None
 
 
-def ring_sums(x: torch.Tensor, w: torch.Tensor, kernel: int | Window, centred: bool = False) -> torch.Tensor:
+def ring_sums(
+    x: torch.Tensor, w: torch.Tensor, kernel: int | Window, centred: bool = False
+) -> torch.Tensor:
     """Per ring r: sum_{j in r} w_j X_j, or with ``centred`` sum_{j in r} w_j (X_j - X).
 
     x (B, C, H, W), w (B, K, H, W) -> (B, R, C, H, W).
@@ -165,7 +177,9 @@ def ring_sums(x: torch.Tensor, w: torch.Tensor, kernel: int | Window, centred: b
     return _RingSums.apply(x.contiguous(), w.contiguous(), kernel, centred)
 
 
-def confident_weights(pos: torch.Tensor, raw_confidence: torch.Tensor | None, kernel: int | Window) -> torch.Tensor:
+def confident_weights(
+    pos: torch.Tensor, raw_confidence: torch.Tensor | None, kernel: int | Window
+) -> torch.Tensor:
     """NLSPN's confidence-incorporated affinity: w_j^+ c_j with c = sigmoid(raw confidence)
     (B, 1, H, W) read at the neighbour j, so an unreliable pixel spreads less of its value.
     pos (B, K, H, W) -> (B, K, H, W). The normaliser keeps counting the full |w_j|, so the

@@ -1,4 +1,5 @@
 """What CSPN and DySPN share: their result, the backend choice and the input checks."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -10,7 +11,7 @@ import torch.nn as nn
 
 from .geometry import window_offsets, window_reach
 
-BACKENDS = ("auto", "torch", "triton")   # auto: the fused Triton kernels on CUDA, PyTorch elsewhere
+BACKENDS = ("auto", "torch", "triton")  # auto: the fused Triton kernels on CUDA, PyTorch elsewhere
 
 
 @dataclass
@@ -45,16 +46,22 @@ class Propagator(nn.Module):
         self.iterations, self.backend = iterations, backend
 
     def uses_kernel(self, x: torch.Tensor) -> bool:
-        """Whether the steps run as fused Triton kernels (:mod:`helpers.models.propagation.kernels`) for
-        tensors like ``x``: on CUDA with ``backend="auto"``, always with ``"triton"`` (on the CPU
-        only under ``TRITON_INTERPRET=1``, Triton's interpreter, as the tests do)."""
-        if self.backend == "torch" or (self.backend == "auto" and (x.device.type != "cuda" or x.dtype == torch.float64)):
-            return False   # float64 (gradcheck) stays on the PyTorch path: the kernels compute in float32
+        """Whether the steps run as fused Triton kernels (:mod:`helpers.models.propagation.kernels`)
+        for tensors like ``x``: on CUDA with ``backend="auto"``, always with ``"triton"`` (on the
+        CPU only under ``TRITON_INTERPRET=1``, Triton's interpreter, as the tests do)."""
+        if self.backend == "torch" or (
+            self.backend == "auto" and (x.device.type != "cuda" or x.dtype == torch.float64)
+        ):
+            # float64 (gradcheck) stays on the PyTorch path: the kernels compute in float32
+            return False
         if self.backend == "auto":
             return importlib.util.find_spec("triton") is not None
         if x.device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
-            raise RuntimeError("backend='triton' on CPU tensors needs Triton's interpreter: set TRITON_INTERPRET=1 "
-                               "before starting Python (or use backend='torch')")
+            raise RuntimeError(
+                "backend='triton' on CPU tensors needs Triton's interpreter: set "
+                "TRITON_INTERPRET=1 "
+                "before starting Python (or use backend='torch')"
+            )
         return True
 
     @property
@@ -63,12 +70,18 @@ class Propagator(nn.Module):
 
     @property
     def reach(self) -> int:
-        """Pixels a value can travel in one iteration (chessboard): CSPN 1, DySPN 7x7 3, dilated 3 d.
-        After T iterations a pixel's map depends only on H^0 within T x reach of it."""
+        """Pixels a value can travel in one iteration (chessboard): CSPN 1, DySPN 7x7 3, dilated 3
+        d. After T iterations a pixel's map depends only on H^0 within T x reach of it."""
         return window_reach(self.kernel)
 
-    def _check(self, h0: torch.Tensor, raw: torch.Tensor, attention: torch.Tensor | None = None,
-               iterations: int = 0, confidence: torch.Tensor | None = None) -> None:
+    def _check(
+        self,
+        h0: torch.Tensor,
+        raw: torch.Tensor,
+        attention: torch.Tensor | None = None,
+        iterations: int = 0,
+        confidence: torch.Tensor | None = None,
+    ) -> None:
         """Refuse what would propagate garbage, with a message naming the input.
 
         Shapes: H^0 (B, C, H, W), affinities (B, K, H, W), attention (B, T_a (R + 1), H, W) with
@@ -81,23 +94,42 @@ class Propagator(nn.Module):
         if h0.dim() != 4:
             raise ValueError(f"start map H^0 must be (B, C, H, W), got shape {tuple(h0.shape)}")
         K = self.affinity_channels
-        if raw.dim() != 4 or raw.shape[1] != K or raw.shape[0] != h0.shape[0] or raw.shape[-2:] != h0.shape[-2:]:
-            raise ValueError(f"affinities must be (B, {K}, H, W) = ({h0.shape[0]}, {K}, {h0.shape[2]}, {h0.shape[3]}) "
-                             f"to match the start map {tuple(h0.shape)}; got {tuple(raw.shape)}")
+        if (
+            raw.dim() != 4
+            or raw.shape[1] != K
+            or raw.shape[0] != h0.shape[0]
+            or raw.shape[-2:] != h0.shape[-2:]
+        ):
+            raise ValueError(
+                f"affinities must be (B, {K}, H, W) = ({h0.shape[0]}, {K}, {h0.shape[2]}, "
+                f"{h0.shape[3]}) "
+                f"to match the start map {tuple(h0.shape)}; got {tuple(raw.shape)}"
+            )
         tensors = [h0, raw]
         if attention is not None:
             per = self.attention_channels
-            if (attention.dim() != 4 or attention.shape[0] != h0.shape[0] or attention.shape[-2:] != h0.shape[-2:]
-                    or attention.shape[1] % per or (iterations > 0 and attention.shape[1] == 0)):
-                raise ValueError(f"attention must be (B, T*{per}, H, W) with B = {h0.shape[0]}, H x W = "
-                                 f"{h0.shape[2]} x {h0.shape[3]} and T >= 1 ({per} channels per iteration: one per "
-                                 f"ring and one for the pixel itself); got {tuple(attention.shape)}")
+            if (
+                attention.dim() != 4
+                or attention.shape[0] != h0.shape[0]
+                or attention.shape[-2:] != h0.shape[-2:]
+                or attention.shape[1] % per
+                or (iterations > 0 and attention.shape[1] == 0)
+            ):
+                raise ValueError(
+                    f"attention must be (B, T*{per}, H, W) with B = {h0.shape[0]}, H x W = "
+                    f"{h0.shape[2]} x {h0.shape[3]} and T >= 1 ({per} channels per iteration: one "
+                    "per "
+                    f"ring and one for the pixel itself); got {tuple(attention.shape)}"
+                )
             tensors.append(attention)
         if confidence is not None:
             c = confidence
             if c.dim() != 4 or c.shape[:2] != (h0.shape[0], 1) or c.shape[-2:] != h0.shape[-2:]:
-                raise ValueError(f"confidence must be (B, 1, H, W) = ({h0.shape[0]}, 1, {h0.shape[2]}, {h0.shape[3]}) "
-                                 f"to match the start map {tuple(h0.shape)}; got {tuple(confidence.shape)}")
+                raise ValueError(
+                    f"confidence must be (B, 1, H, W) = ({h0.shape[0]}, 1, {h0.shape[2]}, "
+                    f"{h0.shape[3]}) "
+                    f"to match the start map {tuple(h0.shape)}; got {tuple(confidence.shape)}"
+                )
             tensors.append(confidence)
         if h0.numel() == 0:
             return
@@ -106,16 +138,33 @@ class Propagator(nn.Module):
             # H^0 is the refiner's own softmax and a NaN stops training at the loss (fit)
             return
         # one reduction and one host sync for every value check, not one per check
-        tol = 1e-3   # half-precision softmax outputs can overshoot 1 by a rounding step
-        bad = torch.stack([~torch.isfinite(h0).all(), (h0 < -tol).any() | (h0 > 1 + tol).any(),
-                           *(t.isnan().any() for t in tensors[1:])]).tolist()
+        tol = 1e-3  # half-precision softmax outputs can overshoot 1 by a rounding step
+        bad = torch.stack(
+            [
+                ~torch.isfinite(h0).all(),
+                (h0 < -tol).any() | (h0 > 1 + tol).any(),
+                *(t.isnan().any() for t in tensors[1:]),
+            ]
+        ).tolist()
         if bad[0] or bad[1]:
             lo, hi = h0.nan_to_num().aminmax()
-            raise ValueError(f"start map H^0 must hold probabilities in [0, 1]; got values from {lo.item():.3g} "
-                             f"to {hi.item():.3g}{' and NaN or infinity' if bad[0] else ''} (apply softmax first)")
-        names = [name for name, t in (("affinities", raw), ("attention", attention), ("confidence", confidence))
-                 if t is not None]
+            raise ValueError(
+                f"start map H^0 must hold probabilities in [0, 1]; got values from {lo.item():.3g} "
+                f"to {hi.item():.3g}{' and NaN or infinity' if bad[0] else ''} (apply softmax "
+                "first)"
+            )
+        names = [
+            name
+            for name, t in (
+                ("affinities", raw),
+                ("attention", attention),
+                ("confidence", confidence),
+            )
+            if t is not None
+        ]
         for name, flag in zip(names, bad[2:]):
             if flag:
-                raise ValueError(f"the {name} hold NaN: check the guidance network's output (a diverged "
-                                 "training run, or NaN in the input image)")
+                raise ValueError(
+                    f"the {name} hold NaN: check the guidance network's output (a diverged "
+                    "training run, or NaN in the input image)"
+                )

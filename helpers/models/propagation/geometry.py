@@ -5,6 +5,7 @@ A window of odd ``size`` without its centre, split into rings of Chebyshev dista
 and every other module (the PyTorch path, the Triton kernels, the slow reference) reads them
 from here so that all three agree on which weight belongs to which neighbour.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -34,7 +35,11 @@ class Window:
     def __post_init__(self):
         if not isinstance(self.size, int) or self.size < 3 or self.size % 2 == 0:
             raise ValueError(f"kernel must be odd and >= 3, got {self.size}")
-        if not isinstance(self.dilation, int) or isinstance(self.dilation, bool) or self.dilation < 1:
+        if (
+            not isinstance(self.dilation, int)
+            or isinstance(self.dilation, bool)
+            or self.dilation < 1
+        ):
             raise ValueError(f"dilation must be an integer >= 1, got {self.dilation}")
 
 
@@ -51,10 +56,12 @@ def window_offsets(kernel: int | Window) -> tuple[tuple[int, int], ...]:
     win = as_window(kernel)
     r = win.size // 2
     cells = [(dy, dx) for dy in range(-r, r + 1) for dx in range(-r, r + 1) if (dy, dx) != (0, 0)]
-    ring = lambda o: max(abs(o[0]), abs(o[1]))   # noqa: E731  (Chebyshev distance)
-    spread = [1] + [win.dilation] * r              # ring 1 stays, rings 2.. move out d times
-    return tuple((dy * spread[ring((dy, dx)) - 1], dx * spread[ring((dy, dx)) - 1])
-                 for dy, dx in sorted(cells, key=lambda o: (ring(o), o)))
+    ring = lambda o: max(abs(o[0]), abs(o[1]))  # noqa: E731  (Chebyshev distance)
+    spread = [1] + [win.dilation] * r  # ring 1 stays, rings 2.. move out d times
+    return tuple(
+        (dy * spread[ring((dy, dx)) - 1], dx * spread[ring((dy, dx)) - 1])
+        for dy, dx in sorted(cells, key=lambda o: (ring(o), o))
+    )
 
 
 def ring_sizes(kernel: int | Window) -> tuple[int, ...]:
@@ -63,16 +70,21 @@ def ring_sizes(kernel: int | Window) -> tuple[int, ...]:
 
 
 def window_reach(kernel: int | Window) -> int:
-    """The farthest neighbour's Chebyshev distance: how far one iteration moves a value (the padding)."""
+    """The farthest neighbour's Chebyshev distance: how far one iteration moves a value (the
+    padding)."""
     return max(max(abs(dy), abs(dx)) for dy, dx in window_offsets(kernel))
 
 
-def border_mask(kernel: int | Window, height: int, width: int, device=None, dtype=torch.float32) -> torch.Tensor:
+def border_mask(
+    kernel: int | Window, height: int, width: int, device=None, dtype=torch.float32
+) -> torch.Tensor:
     """(K, H, W) with 1 where neighbour j of pixel (y, x) lies inside the image, else 0."""
-    offsets = torch.tensor(window_offsets(kernel), device=device)            # (K, 2)
+    offsets = torch.tensor(window_offsets(kernel), device=device)  # (K, 2)
     ys = torch.arange(height, device=device)[None, :, None] + offsets[:, 0, None, None]
     xs = torch.arange(width, device=device)[None, None, :] + offsets[:, 1, None, None]
-    return ((ys >= 0) & (ys < height) & (xs >= 0) & (xs < width)).to(dtype)   # one broadcast, no loop
+    return ((ys >= 0) & (ys < height) & (xs >= 0) & (xs < width)).to(
+        dtype
+    )  # one broadcast, no loop
 
 
 def neighbour_values(x: torch.Tensor, kernel: int | Window) -> torch.Tensor:
@@ -82,7 +94,9 @@ def neighbour_values(x: torch.Tensor, kernel: int | Window) -> torch.Tensor:
     reference), whose backward is one ``fold``, not a zero-filled copy per shifted slice."""
     B, C, H, W = x.shape
     r = window_reach(kernel)
-    side = 2 * r + 1   # the square that holds every neighbour (7 for 7x7; 13 for 7x7 at dilation 2)
-    order = torch.tensor([(dy + r) * side + (dx + r) for dy, dx in window_offsets(kernel)], device=x.device)
+    side = 2 * r + 1  # the square that holds every neighbour (7 for 7x7; 13 for 7x7 at dilation 2)
+    order = torch.tensor(
+        [(dy + r) * side + (dx + r) for dy, dx in window_offsets(kernel)], device=x.device
+    )
     cols = nn.functional.unfold(x, side, padding=r).view(B, C, side * side, H, W)
     return cols.index_select(2, order)

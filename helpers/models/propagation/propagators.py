@@ -30,6 +30,7 @@ fast: the change ``D^t = H^t - H^0`` is propagated (the ``H^0`` part of every ne
 summed once, not every iteration), and for C classes only C - 1 are propagated, the first
 class's change being minus the sum of the others' (all classes share the weights).
 """
+
 from __future__ import annotations
 
 import torch
@@ -38,7 +39,7 @@ from .autograd import as_float, confident_weights, prepare_affinity, ring_sums
 from .base import PropagationResult, Propagator
 from .geometry import Window, ring_sizes
 
-EPS = 1e-6             # keeps DySPN's normaliser positive when every attention underflows
+EPS = 1e-6  # keeps DySPN's normaliser positive when every attention underflows
 
 
 def free_channels(h: torch.Tensor) -> torch.Tensor:
@@ -88,19 +89,26 @@ class CSPN(Propagator):
         ``ring_sums(d, kappa, 3)[:, 0]`` is sum_j kappa_j D^t_j (one ring for a 3x3 window).
         """
         # BEGIN EXERCISE cspn-step
-        if d is None:   # D^0 = 0: the neighbour sum vanishes
+        if d is None:  # D^0 = 0: the neighbour sum vanishes
             return base
         return base + ring_sums(d, kappa, self.kernel)[:, 0]
         # END EXERCISE
 
-    def _fused_step(self, d: torch.Tensor | None, base: torch.Tensor, kappa: torch.Tensor) -> torch.Tensor:
+    def _fused_step(
+        self, d: torch.Tensor | None, base: torch.Tensor, kappa: torch.Tensor
+    ) -> torch.Tensor:
         """:meth:`step` as one fused Triton kernel (the CUDA path)."""
         from .kernels import fused_step
 
         return base if d is None else fused_step(d, kappa, base, self.kernel)
 
-    def forward(self, h0: torch.Tensor, raw_affinity: torch.Tensor, iterations: int | None = None,
-                raw_confidence: torch.Tensor | None = None) -> PropagationResult:
+    def forward(
+        self,
+        h0: torch.Tensor,
+        raw_affinity: torch.Tensor,
+        iterations: int | None = None,
+        raw_confidence: torch.Tensor | None = None,
+    ) -> PropagationResult:
         """h0 (B, C, H, W) probabilities; raw_affinity (B, 8, H, W) -> PropagationResult.
         With ``raw_confidence`` (B, 1, H, W), kappa_j is multiplied by c_j = sigmoid(raw)_j at
         the neighbour (:func:`confident_weights`, NLSPN); the rest of the weight goes to H^0."""
@@ -109,8 +117,8 @@ class CSPN(Propagator):
         with torch.autocast(h0.device.type, enabled=False):  # propagation stays in float32
             h0 = as_float(h0)
             kappa = confident_weights(self.normalise(raw_affinity), raw_confidence, self.kernel)
-            # D^t = H^t - H^0 obeys D^{t+1} = sum_j kappa_j D^t_j + base, base = sum_j kappa_j (H^0_j - H^0):
-            # base is computed once, and D is exactly 0 for a constant map
+            # D^t = H^t - H^0 obeys D^{t+1} = sum_j kappa_j D^t_j + base, base = sum_j kappa_j
+            # (H^0_j - H^0): base is computed once, and D is exactly 0 for a constant map
             base = ring_sums(free_channels(h0), kappa, self.kernel, centred=True)[:, 0]
             maps, d = [h0], None
             step = self._fused_step if self.uses_kernel(h0) else self.step
@@ -128,7 +136,8 @@ class DySPN(Propagator):
 
     G^t = sum_r pi^t_r A_r + pi^t_self
 
-    H^{t+1} = [ sum_r pi^t_r sum_{j in r} w_j^+ H^t_j + pi^t_self H^t + (sum_r pi^t_r sum_{j in r} w_j^-) H^0 ] / G^t
+    H^{t+1} = [ sum_r pi^t_r sum_{j in r} w_j^+ H^t_j + pi^t_self H^t
+                + (sum_r pi^t_r sum_{j in r} w_j^-) H^0 ] / G^t
 
     The weights sum to one. As in the authors' ``Dynamic_7x7_naivev2``, the part of the
     affinity that is not spent on neighbours goes to H^0 (diffusion suppression); here that part
@@ -139,11 +148,20 @@ class DySPN(Propagator):
     take a dilation too).
     """
 
-    def __init__(self, iterations: int = 6, kernel: int | Window = 7, *, backend: str = "auto",
-                 dilation: int = 1):
+    def __init__(
+        self,
+        iterations: int = 6,
+        kernel: int | Window = 7,
+        *,
+        backend: str = "auto",
+        dilation: int = 1,
+    ):
         super().__init__(iterations, backend=backend)
         if isinstance(kernel, Window) and dilation != 1:
-            raise ValueError(f"give the dilation once: in the window {kernel} or as dilation={dilation}, not both")
+            raise ValueError(
+                f"give the dilation once: in the window {kernel} or as dilation={dilation}, not "
+                "both"
+            )
         # the window, rings 2.. spread ``dilation`` apart (:class:`Window`); every neighbourhood
         # function takes it where an int size would go
         self.kernel = kernel if isinstance(kernel, Window) else Window(kernel, dilation)
@@ -159,12 +177,19 @@ class DySPN(Propagator):
         """(B, K, H, W) |w| -> (B, R, H, W) A_r = sum_{j in ring r} |w_j| (K = 8 + 16 + 24 = 48
         neighbours for 7x7, ring by ring, ``self.sizes`` per ring)."""
         # BEGIN EXERCISE dyspn-step
-        # split, not slicing: its backward is one concatenation instead of a zero-filled copy per ring
+        # split, not slicing: its backward is one concatenation instead of a zero-filled copy per
+        # ring
         return torch.stack([part.sum(1) for part in torch.split(mag, self.sizes, 1)], 1)
         # END EXERCISE
 
-    def step(self, d: torch.Tensor | None, base: torch.Tensor, pos: torch.Tensor, A: torch.Tensor,
-             p: torch.Tensor) -> torch.Tensor:
+    def step(
+        self,
+        d: torch.Tensor | None,
+        base: torch.Tensor,
+        pos: torch.Tensor,
+        A: torch.Tensor,
+        p: torch.Tensor,
+    ) -> torch.Tensor:
         """One iteration in residual form, on D^t = H^t - H^0 of the propagated classes:
 
         D^{t+1} = [ sum_r pi^t_r (base_r + sum_{j in r} w_j^+ D^t_j) + pi^t_self D^t ] / G^t
@@ -174,35 +199,49 @@ class DySPN(Propagator):
         but weigh no neighbour, so their share of the weight goes to H^0 (whose D is 0).
         d (B, C', H, W) or None for D^0 = 0; base (B, R, C', H, W); pos (B, K, H, W) = w^+;
         A (B, R, H, W); p (B, R + 1, H, W) = pi^t (rings, then the pixel itself) -> (B, C', H, W).
-        ``ring_sums(d, pos, self.kernel)`` (B, R, C', H, W) is sum_{j in r} w_j^+ D^t_j for every ring
-        (``self.kernel`` is the window, dilated or not: never write its size as a number).
+        ``ring_sums(d, pos, self.kernel)`` (B, R, C', H, W) is sum_{j in r} w_j^+ D^t_j for every
+        ring (``self.kernel`` is the window, dilated or not: never write its size as a number).
         """
         # BEGIN EXERCISE dyspn-step
-        G = (p[:, :self.rings] * A).sum(1, keepdim=True) + p[:, self.rings:] + EPS
+        G = (p[:, : self.rings] * A).sum(1, keepdim=True) + p[:, self.rings :] + EPS
         S = base if d is None else base + ring_sums(d, pos, self.kernel)
-        step = (p[:, :self.rings, None] * S).sum(1)
+        step = (p[:, : self.rings, None] * S).sum(1)
         if d is not None:
-            step = step + p[:, self.rings:] * d
+            step = step + p[:, self.rings :] * d
         return step / G
         # END EXERCISE
 
-    def _fused_step(self, d: torch.Tensor | None, base: torch.Tensor, pos: torch.Tensor, A: torch.Tensor,
-                    p: torch.Tensor) -> torch.Tensor:
+    def _fused_step(
+        self,
+        d: torch.Tensor | None,
+        base: torch.Tensor,
+        pos: torch.Tensor,
+        A: torch.Tensor,
+        p: torch.Tensor,
+    ) -> torch.Tensor:
         """:meth:`step` with the neighbour sums, the pixel's own term and the division in one fused
         Triton kernel (the CUDA path); G^t and the attention-weighted base are per-pixel sums."""
         # BEGIN EXERCISE solution-only
         from .kernels import fused_step
 
-        G = (p[:, :self.rings] * A).sum(1, keepdim=True) + p[:, self.rings:] + EPS
-        weighted_base = (p[:, :self.rings, None] * base).sum(1)
+        G = (p[:, : self.rings] * A).sum(1, keepdim=True) + p[:, self.rings :] + EPS
+        weighted_base = (p[:, : self.rings, None] * base).sum(1)
         if d is None:
             return weighted_base / G
-        return fused_step(d, pos, weighted_base, self.kernel, a=p[:, :self.rings], s=p[:, self.rings:], g=G)
+        return fused_step(
+            d, pos, weighted_base, self.kernel, a=p[:, : self.rings], s=p[:, self.rings :], g=G
+        )
         # END EXERCISE
 
-    def forward(self, h0: torch.Tensor, raw_affinity: torch.Tensor, raw_attention: torch.Tensor,
-                iterations: int | None = None, suppression: bool = True,
-                raw_confidence: torch.Tensor | None = None) -> PropagationResult:
+    def forward(
+        self,
+        h0: torch.Tensor,
+        raw_affinity: torch.Tensor,
+        raw_attention: torch.Tensor,
+        iterations: int | None = None,
+        suppression: bool = True,
+        raw_confidence: torch.Tensor | None = None,
+    ) -> PropagationResult:
         """h0 (B, C, H, W); raw_affinity (B, 48, H, W); raw_attention (B, T_a * (R + 1), H, W),
         T_a >= T (an iteration sweep beyond the trained T reuses the last attention).
 
@@ -220,14 +259,18 @@ class DySPN(Propagator):
         with torch.autocast(h0.device.type, enabled=False):
             h0 = as_float(h0)
             pos, mag = prepare_affinity(raw_affinity, self.kernel)
-            norm = mag if suppression else pos                               # what the normaliser counts
-            A = self.ring_magnitudes(norm)                                   # (B, R, H, W)
-            pos = confident_weights(pos, raw_confidence, self.kernel)       # after A: c_j never renormalises
+            norm = mag if suppression else pos  # what the normaliser counts
+            A = self.ring_magnitudes(norm)  # (B, R, H, W)
+            pos = confident_weights(
+                pos, raw_confidence, self.kernel
+            )  # after A: c_j never renormalises
             # the iteration count is spelled out: with B = 0, view(B, -1, ...) cannot infer it
-            pi = torch.sigmoid(as_float(raw_attention)).view(B, raw_attention.shape[1] // per, per, H, W)
+            pi = torch.sigmoid(as_float(raw_attention)).view(
+                B, raw_attention.shape[1] // per, per, H, W
+            )
             # in D^t = H^t - H^0 the neighbour terms split into sum_j w_j D^t_j and a per-ring
             # base_r = sum_{j in r} w_j (H^0_j - H^0), computed once (see CSPN.forward)
-            base = ring_sums(free_channels(h0), pos, self.kernel, centred=True)   # (B, R, C', H, W)
+            base = ring_sums(free_channels(h0), pos, self.kernel, centred=True)  # (B, R, C', H, W)
             maps, d = [h0], None
             step = self._fused_step if self.uses_kernel(h0) else self.step
             for t in range(T):
@@ -235,7 +278,9 @@ class DySPN(Propagator):
                 maps.append(h0 + with_all_channels(d, h0.shape[1]))
             with torch.no_grad():  # for figures only: keep it out of the backward pass
                 affinity = pos / norm.sum(1, keepdim=True).clamp(min=EPS)
-        return PropagationResult(maps[-1], maps, affinity, pi[:, :max(T, 1)], _confidence(raw_confidence))
+        return PropagationResult(
+            maps[-1], maps, affinity, pi[:, : max(T, 1)], _confidence(raw_confidence)
+        )
 
 
 def _confidence(raw: torch.Tensor | None) -> torch.Tensor | None:
