@@ -21,3 +21,14 @@ def folders(tmp_path, monkeypatch):
     shell."""
     monkeypatch.delenv("PETS_ROOT", raising=False)
     return {"runs_dir": tmp_path / "runs", "data_dir": tmp_path / "data"}
+
+
+@pytest.fixture(scope="session")
+def student(tmp_path_factory):
+    """The student edition of this checkout, written once per session. Read-only: a test that
+    edits it copies it first (``handouts.fill``)."""
+    from helpers.course.edition import make_student_edition
+
+    out = tmp_path_factory.mktemp("editions") / "student"
+    make_student_edition(out)
+    return out

@@ -12,6 +12,7 @@ import nbclient
 import nbformat
 import pytest
 import torch
+from handouts import fill
 
 from helpers.course import checking, edition, grading, notebook
 from helpers.course.catalogue import EXERCISES
@@ -27,22 +28,7 @@ from helpers.course.edition import (
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="session")
-def student(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("editions") / "student"
-    make_student_edition(out)
-    return out
-
-
-def _fill(student: Path, dest: Path, keys=None) -> Path:
-    """A copy of the student edition with the solution put back (of ``keys`` only, if given)."""
-    shutil.copytree(student, dest)
-    for path in (dest / "helpers").rglob("*.py"):
-        solution = (ROOT / path.relative_to(dest)).read_text(encoding="utf-8")
-        path.write_text(
-            fill_back(path.read_text(encoding="utf-8"), solution, keys), encoding="utf-8"
-        )
-    return dest
+_fill = fill
 
 
 def _by_key(results) -> dict:

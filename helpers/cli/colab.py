@@ -7,12 +7,28 @@ import importlib.util
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 from ..core.runtime import in_colab
+
+WORKBOOK = Path(__file__).resolve().parents[2]  # the folder holding this copy of helpers/
 
 # what the workbook needs beyond Colab's own image (torch, torchvision, matplotlib, tqdm, ipywidgets
 # ship there)
 COLAB_EXTRAS = ("nbval",)
+
+
+def foreign_copy(folder: str | Path | None = None) -> str | None:
+    """One line when the notebook in ``folder`` (default: the current one) belongs to a workbook
+    (a ``helpers/`` beside its ``notebooks/``) whose ``helpers`` is not the one imported: edits to
+    that folder would not run. None otherwise."""
+    own = Path(folder or Path.cwd()).resolve().parent
+    if not (own / "helpers" / "__init__.py").is_file() or own == WORKBOOK:
+        return None
+    return (
+        f"note: this kernel imported helpers from {WORKBOOK}, not from this notebook's "
+        f"workbook {own}: restart the kernel and run this cell first"
+    )
 
 
 def setup(verbose: bool = True) -> list[str]:
@@ -27,6 +43,9 @@ def setup(verbose: bool = True) -> list[str]:
 
     install_one_line_errors()  # an unsolved or failing exercise shows as one line, not a traceback
     done = []
+    note = foreign_copy()
+    if note:
+        print(note)  # always: the student's edits would silently not run
     if in_colab():
         missing = [p for p in COLAB_EXTRAS if importlib.util.find_spec(p) is None]
         if missing:

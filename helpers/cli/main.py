@@ -50,8 +50,11 @@ def _assignment_command(args, parser) -> int:
         elif args.command == "references":
             print(f"wrote {checking.make_references()}")
         else:
-            doc = grading.grade(args.path, args.timeout)
+            doc = grading.grade(args.path, args.timeout, args.seed)
             print(grading.format_grades(doc))
+            if args.csv:
+                atomic_write_text(grading.grades_csv(doc), args.csv)
+                print(f"gradebook rows written to {args.csv}")
             atomic_write_text(json.dumps(doc, indent=2) + "\n", args.json)
             print(f"grades written to {args.json}")
     except (edition.AssignmentError, FileNotFoundError) as exc:
@@ -97,6 +100,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     grade.add_argument(
         "path", help="a student's copy (a folder with helpers/) or a folder of such copies"
+    )
+    grade.add_argument("--csv", help="also write one row per submission to this CSV file")
+    grade.add_argument(
+        "--seed", type=int, help="the inputs' seed (default: fresh); a recorded seed replays a run"
     )
     grade.add_argument(
         "--json", default="grades.json", help="where to write the grades (default: grades.json)"

@@ -7,11 +7,17 @@ inputs, and the points are this process's.
 
 from __future__ import annotations
 
+import csv
+import hashlib
+import importlib
+import io
 import os
+import platform
 import secrets
 import subprocess
 import sys
 import tempfile
+from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
@@ -25,33 +31,19 @@ from .checking import (
     own_package,
     run_exercise,
 )
-from .edition import AssignmentError
+from .sources import PACKAGE, package_files
+from .submissions import find_submissions
 
 
 # ------------------------------------------------------------------------------ grading
-def submissions(path: str | Path) -> list[Path]:
-    """One submission (a folder with ``helpers/``) or every such sub-folder of ``path``."""
-    path = Path(path)
-    if not path.is_dir():
-        raise AssignmentError(f"{path} is not a folder")
-    if (path / "helpers").is_dir():
-        return [path]
-    found = sorted(p for p in path.iterdir() if (p / "helpers").is_dir())
-    if not found:
-        raise AssignmentError(
-            f"{path} holds no submission: expected a helpers/ folder in it or in its sub-folders"
-        )
-    return found
-
-
-def grade_one(submission: Path, timeout: float = 120.0) -> list[Result]:
+def grade_one(submission: Path, timeout: float = 120.0, seed: int | None = None) -> list[Result]:
     """Grade one submission: fresh random inputs for every check; the submission's code runs on
     them in a subprocess with a time limit; its outputs (tensors only, loaded with
     ``weights_only=True``) are compared here with what the instructor's solution computes on the
     same inputs, and the points are this process's. Nothing the submission prints or writes
     decides its grade, and a table of the shipped reference outputs does not help."""
     grader = Path(__file__).resolve().with_name("__init__.py")  # this subpackage, loaded by path
-    seed = secrets.randbits(31)
+    seed = secrets.randbits(31) if seed is None else seed
     inputs = {e.key: draw_inputs(e.key, seed) for e in EXERCISES}
     solution = load_package(own_package())
     with tempfile.TemporaryDirectory(prefix="workbook-grade-") as tmp:
@@ -111,27 +103,84 @@ def _all_failed(why: str) -> list[Result]:
     ]
 
 
-def grade(path: str | Path, timeout: float = 120.0) -> dict:
-    """Grades of every submission under ``path``: {"submissions": [{name, path, score, max_score,
-    exercises}]}."""
+def grader_info(seed: int, timeout: float) -> dict:
+    """What a regrade needs to replay a grading run: the seed of its inputs, the grader's version
+    (the package's, and a hash of the solution's files), the limits, the date and the versions."""
+    digest = hashlib.sha256()
+    for path in package_files():
+        digest.update(path.relative_to(PACKAGE).as_posix().encode() + b"\0" + path.read_bytes())
+    return {
+        "seed": seed,
+        "version": version(),
+        "solution_sha256": digest.hexdigest(),
+        "timeout_s": timeout,
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+    }
+
+
+def version() -> str:
+    """The grading package's version (``helpers.__version__``)."""
+    try:
+        return importlib.import_module(own_package()).__version__
+    except (ImportError, AttributeError):
+        return "unknown"
+
+
+def grade(path: str | Path, timeout: float = 120.0, seed: int | None = None) -> dict:
+    """Grades of every submission under ``path`` (see :func:`find_submissions`), all on the
+    inputs drawn with ``seed`` (fresh when None; recorded, so that ``seed`` replays the run):
+    ``{"grader": {...}, "warnings": [...], "submissions": [{name, path, score, max_score,
+    exercises}]}``."""
+    seed = secrets.randbits(31) if seed is None else seed
     out = []
-    for sub in submissions(path):
-        results = grade_one(sub, timeout)
-        out.append(
-            {
-                "name": sub.resolve().name,
-                "path": str(sub),
-                "score": sum(r.points for r in results),
-                "max_score": sum(r.max_points for r in results),
-                "exercises": [r.__dict__ for r in results],
-            }
+    with tempfile.TemporaryDirectory(prefix="workbook-submissions-") as unpacked:
+        found, warnings = find_submissions(path, Path(unpacked))
+        for warning in warnings:
+            print(f"warning: {warning}", file=sys.stderr)
+        for sub in found:
+            results = grade_one(sub.path, timeout, seed)
+            out.append(
+                {
+                    "name": sub.name,
+                    "path": str(sub.path) if Path(path).is_dir() else str(path),
+                    "score": sum(r.points for r in results),
+                    "max_score": sum(r.max_points for r in results),
+                    "exercises": [r.__dict__ for r in results],
+                }
+            )
+    return {"grader": grader_info(seed, timeout), "warnings": warnings, "submissions": out}
+
+
+def grades_csv(doc: dict) -> str:
+    """One row per submission: name, score, max_score, then the points of each exercise (its key
+    as the column), for a gradebook's import."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["name", "score", "max_score", *(e.key for e in EXERCISES)])
+    for sub in doc["submissions"]:
+        points = {r["key"]: r["points"] for r in sub["exercises"]}
+        writer.writerow(
+            [
+                sub["name"],
+                sub["score"],
+                sub["max_score"],
+                *(points.get(e.key, 0) for e in EXERCISES),
+            ]
         )
-    return {"submissions": out}
+    return buffer.getvalue()
 
 
 def format_grades(doc: dict) -> str:
     """A plain-text table per submission: exercise, points, passed, message."""
     lines = []
+    if "grader" in doc:
+        g = doc["grader"]
+        lines.append(
+            f"graded with seed {g['seed']} (--seed {g['seed']} replays it), grader "
+            f"{g['version']} ({g['solution_sha256'][:12]}), {g['date']}"
+        )
     for sub in doc["submissions"]:
         lines.append(f"{sub['name']}: {sub['score']} / {sub['max_score']} points")
         lines.append(f"  {'exercise':36s} {'points':>7s}  passed  message")

@@ -1,0 +1,46 @@
+"""The hand-out as students and graders meet it: whatever folder a notebook runs in, it runs that
+folder's code, never a copy of the workbook installed elsewhere on the machine (the instructor's
+solution, typically), and it says so in one line when it cannot."""
+
+import shutil
+from pathlib import Path
+
+import nbclient
+import nbformat
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run(cells: list[str], folder: Path) -> list:
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in cells])
+    nbclient.NotebookClient(
+        nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(folder)}}
+    ).execute()
+    return [cell.outputs for cell in nb.cells]
+
+
+def _setup_cell(workbook: Path) -> str:
+    nb = nbformat.read(workbook / "notebooks" / "01_coarse_unet.ipynb", as_version=4)
+    return next(c.source for c in nb.cells if c.cell_type == "code")
+
+
+def test_a_hand_outs_notebook_imports_the_hand_outs_helpers(student, tmp_path):
+    """The solution is installed on the grader's machine (this checkout, editable): a blank
+    hand-out's notebook must still run the hand-out's own code, silently."""
+    handout = shutil.copytree(student, tmp_path / "handout")
+    outputs = _run(
+        [_setup_cell(handout), "import helpers; print(helpers.__file__)"], handout / "notebooks"
+    )
+    assert outputs[0] == []  # the first cell stays silent
+    assert Path(outputs[1][0]["text"].strip()).parent == handout / "helpers"
+
+
+def test_a_kernel_holding_another_copy_says_so_in_one_line(student, tmp_path):
+    handout = shutil.copytree(student, tmp_path / "handout")
+    stale = f"import sys; sys.path.insert(0, {str(ROOT)!r}); import helpers"
+    outputs = _run([stale, _setup_cell(handout)], handout / "notebooks")
+    lines = "".join(o.get("text", "") for o in outputs[1]).splitlines()
+    assert len(lines) == 1 and lines[0].startswith(
+        f"note: this kernel imported helpers from {ROOT}"
+    )
+    assert "restart the kernel" in lines[0]
