@@ -68,7 +68,7 @@ def test_a_collected_folder_is_graded_into_csv_and_json(student, tmp_path, capsy
 
     doc = json.loads((tmp_path / "g.json").read_text())
     grader = doc["grader"]
-    assert grader["seed"] == 11 and grader["timeout_s"] == 120.0
+    assert grader["seed"] == 11 and grader["timeout_s"] == 60.0
     assert len(grader["solution_sha256"]) == 64 and grader["version"] and grader["torch"]
     assert {"date", "python"} <= set(grader)
     assert len(doc["warnings"]) == 2

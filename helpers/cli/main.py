@@ -109,7 +109,10 @@ def main(argv: list[str] | None = None) -> int:
         "--json", default="grades.json", help="where to write the grades (default: grades.json)"
     )
     grade.add_argument(
-        "--timeout", type=float, default=120.0, help="seconds per submission (default 120)"
+        "--timeout",
+        type=float,
+        default=60.0,
+        help="seconds per exercise (default 60): a hang costs only that exercise",
     )
     sub.add_parser(
         "references",

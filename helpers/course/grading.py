@@ -11,10 +11,8 @@ import csv
 import hashlib
 import importlib
 import io
-import os
 import platform
 import secrets
-import subprocess
 import sys
 import tempfile
 from datetime import datetime, timezone
@@ -31,60 +29,30 @@ from .checking import (
     own_package,
     run_exercise,
 )
+from .sandbox import run_submission
 from .sources import PACKAGE, package_files
 from .submissions import find_submissions
 
+TIMEOUT = 60.0  # seconds per exercise: a check takes well under one; the import a few
+
 
 # ------------------------------------------------------------------------------ grading
-def grade_one(submission: Path, timeout: float = 120.0, seed: int | None = None) -> list[Result]:
-    """Grade one submission: fresh random inputs for every check; the submission's code runs on
-    them in a subprocess with a time limit; its outputs (tensors only, loaded with
+def grade_one(submission: Path, timeout: float = TIMEOUT, seed: int | None = None) -> list[Result]:
+    """Grade one submission: fresh random inputs for every check (those of ``seed`` if given); the
+    submission's code runs on them in a subprocess, ``timeout`` seconds per exercise
+    (:func:`helpers.course.sandbox.run_submission`); its outputs (tensors only, loaded with
     ``weights_only=True``) are compared here with what the instructor's solution computes on the
     same inputs, and the points are this process's. Nothing the submission prints or writes
     decides its grade, and a table of the shipped reference outputs does not help."""
-    grader = Path(__file__).resolve().with_name("__init__.py")  # this subpackage, loaded by path
     seed = secrets.randbits(31) if seed is None else seed
     inputs = {e.key: draw_inputs(e.key, seed) for e in EXERCISES}
     solution = load_package(own_package())
     with tempfile.TemporaryDirectory(prefix="workbook-grade-") as tmp:
-        inputs_file, out = Path(tmp) / "inputs.pt", Path(tmp) / "outputs.pt"
+        inputs_file = Path(tmp) / "inputs.pt"
         torch.save(inputs, inputs_file)
-        code = (
-            "import importlib.util, pathlib, sys\n"
-            "init = pathlib.Path(sys.argv[1])\n"
-            "spec = importlib.util.spec_from_file_location(\n"
-            "    'workbook_grader', init, submodule_search_locations=[str(init.parent)])\n"
-            "mod = importlib.util.module_from_spec(spec); sys.modules['workbook_grader'] = mod\n"
-            "spec.loader.exec_module(mod)\n"
-            "from workbook_grader.worker import main\n"
-            "main(sys.argv[2], sys.argv[3], sys.argv[4])\n"
+        produced = run_submission(
+            submission.resolve(), inputs_file, Path(tmp), [e.key for e in EXERCISES], timeout
         )
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "WORKBOOK_"))}
-        env.update(WORKBOOK_HEADLESS="1", OMP_NUM_THREADS="1")
-        cmd = [
-            sys.executable,
-            "-I",
-            "-c",
-            code,
-            str(grader),
-            str(submission.resolve()),
-            str(inputs_file),
-            str(out),
-        ]
-        try:
-            proc = subprocess.run(
-                cmd, cwd=tmp, env=env, capture_output=True, text=True, timeout=timeout
-            )
-        except subprocess.TimeoutExpired:
-            return _all_failed(
-                f"the checks did not finish within {timeout:g} s (an endless loop, or work at "
-                "import?)"
-            )
-        try:
-            produced = torch.load(out, map_location="cpu", weights_only=True)
-        except Exception:  # no file, or one that is not plain tensors
-            last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-            return _all_failed(f"the submission's package could not be checked: {last}")
     results = []
     for e in EXERCISES:
         got = produced.get(e.key) if isinstance(produced, dict) else None
@@ -128,7 +96,7 @@ def version() -> str:
         return "unknown"
 
 
-def grade(path: str | Path, timeout: float = 120.0, seed: int | None = None) -> dict:
+def grade(path: str | Path, timeout: float = TIMEOUT, seed: int | None = None) -> dict:
     """Grades of every submission under ``path`` (see :func:`find_submissions`), all on the
     inputs drawn with ``seed`` (fresh when None; recorded, so that ``seed`` replays the run):
     ``{"grader": {...}, "warnings": [...], "submissions": [{name, path, score, max_score,

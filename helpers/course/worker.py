@@ -16,13 +16,24 @@ from .catalogue import EXERCISES
 from .checking import attempt, load_package
 
 
-def main(submission: str, inputs_file: str, out: str) -> None:
-    """The grading subprocess: run the submission's code on the grader's inputs and save what it
-    returns (tensors, or the error it raised); the grader compares, in its own process. Only the
-    submission's own files count: an installed copy of the workbook is taken off the import path."""
+def _save(obj, path: Path) -> None:
+    """Written under another name, then renamed: the grader never reads half a file."""
+    partial = path.with_name(path.name + ".partial")
+    torch.save(obj, partial)
+    partial.replace(path)
+
+
+def main(submission: str, inputs_file: str, out_dir: str, *keys: str) -> None:
+    """The grading subprocess: run the submission's code for ``keys`` (default: every exercise)
+    on the grader's inputs and save what each returns (tensors, or the error it raised) as
+    ``out_dir/<key>.pt`` as soon as it is done, after ``out_dir/ready`` once the package has
+    imported: the grader times each exercise on its own and compares in its own process. Only
+    the submission's own files count: an installed copy of the workbook is taken off the import
+    path."""
     sys.meta_path[:] = [f for f in sys.meta_path if "editable" not in repr(f).lower()]
     sys.path[:] = [submission] + [p for p in sys.path if "__editable__" not in p]
     inputs = torch.load(inputs_file, map_location="cpu", weights_only=True)
+    out = Path(out_dir)
     root = (Path(submission) / "helpers").resolve()
     try:
         pkg = load_package("helpers")
@@ -42,8 +53,7 @@ def main(submission: str, inputs_file: str, out: str) -> None:
                 f"the submission's helpers package does not import: {type(exc).__name__}: {exc}",
             ),
         )
-    results = {}
-    for e in EXERCISES:
-        outputs, err = (None, error) if error else attempt(e.key, pkg, inputs[e.key])
-        results[e.key] = {"outputs": outputs, "error": list(err) if err else None}
-    torch.save(results, out)
+    _save({}, out / "ready")
+    for key in keys or [e.key for e in EXERCISES]:
+        outputs, err = (None, error) if error else attempt(key, pkg, inputs[key])
+        _save({"outputs": outputs, "error": list(err) if err else None}, out / f"{key}.pt")

@@ -1,0 +1,187 @@
+"""Running a submission's code for grading: in a subprocess of its own session, each exercise
+with its own time limit, its output capped, and every process it started gone when it ends.
+
+The subprocess imports this subpackage by path under a private name (``workbook_grader``) beside
+the submission's own ``helpers``, writes ``ready`` once the package imported and one file per
+exercise as each is done (:mod:`helpers.course.worker`). An exercise that runs past its limit
+costs only that exercise: the process is killed and a new one takes the exercises after it.
+Processes a submission started and left behind (a daemon in a session of its own included) are
+killed too: on Linux the grader is their "subreaper" while it grades, so they cannot escape to
+``init``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+GRADER = Path(__file__).resolve().with_name("__init__.py")  # this subpackage, loaded by path
+STDERR_TAIL = 4096  # bytes of the subprocess's error output kept for a message
+PR_SET_CHILD_SUBREAPER = 36
+LAUNCH = (
+    "import importlib.util, pathlib, sys\n"
+    "init = pathlib.Path(sys.argv[1])\n"
+    "spec = importlib.util.spec_from_file_location(\n"
+    "    'workbook_grader', init, submodule_search_locations=[str(init.parent)])\n"
+    "mod = importlib.util.module_from_spec(spec); sys.modules['workbook_grader'] = mod\n"
+    "spec.loader.exec_module(mod)\n"
+    "from workbook_grader.worker import main\n"
+    "main(*sys.argv[2:])\n"
+)
+
+
+def _subreaper(on: bool) -> bool:
+    """Make this process the subreaper of its descendants (Linux); False where unavailable."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        return (
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, int(on), 0, 0, 0) == 0
+        )
+    except (OSError, AttributeError):
+        return False
+
+
+def _children() -> set[int]:
+    """Process ids whose parent is this process (from /proc; empty where there is none)."""
+    me, found = os.getpid(), set()
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # the command name (field 2) may hold spaces and ')': the fields after it start at the
+        # last ')'
+        if int(stat[stat.rindex(")") + 2 :].split()[1]) == me:
+            found.add(int(entry.name))
+    return found
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    proc.wait()
+
+
+def _reap(before: set[int]) -> None:
+    """Kill and wait for every child that was not there before (orphans a submission left)."""
+    for _ in range(20):
+        strays = _children() - before
+        if not strays:
+            return
+        for pid in strays:
+            try:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+            except (ProcessLookupError, ChildProcessError, PermissionError):
+                pass
+
+
+def _tail(path: Path) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, f.seek(0, 2) - STDERR_TAIL))
+            text = f.read().decode(errors="replace")
+    except OSError:
+        return ""
+    lines = [ln for ln in text.strip().splitlines() if ln.strip()]
+    return lines[-1] if lines else ""
+
+
+def run_submission(
+    submission: Path, inputs_file: Path, work: Path, keys: list[str], timeout: float
+) -> dict[str, dict]:
+    """Run the submission's code for each exercise in ``keys``; per key the worker's
+    ``{"outputs", "error"}``, or ``{"error": ("raised", why)}`` when it did not finish within
+    ``timeout`` seconds or the process died. ``work`` is a private folder for this run."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "WORKBOOK_"))}
+    env.update(WORKBOOK_HEADLESS="1", OMP_NUM_THREADS="1")
+    results: dict[str, dict] = {}
+    remaining = list(keys)
+    reaping = _subreaper(True)
+    before = _children()
+    try:
+        attempt_no = 0
+        while remaining:
+            attempt_no += 1
+            out = work / f"run{attempt_no}"
+            out.mkdir()
+            stderr = out / "stderr.txt"
+            with open(stderr, "wb") as err:
+                # -I: no user site or PYTHON* variables; -B: nothing written beside the grader
+                cmd = [
+                    sys.executable,
+                    "-I",
+                    "-B",
+                    "-c",
+                    LAUNCH,
+                    str(GRADER),
+                    str(submission),
+                    str(inputs_file),
+                    str(out),
+                    *remaining,
+                ]
+                proc = subprocess.Popen(
+                    cmd,
+                    cwd=work,
+                    env=env,
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL,
+                    stderr=err,
+                    start_new_session=True,
+                )
+            try:
+                if not _wait_for(out / "ready", proc, timeout):
+                    why = (
+                        f"the submission's package did not finish importing within {timeout:g} s "
+                        "(work or an endless loop at import?)"
+                    )
+                    if proc.poll() is not None:
+                        last = _tail(stderr) or "no output"
+                        why = f"the submission's package could not be checked: {last}"
+                    results.update({k: {"error": ("raised", why)} for k in remaining})
+                    return results
+                for key in list(remaining):
+                    done = out / f"{key}.pt"
+                    if _wait_for(done, proc, timeout):
+                        results[key] = torch.load(done, map_location="cpu", weights_only=True)
+                        remaining.remove(key)
+                        continue
+                    if proc.poll() is None:
+                        why = (
+                            f"did not finish within {timeout:g} s (an endless loop?); the other "
+                            "exercises were checked without it"
+                        )
+                    else:
+                        why = f"the grading process died in it: {_tail(stderr) or 'no output'}"
+                    results[key] = {"error": ("raised", why)}
+                    remaining.remove(key)
+                    break  # a new process takes the exercises after it
+            finally:
+                _kill_group(proc)
+    finally:
+        _reap(before)
+        if reaping:
+            _subreaper(False)
+    return results
+
+
+def _wait_for(path: Path, proc: subprocess.Popen, timeout: float) -> bool:
+    """Whether ``path`` appeared within ``timeout`` seconds (early False if ``proc`` ended)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists():
+            return True
+        if proc.poll() is not None:
+            return path.exists()
+        time.sleep(0.02)
+    return path.exists()
