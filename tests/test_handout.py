@@ -44,3 +44,40 @@ def test_a_kernel_holding_another_copy_says_so_in_one_line(student, tmp_path):
         f"note: this kernel imported helpers from {ROOT}"
     )
     assert "restart the kernel" in lines[0]
+
+
+def test_a_students_own_grade_checks_against_the_references_not_itself(student, tmp_path):
+    """`python -m helpers grade .` in a student's copy: no solution is there, so it must compare
+    with the shipped reference outputs, right parts earning their points, no traceback."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from handouts import fill
+
+    copy = fill(student, tmp_path / "mine", keys={"miou", "cspn-step", "dyspn-step"})
+    prop = copy / "helpers" / "models" / "propagation" / "propagators.py"
+    right = "G = (p[:, : self.rings] * A).sum(1, keepdim=True) + p[:, self.rings :] + EPS"
+    assert right in prop.read_text()
+    prop.write_text(prop.read_text().replace(right, right.replace(" + EPS", " * 1.1 + EPS")))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "WORKBOOK_"))}
+    out = subprocess.run(
+        [sys.executable, "-m", "helpers", "grade", ".", "--json", "g.json"],
+        cwd=copy,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert out.returncode == 0 and "Traceback" not in out.stderr, out.stderr
+    assert "shipped reference inputs" in out.stdout
+    points = {
+        r["key"]: r
+        for r in json.loads((copy / "g.json").read_text())["submissions"][0]["exercises"]
+    }
+    assert points["miou"]["points"] == 10 and points["cspn-step"]["points"] == 15
+    assert (
+        points["dyspn-step"]["points"] == 0 and "relative error" in points["dyspn-step"]["message"]
+    )
+    assert points["unet-up"]["points"] == 0 and "not done yet" in points["unet-up"]["message"]

@@ -42,7 +42,9 @@ NOT_IN_STUDENT_EDITION = (
 STUDENT_SETTINGS = {
     "helpers/core/config.py": (
         ('propagation_backend: str = "auto"', 'propagation_backend: str = "torch"'),
-    )
+    ),
+    # a hand-out holds no solution to grade against: its `grade` uses the shipped references
+    "helpers/course/sources.py": (('EDITION = "solution"', 'EDITION = "student"'),),
 }
 
 

@@ -25,12 +25,13 @@ from .checking import (
     Result,
     draw_inputs,
     load_package,
+    load_references,
     outcome,
     own_package,
     run_exercise,
 )
 from .sandbox import run_submission
-from .sources import PACKAGE, package_files
+from .sources import EDITION, PACKAGE, package_files
 from .submissions import find_submissions
 
 TIMEOUT = 60.0  # seconds per exercise: a check takes well under one; the import a few
@@ -44,9 +45,15 @@ def grade_one(submission: Path, timeout: float = TIMEOUT, seed: int | None = Non
     ``weights_only=True``) are compared here with what the instructor's solution computes on the
     same inputs, and the points are this process's. Nothing the submission prints or writes
     decides its grade, and a table of the shipped reference outputs does not help."""
-    seed = secrets.randbits(31) if seed is None else seed
-    inputs = {e.key: draw_inputs(e.key, seed) for e in EXERCISES}
-    solution = load_package(own_package())
+    if EDITION == "solution":
+        seed = secrets.randbits(31) if seed is None else seed
+        inputs = {e.key: draw_inputs(e.key, seed) for e in EXERCISES}
+        solution = load_package(own_package())
+        wanted = {e.key: (lambda k=e.key: run_exercise(k, solution, inputs[k])) for e in EXERCISES}
+    else:  # a student's own check: the shipped reference inputs and the solution's outputs
+        refs = load_references()
+        inputs = {e.key: refs[e.key]["inputs"] for e in EXERCISES}
+        wanted = {e.key: (lambda k=e.key: refs[k]["outputs"]) for e in EXERCISES}
     with tempfile.TemporaryDirectory(prefix="workbook-grade-") as tmp:
         inputs_file = Path(tmp) / "inputs.pt"
         torch.save(inputs, inputs_file)
@@ -60,8 +67,7 @@ def grade_one(submission: Path, timeout: float = TIMEOUT, seed: int | None = Non
             results.append(_all_failed("the grading process returned nothing for it")[e.number - 1])
             continue
         error = tuple(got["error"]) if got.get("error") else None
-        want = run_exercise(e.key, solution, inputs[e.key])
-        results.append(outcome(e.key, got.get("outputs"), want, error))
+        results.append(outcome(e.key, got.get("outputs"), wanted[e.key](), error))
     return results
 
 
@@ -78,7 +84,10 @@ def grader_info(seed: int, timeout: float) -> dict:
     for path in package_files():
         digest.update(path.relative_to(PACKAGE).as_posix().encode() + b"\0" + path.read_bytes())
     return {
-        "seed": seed,
+        "seed": seed if EDITION == "solution" else None,
+        "inputs": "fresh, drawn with the seed"
+        if EDITION == "solution"
+        else "the shipped references",
         "version": version(),
         "solution_sha256": digest.hexdigest(),
         "timeout_s": timeout,
@@ -143,7 +152,12 @@ def grades_csv(doc: dict) -> str:
 def format_grades(doc: dict) -> str:
     """A plain-text table per submission: exercise, points, passed, message."""
     lines = []
-    if "grader" in doc:
+    if doc.get("grader", {}).get("seed") is None and "grader" in doc:
+        lines.append(
+            "checked on the shipped reference inputs, as the notebooks' check cells do; "
+            "your instructor grades on fresh inputs of the same kind"
+        )
+    elif "grader" in doc:
         g = doc["grader"]
         lines.append(
             f"graded with seed {g['seed']} (--seed {g['seed']} replays it), grader "

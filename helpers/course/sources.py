@@ -13,6 +13,9 @@ PACKAGE = Path(__file__).resolve().parents[1]  # helpers/
 MANIFEST = Path(__file__).resolve().with_name("handout.txt")
 BUNDLE = Path(__file__).resolve().with_name("workbook")  # in a wheel: the manifest's files
 SKIP_DIRS = {"__pycache__", ".ipynb_checkpoints"}
+# which edition this copy is: the student edition's own checks cannot compute the solution
+# (``python -m helpers assignment`` writes "student" here)
+EDITION = "solution"
 
 
 def manifest_patterns(manifest: Path = MANIFEST) -> list[str]:
