@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 
 from ..core.config import PROFILES, check_settings
+from . import course
 from .run import NOTEBOOK_DIR, run_command
 
 FIGURE_DIR = NOTEBOOK_DIR / "figures"
@@ -29,36 +30,6 @@ def write_figures(args) -> int:
         )
     for path in save_readme_figures(wb, all_stages(wb, converged=False), Path(args.out)):
         print(f"wrote {display_path(path)}")
-    return 0
-
-
-def _assignment_command(args, parser) -> int:
-    """``assignment OUT``, ``grade PATH`` and ``references``: see :mod:`helpers.course.edition`."""
-    import json
-
-    from ..core.checkpoint import atomic_write_text
-    from ..course import checking, edition, grading
-    from ..course.catalogue import EXERCISES
-
-    try:
-        if args.command == "assignment":
-            written = edition.make_student_edition(args.out)
-            print(
-                f"student edition: {len(written)} files in {args.out}; its ASSIGNMENT.md lists the "
-                f"{len(EXERCISES)} exercises"
-            )
-        elif args.command == "references":
-            print(f"wrote {checking.make_references()}")
-        else:
-            doc = grading.grade(args.path, args.timeout, args.seed)
-            print(grading.format_grades(doc))
-            if args.csv:
-                atomic_write_text(grading.grades_csv(doc), args.csv)
-                print(f"gradebook rows written to {args.csv}")
-            atomic_write_text(json.dumps(doc, indent=2) + "\n", args.json)
-            print(f"grades written to {args.json}")
-    except (edition.AssignmentError, FileNotFoundError) as exc:
-        parser.error(str(exc))
     return 0
 
 
@@ -91,36 +62,10 @@ def main(argv: list[str] | None = None) -> int:
     figures.add_argument(
         "--out", default=str(FIGURE_DIR), help="output folder (default: notebooks/figures)"
     )
-    assignment = sub.add_parser(
-        "assignment", help="write the student edition (exercises stubbed, outputs cleared)"
-    )
-    assignment.add_argument("out", help="a new or empty folder")
-    grade = sub.add_parser(
-        "grade", help="run the exercise checks on a submission or a folder of submissions"
-    )
-    grade.add_argument(
-        "path", help="a student's copy (a folder with helpers/) or a folder of such copies"
-    )
-    grade.add_argument("--csv", help="also write one row per submission to this CSV file")
-    grade.add_argument(
-        "--seed", type=int, help="the inputs' seed (default: fresh); a recorded seed replays a run"
-    )
-    grade.add_argument(
-        "--json", default="grades.json", help="where to write the grades (default: grades.json)"
-    )
-    grade.add_argument(
-        "--timeout",
-        type=float,
-        default=60.0,
-        help="seconds per exercise (default 60): a hang costs only that exercise",
-    )
-    sub.add_parser(
-        "references",
-        help="recompute the exercises' reference tensors from this (the solution) edition",
-    )
+    course.add_commands(sub)
     args = parser.parse_args(argv)
-    if args.command in ("assignment", "grade", "references"):
-        return _assignment_command(args, parser)
+    if args.command in course.COMMANDS:
+        return course.run(args, parser)
     if args.command == "figures":
         from ..core.checkpoint import CheckpointError
         from ..data.sources import DataError
