@@ -46,6 +46,8 @@ def test_a_collected_folder_is_graded_into_csv_and_json(student, tmp_path, capsy
                 str(tmp_path / "g.csv"),
                 "--seed",
                 "11",
+                "--jobs",
+                "2",
             ]
         )
         == 0
@@ -68,7 +70,9 @@ def test_a_collected_folder_is_graded_into_csv_and_json(student, tmp_path, capsy
 
     doc = json.loads((tmp_path / "g.json").read_text())
     grader = doc["grader"]
-    assert grader["seed"] == 11 and grader["timeout_s"] == 60.0
+    assert grader["seed"] == 11 and grader["timeout_s"] == 60.0 and grader["jobs"] == 2
+    paths = {s["name"]: s["path"] for s in doc["submissions"]}
+    assert paths["dave"] == str(subs / "dave.zip")  # what was handed in, not a temporary copy
     assert len(grader["solution_sha256"]) == 64 and grader["version"] and grader["torch"]
     assert {"date", "python"} <= set(grader)
     assert len(doc["warnings"]) == 2

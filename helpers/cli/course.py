@@ -35,6 +35,9 @@ def add_commands(sub) -> None:
         default=60.0,
         help="seconds per exercise (default 60): a hang costs only that exercise",
     )
+    grade.add_argument(
+        "--jobs", type=int, default=1, help="submissions graded at a time (default 1)"
+    )
     autograder = sub.add_parser(
         "autograder", help="write a Gradescope autograder (setup.sh, run_autograder, the grader)"
     )
@@ -68,7 +71,7 @@ def run(args, parser: argparse.ArgumentParser) -> int:
         else:
             started = time.perf_counter()
             try:
-                doc = grading.grade(args.path, args.timeout, args.seed)
+                doc = grading.grade(args.path, args.timeout, args.seed, args.jobs)
             except edition.AssignmentError as exc:
                 if not args.gradescope:
                     raise

@@ -11,10 +11,12 @@ import csv
 import hashlib
 import importlib
 import io
+import multiprocessing
 import platform
 import secrets
 import sys
 import tempfile
+from concurrent.futures import ProcessPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -105,29 +107,43 @@ def version() -> str:
         return "unknown"
 
 
-def grade(path: str | Path, timeout: float = TIMEOUT, seed: int | None = None) -> dict:
+def _grade_in_own_process(args: tuple[Path, float, int]) -> list[Result]:
+    """:func:`grade_one` in a pool's process: each process is the subreaper of its own workers."""
+    return grade_one(*args)
+
+
+def grade(
+    path: str | Path, timeout: float = TIMEOUT, seed: int | None = None, jobs: int = 1
+) -> dict:
     """Grades of every submission under ``path`` (see :func:`find_submissions`), all on the
-    inputs drawn with ``seed`` (fresh when None; recorded, so that ``seed`` replays the run):
-    ``{"grader": {...}, "warnings": [...], "submissions": [{name, path, score, max_score,
-    exercises}]}``."""
+    inputs drawn with ``seed`` (fresh when None; recorded, so that ``seed`` replays the run),
+    ``jobs`` submissions at a time: ``{"grader": {...}, "warnings": [...], "submissions":
+    [{name, path, score, max_score, exercises}]}``."""
     seed = secrets.randbits(31) if seed is None else seed
-    out = []
     with tempfile.TemporaryDirectory(prefix="workbook-submissions-") as unpacked:
         found, warnings = find_submissions(path, Path(unpacked))
         for warning in warnings:
             print(f"warning: {warning}", file=sys.stderr)
-        for sub in found:
-            results = grade_one(sub.path, timeout, seed)
-            out.append(
-                {
-                    "name": sub.name,
-                    "path": str(sub.path) if Path(path).is_dir() else str(path),
-                    "score": sum(r.points for r in results),
-                    "max_score": sum(r.max_points for r in results),
-                    "exercises": [r.__dict__ for r in results],
-                }
-            )
-    return {"grader": grader_info(seed, timeout), "warnings": warnings, "submissions": out}
+        tasks = [(sub.path, timeout, seed) for sub in found]
+        if jobs > 1 and len(tasks) > 1:
+            # processes, not threads: each must be the only one reaping what its workers leave
+            context = multiprocessing.get_context("spawn")
+            with ProcessPoolExecutor(min(jobs, len(tasks)), mp_context=context) as pool:
+                graded = list(pool.map(_grade_in_own_process, tasks))
+        else:
+            graded = [grade_one(*task) for task in tasks]
+    out = [
+        {
+            "name": sub.name,
+            "path": str(sub.source),
+            "score": sum(r.points for r in results),
+            "max_score": sum(r.max_points for r in results),
+            "exercises": [r.__dict__ for r in results],
+        }
+        for sub, results in zip(found, graded)
+    ]
+    info = {**grader_info(seed, timeout), "jobs": jobs}
+    return {"grader": info, "warnings": warnings, "submissions": out}
 
 
 def grades_csv(doc: dict) -> str:

@@ -21,11 +21,12 @@ JUNK = {"__MACOSX", ".DS_Store", "Thumbs.db", "desktop.ini"}
 
 @dataclass(frozen=True)
 class Submission:
-    """A submission to grade: its ``name`` (the folder or zip name) and the folder holding its
-    ``helpers/``."""
+    """A submission to grade: its ``name`` (the folder or zip name), the folder holding its
+    ``helpers/`` and the ``source`` it was found as (the folder or the zip handed in)."""
 
     name: str
     path: Path
+    source: Path
 
 
 def is_submission(folder: Path) -> bool:
@@ -101,7 +102,7 @@ def find_submissions(path: str | Path, unpack_dir: Path) -> tuple[list[Submissio
     elif not path.is_dir():
         raise AssignmentError(f"{path} is neither a folder nor a .zip archive")
     elif _unwrap(path) is not None:
-        return [Submission(path.resolve().name, _unwrap(path))], []
+        return [Submission(path.resolve().name, _unwrap(path), path)], []
     else:
         entries = _content(path)
     found, warnings = [], []
@@ -124,7 +125,7 @@ def find_submissions(path: str | Path, unpack_dir: Path) -> tuple[list[Submissio
         if any(s.name == name for s in found):
             warnings.append(f"skipped {entry.name}: a submission named {name!r} came first")
             continue
-        found.append(Submission(name, root))
+        found.append(Submission(name, root, entry))
     if not found:
         raise AssignmentError(
             f"{path} holds no submission: expected a helpers/ folder in it, in "
