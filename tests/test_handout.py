@@ -81,3 +81,63 @@ def test_a_students_own_grade_checks_against_the_references_not_itself(student, 
         points["dyspn-step"]["points"] == 0 and "relative error" in points["dyspn-step"]["message"]
     )
     assert points["unet-up"]["points"] == 0 and "not done yet" in points["unet-up"]["message"]
+
+
+def test_a_failing_check_says_where_the_largest_difference_is():
+    """Not just "relative error 0.17": the iteration, the pixel, border or inside, both values."""
+    import pytest
+    import torch
+
+    from helpers.course.compare import Mismatch, close
+
+    want = torch.zeros(3, 2, 1, 6, 7, dtype=torch.float64)  # D^1..D^3 of a batch of 2
+    border, inside = want.clone(), want.clone()
+    border[1, 0, 0, 5, 3] = 0.5
+    inside[2, 1, 0, 2, 3] = -0.25
+    with pytest.raises(Mismatch) as exc:
+        close("D^1..D^3", border, want + 1e-3, steps_axis=0)
+    assert "t = 2, pixel (y=5, x=3) on the border of 6 x 7" in str(exc.value)
+    assert "0.5 instead of 0.001" in str(exc.value)
+    with pytest.raises(Mismatch, match=r"t = 3, pixel \(y=2, x=3\) inside the map"):
+        close("D^1..D^3", inside, want + 1e-3, steps_axis=0)
+
+
+def test_a_check_after_an_edit_asks_for_a_restart_instead_of_checking_old_code(student, tmp_path):
+    """A student fixes propagators.py while the kernel holds the old module: the check must not
+    grade the old code (pass or fail); it says which file changed and to restart the kernel."""
+    from handouts import fill
+
+    copy = fill(student, tmp_path / "mine")
+    edit = (
+        "import pathlib\np = pathlib.Path('helpers/models/propagation/propagators.py')\n"
+        "p.write_text(p.read_text() + '\\n# edited in the editor\\n')"
+    )
+    outputs = _run_allowing_errors(
+        [
+            "from helpers import colab, exercises\n_ = colab.setup()",
+            "from helpers import CSPN",
+            'exercises.check("cspn-step")',
+            edit,
+            'exercises.check("cspn-step")',
+        ],
+        copy,
+    )
+    assert "passed" in outputs[2][0]["text"]
+    error = [o for o in outputs[4] if o["output_type"] == "error"][0]
+    assert error["ename"] == "ExerciseFailed" and len(error["traceback"]) == 1
+    assert error["evalue"].startswith(
+        "helpers/models/propagation/propagators.py changed after "
+        "this kernel loaded it: restart the kernel"
+    )
+
+
+def _run_allowing_errors(cells: list[str], folder: Path) -> list:
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in cells])
+    nbclient.NotebookClient(
+        nb,
+        timeout=120,
+        kernel_name="python3",
+        allow_errors=True,
+        resources={"metadata": {"path": str(folder)}},
+    ).execute()
+    return [cell.outputs for cell in nb.cells]

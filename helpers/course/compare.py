@@ -30,13 +30,35 @@ def rel_error(x: torch.Tensor, y: torch.Tensor) -> float:
     return float("inf") if err != err else err
 
 
-def close(name: str, got, want, tol: float = TOLERANCE) -> float:
+def where_differs(got: torch.Tensor, want: torch.Tensor, steps_axis: int | None = None) -> str:
+    """Where the largest difference of two same-shaped tensors is: its index, the iteration
+    (``t``, when ``steps_axis`` stacks D^1, D^2, ...), whether the pixel lies on the map's border
+    or inside it (the last two dimensions are H and W), and both values."""
+    diff = (got.double() - want.double()).abs().nan_to_num(nan=float("inf"))
+    index = tuple(int(i) for i in torch.unravel_index(diff.argmax(), diff.shape))
+    parts = []
+    if steps_axis is not None:
+        parts.append(f"t = {index[steps_axis] + 1}")
+    if got.dim() >= 2:
+        (y, x), (h, w) = index[-2:], got.shape[-2:]
+        side = "on the border" if y in (0, h - 1) or x in (0, w - 1) else "inside the map"
+        parts.append(f"pixel (y={y}, x={x}) {side} of {h} x {w}")
+    parts.append(f"index {index}: {float(got[index]):.4g} instead of {float(want[index]):.4g}")
+    return "largest difference at " + ", ".join(parts)
+
+
+def close(name: str, got, want, tol: float = TOLERANCE, steps_axis: int | None = None) -> float:
+    """The relative error of ``got`` against ``want``; :class:`Mismatch` saying where they differ
+    most when it exceeds ``tol``."""
     got = torch.as_tensor(got)
     if tuple(got.shape) != tuple(want.shape):
         raise Mismatch(f"{name} has shape {tuple(got.shape)}, expected {tuple(want.shape)}")
     err = rel_error(got, want)
     if not err <= tol:
-        raise Mismatch(f"{name} differs from the reference (relative error {err:.2g} > {tol:g})")
+        raise Mismatch(
+            f"{name} differs from the reference (relative error {err:.2g} > {tol:g}); "
+            + where_differs(got, want, steps_axis)
+        )
     return err
 
 
@@ -44,11 +66,13 @@ def equal(name: str, got, want) -> None:
     got = torch.as_tensor(got)
     if tuple(got.shape) != tuple(want.shape):
         raise Mismatch(f"{name} has shape {tuple(got.shape)}, expected {tuple(want.shape)}")
-    wrong = int(
-        (got.double() != want.double()).sum()
-    )  # no cast to the reference's dtype: 0.3 is not True
+    # no cast to the reference's dtype: 0.3 is not True
+    wrong = int((got.double() != want.double()).sum())
     if wrong:
-        raise Mismatch(f"{name} differs from the reference in {wrong} of {want.numel()} entries")
+        raise Mismatch(
+            f"{name} differs from the reference in {wrong} of {want.numel()} entries; "
+            + where_differs(got, want)
+        )
 
 
 def gradcheck(name: str, fn, inputs) -> None:
@@ -66,9 +90,8 @@ def gradcheck(name: str, fn, inputs) -> None:
 
 
 def grad_of(t: torch.Tensor) -> torch.Tensor:
-    return (
-        t.grad if t.grad is not None else torch.zeros_like(t)
-    )  # no gradient at all: zeros, which differ
+    """``t``'s gradient; zeros where none reached it (which then differ from the reference's)."""
+    return t.grad if t.grad is not None else torch.zeros_like(t)
 
 
 def detached(tree):

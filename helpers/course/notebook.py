@@ -4,8 +4,59 @@ messages instead of tracebacks for an exercise that is not done or fails (IPytho
 
 from __future__ import annotations
 
+import os
+import sys
+from pathlib import Path
+
 from .catalogue import EXERCISES, ExerciseFailed
-from .checking import Result, check_one, load_references
+from .checking import Result, check_one, load_references, own_package
+
+
+def _package_modules() -> dict[str, str]:
+    """Module name -> source file of every loaded module of this package."""
+    prefix = own_package() + "."
+    return {
+        name: module.__file__
+        for name, module in list(sys.modules.items())
+        if name.startswith(prefix) and getattr(module, "__file__", None)
+    }
+
+
+def _mtime(path: str) -> float | None:
+    try:
+        return os.stat(path).st_mtime_ns
+    except OSError:
+        return None
+
+
+def remember_loaded(shell) -> None:
+    """Note the file times of the package's modules loaded since the last call (after every
+    cell: a module is loaded during a cell, a student edits its file between cells)."""
+    seen = shell.__dict__.setdefault("_workbook_loaded_mtimes", {})
+    for name, path in _package_modules().items():
+        seen.setdefault(name, (path, _mtime(path)))
+
+
+def stale_files(shell) -> list[str]:
+    """The package's files edited since this kernel loaded them: their code is not what runs."""
+    seen = getattr(shell, "_workbook_loaded_mtimes", {})
+    stale = [path for path, mtime in seen.values() if _mtime(path) != mtime]
+    root = Path(sys.modules[own_package()].__file__).resolve().parents[1]
+    return sorted(Path(p).resolve().relative_to(root).as_posix() for p in stale)
+
+
+def _current_code() -> None:
+    """Stop a check that would run code the kernel loaded before the student's last edit."""
+    shell = _shell()
+    if shell is None:
+        return
+    stale = stale_files(shell)
+    if stale:
+        raise ExerciseFailed(
+            f"{', '.join(stale)} changed after this kernel loaded it: restart the "
+            "kernel (Kernel > Restart Kernel) and run the cells from the top, so "
+            "that the check runs your current code"
+        )
 
 
 # ------------------------------------------------------------------------------ in a notebook
@@ -51,10 +102,12 @@ def install_one_line_errors() -> None:
     def forget(result):  # a cell that ran cleanly: later NameErrors are the student's own again
         if result.error_in_exec is None and result.error_before_exec is None:
             shell._workbook_exercise_error = None
+        remember_loaded(shell)
 
     shell.set_custom_exc((ExerciseFailed, NotImplementedError, NameError), handler)
     shell.events.register("post_run_cell", forget)
     shell._workbook_exercise_handler = True
+    remember_loaded(shell)
 
 
 def _passed() -> None:
@@ -67,6 +120,7 @@ def check(key: str | int) -> Result:
     """The check cell: run one exercise's check, print one line; raise :class:`ExerciseFailed` if it
     fails."""
     install_one_line_errors()
+    _current_code()
     result = check_one(key)
     if not result.passed:
         raise ExerciseFailed(result.message)
@@ -80,6 +134,7 @@ def require(*keys: str | int) -> None:
     it with the failing check's one-line message instead of a long traceback from deep inside
     training."""
     install_one_line_errors()
+    _current_code()
     refs = load_references()
     for key in keys or [e.key for e in EXERCISES]:
         result = check_one(key, refs=refs)
