@@ -21,7 +21,7 @@ class BuildWithWorkbook(build_py):
         target = Path(self.build_lib) / "helpers" / "course" / "workbook"
         for line in MANIFEST.read_text(encoding="utf-8").splitlines():
             pattern = line.strip()
-            if not pattern or pattern.startswith("#"):
+            if not pattern or pattern.startswith(("#", "!")):
                 continue
             for src in sorted(ROOT.glob(pattern)):
                 if src.is_file():

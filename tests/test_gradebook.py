@@ -13,8 +13,7 @@ from handouts import fill
 
 from helpers.cli.main import main
 from helpers.course import grading, submissions
-from helpers.course.catalogue import EXERCISES
-from helpers.course.edition import AssignmentError
+from helpers.course.catalogue import EXERCISES, AssignmentError
 
 KEYS = [e.key for e in EXERCISES]
 

@@ -141,3 +141,29 @@ def _run_allowing_errors(cells: list[str], folder: Path) -> list:
         resources={"metadata": {"path": str(folder)}},
     ).execute()
     return [cell.outputs for cell in nb.cells]
+
+
+SOLUTION_TEXT = ("solution edition", "here it is the solution", "this repository is the")
+
+
+def test_the_hand_out_speaks_to_students_not_to_the_instructor(student):
+    """A student opening the hand-out reads their README, their notebooks and their code: none of
+    it may say it is the solution, and the instructor's tools are not shipped."""
+    readme = (student / "README.md").read_text(encoding="utf-8")
+    assert readme.startswith(
+        "# Refining coarse segmentations with spatial propagation: the assignment"
+    )
+    assert "python -m helpers grade ." in readme and "pip install -r requirements.txt" in readme
+    found = []
+    for path in sorted(
+        p
+        for p in student.rglob("*")
+        if p.is_file() and p.suffix in (".md", ".py", ".ipynb", ".txt", ".toml")
+    ):
+        text = path.read_text(encoding="utf-8").lower()
+        found += [
+            f"{path.relative_to(student)}: {phrase!r}" for phrase in SOLUTION_TEXT if phrase in text
+        ]
+    assert not found, found
+    for tool in ("edition.py", "gradescope.py", "autograder", "student_readme.md"):
+        assert not (student / "helpers" / "course" / tool).exists(), tool

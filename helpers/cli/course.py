@@ -51,19 +51,30 @@ def add_commands(sub) -> None:
 def run(args, parser: argparse.ArgumentParser) -> int:
     """One of :data:`COMMANDS`; a usage error (exit status 2) names what is wrong."""
     from ..core.checkpoint import atomic_write_text
-    from ..course import checking, edition, gradescope, grading
-    from ..course.catalogue import EXERCISES
+    from ..course import checking, grading
+    from ..course.catalogue import EXERCISES, AssignmentError
 
     try:
         if args.command == "assignment":
+            from ..course import edition  # the instructor's tool: not in a hand-out
+
             written = edition.make_student_edition(args.out)
             print(
                 f"student edition: {len(written)} files in {args.out}; its ASSIGNMENT.md lists "
                 f"the {len(EXERCISES)} exercises"
             )
         elif args.command == "references":
+            from ..course.sources import EDITION
+
+            if EDITION != "solution":  # a student's code would become the reference of its check
+                raise AssignmentError(
+                    "the reference tensors come from the solution: this copy is "
+                    "the student edition, whose references are your instructor's"
+                )
             print(f"wrote {checking.make_references()}")
         elif args.command == "autograder":
+            from ..course import gradescope  # the instructor's tool: not in a hand-out
+
             print(
                 f"wrote {gradescope.build_autograder(args.out)}: upload it as the assignment's "
                 "autograder (Gradescope runs setup.sh once, run_autograder per submission)"
@@ -72,9 +83,11 @@ def run(args, parser: argparse.ArgumentParser) -> int:
             started = time.perf_counter()
             try:
                 doc = grading.grade(args.path, args.timeout, args.seed, args.jobs)
-            except edition.AssignmentError as exc:
+            except AssignmentError as exc:
                 if not args.gradescope:
                     raise
+                from ..course import gradescope
+
                 # Gradescope shows the student this output: say what was wrong with the upload
                 results = gradescope.results({}, time.perf_counter() - started, str(exc))
                 atomic_write_text(json.dumps(results, indent=2) + "\n", args.gradescope)
@@ -87,9 +100,11 @@ def run(args, parser: argparse.ArgumentParser) -> int:
                 atomic_write_text(grading.grades_csv(doc), args.csv)
                 print(f"gradebook rows written to {args.csv}")
             if args.gradescope:
+                from ..course import gradescope
+
                 results = gradescope.results(doc, time.perf_counter() - started)
                 atomic_write_text(json.dumps(results, indent=2) + "\n", args.gradescope)
                 print(f"Gradescope results written to {args.gradescope}")
-    except (edition.AssignmentError, FileNotFoundError, FileExistsError) as exc:
+    except (AssignmentError, FileNotFoundError, FileExistsError) as exc:
         parser.error(str(exc))
     return 0

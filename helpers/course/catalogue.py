@@ -107,6 +107,11 @@ EXERCISES: tuple[Exercise, ...] = (
 BY_KEY = {e.key: e for e in EXERCISES}
 
 
+class AssignmentError(ValueError):
+    """What an instructor handed the course's commands is wrong: a malformed exercise marker, an
+    output folder that is not empty, nothing to grade (the message says what and where)."""
+
+
 class ExerciseFailed(AssertionError):
     """A check failed; the message is one line naming the exercise, what differs, and where to
     look."""

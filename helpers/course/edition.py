@@ -20,8 +20,8 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from .catalogue import BY_KEY, EXERCISES
-from .sources import workbook_files
+from .catalogue import BY_KEY, EXERCISES, AssignmentError
+from .sources import handout_excluded, workbook_files
 
 BEGIN = re.compile(r"^(?P<indent>[ \t]*)# BEGIN EXERCISE (?P<key>[a-z0-9-]+)[ \t]*$")
 
@@ -46,10 +46,6 @@ STUDENT_SETTINGS = {
     # a hand-out holds no solution to grade against: its `grade` uses the shipped references
     "helpers/course/sources.py": (('EDITION = "solution"', 'EDITION = "student"'),),
 }
-
-
-class AssignmentError(ValueError):
-    """A malformed exercise marker, or an output folder that is not empty."""
 
 
 @dataclass(frozen=True)
@@ -157,6 +153,20 @@ def exercise_files(root: Path | None = None) -> dict[str, list[Path]]:
     return found
 
 
+# text of the solution edition in a notebook's markdown, and what the student edition says instead:
+# <!-- solution edition -->TEXT<!-- student edition: TEXT FOR STUDENTS -->
+EDITION_TEXT = re.compile(r"<!-- solution edition -->.*?<!-- student edition: (.*?) -->", re.S)
+
+
+def student_text(notebook: dict) -> dict:
+    """The notebook's markdown as the student edition says it."""
+    for cell in notebook.get("cells", []):
+        if cell.get("cell_type") == "markdown":
+            text = "".join(cell["source"])
+            cell["source"] = EDITION_TEXT.sub(lambda m: m.group(1), text).splitlines(keepends=True)
+    return notebook
+
+
 def clear_outputs(notebook: dict) -> dict:
     """A notebook without outputs, execution counts or widget state."""
     for cell in notebook.get("cells", []):
@@ -178,6 +188,8 @@ def make_student_edition(out_dir: str | Path, root: Path | None = None) -> list[
     exercise_files(root)  # every exercise has a region before anything is written
     written = []
     for rel, src in workbook_files(root).items():
+        if handout_excluded(rel):
+            continue
         rel = Path(rel)
         if rel.name.endswith(".failed.ipynb"):
             continue
@@ -194,13 +206,23 @@ def make_student_edition(out_dir: str | Path, root: Path | None = None) -> list[
             compile(text, str(rel), "exec")  # a stub that does not parse would be a broken hand-out
             dst.write_text(text, encoding="utf-8")
         elif src.suffix == ".ipynb":
-            nb = clear_outputs(json.loads(src.read_text(encoding="utf-8")))
+            nb = student_text(clear_outputs(json.loads(src.read_text(encoding="utf-8"))))
             dst.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
         else:
             shutil.copy2(src, dst)
         written.append(dst)
     (out_dir / "ASSIGNMENT.md").write_text(assignment_sheet(), encoding="utf-8")
-    return written + [out_dir / "ASSIGNMENT.md"]
+    (out_dir / "README.md").write_text(student_readme(), encoding="utf-8")
+    return written + [out_dir / "ASSIGNMENT.md", out_dir / "README.md"]
+
+
+def student_readme() -> str:
+    """The hand-out's README, for students (``student_readme.md`` with the exercises filled in)."""
+    rows = "\n".join(
+        f"| {e.number} | {e.title} | {e.points} | `{e.notebook}.ipynb` |" for e in EXERCISES
+    )
+    template = Path(__file__).with_name("student_readme.md").read_text(encoding="utf-8")
+    return template.format(rows=rows, total=sum(e.points for e in EXERCISES), count=len(EXERCISES))
 
 
 def assignment_sheet() -> str:

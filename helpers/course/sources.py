@@ -19,9 +19,16 @@ EDITION = "solution"
 
 
 def manifest_patterns(manifest: Path = MANIFEST) -> list[str]:
-    """The manifest's glob patterns (comments and blank lines left out)."""
+    """The manifest's glob patterns (comments and blank lines left out; "!" marks exclusions)."""
     lines = manifest.read_text(encoding="utf-8").splitlines()
     return [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+
+
+def handout_excluded(rel: str, manifest: Path = MANIFEST) -> bool:
+    """Whether the package file ``rel`` (``helpers/...``) stays out of the hand-out."""
+    from fnmatch import fnmatch
+
+    return any(fnmatch(rel, p[1:]) for p in manifest_patterns(manifest) if p.startswith("!"))
 
 
 def default_root() -> Path:
@@ -56,6 +63,8 @@ def workbook_files(root: Path | None = None) -> dict[str, Path]:
     package = root / "helpers" if (root / "helpers").is_dir() else PACKAGE
     files = {f"helpers/{p.relative_to(package).as_posix()}": p for p in package_files(package)}
     for pattern in manifest_patterns(package / "course" / "handout.txt"):
+        if pattern.startswith("!"):
+            continue
         matches = sorted(p for p in root.glob(pattern) if p.is_file())
         if not matches:
             raise FileNotFoundError(

@@ -11,7 +11,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from .edition import AssignmentError
+from .catalogue import AssignmentError
 
 MAX_ZIP_BYTES = 200 * 2**20  # uncompressed: a hand-out with its notebooks is a few MB
 MAX_ZIP_FILES = 5000
