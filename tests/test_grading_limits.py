@@ -56,3 +56,36 @@ def test_a_daemon_started_by_a_submission_is_gone_when_its_grading_ends(student,
     pid = int(pid_file.read_text())
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
+
+
+def test_a_submission_is_never_shown_where_the_solution_is(student, tmp_path):
+    """Code in a submission looks everywhere the grading process could point it at the solution:
+    its arguments, environment, import path and hooks, loaded modules (an editable-install finder
+    among them) and working folder. None may name the solution's folder."""
+    import json
+    from pathlib import Path
+
+    solution = str(Path(grading.__file__).resolve().parents[2])
+    report = tmp_path / "report.json"
+    sub = fill(student, tmp_path / "snoop")
+    init = sub / "helpers" / "__init__.py"
+    init.write_text(
+        init.read_text()
+        + (
+            "\nimport json as _j, os as _o, sys as _s\n"
+            f"_needle = {solution!r}\n"
+            "_seen = [('argv', a) for a in _s.argv]\n"
+            "_seen += [('env', f'{k}={v}') for k, v in _o.environ.items()]\n"
+            "_seen += [('path', str(p)) for p in _s.path] + [('cwd', _o.getcwd())]\n"
+            "_seen += [('meta_path', repr(f)) for f in _s.meta_path]\n"
+            "_seen += [('path_hooks', repr(h)) for h in _s.path_hooks]\n"
+            "for _n, _m in list(_s.modules.items()):\n"
+            "    _seen.append(('module', f\"{_n} {getattr(_m, '__file__', '')}\"))\n"
+            "    if 'editable' in _n:\n"
+            "        _seen.append(('module globals', repr(vars(_m))))\n"
+            f"open({str(report)!r}, 'w').write(_j.dumps([s for s in _seen if _needle in s[1]]))\n"
+        )
+    )
+    results = grading.grade_one(sub, timeout=60)
+    assert sum(r.points for r in results) == 100  # looking does not change the grade
+    assert json.loads(report.read_text()) == []

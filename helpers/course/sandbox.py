@@ -1,8 +1,9 @@
 """Running a submission's code for grading: in a subprocess of its own session, each exercise
 with its own time limit, its output capped, and every process it started gone when it ends.
 
-The subprocess imports this subpackage by path under a private name (``workbook_grader``) beside
-the submission's own ``helpers``, writes ``ready`` once the package imported and one file per
+The subprocess runs on private copies (:func:`prepare`): of the submission's ``helpers`` and of
+this subpackage, which it imports by path under a private name (``workbook_grader``); nothing it
+is given (arguments, environment, import path, working folder) names the solution. It writes ``ready`` once the package imported and one file per
 exercise as each is done (:mod:`helpers.course.worker`). An exercise that runs past its limit
 costs only that exercise: the process is killed and a new one takes the exercises after it.
 Processes a submission started and left behind (a daemon in a session of its own included) are
@@ -13,7 +14,9 @@ killed too: on Linux the grader is their "subreaper" while it grades, so they ca
 from __future__ import annotations
 
 import ctypes
+import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -25,9 +28,13 @@ import torch
 GRADER = Path(__file__).resolve().with_name("__init__.py")  # this subpackage, loaded by path
 STDERR_TAIL = 4096  # bytes of the subprocess's error output kept for a message
 PR_SET_CHILD_SUBREAPER = 36
+# The worker starts without site (-S): no .pth file runs, so no editable-install finder points at
+# the solution; its import path is the submission's copy, then the interpreter's own folders.
 LAUNCH = (
-    "import importlib.util, pathlib, sys\n"
-    "init = pathlib.Path(sys.argv[1])\n"
+    "import importlib.util, json, pathlib, sys\n"
+    "work = pathlib.Path(sys.argv[1])\n"
+    "sys.path[:] = [str(work / 'submission')] + json.loads((work / 'paths.json').read_text())\n"
+    "init = work / 'grader' / '__init__.py'\n"
     "spec = importlib.util.spec_from_file_location(\n"
     "    'workbook_grader', init, submodule_search_locations=[str(init.parent)])\n"
     "mod = importlib.util.module_from_spec(spec); sys.modules['workbook_grader'] = mod\n"
@@ -35,6 +42,30 @@ LAUNCH = (
     "from workbook_grader.worker import main\n"
     "main(*sys.argv[2:])\n"
 )
+# the environment a submission's code sees: nothing that names a path of the grader's
+ENVIRONMENT = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ")
+SKIP = ("__pycache__", "*.pyc", ".ipynb_checkpoints")
+
+
+def prepare(submission: Path, work: Path) -> None:
+    """A private copy of the submission's ``helpers/`` and of these checks (``work/submission``,
+    ``work/grader``), and the import path without this workbook (``work/paths.json``): the
+    submission's code never learns where the solution or the other submissions are."""
+    ignore = shutil.ignore_patterns(*SKIP)
+    shutil.copytree(submission / "helpers", work / "submission" / "helpers", ignore=ignore)
+    shutil.copytree(
+        GRADER.parent, work / "grader", ignore=shutil.ignore_patterns(*SKIP, "*.pt", "autograder")
+    )
+    own = GRADER.parents[2]  # the workbook holding these checks
+    paths = [
+        p
+        for p in sys.path
+        if p
+        and Path(p).is_dir()
+        and Path(p).resolve() != own
+        and own not in Path(p).resolve().parents
+    ]
+    (work / "paths.json").write_text(json.dumps(paths))
 
 
 def _subreaper(on: bool) -> bool:
@@ -103,8 +134,9 @@ def run_submission(
     """Run the submission's code for each exercise in ``keys``; per key the worker's
     ``{"outputs", "error"}``, or ``{"error": ("raised", why)}`` when it did not finish within
     ``timeout`` seconds or the process died. ``work`` is a private folder for this run."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "WORKBOOK_"))}
-    env.update(WORKBOOK_HEADLESS="1", OMP_NUM_THREADS="1")
+    env = {k: v for k, v in os.environ.items() if k in ENVIRONMENT}
+    env.update(WORKBOOK_HEADLESS="1", OMP_NUM_THREADS="1", HOME=str(work))
+    prepare(submission, work)
     results: dict[str, dict] = {}
     remaining = list(keys)
     reaping = _subreaper(True)
@@ -117,15 +149,16 @@ def run_submission(
             out.mkdir()
             stderr = out / "stderr.txt"
             with open(stderr, "wb") as err:
-                # -I: no user site or PYTHON* variables; -B: nothing written beside the grader
+                # -I: no user site or PYTHON* variables; -S: no site; -B: no bytecode written
                 cmd = [
                     sys.executable,
                     "-I",
+                    "-S",
                     "-B",
                     "-c",
                     LAUNCH,
-                    str(GRADER),
-                    str(submission),
+                    str(work),
+                    str(work / "submission"),
                     str(inputs_file),
                     str(out),
                     *remaining,

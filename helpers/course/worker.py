@@ -30,8 +30,11 @@ def main(submission: str, inputs_file: str, out_dir: str, *keys: str) -> None:
     imported: the grader times each exercise on its own and compares in its own process. Only
     the submission's own files count: an installed copy of the workbook is taken off the import
     path."""
+    # where site ran after all (an interpreter without -S): no installed copy of the workbook
     sys.meta_path[:] = [f for f in sys.meta_path if "editable" not in repr(f).lower()]
-    sys.path[:] = [submission] + [p for p in sys.path if "__editable__" not in p]
+    sys.path[:] = [submission] + [
+        p for p in sys.path if "__editable__" not in p and p != submission
+    ]
     inputs = torch.load(inputs_file, map_location="cpu", weights_only=True)
     out = Path(out_dir)
     root = (Path(submission) / "helpers").resolve()
