@@ -3,8 +3,9 @@ with its own time limit, its output capped, and every process it started gone wh
 
 The subprocess runs on private copies (:func:`prepare`): of the submission's ``helpers`` and of
 this subpackage, which it imports by path under a private name (``workbook_grader``); nothing it
-is given (arguments, environment, import path, working folder) names the solution. It writes ``ready`` once the package imported and one file per
-exercise as each is done (:mod:`helpers.course.worker`). An exercise that runs past its limit
+is given (arguments, environment, import path, working folder) names the solution. It writes
+``ready`` once the package imported and one file per exercise as each is done
+(:mod:`helpers.course.worker`). An exercise that runs past its limit
 costs only that exercise: the process is killed and a new one takes the exercises after it.
 Processes a submission started and left behind (a daemon in a session of its own included) are
 killed too: on Linux the grader is their "subreaper" while it grades, so they cannot escape to
