@@ -14,14 +14,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from .viz import (
-    PET_CMAP,
-    axes_off,
-    figure_png,
-    iteration_strip,
-    ring_names,
-    to_numpy_image,
-)
+from .viz import PET_CMAP, axes_off, figure_png, iteration_strip, ring_names, to_numpy_image
 
 
 def render_frame(

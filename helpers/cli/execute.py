@@ -46,11 +46,7 @@ def run_notebook(path: Path, out_dir: Path, timeout_s: int = 3600, started=None)
     naming the notebook, the cell and the error."""
     import nbformat
     from nbclient import NotebookClient
-    from nbclient.exceptions import (
-        CellExecutionError,
-        CellTimeoutError,
-        DeadKernelError,
-    )
+    from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
 
     nb = nbformat.read(path, as_version=4)
     for (

@@ -16,12 +16,7 @@ import time
 import warnings
 from pathlib import Path
 
-from ..core.checkpoint import (
-    atomic_write_text,
-    display_path,
-    file_lock,
-    library_versions,
-)
+from ..core.checkpoint import atomic_write_text, display_path, file_lock, library_versions
 from . import stages as registry
 from .session import StageResult, Workbook
 from .timing import seconds_per_image
