@@ -189,11 +189,8 @@ def training_table(a) -> None:
     rows = {}
     # glibc's allocator only matters for CPU tensors: on CUDA only the workbook's setting is timed
     for allocator in ("default", "keep") if a.device == "cpu" else ("keep",):
-        for method in (
-            "cspn",
-            "dyspn",
-            "control",
-        ):  # CSPN first: the others' times are given relative to it
+        # CSPN first: the others' times are given relative to it
+        for method in ("cspn", "dyspn", "control"):
             cmd = [
                 sys.executable,
                 __file__,

@@ -199,9 +199,8 @@ def main(argv: list[str] | None = None) -> int:
         "--runs-dir", help="where checkpoints and the JSON go (default: the repository's runs/)"
     )
     args = parser.parse_args(argv)
-    started = (
-        time.perf_counter()
-    )  # the whole run: data decoding, the estimate, training, evaluation
+    # the whole run: data decoding, the estimate, training, evaluation
+    started = time.perf_counter()
 
     from helpers.core.checkpoint import atomic_write_text, display_path, file_slug
     from helpers.core.config import parse_overrides

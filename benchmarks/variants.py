@@ -122,9 +122,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         baseline, variant = parse_overrides(args.baseline), parse_overrides(args.variant)
-        select(
-            args.settings, args.stages
-        )  # a misspelt stage is the parser's error, before any work
+        # a misspelt stage is the parser's error, before any work
+        select(args.settings, args.stages)
     except ValueError as err:
         parser.error(str(err))
     table = compare(

@@ -145,9 +145,8 @@ def test_a_diverged_run_stops_and_is_never_saved_as_finished(tmp_path):
     def loss_fn(image, target):
         calls["n"] += 1
         loss = torch.nn.functional.cross_entropy(net(image), target)
-        return (
-            loss * float("nan") if calls["n"] > 3 else loss
-        )  # batches 1-3 fine (epoch 1), then NaN
+        # batches 1-3 fine (epoch 1), then NaN
+        return loss * float("nan") if calls["n"] > 3 else loss
 
     ckpt = tmp_path / "m.pt"
     with pytest.raises(TrainingDiverged, match=r"loss became nan in epoch 2.*learning rate"):

@@ -33,9 +33,8 @@ def test_split_batches_equal_the_dataloader_bit_for_bit():
 
 def test_device_batches_visit_every_image_once_per_pass_reproducibly():
     data = toy_data(10)
-    data.images[:, 0, 0, 0] = torch.arange(
-        10, dtype=torch.uint8
-    )  # a tag per image (no augmentation)
+    # a tag per image (no augmentation)
+    data.images[:, 0, 0, 0] = torch.arange(10, dtype=torch.uint8)
     batches = DeviceBatches(data, 4, shuffle=True, seed=3, device="cpu")
     assert len(batches) == 3
 
@@ -90,9 +89,8 @@ def test_a_whole_image_crop_is_the_image_or_its_mirror_and_the_mask_follows():
 
 def test_random_crops_keep_image_and_mask_aligned():
     data = toy_data(16, size=32)
-    data.images[:] = (
-        (data.targets[:, None] * 255).to(torch.uint8).expand(-1, 3, -1, -1)
-    )  # the image shows the mask
+    # the image shows the mask
+    data.images[:] = (data.targets[:, None] * 255).to(torch.uint8).expand(-1, 3, -1, -1)
     images, targets = next(iter(split_batches(data, 16, "cpu")))
     out, labels = flip_and_crop(images, targets, torch.Generator().manual_seed(2))
     assert (
@@ -110,9 +108,8 @@ def test_device_batches_augment_where_the_split_has_transforms():
     data.transforms = train_transforms(24)
     augmented = [t for _, t in DeviceBatches(data, 8, shuffle=False, seed=0, device="cpu")][0]
     assert torch.equal(plain, data.targets.long()) and not torch.equal(augmented, plain)
-    assert isinstance(
-        make_batches(data, 4, True, 0, "cpu"), torch.utils.data.DataLoader
-    )  # CPU: the DataLoader
+    # CPU: the DataLoader
+    assert isinstance(make_batches(data, 4, True, 0, "cpu"), torch.utils.data.DataLoader)
     assert isinstance(make_batches(data, 4, True, 0, "cpu", on_device=True), DeviceBatches)
 
 

@@ -99,9 +99,8 @@ def test_setup_cell_imports_the_installed_workbook_from_any_folder(monkeypatch, 
         monkeypatch.chdir(cwd)
         ns = {}
         exec(setup_cell(NOTEBOOKS[0]), ns)
-        assert (
-            ns["colab"] is colab and capsys.readouterr().out == ""
-        )  # nothing to say outside Colab
+        # nothing to say outside Colab
+        assert ns["colab"] is colab and capsys.readouterr().out == ""
 
 
 def _not_installed(monkeypatch, fetched: list):

@@ -125,9 +125,8 @@ def test_estimates_count_what_training_runs(smoke_workbook, monkeypatch):
     atomic_save({"state_dict": {}, "spec": {}, "epoch": 1, "finished": False}, path)
     left = (epochs - 1) * (len(wb.data["train"]) / bs + 10.0 + 100.0) + 100.0 * (1 + test_share)
     assert timing.estimate_seconds(wb, converged=False)["coarse"] == pytest.approx(left)
-    atomic_save(
-        {"state_dict": {}, "spec": {}, "epoch": 1, "finished": True}, path
-    )  # early stopping finished it after one epoch
+    # early stopping finished it after one epoch
+    atomic_save({"state_dict": {}, "spec": {}, "epoch": 1, "finished": True}, path)
     assert timing.estimate_seconds(wb, converged=False)["coarse"] == 0
     path.unlink()
 
@@ -263,9 +262,8 @@ def test_quality_summary_mean_spread_and_gains():
     }
     summary = q.summarise(per_seed)
     coarse, dyspn, _, on_converged = summary
-    assert on_converged["gain_miou"] == pytest.approx(
-        (0.04, 0.0141421), abs=1e-6
-    )  # over its own base
+    # over its own base
+    assert on_converged["gain_miou"] == pytest.approx((0.04, 0.0141421), abs=1e-6)
     assert coarse["miou"] == pytest.approx((0.62, 0.0282843), abs=1e-6)
     assert coarse["gain_miou"] == pytest.approx((0.0, 0.0))
     assert dyspn["gain_miou"] == pytest.approx((0.08, 0.0282843), abs=1e-6)
@@ -322,9 +320,8 @@ def test_quality_benchmark_end_to_end_with_overrides(tmp_path, monkeypatch, caps
         and "paired per-image bootstrap" in printed
     )
     ckpt = next((tmp_path / "smoke").glob("synthetic-*/seed0/coarse-*[0-9a-f].pt"))
-    assert (
-        torch.load(ckpt, weights_only=False)["spec"]["coarse_size"] == 16
-    )  # the variant really trained
+    # the variant really trained
+    assert torch.load(ckpt, weights_only=False)["spec"]["coarse_size"] == 16
     with pytest.raises(SystemExit):  # argparse's error: a clear message, exit status 2
         q.main(["--profile", "smoke", "--set", "coarse_sise=16"])
     assert "coarse_sise" in capsys.readouterr().err
@@ -332,17 +329,15 @@ def test_quality_benchmark_end_to_end_with_overrides(tmp_path, monkeypatch, caps
 
 def test_select_keeps_the_registry_order_and_adds_each_stages_base():
     assert registry.select(["coarse"]) == STAGES
-    assert (
-        registry.select(["converged", "coarse"]) == STAGES + CONVERGED_STAGES
-    )  # registry order, not the argument's
+    # registry order, not the argument's
+    assert registry.select(["converged", "coarse"]) == STAGES + CONVERGED_STAGES
     assert registry.select(["coarse"], ["dyspn", "control"]) == ("coarse", "control", "dyspn")
     assert registry.select(["coarse", "converged"], ["converged+cspn"]) == (
         "converged",
         "converged+cspn",
     )
-    with pytest.raises(
-        ValueError, match="converged\\+dyspn.*choose among coarse"
-    ):  # not in the chosen settings
+    # not in the chosen settings
+    with pytest.raises(ValueError, match="converged\\+dyspn.*choose among coarse"):
         registry.select(["coarse"], ["converged+dyspn"])
     with pytest.raises(ValueError, match="settings must be among"):
         registry.select(["coarsest"])

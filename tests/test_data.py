@@ -169,9 +169,8 @@ def test_datasets_resize_cache_and_augment(pets, tmp_path, monkeypatch):
     def no_decoding(*args, **kwargs):
         raise AssertionError("decoded again although the cache is valid")
 
-    monkeypatch.setattr(
-        decoding, "decode_split", no_decoding
-    )  # the second time comes from the cache
+    # the second time comes from the cache
+    monkeypatch.setattr(decoding, "decode_split", no_decoding)
     again = build_datasets(cfg, source, size=40, progress=False, data_dir=tmp_path / "data")
     assert torch.equal(again["val"].images, ds["val"].images)
     img, tgt = ds["train"][0]  # augmented items keep the configured size
@@ -199,9 +198,8 @@ def test_source_order_env_then_local_then_synthetic(pets, tmp_path, monkeypatch,
     cfg = load_config("smoke")  # the environment is read here
     assert cfg.pets_root == str(pets) and resolve_source(cfg, **folder).kind == "env"
     assert "PETS_ROOT" in capsys.readouterr().out  # the choice is printed
-    assert (
-        resolve_source(cfg, data_root=pets, **folder).kind == "root"
-    )  # an argument wins over PETS_ROOT
+    # an argument wins over PETS_ROOT
+    assert resolve_source(cfg, data_root=pets, **folder).kind == "root"
     assert "data root given" in capsys.readouterr().out
     monkeypatch.setenv("PETS_ROOT", str(tmp_path / "nowhere"))
     with pytest.raises(DataError, match="oxford-iiit-pet"):

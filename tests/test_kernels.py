@@ -91,9 +91,8 @@ def test_kernels_match_the_pytorch_path_forward_and_backward(device):
                     weights = torch.linspace(-1, 1, res.final.numel(), device=DEVICE).view_as(
                         res.final
                     )
-                    loss = sum(
-                        (m * weights).sum() for m in res.maps[1:]
-                    )  # every iteration's gradient path
+                    # every iteration's gradient path
+                    loss = sum((m * weights).sum() for m in res.maps[1:])
                     loss.backward()
                     maps[backend], grads[backend] = (
                         [m.detach() for m in res.maps],

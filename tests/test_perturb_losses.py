@@ -23,17 +23,14 @@ def test_each_degradation_does_what_it_says():
     ring = (8 + 4) ** 2 - 8**2  # the 2 px band around the pet
     assert area(grow(p, 1, 2)) == 8**2 + ring / 2  # pet grown: the band becomes 1/2 pet
     inner = 8**2 - (8 - 4) ** 2  # the 2 px band inside the pet
-    assert area(grow(p, 0, 2)) == pytest.approx(
-        8**2 - inner / 2
-    )  # background grown: that band 1/2 pet
+    # background grown: that band 1/2 pet
+    assert area(grow(p, 0, 2)) == pytest.approx(8**2 - inner / 2)
     assert grow(p, 1, 2)[0, 1, 12, 12] == 1 and grow(p, 1, 2)[0, 1, 0, 0] == 0
-    torch.testing.assert_close(
-        shift(p, 3, -2), square_map().roll((3, -2), (-2, -1))
-    )  # away from the border: exact
+    # away from the border: exact
+    torch.testing.assert_close(shift(p, 3, -2), square_map().roll((3, -2), (-2, -1)))
     b = blur(p, 1)
-    assert (
-        b[0, 1, 8, 8] == pytest.approx(4 / 9) and b[0, 1, 12, 12] == 1.0
-    )  # corner smeared, inside kept
+    # corner smeared, inside kept
+    assert b[0, 1, 8, 8] == pytest.approx(4 / 9) and b[0, 1, 12, 12] == 1.0
     assert resample(torch.full((1, 2, 16, 16), 0.5), 4).eq(0.5).all()
     for q in (grow(p, 1, 3), blur(p, 2), resample(p, 4), shift(p, -5, 4)):
         torch.testing.assert_close(q.sum(1), torch.ones(1, 24, 24))
@@ -101,9 +98,8 @@ def test_truth_starts_only_in_train_mode_and_only_when_asked():
     torch.manual_seed(3)
     a = plain.refine(image, truth=target).coarse
     torch.manual_seed(3)
-    torch.testing.assert_close(
-        a, plain.refine(image).coarse, rtol=0, atol=0
-    )  # rate 0: the same random stream
+    # rate 0: the same random stream
+    torch.testing.assert_close(a, plain.refine(image).coarse, rtol=0, atol=0)
     truth = Refiner(coarse, method="cspn", width=4, depth=2, iterations=2, perturb_truth=1.0)
     truth.eval()
     torch.testing.assert_close(truth.refine(image, truth=target).coarse, coarse(image))
@@ -176,9 +172,8 @@ def test_start_weight_supervises_only_a_start_the_refiner_predicts():
                 boundary_weight=4.0,
                 start_weight=w,
             ).eval()  # eval: no random degradation
-            torch.nn.init.normal_(
-                m.guidance.head.conv.weight, std=0.1
-            )  # a head that is not the identity yet
+            # a head that is not the identity yet
+            torch.nn.init.normal_(m.guidance.head.conv.weight, std=0.1)
             loss = m.training_loss(image, target)
             loss.backward()
             losses.append(loss.item())

@@ -86,9 +86,8 @@ def test_dilated_window_spreads_the_outer_rings_and_keeps_the_first():
         window_reach(Window(7, 3)),
     ) == (1, 3, 6, 9)
     m = border_mask(Window(7, 2), 13, 13)
-    assert (
-        m[:, 6, 6].eq(1).all() and m[:, 5, 6].sum() == 48 - 7
-    )  # 1 px off-centre: ring 3's row of 7 at dy = -6 falls out
+    # 1 px off-centre: ring 3's row of 7 at dy = -6 falls out
+    assert m[:, 6, 6].eq(1).all() and m[:, 5, 6].sum() == 48 - 7
     for bad in (dict(size=7, dilation=0), dict(size=6), dict(size=7, dilation=1.5)):
         with pytest.raises(ValueError):
             Window(**bad)
@@ -161,9 +160,8 @@ def test_prepared_affinity_is_autograd_of_the_reference_bit_for_bit(kernel, dtyp
     assert torch.equal(pos, pos_ref) and torch.equal(mag, mag_ref)
     assert torch.equal(fast.grad, slow.grad)
     # the cases themselves, spelled out
-    assert torch.equal(
-        fast.grad[0, :3, 4, 4], g_pos[0, :3, 4, 4]
-    )  # k = 0: k+ has slope 1, |k| slope 0
+    # k = 0: k+ has slope 1, |k| slope 0
+    assert torch.equal(fast.grad[0, :3, 4, 4], g_pos[0, :3, 4, 4])
     assert fast.grad[1, 0, 4, 4] == 0 and fast.grad[2, 2, 4, 4] == 0 and fast.grad[2, 3, 4, 4] == 0
     outside = border_mask(kernel, 9, 11, dtype=dtype).expand_as(raw) == 0
     assert outside.any() and (fast.grad[outside] == 0).all()
@@ -259,10 +257,8 @@ def test_translation_equivariance_away_from_borders(method):
 @pytest.mark.parametrize("method", METHODS)
 def test_no_wrap_around(method):
     """Mass at the left border must never reach the right border (what torch.roll would do)."""
-    h, w = (
-        12,
-        max(16, 4 * window_reach(make(method).kernel) + 4),
-    )  # 2 iterations reach less than half-way
+    # 2 iterations reach less than half-way
+    h, w = (12, max(16, 4 * window_reach(make(method).kernel) + 4))
     h0 = torch.zeros(1, 2, h, w, dtype=torch.float64)
     h0[:, 0] = 1.0
     h0[:, 1, :, 0] = 1.0  # a pet column on the left edge
@@ -375,13 +371,11 @@ def test_confidence_keeps_the_guarantees_and_its_limits_are_known(method):
         torch.testing.assert_close(m.sum(1), torch.ones_like(m[:, 0]), atol=1e-5, rtol=0)
     const = torch.tensor([0.2, 0.3, 0.5]).view(1, 3, 1, 1).expand(2, 3, 9, 10).contiguous()
     assert all(torch.equal(m, const) for m in run_confident(method, const, aff, att, conf).maps)
-    nothing = run_confident(
-        method, h0, aff, att, torch.full((2, 1, 9, 10), -1e4)
-    ).final  # sigmoid -> 0 exactly
+    # sigmoid -> 0 exactly
+    nothing = run_confident(method, h0, aff, att, torch.full((2, 1, 9, 10), -1e4)).final
     torch.testing.assert_close(nothing, h0, atol=1e-6, rtol=0)
-    full = run_confident(
-        method, h0, aff, att, torch.full((2, 1, 9, 10), 1e4)
-    )  # sigmoid -> 1 exactly
+    # sigmoid -> 1 exactly
+    full = run_confident(method, h0, aff, att, torch.full((2, 1, 9, 10), 1e4))
     assert torch.equal(full.final, run(method, h0, aff, att).final)
     assert full.confidence.shape == (2, 1, 9, 10) and torch.equal(
         full.confidence, torch.ones(2, 1, 9, 10)

@@ -468,9 +468,8 @@ def test_start_weight_is_in_the_spec_of_propagators_with_a_corrected_start_only(
             "start_weight": 1.0,
         }
     assert "start_weight" not in stages.get("dyspn").spec(coarse_start)
-    assert (
-        stages.get("converged+dyspn").spec(coarse_start)["start_weight"] == 1.0
-    )  # its own setting's start
+    # its own setting's start
+    assert stages.get("converged+dyspn").spec(coarse_start)["start_weight"] == 1.0
     for name in ("control", "converged+control", "converged"):
         assert stages.get(name).spec(weighted) == stages.get(name).spec(default)
 
@@ -503,9 +502,8 @@ def test_refine_from_another_start_map_uses_the_same_affinities(method):
     ).eval()
     with torch.no_grad():
         for p in r.guidance.head.parameters():
-            p.normal_(
-                0, 0.5
-            )  # a trained-looking head: the zero head would make every test the identity
+            # a trained-looking head: the zero head would make every test the identity
+            p.normal_(0, 0.5)
         x = torch.rand(2, 3, 20, 20)
         own = r.refine(x)
         torch.testing.assert_close(r.refine(x, start=own.start).probs, own.probs, atol=0, rtol=0)
@@ -536,9 +534,8 @@ def test_a_refiner_started_from_a_trained_control_computes_its_map(method):
     control = Refiner(base, method="control", width=4, depth=2).eval()
     with torch.no_grad():
         for p in control.guidance.parameters():
-            p.normal_(
-                0, 0.3
-            )  # a trained-looking control: at zero init every refiner is the identity
+            # a trained-looking control: at zero init every refiner is the identity
+            p.normal_(0, 0.3)
     x = torch.rand(2, 3, 20, 20)
     r = Refiner(
         base,

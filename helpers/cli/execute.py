@@ -49,9 +49,8 @@ def run_notebook(path: Path, out_dir: Path, timeout_s: int = 3600, started=None)
     from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
 
     nb = nbformat.read(path, as_version=4)
-    for (
-        cell
-    ) in nb.cells:  # the committed outputs must not pass for this run's (cells after a failure)
+    # the committed outputs must not pass for this run's (cells after a failure)
+    for cell in nb.cells:
         if cell.cell_type == "code":
             cell.outputs, cell.execution_count = [], None
     running = {"cell": None}

@@ -157,9 +157,8 @@ def run_command(args, run: argparse.ArgumentParser) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         try:
             previous[sig] = signal.signal(sig, interrupt)
-        except (
-            ValueError
-        ):  # not the main thread (an embedding application): leave its signals alone
+        # not the main thread (an embedding application): leave its signals alone
+        except ValueError:
             pass
     current = None
     saved_env = {k: os.environ.get(k) for k in (progress.HEADLESS_ENV, progress.PROGRESS_ENV)}
@@ -179,9 +178,8 @@ def run_command(args, run: argparse.ArgumentParser) -> int:
 
             def on_wait():
                 if stop["signal"]:
-                    kill_kernel(
-                        stop["client"]
-                    )  # again on every wait: the kernel may still be starting
+                    # again on every wait: the kernel may still be starting
+                    kill_kernel(stop["client"])
                 follow()
 
             outcome = in_worker(
@@ -220,9 +218,8 @@ def run_command(args, run: argparse.ArgumentParser) -> int:
             f"run; notebooks executed before it are in runs/{profile}/",
             file=sys.stderr,
         )
-        return 128 + getattr(
-            signal, stop["signal"]
-        )  # the shell's convention: 130 for Ctrl-C, 143 for SIGTERM
+        # the shell's convention: 130 for Ctrl-C, 143 for SIGTERM
+        return 128 + getattr(signal, stop["signal"])
     _print_results(out_dir / "results.json", profile, started)
     return 0
 

@@ -75,9 +75,8 @@ def follow(path: Path, offset: int = 0) -> tuple[list[dict], int]:
     for line in chunk[:end].decode(errors="replace").splitlines():
         try:
             events.append(json.loads(line))
-        except (
-            json.JSONDecodeError
-        ):  # progress is for display only: a bad line is skipped, never fatal
+        # progress is for display only: a bad line is skipped, never fatal
+        except json.JSONDecodeError:
             continue
     return events, offset + end
 

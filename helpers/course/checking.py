@@ -133,12 +133,8 @@ def outcome(
             )
         except Mismatch as exc:
             msg = f"{ex.label} failed: {exc}; edit {ex.where}"
-        except (
-            KeyError,
-            TypeError,
-            AttributeError,
-            RuntimeError,
-        ) as exc:  # outputs of the wrong kind
+        # outputs of the wrong kind
+        except (KeyError, TypeError, AttributeError, RuntimeError) as exc:
             msg = (
                 f"{ex.label} failed: its outputs could not be compared ({type(exc).__name__}: "
                 f"{exc}); edit {ex.where}"

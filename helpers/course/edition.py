@@ -27,9 +27,8 @@ BEGIN = re.compile(r"^(?P<indent>[ \t]*)# BEGIN EXERCISE (?P<key>[a-z0-9-]+)[ \t
 
 END = re.compile(r"^[ \t]*# END EXERCISE[ \t]*$")
 
-MARKER = re.compile(
-    r"^[ \t]*#\s*(BEGIN|END)\s+EXERCISE", re.IGNORECASE
-)  # anything that looks like one
+# anything that looks like one
+MARKER = re.compile(r"^[ \t]*#\s*(BEGIN|END)\s+EXERCISE", re.IGNORECASE)
 
 SOLUTION_ONLY = "solution-only"
 

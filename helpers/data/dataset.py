@@ -118,9 +118,8 @@ def build_datasets(
     test_ids = test["ids"][: cfg.max_eval] if cfg.max_eval else test["ids"]
     augment = train_transforms(size) if cfg.augment else None
 
-    def digest(
-        data: dict, ids: list[str]
-    ) -> str:  # the subset's identity, from the cached content digest
+    # the subset's identity, from the cached content digest
+    def digest(data: dict, ids: list[str]) -> str:
         content = data.get("content") or content_digest(
             data["ids"], data["images"], data["trimaps"]
         )

@@ -123,9 +123,8 @@ def tune_guided_filter(
     for radius in grid["radius"]:
         for eps in grid["eps"]:
             meter = SegmentationMeter(num_classes=coarse_probs.shape[1])
-            for lo in range(
-                0, len(dataset), batch_size
-            ):  # batches: the 3x3 solves are memory-hungry
+            # batches: the 3x3 solves are memory-hungry
+            for lo in range(0, len(dataset), batch_size):
                 images = dataset.images[lo : lo + batch_size].to(device).float() / 255
                 probs = filter_probabilities(
                     images, coarse_probs[lo : lo + batch_size].to(device), radius, eps

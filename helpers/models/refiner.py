@@ -243,9 +243,8 @@ class Refiner(nn.Module):
         with torch.set_grad_enabled(self.tune_base and torch.is_grad_enabled()):
             coarse = self.coarse(image)
         if self.training:
-            coarse = perturb_map(
-                coarse, self.perturb
-            )  # differentiable: a tuned base learns through it
+            # differentiable: a tuned base learns through it
+            coarse = perturb_map(coarse, self.perturb)
             if truth is not None:
                 coarse = truth_starts(coarse, truth, self.perturb_truth)
         head = self.layout.split(
@@ -260,9 +259,8 @@ class Refiner(nn.Module):
         # passed only when used: a propagator without the option (an exercise's stand-in) still fits
         extra = {"raw_confidence": head["confidence"]} if self.confidence else {}
         if self.method == "cspn":
-            result = self.propagator(
-                start, self.cspn_gain * head["affinity"], iterations, **extra
-            )  # x 1.0 is exact
+            # x 1.0 is exact
+            result = self.propagator(start, self.cspn_gain * head["affinity"], iterations, **extra)
         elif self.method == "dyspn":
             result = self.propagator(
                 start, head["affinity"], head["attention"], iterations, suppression, **extra

@@ -87,9 +87,8 @@ def format_table(rows: list[dict]) -> str:
             setting = base
             lines += ([""] if lines else []) + [registry.SETTING_TITLES[base], head]
         ref = by_stage.get(base)
-        gain = (
-            (lambda m: f"{r[m] - ref[m]:+7.3f}") if ref else (lambda m: f"{'':7s}")
-        )  # no base row: no gain
+        # no base row: no gain
+        gain = (lambda m: f"{r[m] - ref[m]:+7.3f}") if ref else (lambda m: f"{'':7s}")
         lines.append(
             f"{r['label']:42s} {r['miou']:6.3f} {gain('miou')} {r['pet_iou']:8.3f} "
             f"{r['boundary_iou']:8.3f} {gain('boundary_iou')} {r['parameters']:9,d} "

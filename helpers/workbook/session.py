@@ -32,9 +32,8 @@ class Workbook:
     source: DataSource
     data: dict[str, PetSegmentation]
     runs_dir: Path = RUNS_DIR  # runs/<profile>/... (checkpoints, results.json)
-    stages: dict = field(
-        default_factory=dict
-    )  # base nets and donors (init_from) loaded in this session
+    # base nets and donors (init_from) loaded in this session
+    stages: dict = field(default_factory=dict)
 
     @property
     def data_id(self) -> str:
@@ -114,9 +113,8 @@ class StageResult:
     # the metrics above are their sums; the benchmarks' bootstrap resamples them
     val_counts: tuple = ()
     test_counts: tuple = ()
-    settings: dict = field(
-        default_factory=dict
-    )  # what was chosen for this stage (e.g. the filter's radius)
+    # what was chosen for this stage (e.g. the filter's radius)
+    settings: dict = field(default_factory=dict)
     base: str = "coarse"  # the setting: the base net its gains are measured against
 
     @property

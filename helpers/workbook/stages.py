@@ -182,9 +182,8 @@ class Stage:
             spec["perturb_truth"] = c.perturb_truth
         if c.confidence and self.method != "control":
             spec["confidence"] = True
-        if (
-            self.method == "dyspn" and c.dyspn_dilation != 1 and c.dyspn_kernel > 3
-        ):  # 3 x 3: one ring, nothing to dilate
+        # 3 x 3: one ring, nothing to dilate
+        if self.method == "dyspn" and c.dyspn_dilation != 1 and c.dyspn_kernel > 3:
             spec["dilation"] = c.dyspn_dilation
         if self.method == "cspn" and self.cspn_gain(c) != 1:
             spec["cspn_gain"] = self.cspn_gain(c)

@@ -129,9 +129,8 @@ def estimate_seconds(wb, converged: bool = True) -> dict[str, float]:
     estimate = {}
     for name in names:
         stage = registry.get(name)
-        if (
-            stage.kind == "filter"
-        ):  # a grid of 9 filters over validation, the best on test; never saved
+        # a grid of 9 filters over validation, the best on test; never saved
+        if stage.kind == "filter":
             estimate[name] = per_kind[None][1] * (9 + test_share)
             continue
         epochs = stage.train_epochs(wb)

@@ -82,9 +82,8 @@ def border_mask(
     offsets = torch.tensor(window_offsets(kernel), device=device)  # (K, 2)
     ys = torch.arange(height, device=device)[None, :, None] + offsets[:, 0, None, None]
     xs = torch.arange(width, device=device)[None, None, :] + offsets[:, 1, None, None]
-    return ((ys >= 0) & (ys < height) & (xs >= 0) & (xs < width)).to(
-        dtype
-    )  # one broadcast, no loop
+    # one broadcast, no loop
+    return ((ys >= 0) & (ys < height) & (xs >= 0) & (xs < width)).to(dtype)
 
 
 def neighbour_values(x: torch.Tensor, kernel: int | Window) -> torch.Tensor:

@@ -211,9 +211,8 @@ class _FusedStep(torch.autograd.Function):
     def forward(ctx, d, w, a, s, b, g, kernel):
         weighted = a is not None
         d, w, b = d.contiguous(), w.contiguous(), b.contiguous()
-        a, s, g = (
-            (t.contiguous() for t in (a, s, g)) if weighted else (w, w, w)
-        )  # placeholders, never read
+        # placeholders, never read
+        a, s, g = (t.contiguous() for t in (a, s, g)) if weighted else (w, w, w)
         B, C, H, W = d.shape
         K, R = w.shape[1], (a.shape[1] if weighted else 1)
         dy, dx, ring = _tables(kernel, d.device)

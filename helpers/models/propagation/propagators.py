@@ -261,9 +261,8 @@ class DySPN(Propagator):
             pos, mag = prepare_affinity(raw_affinity, self.kernel)
             norm = mag if suppression else pos  # what the normaliser counts
             A = self.ring_magnitudes(norm)  # (B, R, H, W)
-            pos = confident_weights(
-                pos, raw_confidence, self.kernel
-            )  # after A: c_j never renormalises
+            # after A: c_j never renormalises
+            pos = confident_weights(pos, raw_confidence, self.kernel)
             # the iteration count is spelled out: with B = 0, view(B, -1, ...) cannot infer it
             pi = torch.sigmoid(as_float(raw_attention)).view(
                 B, raw_attention.shape[1] // per, per, H, W
