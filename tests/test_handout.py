@@ -167,3 +167,80 @@ def test_the_hand_out_speaks_to_students_not_to_the_instructor(student):
     assert not found, found
     for tool in ("edition.py", "gradescope.py", "autograder", "student_readme.md"):
         assert not (student / "helpers" / "course" / tool).exists(), tool
+
+
+def test_a_missing_variable_is_blamed_on_the_exercise_that_stopped_its_cell(student, tmp_path):
+    """Notebook 02's training cell stops at exercise 4; a later cell missing ``coarse``, which an
+    earlier cell stopped by exercise 1 never made, must name exercise 1, not the latest one."""
+    outputs = _run_allowing_errors(
+        [
+            "from helpers import colab, exercises\n_ = colab.setup()",
+            'exercises.require("miou")\ncoarse = 1',
+            'exercises.require("cspn-affinity")\ncspn = 2',
+            "coarse + 1",
+            "cspn + 1",
+        ],
+        student,
+    )
+    coarse = [o for o in outputs[3] if o["output_type"] == "error"][0]["traceback"][0]
+    cspn = [o for o in outputs[4] if o["output_type"] == "error"][0]["traceback"][0]
+    assert coarse.endswith(
+        "because an earlier cell stopped: Exercise 1 (mIoU) is not done yet: "
+        "write it in helpers/analysis/metrics.py, confusion_matrix and "
+        "iou_per_class"
+    ), coarse
+    assert "stopped: Exercise 4 (CSPN affinity normalisation)" in cspn, cspn
+
+
+def test_pytest_nbval_on_a_blank_hand_out_fails_only_its_exercises_each_in_one_line(
+    student, tmp_path
+):
+    """A grader's command on a blank hand-out (the solution installed beside it): the notebooks'
+    cells that need no exercise pass; every failing cell is one line naming an exercise."""
+    import os
+    import re
+    import subprocess
+    import sys
+    import xml.etree.ElementTree as ET
+
+    handout = shutil.copytree(student, tmp_path / "handout")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "WORKBOOK_"))}
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "notebooks",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "--junitxml",
+            str(tmp_path / "j.xml"),
+        ],
+        cwd=handout,
+        env={**env, "MPLBACKEND": "Agg"},
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
+    assert out.returncode == 1, out.stdout[-2000:]
+    passed, failed = [], []
+    for case in ET.parse(tmp_path / "j.xml").getroot().iter("testcase"):
+        problem = case.find("failure") if case.find("failure") is not None else case.find("error")
+        name = f"{case.get('classname').split('.')[-2]} {case.get('name')}"
+        if problem is None:
+            passed.append(name)
+            continue
+        # colour codes (junit writes ESC as "#x1B")
+        shown = re.sub(r"(\x1b|#x1B)\[[0-9;]*m", "", (problem.text or "").split("Traceback:")[-1])
+        lines = [ln for ln in shown.strip().splitlines() if ln.strip()]
+        failed.append((name, lines))
+    firsts = {f"{nb.stem} Cell 0" for nb in (handout / "notebooks").glob("0*.ipynb")}
+    assert firsts <= set(passed), passed  # the set-up cells
+    assert sum(n.startswith("00_data") for n in passed) == 5  # the data notebook needs nothing
+    one_line = re.compile(
+        r"^(ExerciseFailed: Exercise \d|NotImplementedError: Exercise \d|"
+        r"NameError: .*, because an earlier cell stopped: Exercise \d)"
+    )
+    for name, lines in failed:
+        assert len(lines) == 1 and one_line.match(lines[0]), (name, lines)

@@ -4,6 +4,7 @@ messages instead of tracebacks for an exercise that is not done or fails (IPytho
 
 from __future__ import annotations
 
+import ast
 import os
 import sys
 from pathlib import Path
@@ -74,6 +75,30 @@ def _shell():
     return get_ipython()
 
 
+def _last_cell(shell) -> str:
+    history = shell.user_ns.get("_ih") or [""]
+    return history[-1] or ""
+
+
+def _assigned_names(source: str) -> set[str]:
+    """The names a cell's top level assigns (``coarse = ...``, ``a, b = ...``, ``for x in``,
+    ``import y``): what a later cell misses when this one stopped."""
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:  # IPython magics, say: nothing to learn from it
+        return set()
+    names = set()
+    for node in tree.body:
+        for sub in ast.walk(node):
+            if isinstance(sub, ast.Name) and isinstance(sub.ctx, ast.Store):
+                names.add(sub.id)
+            elif isinstance(sub, (ast.Import, ast.ImportFrom)):
+                names.update((a.asname or a.name).split(".")[0] for a in sub.names)
+            elif isinstance(sub, (ast.FunctionDef, ast.ClassDef)):
+                names.add(sub.name)
+    return names
+
+
 def install_one_line_errors() -> None:
     """In IPython (idempotent; nothing elsewhere): show :class:`ExerciseFailed` and the exercises'
     ``NotImplementedError`` as one line instead of a traceback into ``helpers/``, and a later
@@ -87,12 +112,18 @@ def install_one_line_errors() -> None:
         # IPython leaves the display to the handler
         if _is_exercise_error(value):
             shell._workbook_exercise_error = str(value)  # on the kernel's shell, not in this module
+            # the names this cell would have made: a later cell missing one is told why
+            missing = shell.__dict__.setdefault("_workbook_missing_names", {})
+            missing.update(dict.fromkeys(_assigned_names(_last_cell(shell)), str(value)))
             stb = [f"{etype.__name__}: {value}"]
-        elif isinstance(value, NameError) and getattr(shell, "_workbook_exercise_error", None):
-            stb = [
-                f"{etype.__name__}: {value}, because an earlier cell stopped: "
-                f"{shell._workbook_exercise_error}"
-            ]
+        elif isinstance(value, NameError) and (
+            getattr(value, "name", None) in getattr(shell, "_workbook_missing_names", {})
+            or getattr(shell, "_workbook_exercise_error", None)
+        ):
+            why = getattr(shell, "_workbook_missing_names", {}).get(
+                getattr(value, "name", None), shell._workbook_exercise_error
+            )
+            stb = [f"{etype.__name__}: {value}, because an earlier cell stopped: {why}"]
         else:  # anything else keeps its usual traceback
             shell.showtraceback((etype, value, tb), tb_offset=tb_offset)
             return None
@@ -102,6 +133,10 @@ def install_one_line_errors() -> None:
     def forget(result):  # a cell that ran cleanly: later NameErrors are the student's own again
         if result.error_in_exec is None and result.error_before_exec is None:
             shell._workbook_exercise_error = None
+            made = _assigned_names(result.info.raw_cell or "")
+            missing = getattr(shell, "_workbook_missing_names", {})
+            for name in made & set(missing):  # made after all: no longer missing
+                del missing[name]
         remember_loaded(shell)
 
     shell.set_custom_exc((ExerciseFailed, NotImplementedError, NameError), handler)
