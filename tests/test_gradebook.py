@@ -53,6 +53,7 @@ def test_a_collected_folder_is_graded_into_csv_and_json(student, tmp_path, capsy
     )
     out, err = capsys.readouterr()
     assert "skipped notes.txt" in err and "skipped empty" in err
+    assert "isolation partial" in out and "Gradescope" in out  # the instructor is told
 
     rows = list(csv.DictReader(io.StringIO((tmp_path / "g.csv").read_text())))
     assert [r["name"] for r in rows] == ["alice", "bob", "carol-download", "dave"]
@@ -133,3 +134,15 @@ def test_nothing_to_grade_lists_what_was_skipped(tmp_path):
     (tmp_path / "readme.txt").write_text("x")
     with pytest.raises(AssignmentError, match=r"holds no submission(.|\n)*skipped readme.txt"):
         submissions.find_submissions(tmp_path, tmp_path / "unpacked")
+
+
+def test_the_solution_earns_full_marks_on_every_fresh_draw(student, tmp_path):
+    """Eight gradings of the solution, each on fresh random inputs: 100 every time (a check that
+    is right only on some inputs would fail a right answer sooner or later)."""
+    solved = fill(student, tmp_path / "solution")
+    seeds, scores = set(), []
+    for _ in range(8):
+        doc = grading.grade(solved)
+        seeds.add(doc["grader"]["seed"])
+        scores.append(doc["submissions"][0]["score"])
+    assert scores == [100] * 8 and len(seeds) == 8

@@ -36,6 +36,13 @@ from .sandbox import run_submission
 from .sources import EDITION, PACKAGE, package_files
 from .submissions import find_submissions
 
+# what the grader does and does not do about a submission's code (docs/instructors.md)
+ISOLATION = (
+    "partial: each submission's code runs on private copies, in its own session, with a time "
+    "limit per exercise, and never sees where the solution is; it runs as the grader's user, so "
+    "it could read what that user can read: for a sandbox of its own, grade on Gradescope "
+    "(python -m helpers autograder)"
+)
 TIMEOUT = 60.0  # seconds per exercise: a check takes well under one; the import a few
 
 
@@ -142,7 +149,7 @@ def grade(
         }
         for sub, results in zip(found, graded)
     ]
-    info = {**grader_info(seed, timeout), "jobs": jobs}
+    info = {**grader_info(seed, timeout), "jobs": jobs, "isolation": ISOLATION}
     return {"grader": info, "warnings": warnings, "submissions": out}
 
 
@@ -175,6 +182,8 @@ def format_grades(doc: dict) -> str:
         )
     elif "grader" in doc:
         g = doc["grader"]
+        if g.get("isolation"):
+            lines.append(f"isolation {g['isolation']}")
         lines.append(
             f"graded with seed {g['seed']} (--seed {g['seed']} replays it), grader "
             f"{g['version']} ({g['solution_sha256'][:12]}), {g['date']}"
