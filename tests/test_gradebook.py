@@ -146,3 +146,30 @@ def test_the_solution_earns_full_marks_on_every_fresh_draw(student, tmp_path):
         seeds.add(doc["grader"]["seed"])
         scores.append(doc["submissions"][0]["score"])
     assert scores == [100] * 8 and len(seeds) == 8
+
+
+def test_each_part_of_an_exercise_earns_its_own_points(student, tmp_path):
+    """A step whose values are right but whose gradient is cut (``.detach()``): the values' parts
+    earn their points, the gradients' part none, and the message lists every part's score."""
+    sub = fill(student, tmp_path / "detached")
+    prop = sub / "helpers" / "models" / "propagation" / "propagators.py"
+    cuts = [
+        "return base + ring_sums(d, kappa, self.kernel)[:, 0]",
+        "S = base if d is None else base + ring_sums(d, pos, self.kernel)",
+    ]
+    text = prop.read_text()
+    for right in cuts:
+        assert right in text
+        text = text.replace(right, right.replace("ring_sums(d,", "ring_sums(d.detach(),"))
+    prop.write_text(text)
+    results = {r.key: r for r in grading.grade_one(sub)}
+    cspn, dyspn = results["cspn-step"], results["dyspn-step"]
+    assert not cspn.passed and cspn.points == 10 and cspn.max_points == 15
+    assert [(p["name"], p["points"]) for p in cspn.parts] == [
+        ("the first step", 5),
+        ("three steps", 5),
+        ("gradients", 0),
+    ]
+    assert "(the first step 5/5, three steps 5/5, gradients 0/5)" in cspn.message
+    assert not dyspn.passed and dyspn.points == 5 + 5 + 7 and dyspn.max_points == 25
+    assert sum(r.points for r in results.values()) == 100 - 5 - 8

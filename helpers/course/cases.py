@@ -18,7 +18,7 @@ from typing import Callable
 
 import torch
 
-from .compare import Mismatch, close, equal, grad_of
+from .compare import Mismatch, Parts, close, equal, grad_of
 from .inputs import blobs, rand, stand_in_refiner, stand_in_state
 
 
@@ -28,7 +28,7 @@ class Case:
 
     inputs: Callable[[torch.Generator], dict]
     run: Callable[[object, dict], dict]
-    compare: Callable[[dict, dict], str]
+    compare: Callable[[dict, dict, Parts], str]
 
 
 def _inputs_miou(gen) -> dict:
@@ -61,19 +61,23 @@ def _run_miou(pkg, x: dict) -> dict:
     }
 
 
-def _compare_miou(got: dict, want: dict) -> str:
-    equal("confusion_matrix (2 classes)", got["cm2"], want["cm2"])
-    equal("confusion_matrix (3 classes)", got["cm3"], want["cm3"])
-    if not torch.isnan(torch.as_tensor(got["iou3"])[2]):
-        raise Mismatch(
-            "iou_per_class must be nan for a class absent from prediction and ground truth "
-            f"(got {float(torch.as_tensor(got['iou3'])[2]):.3g})"
+def _compare_miou(got: dict, want: dict, parts: Parts) -> str:
+    err = float("nan")
+    with parts.part("confusion matrices", 4):
+        equal("confusion_matrix (2 classes)", got["cm2"], want["cm2"])
+        equal("confusion_matrix (3 classes)", got["cm3"], want["cm3"])
+    with parts.part("IoU per class", 4):
+        if not torch.isnan(torch.as_tensor(got["iou3"])[2]):
+            raise Mismatch(
+                "iou_per_class must be nan for a class absent from prediction and ground truth "
+                f"(got {float(torch.as_tensor(got['iou3'])[2]):.3g})"
+            )
+        err = max(
+            close("iou_per_class (2 classes)", got["iou2"], want["iou2"]),
+            close("iou_per_class (3 classes)", got["iou3"], want["iou3"]),
         )
-    err = max(
-        close("iou_per_class (2 classes)", got["iou2"], want["iou2"]),
-        close("iou_per_class (3 classes)", got["iou3"], want["iou3"]),
-    )
-    close("mean_iou", got["miou3"], want["miou3"])
+    with parts.part("mean IoU", 2):
+        close("mean_iou", got["miou3"], want["miou3"])
     return f"confusion matrices exact, IoU relative error {err:.1e}"
 
 
@@ -88,9 +92,10 @@ def _run_boundary_band(pkg, x: dict) -> dict:
     return {f"band{w}": pkg.metrics.boundary_band(x["masks"], w) for w in (1, 2)}
 
 
-def _compare_boundary_band(got: dict, want: dict) -> str:
+def _compare_boundary_band(got: dict, want: dict, parts: Parts) -> str:
     for width in (1, 2):
-        equal(f"boundary_band(mask, width={width})", got[f"band{width}"], want[f"band{width}"])
+        with parts.part(f"width {width}", 5):
+            equal(f"boundary_band(mask, width={width})", got[f"band{width}"], want[f"band{width}"])
     return "bands exact at widths 1 and 2, border included"
 
 
@@ -127,12 +132,15 @@ def _run_unet_up(pkg, x: dict) -> dict:
         return {"pad": up(x["x"], x["skip_pad"]), "crop": up(x["x"], x["skip_crop"])}
 
 
-def _compare_unet_up(got: dict, want: dict) -> str:
-    err = max(
-        close("Up(x, skip) with a larger skip (padding)", got["pad"], want["pad"]),
-        close("Up(x, skip) with a smaller skip (cropping)", got["crop"], want["crop"]),
-    )
-    return f"padded and cropped skips, relative error {err:.1e}"
+def _compare_unet_up(got: dict, want: dict, parts: Parts) -> str:
+    errors = []
+    with parts.part("a larger skip (padding)", 8):
+        errors.append(close("Up(x, skip) with a larger skip (padding)", got["pad"], want["pad"]))
+    with parts.part("a smaller skip (cropping)", 7):
+        errors.append(
+            close("Up(x, skip) with a smaller skip (cropping)", got["crop"], want["crop"])
+        )
+    return f"padded and cropped skips, relative error {max(errors, default=0):.1e}"
 
 
 def _inputs_cspn_affinity(gen) -> dict:
@@ -146,8 +154,10 @@ def _run_cspn_affinity(pkg, x: dict) -> dict:
     return {"kappa": pkg.propagation.CSPN(3).normalise(x["raw"])}
 
 
-def _compare_cspn_affinity(got: dict, want: dict) -> str:
-    err = close("kappa", got["kappa"], want["kappa"])
+def _compare_cspn_affinity(got: dict, want: dict, parts: Parts) -> str:
+    err = float("nan")
+    with parts.part("kappa", 10):
+        err = close("kappa", got["kappa"], want["kappa"])
     return f"kappa relative error {err:.1e} (borders, a zero head and a clamped one included)"
 
 
@@ -172,11 +182,17 @@ def _run_cspn_step(pkg, x: dict) -> dict:
     return {"d": ds.detach(), "grad_base": grad_of(base), "grad_kappa": grad_of(kappa)}
 
 
-def _compare_steps(got: dict, want: dict) -> str:
-    err = close("D^1..D^3 of three steps", got["d"], want["d"], steps_axis=0)
-    for name in sorted(k for k in want if k.startswith("grad_")):
-        close(f"the gradient of {name[5:]} through three steps", got[name], want[name])
-    return f"three steps and their gradients, relative error {err:.1e}"
+def _compare_steps(got: dict, want: dict, parts: Parts, points=(5, 5, 5)) -> str:
+    """One step, three steps, and the gradients through them, worth ``points``."""
+    errors = []
+    with parts.part("the first step", points[0]):
+        close("D^1 of the first step", got["d"][:1], want["d"][:1], steps_axis=0)
+    with parts.part("three steps", points[1]):
+        errors.append(close("D^1..D^3 of three steps", got["d"], want["d"], steps_axis=0))
+    with parts.part("gradients", points[2]):
+        for name in sorted(k for k in want if k.startswith("grad_")):
+            close(f"the gradient of {name[5:]} through three steps", got[name], want[name])
+    return f"three steps and their gradients, relative error {max(errors, default=0):.1e}"
 
 
 def _inputs_dyspn_step(gen) -> dict:
@@ -212,9 +228,11 @@ def _run_dyspn_step(pkg, x: dict) -> dict:
     }
 
 
-def _compare_dyspn_step(got: dict, want: dict) -> str:
-    err = close("ring_magnitudes (A_r)", got["A"], want["A"])
-    return f"A_r (relative error {err:.1e}), " + _compare_steps(got, want)
+def _compare_dyspn_step(got: dict, want: dict, parts: Parts) -> str:
+    err = float("nan")
+    with parts.part("ring magnitudes", 5):
+        err = close("ring_magnitudes (A_r)", got["A"], want["A"])
+    return f"A_r (relative error {err:.1e}), " + _compare_steps(got, want, parts, (5, 7, 8))
 
 
 _REFINER_CASES = {
@@ -263,35 +281,46 @@ def _run_refiner_loss(pkg, x: dict) -> dict:
     return out
 
 
-def _compare_refiner_loss(got: dict, want: dict) -> str:
-    err = 0.0
-    for name, (method, deep, bw) in _REFINER_CASES.items():
-        returns_self, coarse_training, guidance_training, drift = got[name]["flags"].tolist()
-        if not returns_self:
-            raise Mismatch("Refiner.train must return self (as nn.Module.train does)")
-        if coarse_training or not guidance_training:
-            raise Mismatch(
-                "after model.train() the coarse net must be in eval mode (frozen BatchNorm) and "
-                "the "
-                f"guidance net in train mode; got coarse.training={coarse_training}, "
-                f"guidance.training={guidance_training}"
-            )
-        what = f"training_loss ({method}, deep_supervision={deep}, boundary_weight={bw:g})"
-        err = max(err, close(what, got[name]["loss"], want[name]["loss"]))
-        if float(got[name]["grad"].abs().sum()) == 0:
-            raise Mismatch(f"{what}: no gradient reaches the guidance net (is the loss detached?)")
-        err = max(
-            err, close(f"the guidance gradient of {what}", got[name]["grad"], want[name]["grad"])
-        )
-        if float(got[name]["coarse_grad"]) > 0:
-            raise Mismatch("the coarse net received a gradient: it must stay frozen")
-        if drift:
-            raise Mismatch(
-                "the coarse net's weights or BatchNorm statistics changed during the training "
-                "step: it "
-                "must stay frozen (eval mode keeps BatchNorm's running statistics)"
-            )
-    return f"losses and gradients of 3 settings, relative error {err:.1e}; coarse net frozen"
+def _compare_refiner_loss(got: dict, want: dict, parts: Parts) -> str:
+    errors = []
+    settings = {
+        name: f"training_loss ({m}, deep_supervision={d}, boundary_weight={b:g})"
+        for name, (m, d, b) in _REFINER_CASES.items()
+    }
+    # one part, not two: the train/eval flags do not depend on the inputs, so on their own they
+    # would earn points for any answer, a table of the shipped references' included
+    with parts.part("train mode and losses", 8):
+        for name in _REFINER_CASES:
+            returns_self, coarse_training, guidance_training, _ = got[name]["flags"].tolist()
+            if not returns_self:
+                raise Mismatch("Refiner.train must return self (as nn.Module.train does)")
+            if coarse_training or not guidance_training:
+                raise Mismatch(
+                    "after model.train() the coarse net must be in eval mode (frozen BatchNorm) "
+                    f"and the guidance net in train mode; got coarse.training={coarse_training}, "
+                    f"guidance.training={guidance_training}"
+                )
+        for name, what in settings.items():
+            errors.append(close(what, got[name]["loss"], want[name]["loss"]))
+    with parts.part("gradients, the coarse net frozen", 7):
+        for name, what in settings.items():
+            if float(got[name]["grad"].abs().sum()) == 0:
+                raise Mismatch(
+                    f"{what}: no gradient reaches the guidance net (is the loss detached?)"
+                )
+            close(f"the guidance gradient of {what}", got[name]["grad"], want[name]["grad"])
+            if float(got[name]["coarse_grad"]) > 0:
+                raise Mismatch("the coarse net received a gradient: it must stay frozen")
+            if bool(got[name]["flags"][3]):
+                raise Mismatch(
+                    "the coarse net's weights or BatchNorm statistics changed during "
+                    "the training step: it must stay frozen (eval mode keeps "
+                    "BatchNorm's running statistics)"
+                )
+    return (
+        f"losses and gradients of 3 settings, relative error {max(errors, default=0):.1e}; "
+        "coarse net frozen"
+    )
 
 
 CASES = {

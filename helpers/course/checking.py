@@ -15,14 +15,14 @@ from __future__ import annotations
 
 import importlib
 import types
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from .cases import CASES
 from .catalogue import EXERCISES, lookup
-from .compare import Mismatch, detached, gradcheck
+from .compare import Mismatch, Part, Parts, detached, gradcheck
 from .inputs import rand
 
 REFERENCES = Path(__file__).resolve().with_name("references.pt")
@@ -56,6 +56,9 @@ def run_exercise(key: str, pkg, inputs: dict) -> dict:
 # ------------------------------------------------------------------------------ running checks
 @dataclass
 class Result:
+    """One exercise's grade: points earned of ``max_points``, the one-line message, and per named
+    part (``parts``: name, points, max_points, passed, message) where it could be compared."""
+
     key: str
     number: int
     title: str
@@ -63,6 +66,7 @@ class Result:
     max_points: int
     passed: bool
     message: str
+    parts: list = field(default_factory=list)
 
 
 def load_package(name: str) -> types.SimpleNamespace:
@@ -120,25 +124,43 @@ def outcome(
         else:
             msg = f"{ex.label} failed: {text}"
     else:
+        parts = Parts()
         try:
-            detail = CASES[ex.key].compare(outputs, reference)
+            detail = CASES[ex.key].compare(outputs, reference, parts)
+        except (Mismatch, KeyError, IndexError, TypeError, AttributeError, RuntimeError) as exc:
+            detail = f"its outputs could not be compared ({type(exc).__name__}: {exc})"
+            parts.parts.append(Part("outputs", ex.points, False, detail))
+        done = [
+            {
+                "name": p.name,
+                "points": p.points,
+                "max_points": p.max_points,
+                "passed": p.passed,
+                "message": p.message,
+            }
+            for p in parts.parts
+        ]
+        if sum(p.max_points for p in parts.parts) != ex.points:
+            raise RuntimeError(f"the parts of {ex.label} are not worth its {ex.points} points")
+        earned = sum(p.points for p in parts.parts)
+        if all(p.passed for p in parts.parts):
             return Result(
                 ex.key,
                 ex.number,
                 ex.title,
-                ex.points,
+                earned,
                 ex.points,
                 True,
                 f"{ex.label}: passed: {detail}",
+                done,
             )
-        except Mismatch as exc:
-            msg = f"{ex.label} failed: {exc}; edit {ex.where}"
-        # outputs of the wrong kind
-        except (KeyError, TypeError, AttributeError, RuntimeError) as exc:
-            msg = (
-                f"{ex.label} failed: its outputs could not be compared ({type(exc).__name__}: "
-                f"{exc}); edit {ex.where}"
-            )
+        first = next(p for p in parts.parts if not p.passed)
+        scored = ", ".join(f"{p.name} {p.points}/{p.max_points}" for p in parts.parts)
+        msg = f"{ex.label} failed: {first.message}; edit {ex.where} ({scored})"
+        needs = [lookup(n).label for n in _NEEDS.get(ex.key, ())]
+        if needs:
+            msg += f" (this check also uses {', '.join(needs)})"
+        return Result(ex.key, ex.number, ex.title, earned, ex.points, False, msg, done)
     needs = [lookup(n).label for n in _NEEDS.get(ex.key, ())]
     if needs and "cannot be checked" not in msg:
         msg += f" (this check also uses {', '.join(needs)})"

@@ -4,6 +4,9 @@ gradient checks, each raising :class:`Mismatch` with what differs.
 
 from __future__ import annotations
 
+import contextlib
+from dataclasses import dataclass, field
+
 import torch
 
 # accepted relative error (normwise, see rel_error): float32 rounding, another thread count
@@ -12,6 +15,42 @@ TOLERANCE = 1e-5
 
 class Mismatch(Exception):
     """Raised inside a check: why the student's result is not the reference's."""
+
+
+@dataclass
+class Part:
+    """One named part of an exercise's check and its points (earned only if it passed)."""
+
+    name: str
+    max_points: int
+    passed: bool = False
+    message: str = ""
+
+    @property
+    def points(self) -> int:
+        return self.max_points if self.passed else 0
+
+
+@dataclass
+class Parts:
+    """The parts of one check, in order: ``with parts.part("three steps", 5): close(...)``. A part
+    fails on its first :class:`Mismatch`, or on outputs of the wrong kind; the others still run."""
+
+    parts: list = field(default_factory=list)
+
+    @contextlib.contextmanager
+    def part(self, name: str, points: int):
+        part = Part(name, points)
+        self.parts.append(part)
+        try:
+            yield part
+        except Mismatch as exc:
+            part.message = str(exc)
+            return
+        except (KeyError, IndexError, TypeError, AttributeError, ValueError, RuntimeError) as exc:
+            part.message = f"its outputs could not be compared ({type(exc).__name__}: {exc})"
+            return
+        part.passed = True
 
 
 # ------------------------------------------------------------------------------ comparisons
