@@ -244,3 +244,35 @@ def test_pytest_nbval_on_a_blank_hand_out_fails_only_its_exercises_each_in_one_l
     )
     for name, lines in failed:
         assert len(lines) == 1 and one_line.match(lines[0]), (name, lines)
+
+
+def test_hints_come_in_tiers_and_no_tier_gives_code():
+    import pytest
+
+    from helpers.course.catalogue import EXERCISES
+    from helpers.course.notebook import hint
+
+    code = (
+        "ring_sums",
+        "bincount",
+        "torch.",
+        "F.",
+        "[:,",
+        "self.coarse.eval",
+        "split(",
+        "interpolate",
+        "cat(",
+        "pad(",
+        "neighbour_values",
+        "prepare_affinity(",
+    )
+    for e in EXERCISES:
+        first, second = e.hint(1), e.hint(2)
+        assert first and second and first != second
+        assert first in e.stub_message() and second not in e.stub_message()
+        assert f"exercises.hint({e.key!r}, 2)" in e.stub_message()
+        given = [c for c in code if c in first + second]
+        assert not given, (e.key, given)
+        assert hint(e.number, 2).endswith(second)
+    with pytest.raises(ValueError, match="tiers 1 and 2"):
+        EXERCISES[0].hint(3)

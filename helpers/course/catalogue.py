@@ -11,7 +11,9 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Exercise:
-    """One exercise: ``key`` names its regions in the code; ``where`` is what the student edits."""
+    """One exercise: ``key`` names its regions in the code; ``where`` is what the student edits.
+    Its hints come in tiers, none of them code: ``concept`` (in the stub's message) names the
+    idea; ``steps`` (``exercises.hint(key, 2)``) gives the shapes and the steps."""
 
     key: str
     number: int
@@ -19,91 +21,135 @@ class Exercise:
     points: int
     notebook: str
     where: str
-    hint: str
+    concept: str
+    steps: str
 
     @property
     def label(self) -> str:
         return f"Exercise {self.number} ({self.title})"
 
+    def hint(self, tier: int = 1) -> str:
+        """Hint ``tier`` 1 (the concept) or 2 (the shapes and steps)."""
+        if tier not in (1, 2):
+            raise ValueError(f"hints come in tiers 1 and 2, not {tier!r}")
+        return self.concept if tier == 1 else self.steps
+
     def stub_message(self) -> str:
         """The message of the ``NotImplementedError`` that replaces the solution."""
-        return f"{self.label}: not done yet: write it in {self.where}. Hint: {self.hint}"
+        return (
+            f"{self.label}: not done yet: write it in {self.where}. Hint: {self.concept} "
+            f"(exercises.hint({self.key!r}, 2) gives the steps)"
+        )
 
 
 EXERCISES: tuple[Exercise, ...] = (
     Exercise(
-        "miou",
-        1,
-        "mIoU",
-        10,
-        "01_coarse_unet",
-        "helpers/analysis/metrics.py, confusion_matrix and iou_per_class",
-        "index a bincount with target * C + pred; IoU_c = TP / (TP + FP + FN), nan where the "
-        "union is 0",
+        key="miou",
+        number=1,
+        title="mIoU",
+        points=10,
+        notebook="01_coarse_unet",
+        where="helpers/analysis/metrics.py, confusion_matrix and iou_per_class",
+        concept="count every (true class, predicted class) pair of pixels into a C x C matrix; "
+        "IoU_c = TP / (TP + FP + FN)",
+        steps="confusion_matrix: give each pixel one number that encodes its pair, true class "
+        "times C plus predicted class, count how often each of the C * C numbers occurs and lay "
+        "the counts out as C x C (rows: true class, columns: prediction), whatever the batch "
+        "shape. iou_per_class: TP is the diagonal, FP the column sums minus TP, FN the row sums "
+        "minus TP; a class with TP + FP + FN = 0 is absent from both maps: its IoU is nan.",
     ),
     Exercise(
-        "boundary-band",
-        2,
-        "Boundary IoU band",
-        10,
-        "01_coarse_unet",
-        "helpers/analysis/metrics.py, boundary_band",
-        "erode the mask with a max-pool of the complement, padded with 1 (outside the image counts "
-        "as contour); the band is the mask minus its erosion",
+        key="boundary-band",
+        number=2,
+        title="Boundary IoU band",
+        points=10,
+        notebook="01_coarse_unet",
+        where="helpers/analysis/metrics.py, boundary_band",
+        concept="the band is the mask minus its erosion by `width` pixels; outside the image "
+        "counts as contour",
+        steps="a pixel survives the erosion when every pixel within `width` of it (a square of "
+        "side 2 width + 1) is in the mask, the outside of the image counting as not in the mask. "
+        "The minimum of the mask over that square is the erosion; the maximum of its complement "
+        "is one minus it (max-pooling computes maxima). The band: in the mask, not in the "
+        "erosion. Masks are (B, H, W) booleans; so is the band.",
     ),
     Exercise(
-        "unet-up",
-        3,
-        "U-Net up-sampling block",
-        15,
-        "01_coarse_unet",
-        "helpers/models/unet.py, Up.forward",
-        "up-sample x, pad (or crop, with negative padding) it to the skip's size, concatenate "
-        "[skip, x] on the channels and apply self.conv",
+        key="unet-up",
+        number=3,
+        title="U-Net up-sampling block",
+        points=15,
+        notebook="01_coarse_unet",
+        where="helpers/models/unet.py, Up.forward",
+        concept="up-sample the deeper features, bring them to the skip's size, concatenate, "
+        "convolve",
+        steps="x (B, C_in, h, w) is up-sampled by the block's up-sampling layer to about twice "
+        "its size; the skip (B, C_skip, H, W) may be a pixel or two larger or smaller: pad x (a "
+        "negative padding crops), split evenly between the two sides, to H x W; concatenate the "
+        "skip first, then x, along the channels; the block's double convolution gives "
+        "(B, C_out, H, W).",
     ),
     Exercise(
-        "cspn-affinity",
-        4,
-        "CSPN affinity normalisation",
-        10,
-        "02_cspn_refinement",
-        "helpers/models/propagation/propagators.py, CSPN.normalise",
-        "prepare_affinity gives k+ and |k|; divide k+ by max(1, sum_j |k_j|)",
+        key="cspn-affinity",
+        number=4,
+        title="CSPN affinity normalisation",
+        points=10,
+        notebook="02_cspn_refinement",
+        where="helpers/models/propagation/propagators.py, CSPN.normalise",
+        concept="kappa_j = k_j^+ / max(1, sum_j |k_j|); out-of-image neighbours weigh nothing",
+        steps="the affinity preparation of the propagation package returns the positive parts "
+        "k^+ and the magnitudes |k| of the clamped affinities, out-of-image neighbours already "
+        "zero, both (B, 8, H, W). Sum the magnitudes over the 8 neighbours for each pixel, keep "
+        "that dimension so it broadcasts, and never divide by less than 1 (a head near zero then "
+        "leaves the map as it is).",
     ),
     Exercise(
-        "cspn-step",
-        5,
-        "CSPN step",
-        15,
-        "02_cspn_refinement",
-        "helpers/models/propagation/propagators.py, CSPN.step",
-        "D^{t+1} = base + sum_j kappa_j D^t_j; ring_sums(d, kappa, 3)[:, 0] is the neighbour sum; "
-        "d is None at t = 0",
+        key="cspn-step",
+        number=5,
+        title="CSPN step",
+        points=15,
+        notebook="02_cspn_refinement",
+        where="helpers/models/propagation/propagators.py, CSPN.step",
+        concept="D^{t+1} = base + sum_j kappa_j D^t_j, with D^0 = 0",
+        steps="d is D^t (B, C', H, W), or None at t = 0, where the neighbour sum vanishes and "
+        "the step is base. Otherwise each pixel's 8 neighbours in d (nothing from outside the "
+        "image, no wrap-around), weighted by kappa (B, 8, H, W) and summed, plus base. The "
+        "propagation package's ring sums gather and weigh the neighbours of one ring: a 3x3 "
+        "window has one ring.",
     ),
     Exercise(
-        "refiner-loss",
-        6,
-        "refiner training step",
-        15,
-        "02_cspn_refinement",
-        "helpers/models/refiner.py, Refiner.train and Refiner.training_loss",
-        "train() must keep self.coarse in eval mode; the loss is refinement_loss of the maps "
-        "H^0..H^T "
-        "from self.refine(image, truth=target) ([coarse, output] for the control)",
+        key="refiner-loss",
+        number=6,
+        title="refiner training step",
+        points=15,
+        notebook="02_cspn_refinement",
+        where="helpers/models/refiner.py, Refiner.train and Refiner.training_loss",
+        concept="training mode must leave the frozen coarse net in eval mode; the loss is the "
+        "refinement loss of the maps H^0 .. H^T",
+        steps="train(mode): switch the module as nn.Module does, put the coarse net back in "
+        "eval mode (its BatchNorm statistics must not move), return the module. "
+        "training_loss(image, target): refine the image with the ground truth given (it "
+        "degrades the starts in train mode), take the propagation's maps H^0 .. H^T (the "
+        "control propagates nothing: its maps are the coarse map and its output), and give them, "
+        "the target and the refiner's loss settings (deep supervision, boundary weight, start "
+        "weight) to the refinement loss.",
     ),
     Exercise(
-        "dyspn-step",
-        7,
-        "DySPN ring attention and step",
-        25,
-        "03_dyspn_refinement",
-        "helpers/models/propagation/propagators.py, DySPN.ring_magnitudes and DySPN.step",
-        "A_r sums |w| over ring r (torch.split by self.sizes); G^t = sum_r pi_r A_r + pi_self + "
-        "EPS; "
-        "divide the attention-weighted ring sums plus pi_self D^t by G^t",
+        key="dyspn-step",
+        number=7,
+        title="DySPN ring attention and step",
+        points=25,
+        notebook="03_dyspn_refinement",
+        where="helpers/models/propagation/propagators.py, DySPN.ring_magnitudes and DySPN.step",
+        concept="A_r sums |w| over ring r; G^t = sum_r pi_r A_r + pi_self + EPS normalises the "
+        "attention-weighted ring sums plus the pixel's own term",
+        steps="ring_magnitudes: the 48 magnitudes come ring by ring (8, 16, 24 channels, "
+        "self.sizes); sum each ring's channels: (B, R, H, W). step: G (B, 1, H, W) is the first R "
+        "attention channels times A, summed over rings, plus the last channel (the pixel's own "
+        "attention) plus EPS. Per ring: base_r plus the ring's weighted neighbour sum of d (none "
+        "at t = 0), (B, R, C', H, W); weigh the rings by their attention and sum them, add the "
+        "pixel's own attention times d (not at t = 0), divide by G.",
     ),
 )
-
 BY_KEY = {e.key: e for e in EXERCISES}
 
 

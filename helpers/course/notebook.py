@@ -9,7 +9,7 @@ import os
 import sys
 from pathlib import Path
 
-from .catalogue import EXERCISES, ExerciseFailed
+from .catalogue import EXERCISES, ExerciseFailed, lookup
 from .checking import Result, check_one, load_references, own_package
 
 
@@ -176,3 +176,11 @@ def require(*keys: str | int) -> None:
         if not result.passed:
             raise ExerciseFailed(result.message)
     _passed()
+
+
+def hint(key: str | int, tier: int = 1) -> str:
+    """An exercise's hint: tier 1 names the concept (the stub's message says it too), tier 2
+    gives the shapes and the steps. No tier gives code. Printed, and returned."""
+    text = f"{lookup(key).label}, hint {tier}: {lookup(key).hint(tier)}"
+    print(text)
+    return text
