@@ -143,7 +143,15 @@ def _run_allowing_errors(cells: list[str], folder: Path) -> list:
     return [cell.outputs for cell in nb.cells]
 
 
-SOLUTION_TEXT = ("solution edition", "here it is the solution", "this repository is the")
+SOLUTION_TEXT = (
+    "solution edition",
+    "here it is the solution",
+    "this repository is the",
+    # expressions that would compute an exercise's answer
+    "ring_sums(d, kappa",
+    "ring_sums(d, pos",
+    "target * c + pred",
+)
 
 
 def test_the_hand_out_speaks_to_students_not_to_the_instructor(student):

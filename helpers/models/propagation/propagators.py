@@ -86,7 +86,7 @@ class CSPN(Propagator):
 
         (subtract H^0 from both sides of the update). d (B, C', H, W), or None for D^0 = 0;
         base (B, C', H, W); kappa (B, 8, H, W) -> D^{t+1} (B, C', H, W).
-        ``ring_sums(d, kappa, 3)[:, 0]`` is sum_j kappa_j D^t_j (one ring for a 3x3 window).
+        :func:`ring_sums` computes weighted neighbour sums ring by ring (a 3x3 window has one).
         """
         # BEGIN EXERCISE cspn-step
         if d is None:  # D^0 = 0: the neighbour sum vanishes
@@ -199,8 +199,8 @@ class DySPN(Propagator):
         but weigh no neighbour, so their share of the weight goes to H^0 (whose D is 0).
         d (B, C', H, W) or None for D^0 = 0; base (B, R, C', H, W); pos (B, K, H, W) = w^+;
         A (B, R, H, W); p (B, R + 1, H, W) = pi^t (rings, then the pixel itself) -> (B, C', H, W).
-        ``ring_sums(d, pos, self.kernel)`` (B, R, C', H, W) is sum_{j in r} w_j^+ D^t_j for every
-        ring (``self.kernel`` is the window, dilated or not: never write its size as a number).
+        :func:`ring_sums` gives the weighted neighbour sums of every ring, (B, R, C', H, W)
+        (``self.kernel`` is the window, dilated or not: never write its size as a number).
         """
         # BEGIN EXERCISE dyspn-step
         G = (p[:, : self.rings] * A).sum(1, keepdim=True) + p[:, self.rings :] + EPS
