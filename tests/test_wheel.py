@@ -116,6 +116,9 @@ def test_the_installed_wheel_writes_the_hand_out_and_grades_it(installed, tmp_pa
     propagators = handout / "helpers" / "models" / "propagation" / "propagators.py"
     assert "raise NotImplementedError(" in propagators.read_text()
     assert not (handout / "helpers" / "course" / "workbook").exists()  # the bundle is not shipped
+    assert (handout / "README.md").read_text().startswith("# Refining coarse segmentations")
+    assert "python -m helpers grade ." in (handout / "README.md").read_text()  # the students'
+    assert not (handout / "helpers" / "course" / "edition.py").exists()
 
     # a blank hand-out earns nothing; the same hand-out with the solution put back earns 100
     submissions = tmp_path / "submissions"
