@@ -173,3 +173,17 @@ def test_each_part_of_an_exercise_earns_its_own_points(student, tmp_path):
     assert "(the first step 5/5, three steps 5/5, gradients 0/5)" in cspn.message
     assert not dyspn.passed and dyspn.points == 5 + 5 + 7 and dyspn.max_points == 25
     assert sum(r.points for r in results.values()) == 100 - 5 - 8
+
+
+def test_the_grading_benchmark_times_each_jobs_setting_on_the_same_submissions(capsys):
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "grading.py"
+    spec = importlib.util.spec_from_file_location("grading_benchmark", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.main(["--count", "2", "--jobs", "1", "2"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    rows = [line for line in out if line.startswith("--jobs")]
+    assert len(rows) == 2 and all("s per submission" in r and "200 submissions" in r for r in rows)
+    assert all("scores [0, 100]" in r for r in rows)  # one solved, one blank, in both runs
