@@ -284,3 +284,43 @@ def test_hints_come_in_tiers_and_no_tier_gives_code():
         assert hint(e.number, 2).endswith(second)
     with pytest.raises(ValueError, match="tiers 1 and 2"):
         EXERCISES[0].hint(3)
+
+
+def test_a_broken_student_file_costs_only_the_exercises_that_need_it(student, tmp_path):
+    """A syntax error in the student's propagators.py: the first cell's and the check cells'
+    imports still work (the package's names are lazy), exercise 1's check still runs and passes,
+    and the CSPN checks fail in one line naming the file; the grader agrees."""
+    import os
+    import subprocess
+    import sys
+
+    from handouts import fill
+
+    from helpers.course import grading
+
+    copy = fill(student, tmp_path / "broken", keys={"miou"})
+    prop = copy / "helpers" / "models" / "propagation" / "propagators.py"
+    prop.write_text(prop.read_text() + "\ndef oops(:\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "WORKBOOK_"))}
+    script = (
+        "from helpers import colab, exercises, viz\n"
+        "from helpers.course.checking import check_one\n"
+        "print(check_one('miou').message)\nprint(check_one('cspn-step').message)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=copy,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr
+    miou, cspn = out.stdout.strip().splitlines()
+    assert miou.startswith("Exercise 1 (mIoU): passed")
+    assert (
+        cspn.startswith("Exercise 5 (CSPN step) failed: SyntaxError") and "propagators.py" in cspn
+    )
+    graded = {r.key: r for r in grading.grade_one(copy)}
+    assert graded["miou"].points == 10 and graded["cspn-step"].points == 0
+    assert "SyntaxError" in graded["cspn-step"].message

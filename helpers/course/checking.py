@@ -14,7 +14,6 @@ this subpackage in a subprocess and points it at the *student's* package (:func:
 from __future__ import annotations
 
 import importlib
-import types
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -69,12 +68,30 @@ class Result:
     parts: list = field(default_factory=list)
 
 
-def load_package(name: str) -> types.SimpleNamespace:
+class Modules:
     """The modules of the package ``name`` that the checks read, as ``pkg.metrics``,
-    ``pkg.propagation``, ... (:data:`MODULES`)."""
-    return types.SimpleNamespace(
-        **{short: importlib.import_module(f"{name}.{path}") for short, path in MODULES.items()}
-    )
+    ``pkg.propagation``, ... (:data:`MODULES`), each imported when a check first reads it: a
+    broken or missing file fails only the exercises that need it. With ``root`` (a submission's
+    ``helpers/``), a module found anywhere else is refused as missing from the submission."""
+
+    def __init__(self, name: str, root: Path | None = None):
+        self._name, self._root = name, root
+
+    def __getattr__(self, short: str):
+        if short.startswith("_") or short not in MODULES:
+            raise AttributeError(short)
+        module = importlib.import_module(f"{self._name}.{MODULES[short]}")
+        where = Path(module.__file__).resolve()
+        if self._root is not None and self._root not in where.parents:
+            path = MODULES[short].replace(".", "/")
+            raise ImportError(f"helpers/{path}.py is missing from the submission")
+        setattr(self, short, module)
+        return module
+
+
+def load_package(name: str, root: Path | None = None) -> Modules:
+    """The checks' view of the package ``name`` (:class:`Modules`)."""
+    return Modules(name, root)
 
 
 def own_package() -> str:
