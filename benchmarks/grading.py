@@ -18,10 +18,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from helpers.course.edition import fill_back, make_student_edition  # noqa: E402
+from helpers.course.edition import make_student_edition, solved_copy  # noqa: E402
 from helpers.course.grading import grade  # noqa: E402
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def submissions(folder: Path, count: int) -> Path:
@@ -30,13 +28,11 @@ def submissions(folder: Path, count: int) -> Path:
     make_student_edition(handout)
     subs = folder / "submissions"
     for i in range(count):
-        dest = shutil.copytree(
-            handout, subs / f"student{i:03d}", ignore=shutil.ignore_patterns("notebooks")
-        )
+        dest = subs / f"student{i:03d}"
         if i % 2 == 0:
-            for path in (dest / "helpers").rglob("*.py"):
-                solution = (ROOT / path.relative_to(dest)).read_text(encoding="utf-8")
-                path.write_text(fill_back(path.read_text(encoding="utf-8"), solution))
+            solved_copy(handout, dest, ignore=shutil.ignore_patterns("notebooks"))
+        else:
+            shutil.copytree(handout, dest, ignore=shutil.ignore_patterns("notebooks"))
     return subs
 
 

@@ -1,20 +1,27 @@
-"""Building submissions for the grading tests: a copy of the student edition with some or all of
-the solution put back, as a student who solved those exercises would hand it in."""
+"""Building submissions and running notebook cells for the course's tests, as a student or a
+grader would."""
 
-import shutil
 from pathlib import Path
 
-from helpers.course.edition import fill_back
+import nbclient
+import nbformat
 
-ROOT = Path(__file__).resolve().parents[1]
+from helpers.course.edition import solved_copy
 
 
 def fill(student: Path, dest: Path, keys=None) -> Path:
     """A copy of the student edition with the solution put back (of ``keys`` only, if given)."""
-    shutil.copytree(student, dest)
-    for path in (dest / "helpers").rglob("*.py"):
-        solution = (ROOT / path.relative_to(dest)).read_text(encoding="utf-8")
-        path.write_text(
-            fill_back(path.read_text(encoding="utf-8"), solution, keys), encoding="utf-8"
-        )
-    return dest
+    return solved_copy(student, dest, keys)
+
+
+def run_cells(cells: list[str], folder: Path, allow_errors: bool = False) -> list:
+    """Execute ``cells`` as one notebook in ``folder`` (a fresh kernel); each cell's outputs."""
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in cells])
+    nbclient.NotebookClient(
+        nb,
+        timeout=120,
+        kernel_name="python3",
+        allow_errors=allow_errors,
+        resources={"metadata": {"path": str(folder)}},
+    ).execute()
+    return [cell.outputs for cell in nb.cells]

@@ -8,11 +8,9 @@ import json
 import shutil
 from pathlib import Path
 
-import nbclient
-import nbformat
 import pytest
 import torch
-from handouts import fill
+from handouts import fill, run_cells
 
 from helpers.course import checking, edition, grading, notebook
 from helpers.course.catalogue import EXERCISES
@@ -305,22 +303,18 @@ def test_the_grader_uses_its_own_checks_not_the_submissions(student, tmp_path):
 
 # ------------------------------------------------------------------------------ in a notebook
 def test_a_failing_check_cell_is_one_line_and_later_cells_repeat_it(student):
-    nb = nbformat.v4.new_notebook()
-    nb.cells = [
-        nbformat.v4.new_code_cell("from helpers import colab, exercises\n_ = colab.setup()"),
-        nbformat.v4.new_code_cell('exercises.check("cspn-step")'),
-        nbformat.v4.new_code_cell('exercises.require("cspn-step")\nrefined = 1'),
-        nbformat.v4.new_code_cell("refined + 1"),
-        nbformat.v4.new_code_cell("raise NotImplementedError('not an exercise')"),
-    ]
-    nbclient.NotebookClient(
-        nb,
-        timeout=120,
-        kernel_name="python3",
+    outputs = run_cells(
+        [
+            "from helpers import colab, exercises\n_ = colab.setup()",
+            'exercises.check("cspn-step")',
+            'exercises.require("cspn-step")\nrefined = 1',
+            "refined + 1",
+            "raise NotImplementedError('not an exercise')",
+        ],
+        student,
         allow_errors=True,
-        resources={"metadata": {"path": str(student)}},
-    ).execute()
-    errors = [[o for o in c.outputs if o["output_type"] == "error"] for c in nb.cells]
+    )
+    errors = [[o for o in out if o["output_type"] == "error"] for out in outputs]
     assert errors[0] == []
     for i in (1, 2, 3):
         assert len(errors[i]) == 1 and len(errors[i][0]["traceback"]) == 1, errors[i]
@@ -392,19 +386,15 @@ def test_a_missing_file_is_not_graded_with_the_installed_solution(student, tmp_p
 
 
 def test_the_one_line_name_error_ends_with_the_next_clean_cell(student):
-    nb = nbformat.v4.new_notebook()
-    nb.cells = [
-        nbformat.v4.new_code_cell("from helpers import colab, exercises\n_ = colab.setup()"),
-        nbformat.v4.new_code_cell('exercises.check("miou")'),
-        nbformat.v4.new_code_cell("x = 1"),
-        nbformat.v4.new_code_cell("undefined_name + 1"),
-    ]
-    nbclient.NotebookClient(
-        nb,
-        timeout=120,
-        kernel_name="python3",
+    outputs = run_cells(
+        [
+            "from helpers import colab, exercises\n_ = colab.setup()",
+            'exercises.check("miou")',
+            "x = 1",
+            "undefined_name + 1",
+        ],
+        student,
         allow_errors=True,
-        resources={"metadata": {"path": str(student)}},
-    ).execute()
-    error = [o for o in nb.cells[3].outputs if o["output_type"] == "error"][0]
+    )
+    error = [o for o in outputs[3] if o["output_type"] == "error"][0]
     assert error["ename"] == "NameError" and len(error["traceback"]) > 1  # its own traceback again

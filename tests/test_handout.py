@@ -5,18 +5,10 @@ solution, typically), and it says so in one line when it cannot."""
 import shutil
 from pathlib import Path
 
-import nbclient
 import nbformat
+from handouts import run_cells
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _run(cells: list[str], folder: Path) -> list:
-    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in cells])
-    nbclient.NotebookClient(
-        nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(folder)}}
-    ).execute()
-    return [cell.outputs for cell in nb.cells]
 
 
 def _setup_cell(workbook: Path) -> str:
@@ -28,7 +20,7 @@ def test_a_hand_outs_notebook_imports_the_hand_outs_helpers(student, tmp_path):
     """The solution is installed on the grader's machine (this checkout, editable): a blank
     hand-out's notebook must still run the hand-out's own code, silently."""
     handout = shutil.copytree(student, tmp_path / "handout")
-    outputs = _run(
+    outputs = run_cells(
         [_setup_cell(handout), "import helpers; print(helpers.__file__)"], handout / "notebooks"
     )
     assert outputs[0] == []  # the first cell stays silent
@@ -38,7 +30,7 @@ def test_a_hand_outs_notebook_imports_the_hand_outs_helpers(student, tmp_path):
 def test_a_kernel_holding_another_copy_says_so_in_one_line(student, tmp_path):
     handout = shutil.copytree(student, tmp_path / "handout")
     stale = f"import sys; sys.path.insert(0, {str(ROOT)!r}); import helpers"
-    outputs = _run([stale, _setup_cell(handout)], handout / "notebooks")
+    outputs = run_cells([stale, _setup_cell(handout)], handout / "notebooks")
     lines = "".join(o.get("text", "") for o in outputs[1]).splitlines()
     assert len(lines) == 1 and lines[0].startswith(
         f"note: this kernel imported helpers from {ROOT}"
@@ -112,7 +104,7 @@ def test_a_check_after_an_edit_asks_for_a_restart_instead_of_checking_old_code(s
         "import pathlib\np = pathlib.Path('helpers/models/propagation/propagators.py')\n"
         "p.write_text(p.read_text() + '\\n# edited in the editor\\n')"
     )
-    outputs = _run_allowing_errors(
+    outputs = run_cells(
         [
             "from helpers import colab, exercises\n_ = colab.setup()",
             "from helpers import CSPN",
@@ -121,6 +113,7 @@ def test_a_check_after_an_edit_asks_for_a_restart_instead_of_checking_old_code(s
             'exercises.check("cspn-step")',
         ],
         copy,
+        allow_errors=True,
     )
     assert "passed" in outputs[2][0]["text"]
     error = [o for o in outputs[4] if o["output_type"] == "error"][0]
@@ -129,18 +122,6 @@ def test_a_check_after_an_edit_asks_for_a_restart_instead_of_checking_old_code(s
         "helpers/models/propagation/propagators.py changed after "
         "this kernel loaded it: restart the kernel"
     )
-
-
-def _run_allowing_errors(cells: list[str], folder: Path) -> list:
-    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in cells])
-    nbclient.NotebookClient(
-        nb,
-        timeout=120,
-        kernel_name="python3",
-        allow_errors=True,
-        resources={"metadata": {"path": str(folder)}},
-    ).execute()
-    return [cell.outputs for cell in nb.cells]
 
 
 SOLUTION_TEXT = (
@@ -180,7 +161,7 @@ def test_the_hand_out_speaks_to_students_not_to_the_instructor(student):
 def test_a_missing_variable_is_blamed_on_the_exercise_that_stopped_its_cell(student, tmp_path):
     """Notebook 02's training cell stops at exercise 4; a later cell missing ``coarse``, which an
     earlier cell stopped by exercise 1 never made, must name exercise 1, not the latest one."""
-    outputs = _run_allowing_errors(
+    outputs = run_cells(
         [
             "from helpers import colab, exercises\n_ = colab.setup()",
             'exercises.require("miou")\ncoarse = 1',
@@ -189,6 +170,7 @@ def test_a_missing_variable_is_blamed_on_the_exercise_that_stopped_its_cell(stud
             "cspn + 1",
         ],
         student,
+        allow_errors=True,
     )
     coarse = [o for o in outputs[3] if o["output_type"] == "error"][0]["traceback"][0]
     cspn = [o for o in outputs[4] if o["output_type"] == "error"][0]["traceback"][0]

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers.course.edition import fill_back
+from helpers.course.edition import solved_copy
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -123,10 +123,7 @@ def test_the_installed_wheel_writes_the_hand_out_and_grades_it(installed, tmp_pa
     # a blank hand-out earns nothing; the same hand-out with the solution put back earns 100
     submissions = tmp_path / "submissions"
     shutil.copytree(handout, submissions / "blank")
-    solved = shutil.copytree(handout, submissions / "solved")
-    for path in (solved / "helpers").rglob("*.py"):
-        solution = (ROOT / path.relative_to(solved)).read_text(encoding="utf-8")
-        path.write_text(fill_back(path.read_text(encoding="utf-8"), solution), encoding="utf-8")
+    solved_copy(handout, submissions / "solved")
     graded = _run(
         installed, "-m", "helpers", "grade", str(submissions), "--json", "grades.json", cwd=tmp_path
     )

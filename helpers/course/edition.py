@@ -137,6 +137,22 @@ def fill_back(student_text: str, solution_text: str, keys: set[str] | None = Non
     return _replace_regions(student_text, lambda region: next(bodies))
 
 
+def solved_copy(
+    student: Path, dest: Path, keys: set[str] | None = None, root: Path | None = None, ignore=None
+) -> Path:
+    """A copy of the student edition ``student`` at ``dest`` with the solution of the workbook at
+    ``root`` (default: this one) put back into its regions (those of ``keys`` only, if given):
+    a submission that solved those exercises (tests, benchmarks)."""
+    files = workbook_files(root)
+    shutil.copytree(student, dest, ignore=ignore)
+    for path in (Path(dest) / "helpers").rglob("*.py"):
+        solution = files[path.relative_to(dest).as_posix()].read_text(encoding="utf-8")
+        path.write_text(
+            fill_back(path.read_text(encoding="utf-8"), solution, keys), encoding="utf-8"
+        )
+    return Path(dest)
+
+
 def exercise_files(root: Path | None = None) -> dict[str, list[Path]]:
     """Exercise key -> the source files holding its regions (every exercise has at least one)."""
     found: dict[str, list[Path]] = {e.key: [] for e in EXERCISES}

@@ -7,6 +7,7 @@ patterns it names. ``setup.py`` reads the same manifest when it builds a wheel.
 
 from __future__ import annotations
 
+from fnmatch import fnmatch
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1]  # helpers/
@@ -26,8 +27,6 @@ def manifest_patterns(manifest: Path = MANIFEST) -> list[str]:
 
 def handout_excluded(rel: str, manifest: Path = MANIFEST) -> bool:
     """Whether the package file ``rel`` (``helpers/...``) stays out of the hand-out."""
-    from fnmatch import fnmatch
-
     return any(fnmatch(rel, p[1:]) for p in manifest_patterns(manifest) if p.startswith("!"))
 
 
