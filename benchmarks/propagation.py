@@ -5,6 +5,8 @@ Forward + backward of T iterations at batch 8, 2 classes, for CSPN (3x3) and DyS
 
 * ``torch``: this workbook's PyTorch path (``backend="torch"``, the CPU default);
 * ``triton``: its fused Triton kernels (``backend="triton"``, the CUDA default; CUDA only);
+* ``plain``: the propagators' readable steps (``backend="plain"``: the gather and ring sums of
+  :mod:`helpers.models.propagation.neighbours`, what the student edition trains with);
 * ``unfold``: the slow reference (``F.unfold``, one copy of the map per neighbour);
 * ``grouped``: the same update with the neighbours gathered by a grouped convolution with
   one-hot filters, the fast way to write it in plain PyTorch (written for this benchmark).
@@ -59,7 +61,7 @@ def problem(method: str, impl: str, size: int, batch: int, iterations: int, devi
     h0 = torch.softmax(torch.randn(batch, 2, size, size, device=dev), 1)
     aff = torch.randn(batch, K, size, size, device=dev, requires_grad=True)
     att = torch.randn(batch, iterations * 4, size, size, device=dev, requires_grad=True)
-    backend = impl if impl in ("torch", "triton") else "torch"
+    backend = impl if impl in ("plain", "torch", "triton") else "torch"
     module = (
         CSPN(iterations, backend=backend).to(dev)
         if method == "cspn"
@@ -68,7 +70,7 @@ def problem(method: str, impl: str, size: int, batch: int, iterations: int, devi
     gather = grouped_neighbours if impl == "grouped" else None
 
     def forward():
-        if impl in ("torch", "triton"):
+        if impl in ("plain", "torch", "triton"):
             return module(h0, aff) if method == "cspn" else module(h0, aff, att)
         return (
             reference_cspn(h0, aff, iterations, gather)
@@ -376,7 +378,8 @@ def main() -> None:
             json.dumps(measure(method, impl, int(size), a.batch, a.iterations, a.repeats, a.device))
         )
         return
-    impls = ["torch"] + (["triton"] if a.device.startswith("cuda") else []) + ["unfold", "grouped"]
+    impls = ["torch"] + (["triton"] if a.device.startswith("cuda") else [])
+    impls += ["plain", "unfold", "grouped"]
     cuda = a.device.startswith("cuda")
     where = torch.cuda.get_device_name(0) if cuda else f"{torch.get_num_threads()} threads"
     print(

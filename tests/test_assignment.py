@@ -42,7 +42,7 @@ def test_every_exercise_has_a_region_and_the_solution_passes_every_check():
     assert [r.key for r in results if not r.passed] == [], [
         r.message for r in results if not r.passed
     ]
-    assert sum(r.points for r in results) == sum(e.points for e in EXERCISES) == 100
+    assert sum(r.points for r in results) == sum(e.points for e in EXERCISES) == 130
 
 
 def test_references_are_those_of_the_current_solution(tmp_path):
@@ -96,8 +96,8 @@ def test_a_stub_keeps_the_markers_and_indentation_and_raises_the_exercise_messag
     exec(compile(stub, "stub", "exec"), namespace)
     with pytest.raises(
         NotImplementedError,
-        match=r"^Exercise 5 \(CSPN step\): not done yet: write it in "
-        r"helpers/models/propagation/propagators.py, CSPN.step. Hint: ",
+        match=r"^Exercise 6 \(CSPN step\): not done yet: write it in "
+        r"helpers/models/propagation/propagators.py, CSPN.base and CSPN.step. Hint: ",
     ):
         namespace["f"](1)
     assert fill_back(stub, text) == text
@@ -105,7 +105,7 @@ def test_a_stub_keeps_the_markers_and_indentation_and_raises_the_exercise_messag
 
 # ------------------------------------------------------------------------------ the student edition
 def test_student_edition_strips_every_solution_and_clears_outputs(student):
-    assert (student / "ASSIGNMENT.md").read_text().count("| ") >= 7 * 5
+    assert (student / "ASSIGNMENT.md").read_text().count("| ") >= 9 * 5
     for key, files in edition.exercise_files(ROOT).items():
         for path in files:
             mine = (student / path.relative_to(ROOT)).read_text(encoding="utf-8")
@@ -156,11 +156,11 @@ def test_filling_the_regions_back_gives_the_solution_byte_for_byte(student, tmp_
 
 
 def test_the_student_edition_trains_with_the_students_propagation_step(student):
-    """On a GPU the solution's fused kernels would run instead of the student's step: the student
-    edition's default is the PyTorch path, which calls CSPN.step and DySPN.step."""
+    """The student edition's configured backend is ``plain``, the students' own gather, ring sums
+    and steps (test_handout runs them); the faster backends are not shipped."""
     config = (student / "helpers" / "core" / "config.py").read_text()
     assert (
-        'propagation_backend: str = "torch"' in config
+        'propagation_backend: str = "plain"' in config
         and 'propagation_backend: str = "auto"' not in config
     )
 
@@ -179,19 +179,24 @@ def test_filled_back_submission_gets_full_marks_and_partial_ones_only_their_exer
     student, tmp_path
 ):
     _fill(student, tmp_path / "subs" / "alice")
-    _fill(student, tmp_path / "subs" / "bob", keys={"cspn-step", "boundary-band", "refiner-loss"})
+    _fill(
+        student,
+        tmp_path / "subs" / "bob",
+        keys={"neighbours", "cspn-step", "boundary-band", "refiner-loss"},
+    )
     doc = grading.grade(tmp_path / "subs", timeout=300)
     subs = {s["name"]: s for s in doc["submissions"]}
-    assert subs["alice"]["score"] == subs["alice"]["max_score"] == 100
+    assert subs["alice"]["score"] == subs["alice"]["max_score"] == 130
     bob = _by_key(subs["bob"]["exercises"])
     assert {k for k, r in bob.items() if r["passed"]} == {
+        "neighbours",
         "cspn-step",
         "boundary-band",
         "refiner-loss",
     }
-    assert subs["bob"]["score"] == 15 + 10 + 15
+    assert subs["bob"]["score"] == 15 + 15 + 10 + 15
     table = grading.format_grades(doc)
-    assert "alice: 100 / 100 points" in table and "bob: 40 / 100 points" in table
+    assert "alice: 130 / 130 points" in table and "bob: 55 / 130 points" in table
 
 
 def test_a_wrong_solution_fails_its_check_with_what_differs(student, tmp_path):
@@ -200,7 +205,10 @@ def test_a_wrong_solution_fails_its_check_with_what_differs(student, tmp_path):
     bugs = {
         # CSPN step without the neighbour sum; DySPN normalised without the pixel's own attention
         "models/propagation/propagators.py": [
-            ("return base + ring_sums(d, kappa, self.kernel)[:, 0]", "return base + 0 * d"),
+            (
+                "return base + (kappa[:, None] * gather(d, self.kernel)).sum(2)",
+                "return base + 0 * d",
+            ),
             (
                 "G = (p[:, : self.rings] * A).sum(1, keepdim=True) + p[:, self.rings :] + EPS",
                 "G = (p[:, : self.rings] * A).sum(1, keepdim=True) + EPS",
@@ -240,6 +248,8 @@ def test_a_wrong_solution_fails_its_check_with_what_differs(student, tmp_path):
         "boundary-band",
         "unet-up",
         "cspn-affinity",
+        "neighbours",
+        "ring-sums",
     }
 
 
@@ -248,8 +258,8 @@ def test_a_gradient_broken_by_detach_fails_gradcheck(student, tmp_path):
     prop = sub / "helpers" / "models" / "propagation" / "propagators.py"
     prop.write_text(
         prop.read_text().replace(
-            "return base + ring_sums(d, kappa, self.kernel)[:, 0]",
-            "return base + ring_sums(d.detach(), kappa, self.kernel)[:, 0]",
+            "return base + (kappa[:, None] * gather(d, self.kernel)).sum(2)",
+            "return base + (kappa[:, None] * gather(d.detach(), self.kernel)).sum(2)",
         )
     )
     result = _by_key(grading.grade_one(sub, timeout=300))["cspn-step"]
@@ -320,7 +330,7 @@ def test_a_failing_check_cell_is_one_line_and_later_cells_repeat_it(student):
         assert len(errors[i]) == 1 and len(errors[i][0]["traceback"]) == 1, errors[i]
     assert errors[1][0]["ename"] == "ExerciseFailed"
     assert errors[1][0]["evalue"].startswith(
-        "Exercise 5 (CSPN step) is not done yet: write it in "
+        "Exercise 6 (CSPN step) is not done yet: write it in "
         "helpers/models/propagation/propagators.py"
     )
     assert errors[2][0]["evalue"] == errors[1][0]["evalue"]
@@ -339,7 +349,7 @@ def test_check_prints_the_relative_error_and_leaves_the_random_state_alone(capsy
     assert result.passed and torch.equal(torch.rand(3), expected)
     out = capsys.readouterr().out
     assert (
-        out.startswith("Exercise 7 (DySPN ring attention and step): passed")
+        out.startswith("Exercise 9 (DySPN ring attention and step): passed")
         and "relative error" in out
         and "gradcheck passed" in out
     )

@@ -29,7 +29,7 @@ def _zip(folder: Path, archive: Path, prefix: str = "") -> Path:
 def test_a_collected_folder_is_graded_into_csv_and_json(student, tmp_path, capsys):
     subs = tmp_path / "collected"
     fill(student, subs / "alice")
-    fill(student, subs / "bob", keys={"miou", "cspn-step"})
+    fill(student, subs / "bob", keys={"miou", "neighbours", "cspn-step"})
     fill(student, subs / "carol-download" / "handout-main")  # unpacked into a folder of its own
     _zip(fill(student, tmp_path / "dave"), subs / "dave.zip", prefix="dave/")
     (subs / "notes.txt").write_text("grade carefully")
@@ -63,9 +63,9 @@ def test_a_collected_folder_is_graded_into_csv_and_json(student, tmp_path, capsy
         by_name["alice"]["score"]
         == by_name["dave"]["score"]
         == by_name["carol-download"]["score"]
-        == "100"
+        == "130"
     )
-    assert by_name["bob"]["score"] == "25" and by_name["bob"]["miou"] == "10"
+    assert by_name["bob"]["score"] == "40" and by_name["bob"]["miou"] == "10"
     assert by_name["bob"]["cspn-step"] == "15" and by_name["bob"]["dyspn-step"] == "0"
 
     doc = json.loads((tmp_path / "g.json").read_text())
@@ -137,7 +137,7 @@ def test_nothing_to_grade_lists_what_was_skipped(tmp_path):
 
 
 def test_the_solution_earns_full_marks_on_every_fresh_draw(student, tmp_path):
-    """Eight gradings of the solution, each on fresh random inputs: 100 every time (a check that
+    """Eight gradings of the solution, each on fresh random inputs: 130 every time (a check that
     is right only on some inputs would fail a right answer sooner or later)."""
     solved = fill(student, tmp_path / "solution")
     seeds, scores = set(), []
@@ -145,7 +145,7 @@ def test_the_solution_earns_full_marks_on_every_fresh_draw(student, tmp_path):
         doc = grading.grade(solved)
         seeds.add(doc["grader"]["seed"])
         scores.append(doc["submissions"][0]["score"])
-    assert scores == [100] * 8 and len(seeds) == 8
+    assert scores == [130] * 8 and len(seeds) == 8
 
 
 def test_each_part_of_an_exercise_earns_its_own_points(student, tmp_path):
@@ -154,25 +154,26 @@ def test_each_part_of_an_exercise_earns_its_own_points(student, tmp_path):
     sub = fill(student, tmp_path / "detached")
     prop = sub / "helpers" / "models" / "propagation" / "propagators.py"
     cuts = [
-        "return base + ring_sums(d, kappa, self.kernel)[:, 0]",
-        "S = base if d is None else base + ring_sums(d, pos, self.kernel)",
+        "return base + (kappa[:, None] * gather(d, self.kernel)).sum(2)",
+        "S = base if d is None else base + self.ring_sums(d, pos)",
     ]
     text = prop.read_text()
     for right in cuts:
         assert right in text
-        text = text.replace(right, right.replace("ring_sums(d,", "ring_sums(d.detach(),"))
+        text = text.replace(right, right.replace("(d, ", "(d.detach(), "))
     prop.write_text(text)
     results = {r.key: r for r in grading.grade_one(sub)}
     cspn, dyspn = results["cspn-step"], results["dyspn-step"]
-    assert not cspn.passed and cspn.points == 10 and cspn.max_points == 15
+    assert not cspn.passed and cspn.points == 11 and cspn.max_points == 15
     assert [(p["name"], p["points"]) for p in cspn.parts] == [
-        ("the first step", 5),
-        ("three steps", 5),
+        ("base", 3),
+        ("the first step", 4),
+        ("three steps", 4),
         ("gradients", 0),
     ]
-    assert "(the first step 5/5, three steps 5/5, gradients 0/5)" in cspn.message
+    assert "(base 3/3, the first step 4/4, three steps 4/4, gradients 0/4)" in cspn.message
     assert not dyspn.passed and dyspn.points == 5 + 5 + 7 and dyspn.max_points == 25
-    assert sum(r.points for r in results.values()) == 100 - 5 - 8
+    assert sum(r.points for r in results.values()) == 130 - 4 - 8
 
 
 def test_the_grading_benchmark_times_each_jobs_setting_on_the_same_submissions(capsys):
@@ -186,4 +187,4 @@ def test_the_grading_benchmark_times_each_jobs_setting_on_the_same_submissions(c
     out = capsys.readouterr().out.splitlines()
     rows = [line for line in out if line.startswith("--jobs")]
     assert len(rows) == 2 and all("s per submission" in r and "200 submissions" in r for r in rows)
-    assert all("scores [0, 100]" in r for r in rows)  # one solved, one blank, in both runs
+    assert all("scores [0, 130]" in r for r in rows)  # one solved, one blank, in both runs

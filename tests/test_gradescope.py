@@ -55,14 +55,14 @@ def test_the_autograder_zip_holds_the_grader_and_gradescopes_two_scripts(autogra
 
 def test_run_autograder_writes_gradescopes_results(autograder, student, tmp_path):
     root = tmp_path / "autograder"
-    fill(student, root / "submission", keys={"miou", "cspn-step"})
+    fill(student, root / "submission", keys={"miou", "neighbours", "cspn-step"})
     results = _run_autograder(autograder, root)
-    assert results["score"] == 10 + 15 and isinstance(results["execution_time"], int)
+    assert results["score"] == 10 + 15 + 15 and isinstance(results["execution_time"], int)
     assert len(results["tests"]) == len(EXERCISES)
     for test, e in zip(results["tests"], EXERCISES):
         assert set(test) == GRADESCOPE_TEST_KEYS
         assert test["number"] == str(e.number) and test["max_score"] == e.points
-        assert test["score"] == (e.points if e.key in {"miou", "cspn-step"} else 0)
+        assert test["score"] == (e.points if e.key in {"miou", "neighbours", "cspn-step"} else 0)
     assert "graded with seed" in results["output"]
 
 

@@ -49,7 +49,7 @@ def test_a_daemon_started_by_a_submission_is_gone_when_its_grading_ends(student,
         )
     )
     results = grading.grade_one(sub, timeout=30)
-    assert sum(r.points for r in results) == 100  # the daemon does not change the grade
+    assert sum(r.points for r in results) == 130  # the daemon does not change the grade
     deadline = time.monotonic() + 5
     while not pid_file.exists() and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -87,5 +87,5 @@ def test_a_submission_is_never_shown_where_the_solution_is(student, tmp_path):
         )
     )
     results = grading.grade_one(sub, timeout=60)
-    assert sum(r.points for r in results) == 100  # looking does not change the grade
+    assert sum(r.points for r in results) == 130  # looking does not change the grade
     assert json.loads(report.read_text()) == []

@@ -6,7 +6,7 @@ import shutil
 from pathlib import Path
 
 import nbformat
-from handouts import run_cells
+from handouts import fill, run_cells
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -48,7 +48,11 @@ def test_a_students_own_grade_checks_against_the_references_not_itself(student, 
 
     from handouts import fill
 
-    copy = fill(student, tmp_path / "mine", keys={"miou", "cspn-step", "dyspn-step"})
+    copy = fill(
+        student,
+        tmp_path / "mine",
+        keys={"miou", "neighbours", "cspn-step", "ring-sums", "dyspn-step"},
+    )
     prop = copy / "helpers" / "models" / "propagation" / "propagators.py"
     right = "G = (p[:, : self.rings] * A).sum(1, keepdim=True) + p[:, self.rings :] + EPS"
     assert right in prop.read_text()
@@ -128,11 +132,23 @@ SOLUTION_TEXT = (
     "solution edition",
     "here it is the solution",
     "this repository is the",
-    # expressions that would compute an exercise's answer
-    "ring_sums(d, kappa",
+    # expressions and names that would compute an exercise's answer (lower case: the scan is)
+    "gather(d, self.kernel)",
+    "gather(h0, self.kernel)",
     "ring_sums(d, pos",
     "target * c + pred",
+    "* num_classes + pred",
+    "f.pad(x, (r, r, r, r))",
+    "torch.split(weighted",
+    "_ringsums",
+    "from .kernels import",
+    "from .fast import",
+    "fused_step(d",
+    "f.unfold(",
+    "max_pool2d(outside",
 )
+# the modules that compute answers faster or another way: not in the hand-out at all
+ANSWER_MODULES = ("fast.py", "kernels.py", "reference.py")
 
 
 def test_the_hand_out_speaks_to_students_not_to_the_instructor(student):
@@ -156,6 +172,71 @@ def test_the_hand_out_speaks_to_students_not_to_the_instructor(student):
     assert not found, found
     for tool in ("edition.py", "gradescope.py", "autograder", "student_readme.md"):
         assert not (student / "helpers" / "course" / tool).exists(), tool
+    for module in ANSWER_MODULES:
+        assert not (student / "helpers" / "models" / "propagation" / module).exists(), module
+
+
+def test_a_students_propagators_run_the_students_own_gather_and_ring_sums(student, tmp_path):
+    """The hand-out's CSPN and DySPN read neighbours with the student's ``gather`` and sum rings
+    with the student's ``ring_sums`` (its only backend is ``plain``), forward and backward, on the
+    configured backend; solved, they compute what the solution does."""
+    import os
+    import subprocess
+    import sys
+
+    import torch
+
+    from helpers.models.propagation import CSPN, DySPN
+
+    copy = fill(student, tmp_path / "mine")
+    path = copy / "helpers" / "models" / "propagation" / "neighbours.py"
+    text = path.read_text()
+    for key in ("neighbours", "ring-sums"):  # count the calls of the student's two functions
+        marker = f"    # BEGIN EXERCISE {key}\n"
+        assert marker in text
+        text = text.replace(marker, marker + f"    CALLS.append({key!r})\n")
+    path.write_text(text.replace("\n\ndef gather(", "\n\nCALLS = []\n\n\ndef gather(", 1))
+    gen = torch.Generator().manual_seed(0)
+    h0 = torch.softmax(torch.randn(2, 2, 9, 10, generator=gen), 1)
+    aff8, aff48 = torch.randn(2, 8, 9, 10, generator=gen), torch.randn(2, 48, 9, 10, generator=gen)
+    att = torch.randn(2, 6 * 4, 9, 10, generator=gen)
+    torch.save({"h0": h0, "aff8": aff8, "aff48": aff48, "att": att}, tmp_path / "in.pt")
+    script = (
+        "import torch\n"
+        "from helpers.core.config import Config\n"
+        "from helpers.models.propagation import CSPN, DySPN, base, neighbours\n"
+        "x = torch.load('in.pt')\n"
+        "backend = Config().propagation_backend\n"
+        "assert backend == 'plain' and not base.HAS_FAST_PATH, backend\n"
+        "out = {}\n"
+        "for name, model, args in (('cspn', CSPN(6, backend='auto'), (x['aff8'],)),\n"
+        "                          ('dyspn', DySPN(6, backend=backend), (x['aff48'], x['att']))):\n"
+        "    neighbours.CALLS.clear()\n"
+        "    aff = args[0].clone().requires_grad_()\n"
+        "    final = model(x['h0'], aff, *args[1:]).final\n"
+        "    (final[:, 1] ** 2).sum().backward()\n"
+        "    out[name] = (final.detach(), aff.grad, sorted(set(neighbours.CALLS)))\n"
+        "torch.save(out, 'out.pt')\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "WORKBOOK_"))}
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=tmp_path,
+        env={**env, "PYTHONPATH": str(copy)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    out = torch.load(tmp_path / "out.pt")
+    assert out["cspn"][2] == ["neighbours"]  # CSPN: the gather only (exercise 8 comes later)
+    assert out["dyspn"][2] == ["neighbours", "ring-sums"]
+    for name, model, args in (("cspn", CSPN(6), (aff8,)), ("dyspn", DySPN(6), (aff48, att))):
+        aff = args[0].clone().requires_grad_()
+        final = model(h0, aff, *args[1:]).final
+        (final[:, 1] ** 2).sum().backward()
+        torch.testing.assert_close(out[name][0], final.detach(), atol=1e-6, rtol=0)
+        torch.testing.assert_close(out[name][1], aff.grad, atol=1e-5, rtol=1e-5)
 
 
 def test_a_missing_variable_is_blamed_on_the_exercise_that_stopped_its_cell(student, tmp_path):
@@ -301,7 +382,7 @@ def test_a_broken_student_file_costs_only_the_exercises_that_need_it(student, tm
     miou, cspn = out.stdout.strip().splitlines()
     assert miou.startswith("Exercise 1 (mIoU): passed")
     assert (
-        cspn.startswith("Exercise 5 (CSPN step) failed: SyntaxError") and "propagators.py" in cspn
+        cspn.startswith("Exercise 6 (CSPN step) failed: SyntaxError") and "propagators.py" in cspn
     )
     graded = {r.key: r for r in grading.grade_one(copy)}
     assert graded["miou"].points == 10 and graded["cspn-step"].points == 0

@@ -3,7 +3,9 @@
 import pytest
 import torch
 
+from helpers.models.propagation import base
 from helpers.models.propagation.autograd import AFFINITY_LIMIT, prepare_affinity, rectify
+from helpers.models.propagation.fast import ring_sums as fast_ring_sums
 from helpers.models.propagation.geometry import (
     Window,
     border_mask,
@@ -11,8 +13,9 @@ from helpers.models.propagation.geometry import (
     window_offsets,
     window_reach,
 )
+from helpers.models.propagation.neighbours import gather, ring_sums
 from helpers.models.propagation.propagators import CSPN, DySPN
-from helpers.models.propagation.reference import reference_cspn, reference_dyspn
+from helpers.models.propagation.reference import reference_cspn, reference_dyspn, unfold_neighbours
 
 T = 6
 
@@ -29,14 +32,21 @@ def randn(*shape, dtype=torch.float64, seed=1, scale=1.0):
 DILATION = {"dyspn": 1, "dyspn-dilated": 2}  # DySPN with its rings 2 and 3 at distances 4 and 6
 
 
-def make(method, iterations=T):
-    return CSPN(iterations) if method == "cspn" else DySPN(iterations, dilation=DILATION[method])
+# the readable steps (the exercises' code, what the student edition trains with) and the custom
+# autograd path (the CPU default) must both hold every property below
+BACKENDS = ["torch", "plain"]
 
 
-def run(method, h0, raw_aff, raw_att=None, iterations=T):
+def make(method, iterations=T, backend="auto"):
     if method == "cspn":
-        return make(method, iterations)(h0, raw_aff)
-    return make(method, iterations)(h0, raw_aff, raw_att)
+        return CSPN(iterations, backend=backend)
+    return DySPN(iterations, dilation=DILATION[method], backend=backend)
+
+
+def run(method, h0, raw_aff, raw_att=None, iterations=T, backend="auto"):
+    if method == "cspn":
+        return make(method, iterations, backend)(h0, raw_aff)
+    return make(method, iterations, backend)(h0, raw_aff, raw_att)
 
 
 def reference(method, h0, aff, att, iterations=T, **kw):
@@ -167,8 +177,9 @@ def test_prepared_affinity_is_autograd_of_the_reference_bit_for_bit(kernel, dtyp
     assert outside.any() and (fast.grad[outside] == 0).all()
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("method", METHODS)
-def test_gradcheck_float64(method):
+def test_gradcheck_float64(method, backend):
     h, w = GRAD_SIZE[method]
     assert border_mask(make(method).kernel, h, w)[-1].sum() > 0, (
         "the outermost ring must reach inside"
@@ -178,29 +189,33 @@ def test_gradcheck_float64(method):
     aff.requires_grad_()
     inputs = (h0, aff) if att is None else (h0, aff, att.requires_grad_())
     fn = (
-        (lambda a, b: make(method, 3)(a, b).final)
+        (lambda a, b: make(method, 3, backend)(a, b).final)
         if method == "cspn"
-        else (lambda a, b, c: make(method, 3)(a, b, c).final)
+        else (lambda a, b, c: make(method, 3, backend)(a, b, c).final)
     )
     assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-5)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("method", METHODS)
-def test_matches_unfold_reference(method):
+def test_matches_unfold_reference(method, backend):
     h0 = probs(2, 3, 10, 13)
     aff, att = heads(method, 2, 10, 13, scale=0.7)
-    ours = run(method, h0, aff, att).maps
+    ours = run(method, h0, aff, att, backend=backend).maps
     ref = reference(method, h0, aff, att)
     for a, b in zip(ours, ref):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
     # float32 too, against the float64 reference
-    ours32 = run(method, h0.float(), aff.float(), None if att is None else att.float()).final
+    ours32 = run(
+        method, h0.float(), aff.float(), None if att is None else att.float(), backend=backend
+    ).final
     torch.testing.assert_close(ours32.double(), ref[-1], atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("scale", [1.0, 1e3, 1e30])
-def test_constant_map_stays_exactly_constant(method, scale):
+def test_constant_map_stays_exactly_constant(method, scale, backend):
     b, h, w = 2, 8, 9
     const = (
         torch.tensor([0.3, 0.7], dtype=torch.float32)
@@ -209,7 +224,7 @@ def test_constant_map_stays_exactly_constant(method, scale):
         .contiguous()
     )
     aff, att = heads(method, b, h, w, dtype=torch.float32, scale=scale)
-    out = run(method, const, aff, att)
+    out = run(method, const, aff, att, backend=backend)
     for m in out.maps:
         assert torch.equal(m, const), "a constant map changed (at the border?)"
 
@@ -254,8 +269,9 @@ def test_translation_equivariance_away_from_borders(method):
     assert (roll(a)[..., 4, lo:hi] - b[..., 4, lo:hi]).abs().max() > 1e-3
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("method", METHODS)
-def test_no_wrap_around(method):
+def test_no_wrap_around(method, backend):
     """Mass at the left border must never reach the right border (what torch.roll would do)."""
     # 2 iterations reach less than half-way
     h, w = (12, max(16, 4 * window_reach(make(method).kernel) + 4))
@@ -264,7 +280,7 @@ def test_no_wrap_around(method):
     h0[:, 1, :, 0] = 1.0  # a pet column on the left edge
     h0[:, 0, :, 0] = 0.0
     aff, att = heads(method, 1, h, w, scale=5.0)
-    out = run(method, h0, aff, att, iterations=2).final
+    out = run(method, h0, aff, att, iterations=2, backend=backend).final
     assert out[:, 1, :, -1].abs().max() == 0, "probability leaked across the image border"
     assert out[:, 1, :, w // 2 :].abs().max() == 0
 
@@ -389,3 +405,48 @@ def test_confidence_of_the_wrong_shape_is_refused():
         CSPN(2)(h0, aff, raw_confidence=torch.zeros(1, 2, 6, 7))
     with pytest.raises(ValueError, match="confidence hold NaN"):
         CSPN(2)(h0, aff, raw_confidence=torch.full((1, 1, 6, 7), float("nan")))
+
+
+@pytest.mark.parametrize("kernel", [3, 5, 7, Window(7, 2), Window(5, 3)])
+def test_gather_reads_every_neighbour_and_zero_outside_the_image(kernel):
+    """The plain gather against ``F.unfold`` (another route), and each value at its offset."""
+    x = randn(2, 3, 9, 11)
+    got = gather(x, kernel)
+    assert got.shape == (2, 3, len(window_offsets(kernel)), 9, 11)
+    assert torch.equal(got, unfold_neighbours(x, kernel))
+    for j, (dy, dx) in enumerate(window_offsets(kernel)):
+        for y, xx in [(0, 0), (4, 5), (8, 10), (0, 10), (8, 0)]:
+            inside = 0 <= y + dy < 9 and 0 <= xx + dx < 11
+            want = x[:, :, y + dy, xx + dx] if inside else torch.zeros(2, 3, dtype=x.dtype)
+            assert torch.equal(got[:, :, j, y, xx], want), (kernel, j, y, xx)
+
+
+@pytest.mark.parametrize("centred", [False, True])
+@pytest.mark.parametrize("kernel", [3, 7, Window(7, 2)])
+def test_plain_ring_sums_match_the_custom_autograd_function(kernel, centred):
+    """The readable ring sums (exercise 8's code) and the fast path: values and gradients."""
+    x = randn(2, 2, 8, 10, seed=3).requires_grad_()
+    w = randn(2, len(window_offsets(kernel)), 8, 10, seed=4).requires_grad_()
+    g = randn(2, len(ring_sizes(kernel)), 2, 8, 10, seed=5)
+    grads = []
+    for fn in (ring_sums, fast_ring_sums):
+        out = fn(x, w, kernel, centred)
+        grads.append((out, *torch.autograd.grad((out * g).sum(), (x, w))))
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, atol=1e-12, rtol=0)
+
+
+def test_the_backend_resolves_to_the_plain_steps_where_the_fast_paths_are_missing(monkeypatch):
+    """The student edition has no ``fast.py`` nor ``kernels.py``: ``auto`` runs the plain steps
+    (the student's own), and asking for a missing backend says which one to use."""
+    h0 = probs(1, 2, 6, 7)
+    aff, att = heads("dyspn", 1, 6, 7)
+    x = torch.zeros(1)
+    assert CSPN(2).backend_for(x) == "torch" and CSPN(2, backend="plain").backend_for(x) == "plain"
+    want = DySPN(2)(h0, aff, att).final
+    monkeypatch.setattr(base, "HAS_FAST_PATH", False)
+    assert CSPN(2).backend_for(x) == "plain" and DySPN(2).backend_for(x) == "plain"
+    for backend in ("torch", "triton"):
+        with pytest.raises(ValueError, match="not part of the student edition.*'plain'"):
+            CSPN(2, backend=backend)
+    torch.testing.assert_close(DySPN(2)(h0, aff, att).final, want, atol=1e-12, rtol=0)

@@ -120,7 +120,7 @@ def test_the_installed_wheel_writes_the_hand_out_and_grades_it(installed, tmp_pa
     assert "python -m helpers grade ." in (handout / "README.md").read_text()  # the students'
     assert not (handout / "helpers" / "course" / "edition.py").exists()
 
-    # a blank hand-out earns nothing; the same hand-out with the solution put back earns 100
+    # a blank hand-out earns nothing; the same hand-out with the solution put back earns 130
     submissions = tmp_path / "submissions"
     shutil.copytree(handout, submissions / "blank")
     solved_copy(handout, submissions / "solved")
@@ -132,4 +132,4 @@ def test_the_installed_wheel_writes_the_hand_out_and_grades_it(installed, tmp_pa
         s["name"]: s["score"]
         for s in json.loads((tmp_path / "grades.json").read_text())["submissions"]
     }
-    assert scores == {"blank": 0, "solved": 100}, graded.stdout
+    assert scores == {"blank": 0, "solved": 130}, graded.stdout

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from .metrics import PET, boundary_counts
+from .metrics import PET, boundary_counts, confusion_matrix
 
 
 def image_counts(
@@ -40,11 +40,8 @@ def image_counts(
             pred[lo : lo + batch_size].to(device).long(),
             target[lo : lo + batch_size].to(device).long(),
         )
-        n = len(p)
-        # one bincount for the whole batch: image i's pixels count into bins i C^2 .. (i + 1) C^2 -
-        # 1
-        idx = (torch.arange(n, device=device)[:, None, None] * C + t) * C + p
-        cms.append(torch.bincount(idx.reshape(-1), minlength=n * C * C).reshape(n, C, C).cpu())
+        # exercise 1's confusion matrix, image by image (in the student edition, the student's)
+        cms.append(torch.stack([confusion_matrix(pi, ti, C) for pi, ti in zip(p, t)]).cpu())
         bcs.append(boundary_counts(p, t, C, per_image=True).cpu())
     return torch.cat(cms), torch.cat(bcs)
 

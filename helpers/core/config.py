@@ -67,8 +67,10 @@ class Config:
     # H^0: "corrected" (NLSPN-style) or "coarse"; corrected pays in both: docs/tuning.md#start_map
     start_map: str = "corrected"  # refining the report's minimally trained coarse U-Net
     converged_start_map: str = "corrected"  # refining the converged U-Net
-    # "auto": fused Triton kernels on CUDA, PyTorch on the CPU; "torch" / "triton" force one
-    # (the same numbers either way, to float32 rounding: not part of a checkpoint's identity)
+    # "auto": fused Triton kernels on CUDA, the custom autograd path elsewhere; "plain" runs the
+    # readable steps (the exercises' code; slower, K neighbour copies per iteration); "torch" /
+    # "triton" force one (the same numbers each way, to float32 rounding: not part of a
+    # checkpoint's identity)
     propagation_backend: str = "auto"
     # refiner training (helpers/models/perturb.py, helpers/models/losses.py)
     # share of start maps degraded (CascadePSP-style); 0.5, not 0 or 1: docs/tuning.md#perturb

@@ -1,4 +1,4 @@
-"""The assignment: the seven exercises (``catalogue``), their checks (``cases``, ``compare``,
+"""The assignment: the nine exercises (``catalogue``), their checks (``cases``, ``compare``,
 ``checking``), the notebooks' check cells (``notebook``), the student edition (``edition``,
 ``sources`` and the manifest ``handout.txt``) and grading (``grading``, ``worker``).
 

@@ -8,7 +8,9 @@
 
 Gradients are compared with the solution's, in float64 for the propagation, so a ``.detach()``
 or an in-place edit fails. The refiner's training step runs with stand-in networks, so that it
-does not need the U-Net or CSPN exercises.
+does not need the U-Net or CSPN exercises. The CSPN step reads the neighbours with the student's
+gather (exercise 5), and DySPN's step with the student's ring sums (exercise 8): their checks say
+so when those are not done.
 """
 
 from __future__ import annotations
@@ -161,10 +163,67 @@ def _compare_cspn_affinity(got: dict, want: dict, parts: Parts) -> str:
     return f"kappa relative error {err:.1e} (borders, a zero head and a clamped one included)"
 
 
+def _inputs_neighbours(gen) -> dict:
+    return {
+        "x3": rand(gen, 2, 2, 5, 6, dtype=torch.float64),
+        "x7": rand(gen, 1, 2, 8, 9, dtype=torch.float64),
+        "weights3": rand(gen, 2, 2, 8, 5, 6, dtype=torch.float64),
+        "weights7": rand(gen, 1, 2, 48, 8, 9, dtype=torch.float64),
+    }
+
+
+def _run_neighbours(pkg, x: dict) -> dict:
+    gather, window = pkg.neighbours.gather, pkg.propagation.Window
+    x3, x7 = x["x3"].clone().requires_grad_(), x["x7"].clone().requires_grad_()
+    g3, g7 = gather(x3, 3), gather(x7, 7)
+    dilated = gather(x["x7"], window(7, 2))
+    (g3 * x["weights3"]).sum().backward()
+    (g7 * x["weights7"]).sum().backward()
+    return {
+        "g3": g3.detach(),
+        "g7": g7.detach(),
+        "dilated": dilated.detach(),
+        "grad_x3": grad_of(x3),
+        "grad_x7": grad_of(x7),
+    }
+
+
+def _inside(w: torch.Tensor, reach: int) -> torch.Tensor:
+    """``w`` with the weights of pixels within ``reach`` of the border zeroed: no neighbour of
+    the rest lies outside the image, so the centred sums of a constant map are exactly 0 there
+    (in the propagation, out-of-image neighbours weigh nothing anyway)."""
+    out = torch.zeros_like(w)
+    out[..., reach:-reach, reach:-reach] = w[..., reach:-reach, reach:-reach]
+    return out
+
+
+_NEIGHBOUR = {2: "neighbour j"}  # gather's (B, C, K, H, W): say which neighbour differs
+
+
+def _compare_neighbours(got: dict, want: dict, parts: Parts) -> str:
+    with parts.part("3x3 window", 6):
+        close("gather(x, 3)", got["g3"], want["g3"], axes=_NEIGHBOUR)
+    with parts.part("7x7 window, dilated too", 5):
+        close("gather(x, 7)", got["g7"], want["g7"], axes=_NEIGHBOUR, reach=3)
+        close(
+            "gather(x, Window(7, dilation=2))",
+            got["dilated"],
+            want["dilated"],
+            axes=_NEIGHBOUR,
+            reach=6,
+        )
+    with parts.part("gradients", 4):
+        close("the gradient of x through gather(x, 3)", got["grad_x3"], want["grad_x3"])
+        close("the gradient of x through gather(x, 7)", got["grad_x7"], want["grad_x7"])
+    return "3x3, 7x7 and dilated windows exact at the borders, gradients too"
+
+
 def _inputs_cspn_step(gen) -> dict:
     kappa = torch.rand(2, 8, 6, 7, generator=gen, dtype=torch.float64) / 8  # non-negative, sum <= 1
     return {
         "kappa": kappa,
+        "h0": torch.rand(2, 1, 6, 7, generator=gen, dtype=torch.float64),
+        "base_weights": rand(gen, 2, 1, 6, 7, dtype=torch.float64),
         "base": rand(gen, 2, 1, 6, 7, scale=0.1, dtype=torch.float64),
         "weights": rand(gen, 3, 2, 1, 6, 7, dtype=torch.float64),
     }
@@ -172,6 +231,16 @@ def _inputs_cspn_step(gen) -> dict:
 
 def _run_cspn_step(pkg, x: dict) -> dict:
     cspn = pkg.propagation.CSPN(3)
+    h0, kappa = x["h0"].clone().requires_grad_(), x["kappa"].clone().requires_grad_()
+    b = cspn.base(h0, kappa)
+    constant = cspn.base(torch.full_like(x["h0"], 0.3), _inside(x["kappa"], 1))
+    (b * x["base_weights"]).sum().backward()
+    out = {
+        "b": b.detach(),
+        "constant": constant.detach(),
+        "grad_b_h0": grad_of(h0),
+        "grad_b_kappa": grad_of(kappa),
+    }
     base, kappa = x["base"].clone().requires_grad_(), x["kappa"].clone().requires_grad_()
     d, ds = None, []
     for _ in range(3):
@@ -179,7 +248,20 @@ def _run_cspn_step(pkg, x: dict) -> dict:
         ds.append(d)
     ds = torch.stack(ds)
     (ds * x["weights"]).sum().backward()
-    return {"d": ds.detach(), "grad_base": grad_of(base), "grad_kappa": grad_of(kappa)}
+    return {**out, "d": ds.detach(), "grad_base": grad_of(base), "grad_kappa": grad_of(kappa)}
+
+
+def _compare_cspn_step(got: dict, want: dict, parts: Parts) -> str:
+    with parts.part("base", 3):
+        close("CSPN.base(h0, kappa)", got["b"], want["b"])
+        if float(got["constant"].abs().max()) != 0.0:
+            raise Mismatch(
+                "CSPN.base of a constant map must be exactly 0 (take each difference H^0_j - H^0 "
+                f"before weighting); got up to {float(got['constant'].abs().max()):.3g}"
+            )
+        close("the gradient of h0 through CSPN.base", got["grad_b_h0"], want["grad_b_h0"])
+        close("the gradient of kappa through CSPN.base", got["grad_b_kappa"], want["grad_b_kappa"])
+    return "base exact for a constant map, " + _compare_steps(got, want, parts, (4, 4, 4))
 
 
 def _compare_steps(got: dict, want: dict, parts: Parts, points=(5, 5, 5)) -> str:
@@ -190,9 +272,61 @@ def _compare_steps(got: dict, want: dict, parts: Parts, points=(5, 5, 5)) -> str
     with parts.part("three steps", points[1]):
         errors.append(close("D^1..D^3 of three steps", got["d"], want["d"], steps_axis=0))
     with parts.part("gradients", points[2]):
-        for name in sorted(k for k in want if k.startswith("grad_")):
+        for name in sorted(k for k in want if k.startswith("grad_") and "_b_" not in k):
             close(f"the gradient of {name[5:]} through three steps", got[name], want[name])
     return f"three steps and their gradients, relative error {max(errors, default=0):.1e}"
+
+
+def _inputs_ring_sums(gen) -> dict:
+    return {
+        "x": rand(gen, 2, 2, 9, 10, dtype=torch.float64),
+        "w": rand(gen, 2, 48, 9, 10, dtype=torch.float64).clamp(min=0),
+        "weights": rand(gen, 2, 3, 2, 9, 10, dtype=torch.float64),
+    }
+
+
+def _run_ring_sums(pkg, x: dict) -> dict:
+    ring_sums, window = pkg.neighbours.ring_sums, pkg.propagation.Window
+    xs, w = x["x"].clone().requires_grad_(), x["w"].clone().requires_grad_()
+    plain = ring_sums(xs, w, 7)
+    (plain * x["weights"]).sum().backward()
+    return {
+        "plain": plain.detach(),
+        "centred": ring_sums(x["x"], x["w"], 7, centred=True),
+        "constant": ring_sums(torch.full_like(x["x"], 0.7), _inside(x["w"], 3), 7, centred=True),
+        "dilated": ring_sums(x["x"], x["w"], window(7, 2)),
+        "grad_x": grad_of(xs),
+        "grad_w": grad_of(w),
+    }
+
+
+_RING = {1: "ring r (0-based)"}  # ring sums' (B, R, C, H, W)
+
+
+def _compare_ring_sums(got: dict, want: dict, parts: Parts) -> str:
+    with parts.part("ring sums", 5):
+        close("ring_sums(x, w, 7)", got["plain"], want["plain"], axes=_RING, reach=3)
+    with parts.part("centred", 4):
+        close(
+            "ring_sums(x, w, 7, centred=True)", got["centred"], want["centred"], axes=_RING, reach=3
+        )
+        if float(got["constant"].abs().max()) != 0.0:
+            raise Mismatch(
+                "the centred ring sums of a constant map must be exactly 0 (take each difference "
+                f"X_j - X before weighting); got up to {float(got['constant'].abs().max()):.3g}"
+            )
+    with parts.part("dilated window", 2):
+        close(
+            "ring_sums(x, w, Window(7, dilation=2))",
+            got["dilated"],
+            want["dilated"],
+            axes=_RING,
+            reach=6,
+        )
+    with parts.part("gradients", 4):
+        close("the gradient of x through ring_sums", got["grad_x"], want["grad_x"])
+        close("the gradient of w through ring_sums", got["grad_w"], want["grad_w"])
+    return "plain, centred and dilated ring sums and their gradients"
 
 
 def _inputs_dyspn_step(gen) -> dict:
@@ -328,7 +462,9 @@ CASES = {
     "boundary-band": Case(_inputs_boundary_band, _run_boundary_band, _compare_boundary_band),
     "unet-up": Case(_inputs_unet_up, _run_unet_up, _compare_unet_up),
     "cspn-affinity": Case(_inputs_cspn_affinity, _run_cspn_affinity, _compare_cspn_affinity),
-    "cspn-step": Case(_inputs_cspn_step, _run_cspn_step, _compare_steps),
+    "neighbours": Case(_inputs_neighbours, _run_neighbours, _compare_neighbours),
+    "cspn-step": Case(_inputs_cspn_step, _run_cspn_step, _compare_cspn_step),
     "refiner-loss": Case(_inputs_refiner_loss, _run_refiner_loss, _compare_refiner_loss),
+    "ring-sums": Case(_inputs_ring_sums, _run_ring_sums, _compare_ring_sums),
     "dyspn-step": Case(_inputs_dyspn_step, _run_dyspn_step, _compare_dyspn_step),
 }

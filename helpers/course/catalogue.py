@@ -1,4 +1,4 @@
-"""The assignment's seven exercises: what a student implements, where, and for how many points.
+"""The assignment's nine exercises: what a student implements, where, and for how many points.
 
 Each exercise is a region of ``helpers/`` between ``# BEGIN EXERCISE <key>`` and
 ``# END EXERCISE`` (:mod:`helpers.course.edition` writes the student edition from them).
@@ -103,22 +103,41 @@ EXERCISES: tuple[Exercise, ...] = (
         "leaves the map as it is).",
     ),
     Exercise(
-        key="cspn-step",
+        key="neighbours",
         number=5,
+        title="neighbour gather",
+        points=15,
+        notebook="02_cspn_refinement",
+        where="helpers/models/propagation/neighbours.py, gather",
+        concept="every pixel reads the map at each of the window's neighbour offsets; a neighbour "
+        "outside the image reads 0, never the value at the opposite border",
+        steps="x is (B, C, H, W). Surround the map with zeros as wide as the window's reach "
+        "(window_reach: 1 for 3x3, 3 for 7x7, 6 for a 7x7 window at dilation 2). For each "
+        "offset (dy, dx), in the order window_offsets lists them, the values at that neighbour "
+        "of all pixels form one H x W map: the part of the zero-surrounded map moved by dy rows "
+        "and dx columns from the middle. Stack the K maps along a new third dimension: "
+        "(B, C, K, H, W). Rolling the map instead wraps around the border: the check looks "
+        "there. Autograd must reach x (no detaching).",
+    ),
+    Exercise(
+        key="cspn-step",
+        number=6,
         title="CSPN step",
         points=15,
         notebook="02_cspn_refinement",
-        where="helpers/models/propagation/propagators.py, CSPN.step",
-        concept="D^{t+1} = base + sum_j kappa_j D^t_j, with D^0 = 0",
-        steps="d is D^t (B, C', H, W), or None at t = 0, where the neighbour sum vanishes and "
-        "the step is base. Otherwise each pixel's 8 neighbours in d (nothing from outside the "
-        "image, no wrap-around), weighted by kappa (B, 8, H, W) and summed, plus base. The "
-        "propagation package's ring sums gather and weigh the neighbours of one ring: a 3x3 "
-        "window has one ring.",
+        where="helpers/models/propagation/propagators.py, CSPN.base and CSPN.step",
+        concept="base = sum_j kappa_j (H^0_j - H^0) once; then D^{t+1} = base + sum_j kappa_j "
+        "D^t_j, with D^0 = 0",
+        steps="base(h0, kappa): h0 (B, C', H, W); gather its 8 neighbours with your gather of "
+        "exercise 5, (B, C', 8, H, W), and subtract each pixel's own value from its neighbours' "
+        "before weighting (a constant map then gives exactly 0); weigh by kappa (B, 8, H, W), "
+        "the same for every class, and sum over the neighbours: (B, C', H, W). step(d, base, "
+        "kappa): d is D^t (B, C', H, W), or None at t = 0, where the neighbour sum vanishes and "
+        "the step is base; otherwise base plus the kappa-weighted sum of d's 8 neighbours.",
     ),
     Exercise(
         key="refiner-loss",
-        number=6,
+        number=7,
         title="refiner training step",
         points=15,
         notebook="02_cspn_refinement",
@@ -134,8 +153,23 @@ EXERCISES: tuple[Exercise, ...] = (
         "weight) to the refinement loss.",
     ),
     Exercise(
+        key="ring-sums",
+        number=8,
+        title="DySPN ring sums",
+        points=15,
+        notebook="03_dyspn_refinement",
+        where="helpers/models/propagation/neighbours.py, ring_sums",
+        concept="per ring r of the window, S_r = sum over the ring's neighbours j of w_j X_j "
+        "(centred: w_j (X_j - X))",
+        steps="gather X's K neighbours, (B, C, K, H, W), with your gather of exercise 5; when "
+        "centred, subtract each pixel's own value from its neighbours' first; weigh them by w "
+        "(B, K, H, W), the same for every class. The neighbours come ring by ring, as many per "
+        "ring as ring_sizes says (8, 16, 24 for 7x7): sum each ring's group over its neighbours "
+        "and stack the R sums along a new second dimension: (B, R, C, H, W).",
+    ),
+    Exercise(
         key="dyspn-step",
-        number=7,
+        number=9,
         title="DySPN ring attention and step",
         points=25,
         notebook="03_dyspn_refinement",
@@ -146,7 +180,8 @@ EXERCISES: tuple[Exercise, ...] = (
         "self.sizes); sum each ring's channels: (B, R, H, W). step: G (B, 1, H, W) is the first R "
         "attention channels times A, summed over rings, plus the last channel (the pixel's own "
         "attention) plus EPS. Per ring: base_r plus the ring's weighted neighbour sum of d (none "
-        "at t = 0), (B, R, C', H, W); weigh the rings by their attention and sum them, add the "
+        "at t = 0: the ring sums of exercise 8, through the propagator's own ring sums method), "
+        "(B, R, C', H, W); weigh the rings by their attention and sum them, add the "
         "pixel's own attention times d (not at t = 0), divide by G.",
     ),
 )

@@ -4,8 +4,9 @@
 In a notebook the checks run on the shipped reference inputs and outputs
 (``helpers/course/references.pt``, loaded with ``weights_only=True``; ``python -m helpers
 references`` recomputes them from the solution). Checks are isolated: each calls only its own
-exercise's functions, so one unsolved exercise does not fail the others' checks; the one
-exception is said where it applies (exercise 6 needs the boundary band of exercise 2).
+exercise's functions, so one unsolved exercise does not fail the others' checks, except where an
+exercise builds on another (:data:`_NEEDS`: the CSPN step reads neighbours with the gather, DySPN's
+step uses the ring sums, the refiner's loss the boundary band), which its messages name.
 
 Nothing here imports the rest of the workbook at import time: the grader loads *its own* copy of
 this subpackage in a subprocess and points it at the *student's* package (:func:`load_package`).
@@ -30,12 +31,19 @@ MODULES = {
     "metrics": "analysis.metrics",
     "unet": "models.unet",
     "propagation": "models.propagation",
+    "neighbours": "models.propagation.neighbours",
     "refiner": "models.refiner",
     "losses": "models.losses",
 }
 
 
-_NEEDS = {"refiner-loss": ("boundary-band",)}  # the boundary-weighted loss uses the band
+# what a check runs of other exercises: the boundary-weighted loss uses the band; the CSPN step
+# reads neighbours with the gather, DySPN's step sums them with the ring sums
+_NEEDS = {
+    "refiner-loss": ("boundary-band",),
+    "cspn-step": ("neighbours",),
+    "dyspn-step": ("ring-sums",),
+}
 
 
 def draw_inputs(key: str, seed: int) -> dict:

@@ -69,26 +69,47 @@ def rel_error(x: torch.Tensor, y: torch.Tensor) -> float:
     return float("inf") if err != err else err
 
 
-def where_differs(got: torch.Tensor, want: torch.Tensor, steps_axis: int | None = None) -> str:
+def where_differs(
+    got: torch.Tensor,
+    want: torch.Tensor,
+    steps_axis: int | None = None,
+    axes: dict[int, str] | None = None,
+    reach: int = 1,
+) -> str:
     """Where the largest difference of two same-shaped tensors is: its index, the iteration
-    (``t``, when ``steps_axis`` stacks D^1, D^2, ...), whether the pixel lies on the map's border
-    or inside it (the last two dimensions are H and W), and both values."""
+    (``t``, when ``steps_axis`` stacks D^1, D^2, ...), the named dimensions (``axes``: dimension ->
+    name, e.g. ``{2: "neighbour j"}``), whether the pixel lies within ``reach`` of the map's border
+    (its window leaves the image) or inside it (the last two dimensions are H and W), and both
+    values."""
     diff = (got.double() - want.double()).abs().nan_to_num(nan=float("inf"))
     index = tuple(int(i) for i in torch.unravel_index(diff.argmax(), diff.shape))
     parts = []
     if steps_axis is not None:
         parts.append(f"t = {index[steps_axis] + 1}")
+    parts += [f"{name} = {index[dim]}" for dim, name in sorted((axes or {}).items())]
     if got.dim() >= 2:
         (y, x), (h, w) = index[-2:], got.shape[-2:]
-        side = "on the border" if y in (0, h - 1) or x in (0, w - 1) else "inside the map"
+        near = min(y, x, h - 1 - y, w - 1 - x) < reach
+        if reach == 1:
+            side = "on the border" if near else "inside the map"
+        else:
+            side = f"within {reach} px of the border" if near else "inside the map"
         parts.append(f"pixel (y={y}, x={x}) {side} of {h} x {w}")
     parts.append(f"index {index}: {float(got[index]):.4g} instead of {float(want[index]):.4g}")
     return "largest difference at " + ", ".join(parts)
 
 
-def close(name: str, got, want, tol: float = TOLERANCE, steps_axis: int | None = None) -> float:
+def close(
+    name: str,
+    got,
+    want,
+    tol: float = TOLERANCE,
+    steps_axis: int | None = None,
+    axes: dict[int, str] | None = None,
+    reach: int = 1,
+) -> float:
     """The relative error of ``got`` against ``want``; :class:`Mismatch` saying where they differ
-    most when it exceeds ``tol``."""
+    most (:func:`where_differs`) when it exceeds ``tol``."""
     got = torch.as_tensor(got)
     if tuple(got.shape) != tuple(want.shape):
         raise Mismatch(f"{name} has shape {tuple(got.shape)}, expected {tuple(want.shape)}")
@@ -96,7 +117,7 @@ def close(name: str, got, want, tol: float = TOLERANCE, steps_axis: int | None =
     if not err <= tol:
         raise Mismatch(
             f"{name} differs from the reference (relative error {err:.2g} > {tol:g}); "
-            + where_differs(got, want, steps_axis)
+            + where_differs(got, want, steps_axis, axes, reach)
         )
     return err
 

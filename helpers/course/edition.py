@@ -36,11 +36,12 @@ NOT_IN_STUDENT_EDITION = (
     "not part of the student edition (it would give an exercise away); the workbook runs without it"
 )
 
-# settings that differ in the student edition: on a GPU the propagators would otherwise run the
-# fused Triton kernels (the solution) instead of the student's CSPN.step / DySPN.step
+# settings that differ in the student edition: its propagators run the student's own gather, ring
+# sums and steps (backend plain: the faster backends compute the exercises' answers and are not
+# shipped)
 STUDENT_SETTINGS = {
     "helpers/core/config.py": (
-        ('propagation_backend: str = "auto"', 'propagation_backend: str = "torch"'),
+        ('propagation_backend: str = "auto"', 'propagation_backend: str = "plain"'),
     ),
     # a hand-out holds no solution to grade against: its `grade` uses the shipped references
     "helpers/course/sources.py": (('EDITION = "solution"', 'EDITION = "student"'),),

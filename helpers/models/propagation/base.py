@@ -5,13 +5,22 @@ from __future__ import annotations
 import importlib.util
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn as nn
 
 from .geometry import window_offsets, window_reach
+from .neighbours import ring_sums
 
-BACKENDS = ("auto", "torch", "triton")  # auto: the fused Triton kernels on CUDA, PyTorch elsewhere
+# plain: the steps as written in propagators.py and neighbours.py (autograd differentiates them;
+# the student edition's only backend). torch: the same sums in one custom autograd function
+# (fast.py). triton: fused kernels (kernels.py). auto: triton on CUDA, torch elsewhere, or plain in
+# an edition without them.
+BACKENDS = ("auto", "plain", "torch", "triton")
+# the student edition leaves out the modules that compute exercises' answers faster
+HAS_FAST_PATH = Path(__file__).with_name("fast.py").exists()
+HAS_KERNELS = Path(__file__).with_name("kernels.py").exists()
 
 
 @dataclass
@@ -33,7 +42,7 @@ class PropagationResult:
 
 class Propagator(nn.Module):
     """The part of a propagator that is not its update rule: ``iterations`` T, the ``backend``
-    (``auto``, ``torch`` or ``triton``) and the checks of its inputs."""
+    (:data:`BACKENDS`) and the checks of its inputs."""
 
     kernel = 3
 
@@ -43,26 +52,54 @@ class Propagator(nn.Module):
             raise ValueError("iterations must be >= 0")
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        if backend in ("torch", "triton") and not HAS_FAST_PATH:
+            raise ValueError(
+                f"backend={backend!r} is not part of the student edition, which runs your own "
+                "steps: use backend='plain' (or 'auto')"
+            )
         self.iterations, self.backend = iterations, backend
 
-    def uses_kernel(self, x: torch.Tensor) -> bool:
-        """Whether the steps run as fused Triton kernels (:mod:`helpers.models.propagation.kernels`)
-        for tensors like ``x``: on CUDA with ``backend="auto"``, always with ``"triton"`` (on the
-        CPU only under ``TRITON_INTERPRET=1``, Triton's interpreter, as the tests do)."""
-        if self.backend == "torch" or (
-            self.backend == "auto" and (x.device.type != "cuda" or x.dtype == torch.float64)
-        ):
-            # float64 (gradcheck) stays on the PyTorch path: the kernels compute in float32
-            return False
+    def backend_for(self, x: torch.Tensor) -> str:
+        """The backend that runs the steps for tensors like ``x``: ``"plain"``, ``"torch"`` or
+        ``"triton"``. ``auto`` picks the fused kernels on CUDA (float64, as gradcheck uses,
+        stays on the PyTorch path: the kernels compute in float32), the custom autograd path
+        elsewhere, and the plain steps where this edition has neither. ``triton`` on CPU tensors
+        runs only under ``TRITON_INTERPRET=1``, Triton's interpreter, as the tests do."""
+        if self.backend == "plain" or not HAS_FAST_PATH:
+            return "plain"
+        if self.backend == "torch":
+            return "torch"
         if self.backend == "auto":
-            return importlib.util.find_spec("triton") is not None
+            gpu = x.device.type == "cuda" and x.dtype != torch.float64
+            has_triton = HAS_KERNELS and importlib.util.find_spec("triton") is not None
+            return "triton" if gpu and has_triton else "torch"
         if x.device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
             raise RuntimeError(
                 "backend='triton' on CPU tensors needs Triton's interpreter: set "
-                "TRITON_INTERPRET=1 "
-                "before starting Python (or use backend='torch')"
+                "TRITON_INTERPRET=1 before starting Python (or use backend='torch')"
             )
-        return True
+        return "triton"
+
+    def uses_kernel(self, x: torch.Tensor) -> bool:
+        """Whether the steps run as fused Triton kernels for tensors like ``x``."""
+        return self.backend_for(x) == "triton"
+
+    def ring_sums(self, x: torch.Tensor, w: torch.Tensor, centred: bool = False) -> torch.Tensor:
+        """Per ring r of this propagator's window: sum_{j in r} w_j X_j (``centred``: w_j (X_j -
+        X)); x (B, C, H, W), w (B, K, H, W) -> (B, R, C, H, W). The plain version
+        (:func:`~helpers.models.propagation.neighbours.ring_sums`, exercise 8) or, on the faster
+        backends, the same sums in one custom autograd function."""
+        if self.backend_for(x) == "plain":
+            return ring_sums(x, w, self.kernel, centred)
+        return self._fast_ring_sums(x, w, centred)
+
+    def _fast_ring_sums(self, x: torch.Tensor, w: torch.Tensor, centred: bool) -> torch.Tensor:
+        """:meth:`ring_sums` in one custom autograd function (:mod:`.fast`)."""
+        # BEGIN EXERCISE solution-only
+        from .fast import ring_sums as fast_ring_sums
+
+        return fast_ring_sums(x, w, self.kernel, centred)
+        # END EXERCISE
 
     @property
     def affinity_channels(self) -> int:

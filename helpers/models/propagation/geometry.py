@@ -2,8 +2,9 @@
 
 A window of odd ``size`` without its centre, split into rings of Chebyshev distance 1, 2, ...
 (8, 16, 24 neighbours for 7x7); offsets are listed ring by ring, raster order inside a ring,
-and every other module (the PyTorch path, the Triton kernels, the slow reference) reads them
-from here so that all three agree on which weight belongs to which neighbour.
+and every other module (the gather, the fast PyTorch path, the Triton kernels, the slow
+reference) reads them from here so that all of them agree on which weight belongs to which
+neighbour.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 import torch
-import torch.nn as nn
 
 
 @dataclass(frozen=True)
@@ -84,18 +84,3 @@ def border_mask(
     xs = torch.arange(width, device=device)[None, None, :] + offsets[:, 1, None, None]
     # one broadcast, no loop
     return ((ys >= 0) & (ys < height) & (xs >= 0) & (xs < width)).to(dtype)
-
-
-def neighbour_values(x: torch.Tensor, kernel: int | Window) -> torch.Tensor:
-    """(B, C, H, W) -> (B, C, K, H, W): the value of ``x`` at neighbour j of every pixel, in
-    :func:`window_offsets` order, 0 outside the image. ``F.unfold`` (one copy per neighbour,
-    which the propagation itself avoids; used for the confidence's one channel and by the
-    reference), whose backward is one ``fold``, not a zero-filled copy per shifted slice."""
-    B, C, H, W = x.shape
-    r = window_reach(kernel)
-    side = 2 * r + 1  # the square that holds every neighbour (7 for 7x7; 13 for 7x7 at dilation 2)
-    order = torch.tensor(
-        [(dy + r) * side + (dx + r) for dy, dx in window_offsets(kernel)], device=x.device
-    )
-    cols = nn.functional.unfold(x, side, padding=r).view(B, C, side * side, H, W)
-    return cols.index_select(2, order)

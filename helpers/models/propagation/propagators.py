@@ -23,11 +23,13 @@ negative part is mass sent to ``H^0`` (the papers' "diffusion suppression"). Bot
 the normaliser ``sum_j |k_j|``, as in the papers. With a zero head every weight is 0 and the
 propagation is the identity; the rectifier is taken with slope 1 at 0 so training can start.
 
-Neighbours are shifted views of one zero-padded tensor; the ring sums run in a custom autograd
-function that saves only the propagated map and the weights, so memory grows by one map per
-iteration instead of one copy per neighbour (as ``F.unfold`` would need). Two savings keep it
-fast: the change ``D^t = H^t - H^0`` is propagated (the ``H^0`` part of every neighbour term is
-summed once, not every iteration), and for C classes only C - 1 are propagated, the first
+Neighbours are shifted views of one zero-padded tensor (:mod:`.neighbours`: the gather and the
+ring sums, written as plain tensor code: ``backend="plain"``). The faster backends compute the
+same sums in a custom autograd function that saves only the propagated map and the weights, so
+memory grows by one map per iteration instead of one copy per neighbour (``backend="torch"``),
+or in fused Triton kernels on CUDA (``"triton"``). Two savings keep every backend fast: the
+change ``D^t = H^t - H^0`` is propagated (the ``H^0`` part of every neighbour term is summed
+once, not every iteration), and for C classes only C - 1 are propagated, the first
 class's change being minus the sum of the others' (all classes share the weights).
 """
 
@@ -35,9 +37,10 @@ from __future__ import annotations
 
 import torch
 
-from .autograd import as_float, confident_weights, prepare_affinity, ring_sums
+from .autograd import as_float, prepare_affinity
 from .base import PropagationResult, Propagator
 from .geometry import Window, ring_sizes
+from .neighbours import confident_weights, gather
 
 EPS = 1e-6  # keeps DySPN's normaliser positive when every attention underflows
 
@@ -79,6 +82,19 @@ class CSPN(Propagator):
         return pos / mag.sum(1, keepdim=True).clamp(min=1.0)
         # END EXERCISE
 
+    def base(self, h0: torch.Tensor, kappa: torch.Tensor) -> torch.Tensor:
+        """The constant term of the residual form, computed once per propagation:
+
+        base = sum_j kappa_j (H^0_j - H^0)
+
+        h0 (B, C', H, W) the propagated classes of H^0; kappa (B, 8, H, W) -> (B, C', H, W).
+        Each difference is taken before weighting, so a constant map gives exactly 0 (and stays
+        constant, at the border too). :func:`gather` reads the neighbours.
+        """
+        # BEGIN EXERCISE cspn-step
+        return (kappa[:, None] * (gather(h0, self.kernel) - h0[:, :, None])).sum(2)
+        # END EXERCISE
+
     def step(self, d: torch.Tensor | None, base: torch.Tensor, kappa: torch.Tensor) -> torch.Tensor:
         """One iteration in residual form, on the change D^t = H^t - H^0 of the propagated classes:
 
@@ -86,21 +102,31 @@ class CSPN(Propagator):
 
         (subtract H^0 from both sides of the update). d (B, C', H, W), or None for D^0 = 0;
         base (B, C', H, W); kappa (B, 8, H, W) -> D^{t+1} (B, C', H, W).
-        :func:`ring_sums` computes weighted neighbour sums ring by ring (a 3x3 window has one).
+        :func:`gather` reads the 8 neighbours of every pixel.
         """
         # BEGIN EXERCISE cspn-step
         if d is None:  # D^0 = 0: the neighbour sum vanishes
             return base
-        return base + ring_sums(d, kappa, self.kernel)[:, 0]
+        return base + (kappa[:, None] * gather(d, self.kernel)).sum(2)
+        # END EXERCISE
+
+    def _fast_step(
+        self, d: torch.Tensor | None, base: torch.Tensor, kappa: torch.Tensor
+    ) -> torch.Tensor:
+        """:meth:`step` with the neighbour sum in one custom autograd function (backend torch)."""
+        # BEGIN EXERCISE solution-only
+        return base if d is None else base + self._fast_ring_sums(d, kappa, False)[:, 0]
         # END EXERCISE
 
     def _fused_step(
         self, d: torch.Tensor | None, base: torch.Tensor, kappa: torch.Tensor
     ) -> torch.Tensor:
         """:meth:`step` as one fused Triton kernel (the CUDA path)."""
+        # BEGIN EXERCISE solution-only
         from .kernels import fused_step
 
         return base if d is None else fused_step(d, kappa, base, self.kernel)
+        # END EXERCISE
 
     def forward(
         self,
@@ -119,9 +145,13 @@ class CSPN(Propagator):
             kappa = confident_weights(self.normalise(raw_affinity), raw_confidence, self.kernel)
             # D^t = H^t - H^0 obeys D^{t+1} = sum_j kappa_j D^t_j + base, base = sum_j kappa_j
             # (H^0_j - H^0): base is computed once, and D is exactly 0 for a constant map
-            base = ring_sums(free_channels(h0), kappa, self.kernel, centred=True)[:, 0]
-            maps, d = [h0], None
-            step = self._fused_step if self.uses_kernel(h0) else self.step
+            backend = self.backend_for(h0)
+            if backend == "plain":
+                base = self.base(free_channels(h0), kappa)
+            else:  # the same sum, in one custom autograd function
+                base = self._fast_ring_sums(free_channels(h0), kappa, True)[:, 0]
+            step = {"plain": self.step, "torch": self._fast_step, "triton": self._fused_step}
+            maps, d, step = [h0], None, step[backend]
             for _ in range(T):
                 d = step(d, base, kappa)
                 maps.append(h0 + with_all_channels(d, h0.shape[1]))
@@ -199,12 +229,11 @@ class DySPN(Propagator):
         but weigh no neighbour, so their share of the weight goes to H^0 (whose D is 0).
         d (B, C', H, W) or None for D^0 = 0; base (B, R, C', H, W); pos (B, K, H, W) = w^+;
         A (B, R, H, W); p (B, R + 1, H, W) = pi^t (rings, then the pixel itself) -> (B, C', H, W).
-        :func:`ring_sums` gives the weighted neighbour sums of every ring, (B, R, C', H, W)
-        (``self.kernel`` is the window, dilated or not: never write its size as a number).
+        :meth:`ring_sums` gives the weighted neighbour sums of every ring, (B, R, C', H, W).
         """
         # BEGIN EXERCISE dyspn-step
         G = (p[:, : self.rings] * A).sum(1, keepdim=True) + p[:, self.rings :] + EPS
-        S = base if d is None else base + ring_sums(d, pos, self.kernel)
+        S = base if d is None else base + self.ring_sums(d, pos)
         step = (p[:, : self.rings, None] * S).sum(1)
         if d is not None:
             step = step + p[:, self.rings :] * d
@@ -269,7 +298,7 @@ class DySPN(Propagator):
             )
             # in D^t = H^t - H^0 the neighbour terms split into sum_j w_j D^t_j and a per-ring
             # base_r = sum_{j in r} w_j (H^0_j - H^0), computed once (see CSPN.forward)
-            base = ring_sums(free_channels(h0), pos, self.kernel, centred=True)  # (B, R, C', H, W)
+            base = self.ring_sums(free_channels(h0), pos, centred=True)  # (B, R, C', H, W)
             maps, d = [h0], None
             step = self._fused_step if self.uses_kernel(h0) else self.step
             for t in range(T):

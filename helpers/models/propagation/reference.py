@@ -1,30 +1,46 @@
 """Slow, obviously-correct references for the propagation modules, used by tests and benchmarks.
 
-Neighbours are gathered with ``F.unfold`` (one copy per neighbour,
-:func:`helpers.models.propagation.geometry.neighbour_values`), the border handled by unfolding a map
-of ones; the update is written exactly as in the docstrings of :mod:`helpers.models.propagation`, in
-the weighted-sum form, without the residual rewrite.
+Neighbours are gathered with ``F.unfold`` (:func:`unfold_neighbours`: a different route from
+:func:`helpers.models.propagation.neighbours.gather`'s shifted views, so the two check each
+other), the border handled by unfolding a map of ones; the update is written exactly as in the
+docstrings of :mod:`helpers.models.propagation`, in the weighted-sum form, without the residual
+rewrite. Only the solution edition has this module.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from .autograd import AFFINITY_LIMIT
-from .geometry import neighbour_values, ring_sizes
+from .geometry import ring_sizes, window_offsets, window_reach
 from .propagators import EPS
+
+
+def unfold_neighbours(x: torch.Tensor, kernel) -> torch.Tensor:
+    """(B, C, H, W) -> (B, C, K, H, W): ``x`` at neighbour j of every pixel, in
+    :func:`window_offsets` order, 0 outside the image, by ``F.unfold`` of the square that holds
+    every neighbour (7 for 7x7; 13 for 7x7 at dilation 2) and a selection of its cells."""
+    B, C, H, W = x.shape
+    r = window_reach(kernel)
+    side = 2 * r + 1
+    order = torch.tensor(
+        [(dy + r) * side + (dx + r) for dy, dx in window_offsets(kernel)], device=x.device
+    )
+    cols = F.unfold(x, side, padding=r).view(B, C, side * side, H, W)
+    return cols.index_select(2, order)
 
 
 def _valid(x: torch.Tensor, kernel) -> torch.Tensor:
     ones = torch.ones_like(x[:, :1])
-    return neighbour_values(ones, kernel)[:, 0]  # (B, K, H, W)
+    return unfold_neighbours(ones, kernel)[:, 0]  # (B, K, H, W)
 
 
 def _confidences(h0: torch.Tensor, raw_confidence: torch.Tensor | None, kernel) -> torch.Tensor:
     """(B, K, H, W): c_j = sigmoid(raw confidence) at neighbour j; 1 without a confidence."""
     if raw_confidence is None:
         return torch.ones_like(_valid(h0, kernel))
-    return neighbour_values(torch.sigmoid(raw_confidence), kernel)[:, 0]
+    return unfold_neighbours(torch.sigmoid(raw_confidence), kernel)[:, 0]
 
 
 def reference_cspn(
@@ -37,8 +53,7 @@ def reference_cspn(
     """H^0..H^T with kappa_j = c_j k_j^+ / max(1, sum|k|) and
     H^{t+1} = sum kappa H^t_j + (1 - sum kappa) H^0 (c_j = 1 without ``raw_confidence``).
     ``neighbours(x, kernel)`` -> (B, C, K, H, W) gathers them (default: ``F.unfold``)."""
-    # BEGIN EXERCISE solution-only
-    neighbours = neighbours or neighbour_values
+    neighbours = neighbours or unfold_neighbours
     k = raw.clamp(-AFFINITY_LIMIT, AFFINITY_LIMIT) * _valid(h0, 3)
     kappa = (
         k.clamp(min=0)
@@ -50,7 +65,6 @@ def reference_cspn(
         nb = neighbours(maps[-1], 3)  # (B, C, 8, H, W)
         maps.append((kappa[:, None] * nb).sum(2) + (1 - kappa.sum(1, keepdim=True)) * h0)
     return maps
-    # END EXERCISE
 
 
 def reference_dyspn(
@@ -65,8 +79,7 @@ def reference_dyspn(
     """H^0..H^T of the DySPN update in weighted-sum form (see helpers.models.propagation.DySPN);
     ``neighbours`` as for :func:`reference_cspn`; with ``raw_confidence`` the share
     (1 - c_j) w_j^+ of each neighbour goes to H^0."""
-    # BEGIN EXERCISE solution-only
-    neighbours = neighbours or neighbour_values
+    neighbours = neighbours or unfold_neighbours
     B, C, H, W = h0.shape
     w = raw.clamp(-AFFINITY_LIMIT, AFFINITY_LIMIT) * _valid(h0, kernel)
     pos, neg = w.clamp(min=0), (-w).clamp(min=0)
@@ -92,4 +105,3 @@ def reference_dyspn(
         num = num + (to_h0 + EPS) * h0
         maps.append(num / G)
     return maps
-    # END EXERCISE
