@@ -1,15 +1,30 @@
 """What one submission's code can do to grading, from the instructor's side: an endless loop in
-one exercise costs that exercise only, and a process it leaves behind (a daemon that detached
-into a session of its own) does not outlive its grading."""
+one exercise costs that exercise only, a process it leaves behind (a daemon that detached into a
+session of its own) does not outlive its grading, and, graded as root, it runs as a user that
+cannot read the solution or another submission."""
 
+import json
 import os
+import stat
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import pytest
 from handouts import fill
 
-from helpers.course import grading
+from helpers.course import grading, isolation
+
+ROOT = Path(grading.__file__).resolve().parents[2]
+
+
+def _drop(tmp_path: Path) -> Path:
+    """A folder any user can write to, where a submission's code leaves what it found (as root,
+    grading runs it as an unprivileged user that cannot write into the test's own folders)."""
+    drop = Path(tempfile.mkdtemp(prefix="workbook-drop-"))
+    drop.chmod(0o777)
+    return drop
 
 
 def _by_key(results) -> dict:
@@ -34,7 +49,7 @@ def test_a_hang_in_one_exercise_costs_only_that_exercise(student, tmp_path):
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the subreaper is Linux's")
 def test_a_daemon_started_by_a_submission_is_gone_when_its_grading_ends(student, tmp_path):
     sub = fill(student, tmp_path / "daemon")
-    pid_file = tmp_path / "daemon.pid"
+    pid_file = _drop(tmp_path) / "daemon.pid"
     init = sub / "helpers" / "__init__.py"
     init.write_text(
         init.read_text()
@@ -62,11 +77,8 @@ def test_a_submission_is_never_shown_where_the_solution_is(student, tmp_path):
     """Code in a submission looks everywhere the grading process could point it at the solution:
     its arguments, environment, import path and hooks, loaded modules (an editable-install finder
     among them) and working folder. None may name the solution's folder."""
-    import json
-    from pathlib import Path
-
-    solution = str(Path(grading.__file__).resolve().parents[2])
-    report = tmp_path / "report.json"
+    solution = str(ROOT)
+    report = _drop(tmp_path) / "report.json"
     sub = fill(student, tmp_path / "snoop")
     init = sub / "helpers" / "__init__.py"
     init.write_text(
@@ -89,3 +101,93 @@ def test_a_submission_is_never_shown_where_the_solution_is(student, tmp_path):
     results = grading.grade_one(sub, timeout=60)
     assert sum(r.points for r in results) == 130  # looking does not change the grade
     assert json.loads(report.read_text()) == []
+
+
+def _modes(*paths: Path) -> dict:
+    return {p: stat.S_IMODE(p.stat().st_mode) for p in paths}
+
+
+@pytest.mark.skipif(not isolation.available(), reason="another user's processes need root on Linux")
+def test_as_root_a_submission_cannot_read_the_solution_or_another_submission(student, tmp_path):
+    """Graded as root, with the solution's checkout and the submissions folder world-readable (as
+    a clone and a download are): the attacker's code runs as an unprivileged user and can read
+    neither the solution's gather nor the victim's, nor list their folders; the victim still gets
+    every point; every mode the grader changed is back afterwards."""
+    subs = Path(tempfile.mkdtemp(prefix="workbook-subs-"))
+    subs.chmod(0o755)
+    fill(student, subs / "victim")
+    attacker = fill(student, subs / "attacker", keys=set())
+    report = _drop(tmp_path) / "report.json"
+    targets = [
+        ROOT / "helpers" / "models" / "propagation" / "neighbours.py",
+        ROOT / "tests" / "test_assignment.py",
+        subs / "victim" / "helpers" / "models" / "propagation" / "neighbours.py",
+        subs / "victim",
+        ROOT,
+    ]
+    init = attacker / "helpers" / "__init__.py"
+    init.write_text(
+        init.read_text()
+        + (
+            "\nimport json as _j, os as _o\n"
+            "_found = {'uid': _o.getuid(), 'gid': _o.getgid(), 'groups': _o.getgroups()}\n"
+            f"for _t in {[str(t) for t in targets]!r}:\n"
+            "    try:\n"
+            "        _found[_t] = 'read' if _o.path.isfile(_t) and open(_t).read() else "
+            "'listed ' + str(len(_o.listdir(_t)))\n"
+            "    except OSError as _e:\n"
+            "        _found[_t] = type(_e).__name__\n"
+            f"open({str(report)!r}, 'w').write(_j.dumps(_found))\n"
+        )
+    )
+    watched = [ROOT, subs, Path("/root"), Path(sys.executable).parent]
+    before = _modes(*watched)
+    doc = grading.grade(subs, timeout=60, jobs=2)
+    assert _modes(*watched) == before
+    found = json.loads(report.read_text())
+    assert found.pop("uid") >= isolation.FIRST_UID and found.pop("gid") == isolation.NOGROUP
+    assert found.pop("groups") == []
+    assert found == {str(t): "PermissionError" for t in targets}
+    scores = {s["name"]: s["score"] for s in doc["submissions"]}
+    assert scores == {"attacker": 0, "victim": 130}
+    assert doc["grader"]["isolation"].startswith("full")
+
+
+def test_the_guard_restores_every_mode_it_changed(tmp_path):
+    """Hidden: the others' bits go; reached: the folders above gain x, the target r (and x); all
+    restored on exit, also when grading raises; a needed folder inside a hidden root keeps the root
+    reachable and hides its other entries."""
+    top = tmp_path / "top"
+    (top / "venv" / "lib").mkdir(parents=True)
+    (top / "helpers").mkdir()
+    (top / "README.md").write_text("solution")
+    secret = tmp_path / "subs"
+    secret.mkdir()
+    for path, mode in [(top, 0o700), (top / "venv", 0o700), (top / "venv" / "lib", 0o750)]:
+        path.chmod(mode)
+    (top / "helpers").chmod(0o755)
+    secret.chmod(0o755)
+    watched = [top, top / "venv", top / "venv" / "lib", top / "helpers", top / "README.md", secret]
+    before = _modes(*watched)
+    needed = [top / "venv" / "lib"]
+    hide = isolation.hidden_parts([top, secret], needed)
+    assert sorted(hide) == sorted([top / "helpers", top / "README.md", secret])
+    with pytest.raises(RuntimeError, match="grading failed"):
+        with isolation.Guard(hide, needed):
+            during = _modes(*watched)
+            raise RuntimeError("grading failed")
+    assert during[top] == 0o701 and during[top / "venv"] == 0o701
+    assert during[top / "venv" / "lib"] == 0o755
+    assert during[top / "helpers"] == 0o750 and during[secret] == 0o750
+    assert during[top / "README.md"] & 0o007 == 0
+    assert _modes(*watched) == before
+
+
+def test_without_root_the_grader_says_its_isolation_is_partial(student, tmp_path, monkeypatch):
+    monkeypatch.setattr(isolation, "available", lambda: False)
+    doc = grading.grade(fill(student, tmp_path / "one", keys={"miou"}), timeout=60)
+    assert (
+        doc["grader"]["isolation"].startswith("partial")
+        and "Gradescope" in doc["grader"]["isolation"]
+    )
+    assert doc["submissions"][0]["score"] == 10

@@ -7,11 +7,13 @@ inputs, and the points are this process's.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import importlib
 import io
 import multiprocessing
+import os
 import platform
 import secrets
 import sys
@@ -22,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from . import isolation
 from .catalogue import EXERCISES
 from .checking import (
     Result,
@@ -32,7 +35,7 @@ from .checking import (
     own_package,
     run_exercise,
 )
-from .sandbox import run_submission
+from .sandbox import import_path, run_submission
 from .sources import EDITION, PACKAGE, package_files
 from .submissions import find_submissions
 
@@ -40,20 +43,56 @@ from .submissions import find_submissions
 ISOLATION = (
     "partial: each submission's code runs on private copies, in its own session, with a time "
     "limit per exercise, and never sees where the solution is; it runs as the grader's user, so "
-    "it could read what that user can read: for a sandbox of its own, grade on Gradescope "
-    "(python -m helpers autograder)"
+    "it could read what that user can read: for a sandbox of its own, grade as root (each "
+    "submission then runs as an unprivileged user of its own) or on Gradescope (python -m "
+    "helpers autograder)"
+)
+ISOLATION_FULL = (
+    "full: each submission's code runs as an unprivileged user of its own, on private copies "
+    "only that user can read, in its own session, with a time limit per exercise; the solution "
+    "and the submissions as handed in are unreadable to it while grading runs, and every process "
+    "of its user is killed when its grading ends"
 )
 TIMEOUT = 60.0  # seconds per exercise: a check takes well under one; the import a few
 
 
 # ------------------------------------------------------------------------------ grading
-def grade_one(submission: Path, timeout: float = TIMEOUT, seed: int | None = None) -> list[Result]:
+def isolating() -> bool:
+    """Whether submissions run as unprivileged users: the solution grading as root, on Linux (a
+    student's own check needs no protection from itself)."""
+    return EDITION == "solution" and isolation.available()
+
+
+def solution_files() -> Path:
+    """What holds the solution: the checkout (its tests hold answers too), or the installed
+    package."""
+    root = PACKAGE.parent
+    return root if (root / "pyproject.toml").is_file() else PACKAGE
+
+
+def guard(submissions: list[Path]):
+    """While grading as root: the solution and ``submissions`` unreadable to others, the
+    interpreter and its import path reachable (:class:`~helpers.course.isolation.Guard`; a no-op
+    otherwise). The changed folders are printed first, for a grader that gets killed."""
+    if not isolating():
+        return contextlib.nullcontext()
+    needed = [Path(sys.executable), Path(os.path.realpath(sys.executable))]
+    needed += [Path(p) for p in import_path()]
+    hide = isolation.hidden_parts([solution_files(), *submissions], needed)
+    return isolation.Guard(hide, needed)
+
+
+def grade_one(
+    submission: Path, timeout: float = TIMEOUT, seed: int | None = None, guarded: bool = False
+) -> list[Result]:
     """Grade one submission: fresh random inputs for every check (those of ``seed`` if given); the
     submission's code runs on them in a subprocess, ``timeout`` seconds per exercise
     (:func:`helpers.course.sandbox.run_submission`); its outputs (tensors only, loaded with
     ``weights_only=True``) are compared here with what the instructor's solution computes on the
     same inputs, and the points are this process's. Nothing the submission prints or writes
-    decides its grade, and a table of the shipped reference outputs does not help."""
+    decides its grade, and a table of the shipped reference outputs does not help. As root, the
+    code runs as an unprivileged user of its own (:mod:`helpers.course.isolation`); ``guarded``
+    says the caller already holds :func:`guard` for the whole run."""
     if EDITION == "solution":
         seed = secrets.randbits(31) if seed is None else seed
         inputs = {e.key: draw_inputs(e.key, seed) for e in EXERCISES}
@@ -63,12 +102,28 @@ def grade_one(submission: Path, timeout: float = TIMEOUT, seed: int | None = Non
         refs = load_references()
         inputs = {e.key: refs[e.key]["inputs"] for e in EXERCISES}
         wanted = {e.key: (lambda k=e.key: refs[k]["outputs"]) for e in EXERCISES}
-    with tempfile.TemporaryDirectory(prefix="workbook-grade-") as tmp:
-        inputs_file = Path(tmp) / "inputs.pt"
-        torch.save(inputs, inputs_file)
-        produced = run_submission(
-            submission.resolve(), inputs_file, Path(tmp), [e.key for e in EXERCISES], timeout
-        )
+    account = isolation.claim_uid() if isolating() else None
+    held = contextlib.nullcontext() if guarded else guard([submission])
+    try:
+        with held, tempfile.TemporaryDirectory(prefix="workbook-grade-") as tmp:
+            work = Path(tmp)
+            if account is not None:  # root's folder: the account may pass through, not list it
+                os.chmod(tmp, 0o711)
+                work = work / "work"
+                work.mkdir()
+            inputs_file = work / "inputs.pt"
+            torch.save(inputs, inputs_file)
+            produced = run_submission(
+                submission.resolve(),
+                inputs_file,
+                work,
+                [e.key for e in EXERCISES],
+                timeout,
+                account,
+            )
+    finally:
+        if account is not None:
+            account.release()
     results = []
     for e in EXERCISES:
         got = produced.get(e.key) if isinstance(produced, dict) else None
@@ -114,7 +169,7 @@ def version() -> str:
         return "unknown"
 
 
-def _grade_in_own_process(args: tuple[Path, float, int]) -> list[Result]:
+def _grade_in_own_process(args: tuple[Path, float, int, bool]) -> list[Result]:
     """:func:`grade_one` in a pool's process: each process is the subreaper of its own workers."""
     return grade_one(*args)
 
@@ -131,14 +186,18 @@ def grade(
         found, warnings = find_submissions(path, Path(unpacked))
         for warning in warnings:
             print(f"warning: {warning}", file=sys.stderr)
-        tasks = [(sub.path, timeout, seed) for sub in found]
-        if jobs > 1 and len(tasks) > 1:
-            # processes, not threads: each must be the only one reaping what its workers leave
-            context = multiprocessing.get_context("spawn")
-            with ProcessPoolExecutor(min(jobs, len(tasks)), mp_context=context) as pool:
-                graded = list(pool.map(_grade_in_own_process, tasks))
-        else:
-            graded = [grade_one(*task) for task in tasks]
+        tasks = [(sub.path, timeout, seed, True) for sub in found]
+        with guard([Path(path)]) as held:
+            if held is not None and held.changed:
+                changed = ", ".join(str(p) for p, _ in held.changed)
+                print(f"permissions changed while grading (restored after): {changed}")
+            if jobs > 1 and len(tasks) > 1:
+                # processes, not threads: each must be the only one reaping what its workers leave
+                context = multiprocessing.get_context("spawn")
+                with ProcessPoolExecutor(min(jobs, len(tasks)), mp_context=context) as pool:
+                    graded = list(pool.map(_grade_in_own_process, tasks))
+            else:
+                graded = [grade_one(*task) for task in tasks]
     out = [
         {
             "name": sub.name,
@@ -149,7 +208,11 @@ def grade(
         }
         for sub, results in zip(found, graded)
     ]
-    info = {**grader_info(seed, timeout), "jobs": jobs, "isolation": ISOLATION}
+    info = {
+        **grader_info(seed, timeout),
+        "jobs": jobs,
+        "isolation": ISOLATION_FULL if isolating() else ISOLATION,
+    }
     return {"grader": info, "warnings": warnings, "submissions": out}
 
 

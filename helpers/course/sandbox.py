@@ -9,7 +9,9 @@ is given (arguments, environment, import path, working folder) names the solutio
 costs only that exercise: the process is killed and a new one takes the exercises after it.
 Processes a submission started and left behind (a daemon in a session of its own included) are
 killed too: on Linux the grader is their "subreaper" while it grades, so they cannot escape to
-``init``.
+``init``. Given an :class:`~helpers.course.isolation.Account` (the grader is root), the code runs
+as that unprivileged user, in a work folder only that user can read, and every process of the
+user is killed when the submission's grading ends.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ import time
 from pathlib import Path
 
 import torch
+
+from .isolation import Account, give_to, kill_user
 
 GRADER = Path(__file__).resolve().with_name("__init__.py")  # this subpackage, loaded by path
 STDERR_TAIL = 4096  # bytes of the subprocess's error output kept for a message
@@ -57,8 +61,14 @@ def prepare(submission: Path, work: Path) -> None:
     shutil.copytree(
         GRADER.parent, work / "grader", ignore=shutil.ignore_patterns(*SKIP, "*.pt", "autograder")
     )
-    own = GRADER.parents[2]  # the workbook holding these checks
-    paths = [
+    (work / "paths.json").write_text(json.dumps(import_path()))
+
+
+def import_path() -> list[str]:
+    """The grading subprocess's import path after the submission: this interpreter's, without
+    the workbook that holds these checks."""
+    own = GRADER.parents[2]
+    return [
         p
         for p in sys.path
         if p
@@ -66,7 +76,6 @@ def prepare(submission: Path, work: Path) -> None:
         and Path(p).resolve() != own
         and own not in Path(p).resolve().parents
     ]
-    (work / "paths.json").write_text(json.dumps(paths))
 
 
 def _subreaper(on: bool) -> bool:
@@ -130,14 +139,29 @@ def _tail(path: Path) -> str:
 
 
 def run_submission(
-    submission: Path, inputs_file: Path, work: Path, keys: list[str], timeout: float
+    submission: Path,
+    inputs_file: Path,
+    work: Path,
+    keys: list[str],
+    timeout: float,
+    account: Account | None = None,
 ) -> dict[str, dict]:
     """Run the submission's code for each exercise in ``keys``; per key the worker's
     ``{"outputs", "error"}``, or ``{"error": ("raised", why)}`` when it did not finish within
-    ``timeout`` seconds or the process died. ``work`` is a private folder for this run."""
+    ``timeout`` seconds or the process died. ``work`` is a private folder for this run (with an
+    ``account``, one that only grading's root and that account can reach)."""
     env = {k: v for k, v in os.environ.items() if k in ENVIRONMENT}
     env.update(WORKBOOK_HEADLESS="1", OMP_NUM_THREADS="1", HOME=str(work))
     prepare(submission, work)
+    user = {}
+    if account is not None:
+        env.update(USER="workbook-grader", LOGNAME="workbook-grader")  # the id has no account
+        private = work / inputs_file.name
+        if inputs_file.resolve() != private.resolve():
+            shutil.copyfile(inputs_file, private)
+        inputs_file = private
+        give_to(account, work)
+        user = {"user": account.uid, "group": account.gid, "extra_groups": []}
     results: dict[str, dict] = {}
     remaining = list(keys)
     reaping = _subreaper(True)
@@ -148,6 +172,8 @@ def run_submission(
             attempt_no += 1
             out = work / f"run{attempt_no}"
             out.mkdir()
+            if account is not None:
+                give_to(account, out)
             stderr = out / "stderr.txt"
             with open(stderr, "wb") as err:
                 # -I: no user site or PYTHON* variables; -S: no site; -B: no bytecode written
@@ -172,6 +198,7 @@ def run_submission(
                     stdout=subprocess.DEVNULL,
                     stderr=err,
                     start_new_session=True,
+                    **user,
                 )
             try:
                 if not _wait_for(out / "ready", proc, timeout):
@@ -203,6 +230,8 @@ def run_submission(
             finally:
                 _kill_group(proc)
     finally:
+        if account is not None:
+            kill_user(account.uid)
         _reap(before)
         if reaping:
             _subreaper(False)
