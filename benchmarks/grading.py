@@ -50,6 +50,8 @@ def main(argv=None) -> int:
             doc = grade(subs, seed=0, jobs=jobs)
             seconds = time.perf_counter() - started
             scores = sorted({s["score"] for s in doc["submissions"]})
+            if base is None:
+                print(f"isolation {doc['grader']['isolation'].split(':')[0]}", flush=True)
             base = base or seconds
             print(
                 f"--jobs {jobs}: {seconds:6.1f} s, {seconds / args.count:.2f} s per submission, "
