@@ -102,7 +102,7 @@ def format_summary(summary: list[dict]) -> str:
 def comparisons(stages: list[str]) -> list[tuple[str, str]]:
     """(after, before) pairs whose gain decides a claim: every stage over its base net; each
     refiner over its setting's no-propagation control and over the base net trained on; DySPN
-    over CSPN."""
+    over CSPN; the converged net over the coarse net trained on."""
     from helpers.workbook.results import base_of
     from helpers.workbook.stages import stage_name
 
@@ -115,6 +115,9 @@ def comparisons(stages: list[str]) -> list[tuple[str, str]]:
                     pairs.append((names[method], names[other]))
         if names["cspn"] in stages and names["dyspn"] in stages:
             pairs.append((names["dyspn"], names["cspn"]))
+    # is the converged net better than the coarse one trained on for as long as a refiner?
+    if "converged" in stages and "coarse-longer" in stages:
+        pairs.append(("converged", "coarse-longer"))
     return pairs
 
 

@@ -621,15 +621,12 @@ def test_smoke_profile_is_repeatable(folders, capsys):
     )
 
 
-def test_early_stopping_keeps_the_best_epoch_and_finishes_the_checkpoint(
-    tmp_path, monkeypatch, capsys
-):
-    """Validation mIoU scripted to peak at epoch 2 and then fall: training stops after
-    ``patience`` epochs without improvement, the returned weights are epoch 2's, and the
-    checkpoint counts as finished (loaded, not resumed) although it stopped before the cap."""
+def _scripted_fit(tmp_path, monkeypatch, curve, epochs, converge, spec=None):
+    """``fit`` on toy data with its validation mIoU replaced by ``curve`` (one value per epoch),
+    recording the weights each epoch was evaluated with."""
     import helpers.training.loop as tr
 
-    scores, states = iter([0.5, 0.7, 0.6, 0.65, 0.6, 0.9]), []
+    scores, states = iter(curve), []
     real_evaluate = tr.evaluate
 
     def scripted(model, *args, **kwargs):
@@ -637,28 +634,80 @@ def test_early_stopping_keeps_the_best_epoch_and_finishes_the_checkpoint(
         return {**real_evaluate(model, *args, **kwargs), "miou": next(scores)}
 
     monkeypatch.setattr(tr, "evaluate", scripted)
-    train, val = toy_data(), toy_data(6, seed=1)
     m = model()
-    spec = {"stage": "converged"}
     h = fit(
         m,
-        train_set=train,
-        val_set=val,
+        train_set=toy_data(),
+        val_set=toy_data(6, seed=1),
         checkpoint=tmp_path / "c.pt",
-        spec=spec,
-        patience=2,
-        **{**KW, "epochs": 6},
+        spec=spec or {"stage": "converged"},
+        converge=converge,
+        **{**KW, "epochs": epochs},
     )
-    assert h.epoch == [1, 2, 3, 4] and h.best_epoch == 2
-    for a, b in zip(m.state_dict().values(), states[1].values()):
-        assert torch.equal(a, b)
-    assert "stopped after epoch 4, keeping epoch 2 (0.700)" in capsys.readouterr().out
+    return m, h, states
+
+
+def _same(a: dict, b: dict) -> bool:
+    return all(torch.equal(x, y) for x, y in zip(a.values(), b.values()))
+
+
+def test_converging_anneals_and_ignores_a_single_noisy_epoch(tmp_path, monkeypatch, capsys):
+    """A curve that rises to a plateau with one lucky epoch early (0.80 at epoch 4, between 0.66s:
+    the size of the epoch-to-epoch noise on a few dozen images): the old rule (stop ``patience``
+    epochs after the best single epoch) would have stopped at epoch 8 keeping epoch 4; the
+    averaged score runs on to the cap, keeps the last epoch's weights, and the rate anneals to
+    nearly 0 by the end."""
+    from helpers.training.loop import Convergence
+
+    curve = [0.5, 0.6, 0.66, 0.80, 0.66, 0.7, 0.72, 0.74, 0.75, 0.76, 0.77, 0.76]
+    m, h, states = _scripted_fit(
+        tmp_path, monkeypatch, curve, 12, Convergence(window=3, patience=4)
+    )
+    assert h.epoch == list(range(1, 13))  # no early stop: the spike did not set the best score
+    # the best 3-epoch average ends at epoch 12 (0.763); epoch 4's 0.80 lifts its windows to 0.72
+    assert h.best_epoch == 12 and _same(m.state_dict(), states[11])
+    peak = max(h.lr)
+    assert h.lr.index(peak) < 4 and h.lr[-1] < 0.01 * peak  # warm up, then anneal to ~0
+    assert all(b <= a for a, b in zip(h.lr[h.lr.index(peak) :], h.lr[h.lr.index(peak) + 1 :]))
+    out = capsys.readouterr().out
+    assert "has not improved" not in out
+
+
+def test_converging_stops_when_the_average_falls_and_keeps_the_best_weights(
+    tmp_path, monkeypatch, capsys
+):
+    """Over-fitting: the average peaks at epoch 5 and then falls (a single high epoch later, 0.9 at
+    epoch 8, does not lift it back): training stops ``patience`` epochs after epoch 5, the returned
+    weights are epoch 5's, and the checkpoint counts as finished (loaded, not resumed)."""
+    from helpers.training.loop import Convergence
+
+    curve = [0.5, 0.6, 0.7, 0.72, 0.74, 0.6, 0.58, 0.9, 0.5, 0.5, 0.5, 0.5]
+    spec = {"stage": "converged"}
+    m, h, states = _scripted_fit(
+        tmp_path, monkeypatch, curve, 12, Convergence(window=3, patience=4), spec
+    )
+    assert h.best_epoch == 5 and h.epoch == [1, 2, 3, 4, 5, 6, 7, 8, 9]
+    assert _same(m.state_dict(), states[4])
+    assert (
+        "averaged over 3 epochs has not improved for 4 epochs; stopped after epoch 9, keeping "
+        "epoch 5 (average 0.720)" in capsys.readouterr().out
+    )
     st = safe_load(tmp_path / "c.pt")
-    assert st["finished"] and st["epoch"] == 4 and "best_state_dict" not in st
+    assert st["finished"] and st["epoch"] == 9 and "best_state_dict" not in st
     m2 = model(seed=3)
-    assert load_trained(m2, tmp_path / "c.pt", spec, epochs=6).best_epoch == 2
-    for a, b in zip(m2.state_dict().values(), states[1].values()):
-        assert torch.equal(a, b)
+    assert load_trained(m2, tmp_path / "c.pt", spec, epochs=12).best_epoch == 5
+    assert _same(m2.state_dict(), states[4])
+
+
+def test_convergence_settings_are_checked():
+    from helpers.training.loop import Convergence
+
+    assert Convergence(3, 4).score([0.1, 0.2]) is None
+    assert Convergence(2, 4).score([0.1, 0.2, 0.4]) == pytest.approx(0.3)
+    with pytest.raises(ValueError, match="window must be >= 1 and patience None or >= 1"):
+        Convergence(0, 4)
+    with pytest.raises(ValueError, match="patience None or >= 1"):
+        Convergence(3, 0)
 
 
 def test_stage_registry_declares_each_stage_once():
@@ -726,3 +775,29 @@ def test_stage_registry_declares_each_stage_once():
         stages.get("cspn2")
     with pytest.raises(ValueError, match="needs a method"):
         stages.Stage("x", "x", "refiner")
+
+
+def test_the_converged_schedule_has_checkpoint_names_of_its_own(folders):
+    """The converged net's schedule changed (December 2026): its spec names the schedule and the
+    averaging window, so a net trained with the old rule is never loaded for it; the coarse net's
+    name, and so every checkpoint of the report's setting, stays."""
+    from helpers.workbook.session import open_workbook
+    from helpers.workbook.stages import get
+
+    wb = open_workbook(profile="smoke", **folders)
+    converged, coarse = get("converged"), get("coarse")
+    spec = converged.spec(wb)
+    assert spec["schedule"] == "one-cycle, averaged" and spec["window"] == wb.cfg.converged_window
+    old = {k: v for k, v in spec.items() if k not in ("schedule", "window")}
+    assert converged.checkpoint(wb).name != f"converged-{_digest(old)}.pt"
+    assert converged.checkpoint(wb).name == f"converged-{_digest(spec)}.pt"
+    assert "schedule" not in coarse.spec(wb)
+    assert converged.convergence(wb.cfg).patience is None  # the cycle anneals to its end
+    assert coarse.convergence(wb.cfg) is None
+
+
+def _digest(spec: dict) -> str:
+    import hashlib
+    import json
+
+    return hashlib.sha1(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:8]

@@ -54,10 +54,13 @@ class Config:
     coarse_lr: float = 2e-3
     # 1e-3, not 2e-3 (DySPN and the control worse) or 5e-4 (DySPN worse); docs/tuning.md#refine_lr
     refine_lr: float = 1e-3
-    # the "converged" setting: the coarse U-Net trained until its validation mIoU stops improving
-    # for converged_patience epochs (best weights kept), at most converged_max_epochs epochs
+    # the "converged" setting: the coarse U-Net trained on one cycle over converged_max_epochs,
+    # keeping the epoch whose validation mIoU averaged over converged_window epochs is best;
+    # converged_patience > 0 stops once that average has not improved for so many epochs (0:
+    # never, the cycle anneals to its end): docs/tuning.md#converged_schedule
     converged_max_epochs: int = 60
-    converged_patience: int = 8
+    converged_window: int = 5
+    converged_patience: int = 0
     weight_decay: float = 1e-4
     # propagation
     iterations: int = 6  # T, the report's: docs/tuning.md#iterations
@@ -129,7 +132,8 @@ _PROFILE_SETTINGS: dict[str, dict] = {
         refine_lr=2e-3,
         iterations=6,
         converged_max_epochs=8,
-        converged_patience=2,
+        converged_window=2,
+        converged_patience=0,
     ),
     # the default without a GPU: real learning at 128 px, the whole workbook in about 20 minutes
     "cpu": dict(),

@@ -37,13 +37,14 @@ def seed_everything(seed: int) -> None:
 
 @dataclass
 class History:
-    """Per-epoch training loss and validation metrics, plus wall time."""
+    """Per-epoch training loss, validation metrics and learning rate, plus wall time."""
 
     epoch: list = field(default_factory=list)
     train_loss: list = field(default_factory=list)
     val: list = field(default_factory=list)  # dicts from SegmentationMeter.summary
     seconds: float = 0.0
-    best_epoch: int | None = None  # with early stopping: the epoch whose weights were kept
+    best_epoch: int | None = None  # training to convergence: the epoch whose weights were kept
+    lr: list = field(default_factory=list)  # the (first group's) rate at each epoch's end
 
     def to_dict(self) -> dict:
         return {
@@ -52,6 +53,7 @@ class History:
             "val": self.val,
             "seconds": self.seconds,
             "best_epoch": self.best_epoch,
+            "lr": self.lr,
         }
 
     @classmethod
@@ -62,7 +64,44 @@ class History:
             list(d["val"]),
             float(d["seconds"]),
             d.get("best_epoch"),
+            list(d.get("lr", [])),
         )
+
+
+@dataclass(frozen=True)
+class Convergence:
+    """Training to convergence without riding validation noise.
+
+    On a few dozen validation images, mIoU moves by up to 0.04 from one epoch to the next; a rule
+    that reacts to single epochs (a rate that falls on every stall, a stop ``patience`` epochs
+    after the best single epoch) follows that noise and stops early. Here instead:
+
+    * the rate follows the same one-cycle schedule as every other run, over the whole budget
+      (``epochs`` is the cap), so it anneals to nearly 0 however the validation score moves;
+    * the score of epoch e is the validation mIoU averaged over epochs e - window + 1 .. e
+      (defined from epoch ``window`` on): one noisy epoch moves it by 1 / window of its error;
+    * the weights of the epoch with the best score are kept; with a ``patience``, training stops
+      once the score has not improved for that many epochs (a net that is over-fitting), else it
+      runs to the cap. Without one (the default) it always runs to the cap: a stop inside the
+      cycle ends at a high rate, which is what the first converged net of this workbook suffered
+      from (docs/tuning.md#converged_schedule).
+    """
+
+    window: int = 5
+    patience: int | None = None
+
+    def __post_init__(self):
+        if self.window < 1 or (self.patience is not None and self.patience < 1):
+            raise ValueError(
+                f"window must be >= 1 and patience None or >= 1, got {self.window} and "
+                f"{self.patience}"
+            )
+
+    def score(self, mious: list[float]) -> float | None:
+        """The score after the epochs ``mious``: the mean of the last ``window``; None before."""
+        if len(mious) < self.window:
+            return None
+        return sum(mious[-self.window :]) / self.window
 
 
 def make_optimiser(
@@ -126,7 +165,7 @@ def fit(
     desc: str = "training",
     progress: bool = True,
     loss_fn=None,
-    patience: int | None = None,
+    converge: Convergence | None = None,
     data_on_device: bool | None = None,
 ) -> History:
     """Train ``model`` with AdamW and a one-cycle schedule; return the :class:`History`.
@@ -134,9 +173,9 @@ def fit(
     Steps: 1. seed and build the loader; 2. resume from ``checkpoint`` if it holds an unfinished
     run of the same ``spec``; 3. per epoch, train with a progress bar of the live loss, evaluate
     on ``val_set`` and write the checkpoint atomically (weights, optimiser, schedule, history);
-    4. with ``patience`` (training to convergence), the rate falls on validation plateaus instead
-    of following one cycle; stop once validation mIoU has not improved for ``patience`` epochs and
-    keep the best epoch's weights (``epochs`` is then a cap). The checkpoint is marked finished.
+    4. with ``converge`` (training to convergence, :class:`Convergence`), keep the weights of the
+    epoch whose averaged validation mIoU is best and stop once it has not improved for
+    ``converge.patience`` epochs (``epochs`` is then a cap). The checkpoint is marked finished.
     ``loss_fn(image, target)`` replaces the default cross-entropy of ``model(image)`` (the
     refiners' :meth:`~helpers.models.refiner.Refiner.training_loss`). Only parameters with
     ``requires_grad`` are optimised (a refiner's frozen coarse net has none).
@@ -159,22 +198,13 @@ def fit(
     )
     optimiser = make_optimiser(model, lr, weight_decay)
     params = [p for group in optimiser.param_groups for p in group["params"]]
-    if patience is None:
-        # each group peaks at its own rate (a scalar max_lr would overwrite every group's with lr)
-        schedule = torch.optim.lr_scheduler.OneCycleLR(
-            optimiser,
-            max_lr=[g["lr"] for g in optimiser.param_groups],
-            total_steps=max(1, epochs * len(loader)),
-            pct_start=0.15,
-        )
-    else:
-        # training to convergence: a one-cycle schedule over the cap would stop at a high rate,
-        # mid-cycle; instead the rate falls (x0.3) whenever validation mIoU stalls for a third of
-        # the patience, so that by the time it has stalled for the whole patience the net has
-        # settled
-        schedule = torch.optim.lr_scheduler.ReduceLROnPlateau(
-            optimiser, mode="max", factor=0.3, patience=max(1, patience // 3)
-        )
+    # each group peaks at its own rate (a scalar max_lr would overwrite every group's with lr)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(
+        optimiser,
+        max_lr=[g["lr"] for g in optimiser.param_groups],
+        total_steps=max(1, epochs * len(loader)),
+        pct_start=0.15,
+    )
     scaler = torch.amp.GradScaler(
         "cuda", enabled=amp and device.type == "cuda" and not torch.cuda.is_bf16_supported()
     )
@@ -206,8 +236,7 @@ def fit(
                 target.to(device, non_blocking=True),
             )
             loss = train_step(model, optimiser, image, target, loss_fn, amp, scaler)
-            if patience is None:
-                schedule.step()
+            schedule.step()
             value = loss.item()
             if not math.isfinite(value):
                 # raised before this epoch's checkpoint is written: a diverged net is never saved,
@@ -231,6 +260,7 @@ def fit(
         history.epoch.append(epoch + 1)
         history.train_loss.append(running / max(seen, 1))
         history.val.append(metrics)
+        history.lr.append(optimiser.param_groups[0]["lr"])
         history.seconds = time.perf_counter() - t0
         epoch_bar.set_postfix(
             loss=f"{history.train_loss[-1]:.3f}", val_miou=f"{metrics['miou']:.3f}"
@@ -244,18 +274,23 @@ def fit(
             metrics["miou"],
             history.seconds,
             per_epoch * (epochs - epoch - 1),
-            capped=patience is not None,
+            capped=converge is not None,
         )
         stop = False
-        if patience is not None:
-            schedule.step(metrics["miou"])
-            if (
-                history.best_epoch is None
-                or metrics["miou"] > history.val[history.best_epoch - 1]["miou"]
-            ):
+        if converge is not None:
+            mious = [v["miou"] for v in history.val]
+            score = converge.score(mious)
+            best = (
+                None if history.best_epoch is None else converge.score(mious[: history.best_epoch])
+            )
+            if score is not None and (best is None or score > best):
                 history.best_epoch = epoch + 1
                 best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-            stop = epoch + 1 - history.best_epoch >= patience
+            stop = (
+                converge.patience is not None
+                and history.best_epoch is not None
+                and epoch + 1 - history.best_epoch >= converge.patience
+            )
         finished = stop or epoch + 1 == epochs
         if finished and best_state is not None:
             model.load_state_dict(best_state)  # early stopping keeps the best epoch, not the last
@@ -283,11 +318,11 @@ def fit(
             )
         if stop:
             epoch_bar.close()
+            kept = [v["miou"] for v in history.val[: history.best_epoch]]
             print(
-                f"{desc}: validation mIoU has not improved for {patience} epochs; stopped after "
-                f"epoch {epoch + 1}, "
-                f"keeping epoch {history.best_epoch} "
-                f"({history.val[history.best_epoch - 1]['miou']:.3f})"
+                f"{desc}: validation mIoU averaged over {converge.window} epochs has not improved "
+                f"for {converge.patience} epochs; stopped after epoch {epoch + 1}, keeping epoch "
+                f"{history.best_epoch} (average {converge.score(kept):.3f})"
             )
             break
     epoch_bar.close()

@@ -27,6 +27,7 @@ import torch.nn as nn
 
 from ..core.config import Config
 from ..models.refiner import METHODS, CoarseSegmenter, Refiner, supervises_start
+from ..training.loop import Convergence
 
 if TYPE_CHECKING:
     from .session import Workbook
@@ -131,9 +132,12 @@ class Stage:
     def lr(self, cfg: Config) -> float:
         return cfg.refine_lr if self.kind == "refiner" else cfg.coarse_lr
 
-    def patience(self, cfg: Config) -> int | None:
-        """Early stopping (the converged net only)."""
-        return cfg.converged_patience if self.kind == "base" and self.base == "converged" else None
+    def convergence(self, cfg: Config) -> Convergence | None:
+        """Training to convergence (the converged net only): its averaged validation score and
+        stopping rule (:class:`~helpers.training.loop.Convergence`)."""
+        if self.kind == "base" and self.base == "converged":
+            return Convergence(cfg.converged_window, cfg.converged_patience or None)
+        return None
 
     # -------------------------------------------------------------------------- identity
     def spec(self, wb: "Workbook") -> dict:
@@ -155,7 +159,14 @@ class Stage:
             "n_train": len(wb.data["train"]),
         }
         if self.base == "converged":
-            base.update(stage="converged", patience=c.converged_patience)
+            # one cycle over the cap, the best averaged epoch kept (December 2026): a new key, so
+            # a net of the old plateau schedule (patience on single epochs) is never reused
+            base.update(
+                stage="converged",
+                schedule="one-cycle, averaged",
+                window=c.converged_window,
+                patience=c.converged_patience,
+            )
         if self.kind in ("base", "filter"):
             return base
         if self.kind == "longer":

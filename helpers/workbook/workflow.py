@@ -80,7 +80,7 @@ def run_stage(
             spec=spec,
             desc=label,
             progress=progress,
-            patience=stage.patience(cfg),
+            converge=stage.convergence(cfg),
             loss_fn=model.training_loss if isinstance(model, Refiner) else None,
         )
     else:
@@ -165,8 +165,8 @@ def coarse_stage(
     wb: Workbook, retrain: bool = False, progress: bool = True, base: str = "coarse"
 ) -> StageResult:
     """Train (or load) the base U-Net: ``"coarse"``, the report's minimally trained net, or
-    ``"converged"``, trained until validation mIoU stops improving for ``converged_patience``
-    epochs (best weights kept), at most ``converged_max_epochs``."""
+    ``"converged"``, trained on one cycle over ``converged_max_epochs`` with the epoch of the best
+    averaged validation mIoU kept (:class:`~helpers.training.loop.Convergence`)."""
     return run_stage(wb, _base(base), retrain, progress)
 
 
