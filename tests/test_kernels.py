@@ -235,3 +235,87 @@ def test_auto_backend_is_pytorch_on_the_cpu_and_triton_needs_cuda_or_the_interpr
     # float64 (gradcheck) stays on the PyTorch path even on CUDA: the kernels compute in float32
     monkeypatch.setattr(torch.Tensor, "device", property(lambda self: torch.device("cuda")))
     assert not CSPN(2).uses_kernel(torch.zeros(1, dtype=torch.float64))
+
+
+# a kernel that fails to compile (it raises) and one that computes something slightly different
+BROKEN_KERNELS = {
+    "raises": "def broken(*args, **kwargs):\n    raise RuntimeError('PTX assembly failed')\n",
+    "wrong": "def broken(*args, **kwargs):\n    return fused(*args, **kwargs) * 1.001\n",
+}
+
+
+@pytest.mark.parametrize("fault", sorted(BROKEN_KERNELS))
+def test_kernels_that_fail_their_self_check_fall_back_to_the_pytorch_path(fault):
+    """On a GPU whose compiler or Triton differs, the fused kernels may not compile or may compute
+    something else: the first propagation checks them against the PyTorch path, says so in one
+    line, and every refiner then trains on the PyTorch path, exactly as with backend torch."""
+    code = (
+        "import torch\n"
+        "from helpers.models.propagation import kernels\n"
+        "fused = kernels.fused_step\n"
+        + BROKEN_KERNELS[fault]
+        + "kernels.fused_step = broken\n"
+        + textwrap.dedent(
+            """
+            from toys import toy_data
+            from helpers.models.coarse import CoarseSegmenter
+            from helpers.models.refiner import Refiner
+            from helpers.training.loop import fit
+
+            def train(method, backend):
+                torch.manual_seed(0)
+                coarse = CoarseSegmenter(classes=2, width=4, depth=2, coarse_size=16)
+                model = Refiner(coarse, method=method, width=4, depth=2, iterations=2,
+                                backend=backend)
+                history = fit(model, train_set=toy_data(6), val_set=toy_data(4, seed=1),
+                              epochs=1, lr=1e-3, batch_size=3, device=DEVICE, progress=False,
+                              loss_fn=model.training_loss)
+                return model, history
+
+            for method in ("cspn", "dyspn"):
+                model, history = train(method, "triton")
+                assert model.propagator.last_backend == "torch", model.propagator.last_backend
+                reference, expected = train(method, "torch")
+                assert history.train_loss == expected.train_loss, method
+                for a, b in zip(model.state_dict().values(), reference.state_dict().values()):
+                    assert torch.equal(a, b), method
+            print("ok")
+            """
+        )
+    )
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(ROOT / "tests")}
+    proc = subprocess.run(
+        [sys.executable, "-c", "DEVICE = 'cpu'\n" + code],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.strip().splitlines()
+    assert lines[-1] == "ok"
+    said = [line for line in lines if "self-check" in line]
+    assert len(said) == 1, lines  # once per device and dtype, not per step or per model
+    assert said[0].startswith("the fused Triton kernels failed their self-check on cpu (")
+    why = {"raises": "RuntimeError: PTX assembly failed", "wrong": "differs from the PyTorch path"}
+    assert why[fault] in said[0] and said[0].endswith("(the same numbers, slower)")
+
+
+def test_kernels_that_pass_their_self_check_run():
+    out = run_kernel_check(
+        """
+        import torch
+        from helpers.models.propagation import CSPN, selfcheck
+
+        h0 = torch.softmax(torch.randn(1, 2, 6, 7), 1)
+        model = CSPN(2, backend="triton")
+        with torch.no_grad():  # the first use may be an evaluation: the check runs anyway
+            model(h0, torch.randn(1, 8, 6, 7))
+        assert model.last_backend == "triton"
+        assert selfcheck.kernel_problem(str(h0.device), str(h0.dtype)) is None
+        print("ok")
+        """,
+        "cpu",
+    )
+    assert out.strip() == "ok"

@@ -60,3 +60,69 @@ def test_elsewhere_it_says_it_did_nothing(monkeypatch):
     monkeypatch.setattr(runtime.platform, "system", lambda: "Darwin")
     monkeypatch.setattr(runtime.ctypes, "CDLL", no_libc)
     assert runtime.keep_freed_memory() is False
+
+
+def _gpu(monkeypatch, native_bf16: bool):
+    """A CUDA device simulated by its bfloat16 support: ``native_bf16`` False is a T4 (compute
+    capability 7.5), which emulates bfloat16 (torch then says True unless asked without
+    emulation); True an A100 or newer."""
+    import torch
+
+    def supported(including_emulation: bool = True) -> bool:
+        return native_bf16 or including_emulation
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", supported)
+
+
+def test_autocast_picks_bfloat16_only_where_the_gpu_has_it_natively(monkeypatch):
+    import torch
+
+    from helpers.core.runtime import autocast_dtype
+
+    assert autocast_dtype("cpu") is None
+    _gpu(monkeypatch, native_bf16=False)
+    assert torch.cuda.is_bf16_supported()  # what a T4 reports by default: the trap
+    assert autocast_dtype("cuda") == torch.float16
+    _gpu(monkeypatch, native_bf16=True)
+    assert autocast_dtype("cuda") == torch.bfloat16
+
+
+def test_float16_training_scales_its_loss_and_bfloat16_does_not(monkeypatch):
+    """``fit`` builds its gradient scaler from the same choice (checked without a GPU: the scaler
+    it would build, through the autocast dtype)."""
+    import torch
+
+    import helpers.training.loop as loop
+
+    built = []
+
+    class Scaler:
+        def __init__(self, device, enabled):
+            built.append(enabled)
+            raise StopIteration  # nothing after the scaler matters here
+
+    monkeypatch.setattr(loop.torch.amp, "GradScaler", Scaler)
+    monkeypatch.setattr(loop, "limit_cpu_threads", lambda: 4)
+    from toys import toy_data
+
+    from helpers.models.coarse import CoarseSegmenter
+
+    for native, scaled in ((False, True), (True, False)):
+        _gpu(monkeypatch, native)
+        monkeypatch.setattr(loop, "make_batches", lambda *a, **k: [(None, None)] * 2)
+        model = CoarseSegmenter(classes=2, width=4, depth=2, coarse_size=16)
+        monkeypatch.setattr(model, "to", lambda device: model)
+        try:
+            loop.fit(
+                model,
+                train_set=toy_data(4),
+                val_set=toy_data(2),
+                epochs=1,
+                lr=1e-3,
+                batch_size=2,
+                device=torch.device("cuda"),
+                progress=False,
+            )
+        except StopIteration:
+            pass
+        assert built[-1] is scaled

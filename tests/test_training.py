@@ -801,3 +801,19 @@ def _digest(spec: dict) -> str:
     import json
 
     return hashlib.sha1(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:8]
+
+
+def test_results_record_the_backend_that_propagated(folders):
+    """``results.json`` says which propagation backend actually ran each refiner (on CUDA the
+    fused kernels, or the PyTorch path where they failed their self-check); the control has none."""
+    from helpers.workbook import workflow
+    from helpers.workbook.results import record_results
+    from helpers.workbook.session import open_workbook
+
+    wb = open_workbook(profile="smoke", **folders)
+    cspn = workflow.refine_stage(wb, "cspn", progress=False)
+    control = workflow.refine_stage(wb, "control", progress=False)
+    assert cspn.settings["propagation_backend"] == "torch"  # the CPU's default
+    assert "propagation_backend" not in control.settings
+    doc = record_results(wb, cspn, control)
+    assert doc["stages"]["cspn"]["settings"]["propagation_backend"] == "torch"

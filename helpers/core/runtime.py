@@ -68,3 +68,16 @@ def limit_cpu_threads(threads: int = GPU_PROCESS_THREADS) -> int:
 def in_colab() -> bool:
     """True inside a Colab runtime (its module is loaded, or its environment variable is set)."""
     return "google.colab" in sys.modules or "COLAB_RELEASE_TAG" in os.environ
+
+
+def autocast_dtype(device: torch.device | str) -> torch.dtype | None:
+    """The half precision mixed-precision training uses on ``device``: bfloat16 where the GPU
+    computes it natively (compute capability 8.0 and up: A100, L4, H100), float16 with a
+    gradient scaler elsewhere (a Colab T4, 7.5, only emulates bfloat16, and
+    ``torch.cuda.is_bf16_supported()`` says True there unless asked without emulation); None on
+    the CPU, where autocast does not help."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return None
+    native = torch.cuda.is_bf16_supported(including_emulation=False)
+    return torch.bfloat16 if native else torch.float16

@@ -14,17 +14,15 @@ from torch.utils.data import Dataset
 
 from ..analysis.metrics import SegmentationMeter
 from ..analysis.statistics import counts_summary, image_counts
+from ..core.runtime import autocast_dtype
 from ..data.batches import split_batches
 
 
 def autocast_for(device: torch.device | str, amp: bool):
-    """bfloat16/float16 autocast on CUDA only; on CPU a no-op context (AMP does not help there)."""
-    device = torch.device(device)
-    if amp and device.type == "cuda":
-        return torch.autocast(
-            "cuda", dtype=torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        )
-    return contextlib.nullcontext()
+    """Autocast in :func:`~helpers.core.runtime.autocast_dtype` on CUDA (bfloat16 only where the
+    GPU has it natively); on the CPU a no-op context (AMP does not help there)."""
+    dtype = autocast_dtype(device) if amp else None
+    return torch.autocast("cuda", dtype=dtype) if dtype is not None else contextlib.nullcontext()
 
 
 @contextlib.contextmanager

@@ -18,7 +18,7 @@ import torch.nn as nn
 from torch.utils.data import Dataset
 
 from ..core.checkpoint import atomic_save, check_spec, library_versions, safe_load
-from ..core.runtime import keep_freed_memory, limit_cpu_threads
+from ..core.runtime import autocast_dtype, keep_freed_memory, limit_cpu_threads
 from ..data.batches import make_batches
 from ..models.losses import segmentation_loss
 from .evaluation import autocast_for, evaluate
@@ -205,9 +205,8 @@ def fit(
         total_steps=max(1, epochs * len(loader)),
         pct_start=0.15,
     )
-    scaler = torch.amp.GradScaler(
-        "cuda", enabled=amp and device.type == "cuda" and not torch.cuda.is_bf16_supported()
-    )
+    # float16 needs its loss scaled (bfloat16 has float32's range and does not)
+    scaler = torch.amp.GradScaler("cuda", enabled=amp and autocast_dtype(device) == torch.float16)
     history, start, best_state = History(), 0, None
     spec = spec or {}
     if checkpoint is not None and Path(checkpoint).exists():

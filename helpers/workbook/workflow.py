@@ -124,6 +124,10 @@ def _finish(
         test_metrics, _ = counts_summary(*test_counts)
     else:  # a folder without test.txt: there is nothing to report on
         test, test_metrics, test_counts = val.new_zeros((0,) + val.shape[1:]), {}, ()
+    propagator = getattr(model, "propagator", None)
+    if propagator is not None and propagator.last_backend is not None:
+        # what actually ran: the fused kernels fall back to PyTorch if they fail their self-check
+        settings = {**(settings or {}), "propagation_backend": propagator.last_backend}
     return StageResult(
         stage.name,
         model,

@@ -58,13 +58,18 @@ class Propagator(nn.Module):
                 "steps: use backend='plain' (or 'auto')"
             )
         self.iterations, self.backend = iterations, backend
+        # set by the kernels' self-check on the propagators it runs (they must not check again)
+        self.trusted = False
+        self.last_backend: str | None = None  # the backend of the last forward pass
 
     def backend_for(self, x: torch.Tensor) -> str:
         """The backend that runs the steps for tensors like ``x``: ``"plain"``, ``"torch"`` or
         ``"triton"``. ``auto`` picks the fused kernels on CUDA (float64, as gradcheck uses,
         stays on the PyTorch path: the kernels compute in float32), the custom autograd path
         elsewhere, and the plain steps where this edition has neither. ``triton`` on CPU tensors
-        runs only under ``TRITON_INTERPRET=1``, Triton's interpreter, as the tests do."""
+        runs only under ``TRITON_INTERPRET=1``, Triton's interpreter, as the tests do. Before the
+        kernels are trusted on a device they check themselves against the PyTorch path
+        (:mod:`.selfcheck`); if they fail, the PyTorch path runs instead, said in one line."""
         if self.backend == "plain" or not HAS_FAST_PATH:
             return "plain"
         if self.backend == "torch":
@@ -72,13 +77,18 @@ class Propagator(nn.Module):
         if self.backend == "auto":
             gpu = x.device.type == "cuda" and x.dtype != torch.float64
             has_triton = HAS_KERNELS and importlib.util.find_spec("triton") is not None
-            return "triton" if gpu and has_triton else "torch"
-        if x.device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+            if not (gpu and has_triton):
+                return "torch"
+        elif x.device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
             raise RuntimeError(
                 "backend='triton' on CPU tensors needs Triton's interpreter: set "
                 "TRITON_INTERPRET=1 before starting Python (or use backend='torch')"
             )
-        return "triton"
+        if self.trusted:
+            return "triton"
+        from .selfcheck import kernel_problem
+
+        return "torch" if kernel_problem(str(x.device), str(x.dtype)) else "triton"
 
     def uses_kernel(self, x: torch.Tensor) -> bool:
         """Whether the steps run as fused Triton kernels for tensors like ``x``."""

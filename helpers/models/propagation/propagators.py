@@ -145,7 +145,7 @@ class CSPN(Propagator):
             kappa = confident_weights(self.normalise(raw_affinity), raw_confidence, self.kernel)
             # D^t = H^t - H^0 obeys D^{t+1} = sum_j kappa_j D^t_j + base, base = sum_j kappa_j
             # (H^0_j - H^0): base is computed once, and D is exactly 0 for a constant map
-            backend = self.backend_for(h0)
+            backend = self.last_backend = self.backend_for(h0)
             if backend == "plain":
                 base = self.base(free_channels(h0), kappa)
             else:  # the same sum, in one custom autograd function
@@ -300,7 +300,8 @@ class DySPN(Propagator):
             # base_r = sum_{j in r} w_j (H^0_j - H^0), computed once (see CSPN.forward)
             base = self.ring_sums(free_channels(h0), pos, centred=True)  # (B, R, C', H, W)
             maps, d = [h0], None
-            step = self._fused_step if self.uses_kernel(h0) else self.step
+            self.last_backend = self.backend_for(h0)
+            step = self._fused_step if self.last_backend == "triton" else self.step
             for t in range(T):
                 d = step(d, base, pos, A, pi[:, min(t, pi.shape[1] - 1)])
                 maps.append(h0 + with_all_channels(d, h0.shape[1]))
