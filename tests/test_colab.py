@@ -68,7 +68,10 @@ def test_on_colab_installs_only_the_missing_extras_never_torch(
         "find_spec",
         lambda name, *a: None if name == "nbval" else real_find_spec(name, *a),
     )
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: gpu)
+    if gpu:
+        _simulated_gpu(monkeypatch)
+    else:
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     done = colab.setup()
     assert fake_colab["pip"] == [[sys.executable, "-m", "pip", "install", "-q", "nbval"]]
     assert not any("torch" in part for cmd in fake_colab["pip"] for part in cmd)
@@ -80,7 +83,9 @@ def test_on_colab_installs_only_the_missing_extras_never_torch(
         and "installed nbval" in said
         and f"profile {profile}" in said
     )
-    assert len(done) == 3
+    assert len(done) == 4 and done[3].startswith(
+        f"workbook: {'Tesla T4' if gpu else 'CPU'}, profile {profile}, propagation auto -> "
+    )
 
 
 def test_on_colab_a_chosen_profile_is_kept_and_nothing_installed_twice(fake_colab, monkeypatch):
@@ -166,3 +171,85 @@ def test_setup_cell_on_colab_clones_installs_then_reuses_the_clone(
     installs.clear()
     exec(source, {})  # the cell again, the runtime restarted: the clone is reused
     assert len(clones) == 1
+
+
+def _simulated_gpu(monkeypatch, name="Tesla T4", capability=(7, 5), kernels_fail=None):
+    """CUDA as a Colab GPU would show it, without one: its properties, its bfloat16 support
+    (native from compute capability 8.0, emulated below) and the kernels' self-check."""
+    import torch
+
+    from helpers.models.propagation import selfcheck
+
+    props = types.SimpleNamespace(
+        name=name, total_memory=15 * 2**30, major=capability[0], minor=capability[1]
+    )
+    native = capability >= (8, 0)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device=None: props)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: name)
+    monkeypatch.setattr(
+        torch.cuda,
+        "is_bf16_supported",
+        lambda including_emulation=True: native or including_emulation,
+    )
+    monkeypatch.setattr(torch._C, "_cuda_getDriverVersion", lambda: 12040, raising=False)
+    monkeypatch.setattr(selfcheck, "kernel_problem", lambda device, dtype: kernels_fail)
+
+
+def test_the_doctor_says_what_a_colab_t4_will_do(monkeypatch):
+    """A T4 (7.5): float16 autocast with a gradient scaler (its bfloat16 is emulated), the full
+    profile because CUDA is there, the fused kernels after their self-check."""
+    from helpers.cli.doctor import report
+
+    monkeypatch.delenv("WORKBOOK_PROFILE", raising=False)
+    _simulated_gpu(monkeypatch)
+    lines = report(plan=False)
+    assert lines[1] == (
+        "GPU: Tesla T4, 15.0 GiB, compute capability 7.5; CUDA "
+        f"{__import__('torch').version.cuda}, driver 12.4"
+    )
+    assert lines[2] == "autocast: float16 (with a gradient scaler: this GPU only emulates bfloat16)"
+    assert lines[4].startswith("profile: full (the default: CUDA is available")
+    assert lines[5] == "propagation: auto -> fused Triton kernels (self-check passed on cuda)"
+
+
+def test_the_doctor_on_an_a100_and_with_kernels_that_fail(monkeypatch):
+    from helpers.cli.doctor import report
+
+    monkeypatch.setenv("WORKBOOK_PROFILE", "smoke")
+    _simulated_gpu(monkeypatch, "NVIDIA A100", (8, 0), kernels_fail="RuntimeError: PTX failed")
+    lines = report(plan=False)
+    assert lines[2] == "autocast: bfloat16 (native on compute capability >= 8.0)"
+    assert lines[4] == "profile: smoke (WORKBOOK_PROFILE)"
+    assert lines[5] == (
+        "propagation: auto -> PyTorch path (custom autograd ring sums): the kernels failed their "
+        "self-check (RuntimeError: PTX failed)"
+    )
+
+
+def test_the_doctor_runs_here_with_its_plan(monkeypatch, tmp_path, capsys):
+    """On this machine (no GPU), the whole screen, the timed plan of the smoke profile included:
+    what CI runs."""
+    from helpers.cli.main import main
+
+    monkeypatch.delenv("PETS_ROOT", raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert main(["doctor", "--profile", "smoke"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[1] == "GPU: none (CUDA not available): training runs on the CPU"
+    assert out[4] == "profile: smoke (--profile)"
+    assert any(line.startswith("data: ") and "training" in line for line in out)
+    assert "propagation: auto -> PyTorch path (custom autograd ring sums)" in out
+    plan = [line for line in out if line.startswith("plan: ")]
+    assert len(plan) == 1 and ("stages to train" in plan[0] or "trained already" in plan[0])
+
+
+def test_on_colab_the_first_cell_prints_the_doctors_line(fake_colab, monkeypatch, capsys):
+    monkeypatch.delenv("WORKBOOK_PROFILE", raising=False)
+    _simulated_gpu(monkeypatch)
+    colab.setup()
+    said = capsys.readouterr().out.strip().splitlines()
+    assert len(said) == 1 and said[0].endswith(
+        "workbook: Tesla T4, profile full, propagation auto -> fused Triton kernels (self-check "
+        "passed on cuda)"
+    )

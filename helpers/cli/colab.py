@@ -63,6 +63,10 @@ def setup(verbose: bool = True) -> list[str]:
                 f"profile {os.environ['WORKBOOK_PROFILE']} "
                 f"({'GPU' if torch.cuda.is_available() else 'no GPU'})"
             )
+        from .doctor import colab_line
+
+        # the doctor's line: device, profile and the propagation backend after its self-check
+        done.append(colab_line())
     if verbose and done:
         print("Colab set-up: " + "; ".join(done))
     return done

@@ -1,5 +1,5 @@
-"""``python -m helpers ...``: the command line (``run``, ``figures``, ``assignment``, ``grade``,
-``references``); each command's work lives in its own module.
+"""``python -m helpers ...``: the command line (``run``, ``doctor``, ``figures``, ``assignment``,
+``grade``, ``references``); each command's work lives in its own module.
 """
 
 from __future__ import annotations
@@ -62,10 +62,27 @@ def main(argv: list[str] | None = None) -> int:
     figures.add_argument(
         "--out", default=str(FIGURE_DIR), help="output folder (default: notebooks/figures)"
     )
+    doctor = sub.add_parser(
+        "doctor", help="what this machine will do: software, GPU, precision, profile, data, plan"
+    )
+    doctor.add_argument("--profile", choices=PROFILES, help="overrides WORKBOOK_PROFILE")
+    doctor.add_argument(
+        "--data-root", help="a folder holding oxford-iiit-pet/ (overrides PETS_ROOT)"
+    )
+    doctor.add_argument(
+        "--no-plan", action="store_true", help="skip the data and the timed training plan"
+    )
     course.add_commands(sub)
     args = parser.parse_args(argv)
     if args.command in course.COMMANDS:
         return course.run(args, parser)
+    if args.command == "doctor":
+        from .doctor import doctor_command
+
+        try:
+            return doctor_command(args)
+        except ValueError as exc:
+            doctor.error(str(exc))
     if args.command == "figures":
         from ..core.checkpoint import CheckpointError
         from ..data.sources import DataError

@@ -97,7 +97,7 @@ def estimate_seconds(wb, converged: bool = True) -> dict[str, float]:
     """Seconds each registered stage (of the report's setting, and with ``converged`` of the
     converged one) will need to train on ``wb``; 0 for a stage whose finished checkpoint exists
     (it is loaded), only the epochs left for an interrupted one (it resumes); the converged net
-    counted at its cap (an upper bound: early stopping usually ends it sooner). Nothing is
+    counted at its cap (where it runs unless ``converged_patience`` stops it earlier). Nothing is
     trained or saved.
 
     An epoch is timed in its three real parts: the training steps (a timed step of each kind of

@@ -86,9 +86,9 @@ class Propagator(nn.Module):
             )
         if self.trusted:
             return "triton"
-        from .selfcheck import kernel_problem
+        from . import selfcheck
 
-        return "torch" if kernel_problem(str(x.device), str(x.dtype)) else "triton"
+        return "torch" if selfcheck.kernel_problem(str(x.device), str(x.dtype)) else "triton"
 
     def uses_kernel(self, x: torch.Tensor) -> bool:
         """Whether the steps run as fused Triton kernels for tensors like ``x``."""
