@@ -108,3 +108,39 @@ def test_every_profile_trains_a_step_at_its_own_resolution(name):
             "the zero head gets no gradient"
         )
         assert all(p.grad is None for p in model.coarse.parameters())  # the coarse net stays frozen
+
+
+def test_settings_reach_the_notebooks_through_workbook_set_and_are_recorded(monkeypatch, folders):
+    """``python -m helpers run --set refine_epochs=3`` hands its settings to the notebooks'
+    kernels as ``WORKBOOK_SET``; every configuration built there has them (explicit arguments
+    still win), and results.json records what differs from the profile, so that passing it back
+    as --set reproduces the run."""
+    from helpers.core.config import changed_settings, load_config
+    from helpers.workbook.results import record_results
+    from helpers.workbook.session import open_workbook
+
+    monkeypatch.setenv("WORKBOOK_SET", "refine_epochs=3 perturb=0.25")
+    cfg = load_config("smoke")
+    assert cfg.refine_epochs == 3 and cfg.perturb == 0.25
+    assert load_config("smoke", perturb=0.5).perturb == 0.5
+    assert changed_settings(cfg) == {"refine_epochs": 3, "perturb": 0.25}
+    wb = open_workbook(profile="smoke", verbose=False, **folders)
+    assert record_results(wb)["settings"] == {"refine_epochs": 3, "perturb": 0.25}
+    monkeypatch.setenv("WORKBOOK_SET", "refine_epoch=3")
+    with pytest.raises(ValueError, match="^WORKBOOK_SET: expected FIELD=VALUE with FIELD one of"):
+        load_config("smoke")
+
+
+def test_run_refuses_a_bad_setting_in_one_line(monkeypatch, capsys):
+    from helpers.cli.main import main
+
+    # run sets both for the notebooks' kernels: monkeypatch restores what was there
+    monkeypatch.setenv("WORKBOOK_SET", "")
+    monkeypatch.setenv("WORKBOOK_PROFILE", "smoke")
+    with pytest.raises(SystemExit) as exit_:
+        main(["run", "--profile", "smoke", "--set", "refine_epochs=three"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.endswith(
+        "--set (WORKBOOK_SET): refine_epochs takes a value of type int, got 'three'"
+    )

@@ -50,6 +50,12 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument(
         "--cell-timeout", type=int, default=3600, help="seconds one cell may run (default 3600)"
     )
+    run.add_argument(
+        "--set",
+        nargs="+",
+        metavar="FIELD=VALUE",
+        help="configuration overrides, e.g. refine_epochs=6 (recorded in results.json)",
+    )
     figures = sub.add_parser(
         "figures",
         help="write the README's figures from the trained stages (trains what is missing)",

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ..core import progress
 from ..core.checkpoint import REPO_ROOT
-from ..core.config import check_settings
+from ..core.config import check_settings, parse_overrides
 from .execute import NotebookFailed, in_worker, kill_kernel, run_notebook
 
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
@@ -99,7 +99,13 @@ def run_command(args, run: argparse.ArgumentParser) -> int:
         os.environ["WORKBOOK_PROFILE"] = args.profile
     if args.seed is not None:
         os.environ["WORKBOOK_SEED"] = str(args.seed)
+    if args.set:
+        os.environ["WORKBOOK_SET"] = " ".join(args.set)  # the notebooks' kernels read it
     try:
+        try:
+            parse_overrides(os.environ.get("WORKBOOK_SET", "").split())
+        except ValueError as exc:
+            raise ValueError(f"--set (WORKBOOK_SET): {exc}") from None
         profile, seed = check_settings(
             os.environ.get("WORKBOOK_PROFILE") or default_profile(),
             os.environ.get("WORKBOOK_SEED", "0"),

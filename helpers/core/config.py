@@ -160,6 +160,17 @@ def profile_config(profile: str, **overrides) -> Config:
     return Config(profile=profile, **{**_PROFILE_SETTINGS[profile], **overrides})
 
 
+# fields that describe the machine and the data's whereabouts, not a setting of the run
+_CIRCUMSTANCES = ("device", "pets_root", "download")
+
+
+def changed_settings(cfg: Config) -> dict:
+    """The fields of ``cfg`` that differ from its profile's defaults (what ``--set`` changed):
+    passing them back as ``--set`` reproduces the run."""
+    default = profile_config(cfg.profile, seed=cfg.seed).to_dict()
+    return {k: v for k, v in cfg.to_dict().items() if k not in _CIRCUMSTANCES and v != default[k]}
+
+
 def parse_overrides(pairs: list[str]) -> dict:
     """``["coarse_size=64", "refine_lr=1e-3", "start_map=corrected"]`` -> typed overrides.
 
@@ -230,8 +241,9 @@ def load_config(profile: str | None = None, seed: int | None = None, **overrides
     """Build the run's configuration from arguments, then the environment, then defaults.
 
     The run's settings in the environment are read here, and only here (never at import):
-    ``WORKBOOK_PROFILE``, ``WORKBOOK_SEED``, ``PETS_ROOT`` and ``WORKBOOK_DOWNLOAD`` (a download
-    is also allowed on Colab).
+    ``WORKBOOK_PROFILE``, ``WORKBOOK_SEED``, ``PETS_ROOT``, ``WORKBOOK_DOWNLOAD`` (a download
+    is also allowed on Colab) and ``WORKBOOK_SET`` (``FIELD=VALUE`` pairs separated by spaces,
+    as ``python -m helpers run --set`` passes them to the notebooks; explicit ``overrides`` win).
     """
     import torch
 
@@ -241,6 +253,12 @@ def load_config(profile: str | None = None, seed: int | None = None, **overrides
         profile or os.environ.get("WORKBOOK_PROFILE") or default_profile(),
         seed if seed is not None else os.environ.get("WORKBOOK_SEED", "0"),
     )
+    if os.environ.get("WORKBOOK_SET", "").strip():
+        try:
+            from_env = parse_overrides(os.environ["WORKBOOK_SET"].split())
+        except ValueError as exc:
+            raise ValueError(f"WORKBOOK_SET: {exc}") from None
+        overrides = {**from_env, **overrides}
     overrides.setdefault("device", "cuda" if torch.cuda.is_available() else "cpu")
     overrides.setdefault("pets_root", os.environ.get("PETS_ROOT"))
     overrides.setdefault("download", in_colab() or os.environ.get("WORKBOOK_DOWNLOAD") == "1")

@@ -17,6 +17,7 @@ import warnings
 from pathlib import Path
 
 from ..core.checkpoint import atomic_write_text, display_path, file_lock, library_versions
+from ..core.config import changed_settings
 from . import stages as registry
 from .session import StageResult, Workbook
 from .timing import seconds_per_image
@@ -154,6 +155,8 @@ def record_results(wb: Workbook, *results: StageResult) -> dict:
                 "recorded": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now)),
                 "recorded_at": round(now, 3),
             }
+        # what --set changed (python -m helpers run --set ... with these reproduces the run)
+        doc["settings"] = changed_settings(wb.cfg)
         doc["versions"] = library_versions()
         atomic_write_text(json.dumps(doc, indent=2), path)
     return doc
