@@ -47,8 +47,11 @@ def test_main_exits_non_zero_on_failure(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(runner, "NOTEBOOK_DIR", tmp_path)
     monkeypatch.setattr(runner, "REPO_ROOT", tmp_path)
     assert run_main(["run", "--profile", "smoke"]) == 1
-    err = capsys.readouterr().err
+    out, err = capsys.readouterr()
     assert "01_bad.ipynb: cell 0 failed" in err and "ZeroDivisionError" in err
+    # before anything ran: the plan, each stage still to train with its time (or none left)
+    plan = [line for line in out.splitlines() if line.startswith("plan: ")]
+    assert len(plan) == 1 and out.index(plan[0]) < out.index("00_ok.ipynb")
     assert (tmp_path / "runs" / "smoke" / "00_ok.ipynb").exists()
 
 

@@ -89,6 +89,17 @@ def _print_results(results: Path, profile: str, started: float) -> None:
         )
 
 
+def print_plan(profile: str, seed: int) -> None:
+    """Before anything trains: the stages still to train, each with its estimated time on this
+    machine (timed steps), and the total (:func:`helpers.cli.doctor.plan_lines`)."""
+    from ..workbook.session import open_workbook
+    from .doctor import plan_lines
+
+    wb = open_workbook(profile, seed=seed, verbose=False)
+    for line in plan_lines(wb):
+        print(line, flush=True)
+
+
 def run_command(args, run: argparse.ArgumentParser) -> int:
     """``python -m helpers run``: the numbered notebooks in order (``run`` reports usage errors)."""
     from ..core.config import default_profile
@@ -150,6 +161,7 @@ def run_command(args, run: argparse.ArgumentParser) -> int:
         f"{os.environ.get('PETS_ROOT', 'auto (data/ or synthetic)')}; "
         f"{len(notebooks)} notebooks"
     )
+    print_plan(profile, seed)
     started = time.time()
     stop = {"signal": None, "client": None}
 
