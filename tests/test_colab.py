@@ -253,3 +253,18 @@ def test_on_colab_the_first_cell_prints_the_doctors_line(fake_colab, monkeypatch
         "workbook: Tesla T4, profile full, propagation auto -> fused Triton kernels (self-check "
         "passed on cuda)"
     )
+
+
+def test_the_doctor_does_not_blame_kernels_an_edition_does_not_have(monkeypatch):
+    """The student edition (no fast path, no kernels) on a GPU runs the plain steps: the doctor
+    says so and runs no self-check."""
+    from helpers.cli.doctor import report
+    from helpers.models.propagation import base
+
+    monkeypatch.setenv("WORKBOOK_PROFILE", "smoke")
+    _simulated_gpu(monkeypatch, kernels_fail="should not be asked")
+    monkeypatch.setattr(base, "HAS_FAST_PATH", False)
+    monkeypatch.setattr(base, "HAS_KERNELS", False)
+    assert report(plan=False)[5] == (
+        "propagation: auto -> plain steps (your own gather, ring sums and steps)"
+    )

@@ -108,7 +108,9 @@ def _modes(*paths: Path) -> dict:
 
 
 @pytest.mark.skipif(not isolation.available(), reason="another user's processes need root on Linux")
-def test_as_root_a_submission_cannot_read_the_solution_or_another_submission(student, tmp_path):
+def test_as_root_a_submission_cannot_read_the_solution_or_another_submission(
+    student, tmp_path, monkeypatch
+):
     """Graded as root, with the solution's checkout and the submissions folder world-readable (as
     a clone and a download are): the attacker's code runs as an unprivileged user and can read
     neither the solution's gather nor the victim's, nor list their folders; the victim still gets
@@ -125,13 +127,24 @@ def test_as_root_a_submission_cannot_read_the_solution_or_another_submission(stu
         subs / "victim",
         ROOT,
     ]
+    # a link in the submission to the solution, and an installed copy of the workbook on the
+    # import path (Gradescope's setup installs the solution into site-packages)
+    (attacker / "helpers" / "leak.py").symlink_to(targets[0])
+    site = Path(tempfile.mkdtemp(prefix="workbook-site-"))
+    site.chmod(0o755)
+    (site / "helpers").mkdir()
+    (site / "helpers" / "__init__.py").write_text("SOLUTION = 1\n")
+    monkeypatch.syspath_prepend(str(site))
+    targets += [attacker / "helpers" / "leak.py", site / "helpers" / "__init__.py"]
     init = attacker / "helpers" / "__init__.py"
     init.write_text(
         init.read_text()
         + (
             "\nimport json as _j, os as _o\n"
             "_found = {'uid': _o.getuid(), 'gid': _o.getgid(), 'groups': _o.getgroups()}\n"
+            "_here = _o.path.dirname(_o.path.abspath(__file__))\n"
             f"for _t in {[str(t) for t in targets]!r}:\n"
+            "    _t = _o.path.join(_here, 'leak.py') if _t.endswith('leak.py') else _t\n"
             "    try:\n"
             "        _found[_t] = 'read' if _o.path.isfile(_t) and open(_t).read() else "
             "'listed ' + str(len(_o.listdir(_t)))\n"
@@ -147,6 +160,8 @@ def test_as_root_a_submission_cannot_read_the_solution_or_another_submission(stu
     found = json.loads(report.read_text())
     assert found.pop("uid") >= isolation.FIRST_UID and found.pop("gid") == isolation.NOGROUP
     assert found.pop("groups") == []
+    leak = str(attacker / "helpers" / "leak.py")
+    found = {leak if k.endswith("leak.py") else k: v for k, v in found.items()}
     assert found == {str(t): "PermissionError" for t in targets}
     scores = {s["name"]: s["score"] for s in doc["submissions"]}
     assert scores == {"attacker": 0, "victim": 130}
@@ -191,3 +206,52 @@ def test_without_root_the_grader_says_its_isolation_is_partial(student, tmp_path
         and "Gradescope" in doc["grader"]["isolation"]
     )
     assert doc["submissions"][0]["score"] == 10
+
+
+def test_a_forged_result_file_is_refused_not_followed(tmp_path):
+    """The worker's result files are read only as regular files of sane size: a link (to a file
+    of root's), a FIFO (which would block the grader) or a huge file is an error for that
+    exercise."""
+    import torch
+
+    from helpers.course.sandbox import RESULT_LIMIT, _load_result
+
+    good = tmp_path / "good.pt"
+    torch.save({"outputs": {"x": torch.ones(2)}, "error": None}, good)
+    assert torch.equal(_load_result(good)["outputs"]["x"], torch.ones(2))
+    link = tmp_path / "link.pt"
+    link.symlink_to(good)
+    fifo = tmp_path / "fifo.pt"
+    os.mkfifo(fifo)
+    huge = tmp_path / "huge.pt"
+    with open(huge, "wb") as f:
+        f.truncate(RESULT_LIMIT + 1)
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"not a torch file")
+    for path in (link, fifo, huge, garbage):
+        kind, why = _load_result(path)["error"]
+        assert kind == "raised" and "result" in why, path
+
+
+def test_a_terminated_grader_restores_the_modes(tmp_path):
+    """SIGTERM (a closed terminal, a job scheduler) while the guard holds: the modes come back."""
+    import signal
+    import subprocess
+
+    secret = tmp_path / "secret"
+    secret.mkdir()
+    secret.chmod(0o755)
+    code = (
+        "import sys, time\n"
+        "from pathlib import Path\n"
+        "from helpers.course.isolation import Guard\n"
+        f"with Guard([Path({str(secret)!r})], []):\n"
+        "    print('held', flush=True)\n"
+        "    time.sleep(60)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "held"
+    assert stat.S_IMODE(secret.stat().st_mode) == 0o750
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 128 + signal.SIGTERM
+    assert stat.S_IMODE(secret.stat().st_mode) == 0o755

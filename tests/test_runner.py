@@ -41,13 +41,13 @@ def test_failure_names_notebook_and_cell(tmp_path):
     assert (tmp_path / "out" / "01_bad.failed.ipynb").exists()  # the executed copy shows the error
 
 
-def test_main_exits_non_zero_on_failure(tmp_path, monkeypatch, capsys):
+def test_main_exits_non_zero_on_failure(tmp_path, monkeypatch, capfd):
     _nb(tmp_path / "00_ok.ipynb", "print('fine')")
     _nb(tmp_path / "01_bad.ipynb", "1 / 0")
     monkeypatch.setattr(runner, "NOTEBOOK_DIR", tmp_path)
     monkeypatch.setattr(runner, "REPO_ROOT", tmp_path)
     assert run_main(["run", "--profile", "smoke"]) == 1
-    out, err = capsys.readouterr()
+    out, err = capfd.readouterr()  # the plan comes from a process of its own
     assert "01_bad.ipynb: cell 0 failed" in err and "ZeroDivisionError" in err
     # before anything ran: the plan, each stage still to train with its time (or none left)
     plan = [line for line in out.splitlines() if line.startswith("plan: ")]

@@ -6,6 +6,7 @@ data, the propagation backend and its self-check, and the training plan with its
 from __future__ import annotations
 
 import importlib.metadata
+import importlib.util
 import os
 import platform
 from types import SimpleNamespace
@@ -63,18 +64,25 @@ def profile_line(profile: str | None) -> tuple[str, str]:
 
 def backend_line(backend: str, device: torch.device) -> str:
     """The configured propagation backend, what it resolves to here, and the kernels' check."""
-    from ..models.propagation import CSPN, selfcheck
+    from ..models.propagation import CSPN, base, selfcheck
 
     # what the backend choice reads of a tensor (its device and dtype), without allocating one
     probe = SimpleNamespace(device=device, dtype=torch.float32)
-    ran = CSPN(1, backend=backend).backend_for(probe)
+    try:
+        ran = CSPN(1, backend=backend).backend_for(probe)
+    except (RuntimeError, ValueError) as exc:  # e.g. triton asked for on the CPU
+        return f"propagation: {backend} -> not possible here: {exc}"
     if ran == "triton":
         return f"propagation: {backend} -> fused Triton kernels (self-check passed on {device})"
-    problem = (
-        selfcheck.kernel_problem(str(device), str(probe.dtype))
-        if device.type == "cuda" and backend in ("auto", "triton")
-        else None
+    # the kernels were in question only where this edition has them, with Triton, on CUDA
+    considered = (
+        device.type == "cuda"
+        and backend in ("auto", "triton")
+        and base.HAS_FAST_PATH
+        and base.HAS_KERNELS
+        and importlib.util.find_spec("triton") is not None
     )
+    problem = selfcheck.kernel_problem(str(device), str(probe.dtype)) if considered else None
     what = {
         "torch": "PyTorch path (custom autograd ring sums)",
         "plain": "plain steps (your own gather, ring sums and steps)",

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -89,15 +90,24 @@ def _print_results(results: Path, profile: str, started: float) -> None:
         )
 
 
-def print_plan(profile: str, seed: int) -> None:
-    """Before anything trains: the stages still to train, each with its estimated time on this
-    machine (timed steps), and the total (:func:`helpers.cli.doctor.plan_lines`)."""
-    from ..workbook.session import open_workbook
-    from .doctor import plan_lines
+PLAN = (
+    "import sys\n"
+    "from helpers.cli.doctor import plan_lines\n"
+    "from helpers.workbook.session import open_workbook\n"
+    "try:\n"
+    "    lines = plan_lines(open_workbook(verbose=False))\n"
+    "except Exception as exc:  # the notebooks will say it in their words; the plan is a courtesy\n"
+    "    lines = [f'plan: not estimated ({type(exc).__name__}: {exc})']\n"
+    "print('\\n'.join(lines), flush=True)\n"
+)
 
-    wb = open_workbook(profile, seed=seed, verbose=False)
-    for line in plan_lines(wb):
-        print(line, flush=True)
+
+def print_plan() -> None:
+    """Before anything trains: the stages still to train, each with its estimated time on this
+    machine (timed steps), and the total (:func:`helpers.cli.doctor.plan_lines`). In a process of
+    its own, so that this one holds no GPU memory while the notebooks run; it reads the run's
+    settings from the environment, as the notebooks do."""
+    subprocess.run([sys.executable, "-c", PLAN], cwd=REPO_ROOT, check=False)
 
 
 def run_command(args, run: argparse.ArgumentParser) -> int:
@@ -161,7 +171,7 @@ def run_command(args, run: argparse.ArgumentParser) -> int:
         f"{os.environ.get('PETS_ROOT', 'auto (data/ or synthetic)')}; "
         f"{len(notebooks)} notebooks"
     )
-    print_plan(profile, seed)
+    print_plan()
     started = time.time()
     stop = {"signal": None, "client": None}
 

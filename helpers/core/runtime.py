@@ -79,5 +79,8 @@ def autocast_dtype(device: torch.device | str) -> torch.dtype | None:
     device = torch.device(device)
     if device.type != "cuda":
         return None
-    native = torch.cuda.is_bf16_supported(including_emulation=False)
+    try:
+        native = torch.cuda.is_bf16_supported(including_emulation=False)
+    except TypeError:  # a torch without the keyword: bfloat16 is native from compute capability 8
+        native = torch.cuda.get_device_capability(device) >= (8, 0)
     return torch.bfloat16 if native else torch.float16

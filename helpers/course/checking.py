@@ -42,6 +42,7 @@ MODULES = {
 _NEEDS = {
     "refiner-loss": ("boundary-band",),
     "cspn-step": ("neighbours",),
+    "ring-sums": ("neighbours",),
     "dyspn-step": ("ring-sums",),
 }
 

@@ -78,7 +78,10 @@ def guard(submissions: list[Path]):
         return contextlib.nullcontext()
     needed = [Path(sys.executable), Path(os.path.realpath(sys.executable))]
     needed += [Path(p) for p in import_path()]
-    hide = isolation.hidden_parts([solution_files(), *submissions], needed)
+    # installed copies of the workbook (Gradescope's `pip install .` puts one in site-packages)
+    installed = [Path(p) / PACKAGE.name for p in import_path()]
+    installed = [p for p in installed if (p / "__init__.py").is_file()]
+    hide = isolation.hidden_parts([solution_files(), *installed, *submissions], needed)
     return isolation.Guard(hide, needed)
 
 
@@ -130,8 +133,16 @@ def grade_one(
         if not isinstance(got, dict):
             results.append(_all_failed("the grading process returned nothing for it")[e.number - 1])
             continue
-        error = tuple(got["error"]) if got.get("error") else None
-        results.append(outcome(e.key, got.get("outputs"), wanted[e.key](), error))
+        error = got.get("error")
+        if error and not (
+            isinstance(error, (list, tuple))
+            and len(error) == 2
+            and all(isinstance(x, str) for x in error)
+        ):  # what the worker writes is (kind, message); anything else was forged
+            error = ("raised", "its result is not what the grading process writes")
+        results.append(
+            outcome(e.key, got.get("outputs"), wanted[e.key](), tuple(error) if error else None)
+        )
     return results
 
 

@@ -25,22 +25,60 @@ from __future__ import annotations
 import fcntl
 import os
 import pwd
+import resource
 import signal
 import stat
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 
 FIRST_UID = 61000  # sandbox ids are taken from here up, skipping any that has an account
 UID_RANGE = 4096
 NOGROUP = 65534  # the conventional unprivileged group (nogroup / nobody)
+MAX_TASKS = 256  # processes and threads of one sandbox user: torch needs a few, a fork bomb more
 
 
+@lru_cache(maxsize=None)
 def available() -> bool:
-    """Whether this process can run code as another user (root on Linux)."""
-    return sys.platform.startswith("linux") and os.geteuid() == 0
+    """Whether this process can run code as another user: root on Linux, where files can be
+    given to an id without an account (not in a user namespace that maps only root)."""
+    if not sys.platform.startswith("linux") or os.geteuid() != 0:
+        return False
+    with tempfile.TemporaryDirectory() as tmp:
+        probe = Path(tmp) / "probe"
+        probe.touch()
+        try:
+            os.chown(probe, FIRST_UID, NOGROUP)
+        except OSError:
+            return False
+    return True
+
+
+def lock_dir() -> Path:
+    """Root's folder for the grader's lock files: created 0700, and refused if anyone else made
+    it first (a planted folder or link would let them steer root's writes)."""
+    locks = Path(tempfile.gettempdir()) / "workbook-grader-locks"
+    try:
+        locks.mkdir(mode=0o700)
+    except FileExistsError:
+        pass
+    info = os.lstat(locks)
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid():
+        raise RuntimeError(
+            f"{locks} is not a folder of this user's: remove it (someone else created it)"
+        )
+    os.chmod(locks, 0o700)
+    return locks
+
+
+def open_lock(name: str):
+    """A lock file of :func:`lock_dir`, opened without following links."""
+    fd = os.open(lock_dir() / name, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    return os.fdopen(fd, "r+")
 
 
 @dataclass
@@ -60,16 +98,13 @@ class Account:
 def claim_uid() -> Account:
     """A user id no account has and no other grading process holds (an flock on a root-only
     lock file per id: released when this process ends, however it ends)."""
-    locks = Path(tempfile.gettempdir()) / "workbook-grader-uids"
-    locks.mkdir(mode=0o700, exist_ok=True)
-    os.chmod(locks, 0o700)
     for uid in range(FIRST_UID, FIRST_UID + UID_RANGE):
         try:
             pwd.getpwuid(uid)
             continue  # a real account: never borrow it
         except KeyError:
             pass
-        handle = open(locks / str(uid), "w")
+        handle = open_lock(f"uid-{uid}")
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -88,17 +123,35 @@ def give_to(account: Account, *paths: Path) -> None:
                 os.chmod(path, 0o700)
 
 
-def kill_user(uid: int) -> int:
-    """SIGKILL every process of ``uid`` (from /proc); how many were killed."""
-    killed = 0
-    for _ in range(20):
-        found = []
-        for entry in Path("/proc").glob("[0-9]*"):
-            try:
-                if entry.stat().st_uid == uid:
+def limit_tasks() -> None:
+    """In the sandbox's process, before it runs anything: at most :data:`MAX_TASKS` processes and
+    threads for its user (a fork bomb stops there, and :func:`kill_user` can outpace it)."""
+    resource.setrlimit(resource.RLIMIT_NPROC, (MAX_TASKS, MAX_TASKS))
+
+
+def _processes_of(uid: int) -> list[int]:
+    """Processes whose real, effective, saved or filesystem user id is ``uid``, from each one's
+    /proc status (its folder's owner would say root for one that made itself non-dumpable)."""
+    found = []
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            status = (entry / "status").read_text()
+        except OSError:
+            continue
+        for line in status.splitlines():
+            if line.startswith("Uid:"):
+                if str(uid) in line.split()[1:]:
                     found.append(int(entry.name))
-            except OSError:
-                continue
+                break
+    return found
+
+
+def kill_user(uid: int, deadline_s: float = 10.0) -> int:
+    """SIGKILL every process of ``uid`` until none is left (or ``deadline_s`` passed); how many
+    were killed."""
+    killed, deadline = 0, time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        found = _processes_of(uid)
         if not found:
             return killed
         for pid in found:
@@ -107,7 +160,10 @@ def kill_user(uid: int) -> int:
                 killed += 1
             except (ProcessLookupError, PermissionError):
                 pass
-        time.sleep(0.05)
+        time.sleep(0.02)
+    print(
+        f"warning: processes of the grading user {uid} survived {deadline_s:g} s", file=sys.stderr
+    )
     return killed
 
 
@@ -120,6 +176,8 @@ class Guard:
     hide: list[Path]
     reach: list[Path]
     changed: list[tuple[Path, int]] = field(default_factory=list)
+    _lock: object = None
+    _handlers: dict = field(default_factory=dict)
 
     def plan(self) -> list[tuple[Path, int]]:
         """(path, new mode) of every change, in the order they are made."""
@@ -140,6 +198,14 @@ class Guard:
         return [(p, m) for p, m in wanted.items() if m != stat.S_IMODE(p.stat().st_mode)]
 
     def __enter__(self) -> Guard:
+        # one grading run at a time changes modes: a second one would record the first's changes
+        # as the originals and restore them too early
+        self._lock = open_lock("guard")
+        fcntl.flock(self._lock, fcntl.LOCK_EX)
+        if threading.current_thread() is threading.main_thread():
+            # a terminated grader (SIGTERM, a closed terminal) still restores the modes
+            for sig in (signal.SIGTERM, signal.SIGHUP):
+                self._handlers[sig] = signal.signal(sig, _exit_on_signal)
         try:
             for path, mode in self.plan():
                 self.changed.append((path, stat.S_IMODE(path.stat().st_mode)))
@@ -156,6 +222,16 @@ class Guard:
                 os.chmod(path, mode)
             except OSError as error:  # say so: the instructor restores it by hand
                 print(f"warning: could not restore the mode of {path}: {error}", file=sys.stderr)
+        for sig, handler in self._handlers.items():
+            signal.signal(sig, handler)
+        self._handlers = {}
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
+
+
+def _exit_on_signal(signum, frame):
+    raise SystemExit(128 + signum)
 
 
 def hidden_parts(roots: list[Path], needed: list[Path]) -> list[Path]:

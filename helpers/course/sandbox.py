@@ -21,6 +21,7 @@ import json
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -28,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from .isolation import Account, give_to, kill_user
+from .isolation import Account, give_to, kill_user, limit_tasks
 
 GRADER = Path(__file__).resolve().with_name("__init__.py")  # this subpackage, loaded by path
 STDERR_TAIL = 4096  # bytes of the subprocess's error output kept for a message
@@ -57,7 +58,11 @@ def prepare(submission: Path, work: Path) -> None:
     ``work/grader``), and the import path without this workbook (``work/paths.json``): the
     submission's code never learns where the solution or the other submissions are."""
     ignore = shutil.ignore_patterns(*SKIP)
-    shutil.copytree(submission / "helpers", work / "submission" / "helpers", ignore=ignore)
+    source = submission / "helpers"
+    if source.is_symlink():  # copied as the grader, a link would bring in whatever it points at
+        (work / "submission" / "helpers").mkdir(parents=True)
+    else:  # links inside are copied as links: they resolve with the sandbox user's rights
+        shutil.copytree(source, work / "submission" / "helpers", ignore=ignore, symlinks=True)
     shutil.copytree(
         GRADER.parent, work / "grader", ignore=shutil.ignore_patterns(*SKIP, "*.pt", "autograder")
     )
@@ -154,14 +159,25 @@ def run_submission(
     env.update(WORKBOOK_HEADLESS="1", OMP_NUM_THREADS="1", HOME=str(work))
     prepare(submission, work)
     user = {}
+    # where the grader reads what the worker wrote and keeps its error output: in root's own
+    # folder when the worker is another user (who could otherwise plant links or FIFOs there)
+    area = work
     if account is not None:
-        env.update(USER="workbook-grader", LOGNAME="workbook-grader")  # the id has no account
+        name = f"workbook-grader-{account.uid}"  # the id has no account; its own temp folder
+        env.update(USER=name, LOGNAME=name, TMPDIR=str(work))
         private = work / inputs_file.name
         if inputs_file.resolve() != private.resolve():
             shutil.copyfile(inputs_file, private)
         inputs_file = private
         give_to(account, work)
-        user = {"user": account.uid, "group": account.gid, "extra_groups": []}
+        user = {
+            "user": account.uid,
+            "group": account.gid,
+            "extra_groups": [],
+            "preexec_fn": limit_tasks,
+        }
+        area = work.parent / "grader"
+        area.mkdir(mode=0o711)
     results: dict[str, dict] = {}
     remaining = list(keys)
     reaping = _subreaper(True)
@@ -170,11 +186,11 @@ def run_submission(
         attempt_no = 0
         while remaining:
             attempt_no += 1
-            out = work / f"run{attempt_no}"
+            out = area / f"run{attempt_no}"
             out.mkdir()
             if account is not None:
                 give_to(account, out)
-            stderr = out / "stderr.txt"
+            stderr = area / f"run{attempt_no}-stderr.txt"
             with open(stderr, "wb") as err:
                 # -I: no user site or PYTHON* variables; -S: no site; -B: no bytecode written
                 cmd = [
@@ -214,7 +230,7 @@ def run_submission(
                 for key in list(remaining):
                     done = out / f"{key}.pt"
                     if _wait_for(done, proc, timeout):
-                        results[key] = torch.load(done, map_location="cpu", weights_only=True)
+                        results[key] = _load_result(done)
                         remaining.remove(key)
                         continue
                     if proc.poll() is None:
@@ -229,6 +245,8 @@ def run_submission(
                     break  # a new process takes the exercises after it
             finally:
                 _kill_group(proc)
+                if account is not None:  # nothing of this attempt may touch the next one
+                    kill_user(account.uid)
     finally:
         if account is not None:
             kill_user(account.uid)
@@ -236,6 +254,26 @@ def run_submission(
         if reaping:
             _subreaper(False)
     return results
+
+
+RESULT_LIMIT = 64 * 2**20  # bytes: a check's outputs are a few small tensors
+
+
+def _load_result(path: Path) -> dict:
+    """A worker's result file, read only if it is a regular file of sane size (never through a
+    link, never a FIFO that would block the grader); ``{"error": ...}`` otherwise."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError as exc:
+        return {"error": ("raised", f"its result could not be read ({exc.strerror})")}
+    with os.fdopen(fd, "rb") as f:
+        info = os.fstat(f.fileno())
+        if not stat.S_ISREG(info.st_mode) or info.st_size > RESULT_LIMIT:
+            return {"error": ("raised", "its result is not a file the grader reads")}
+        try:
+            return torch.load(f, map_location="cpu", weights_only=True)
+        except Exception as exc:  # a truncated or forged file
+            return {"error": ("raised", f"its result could not be read ({type(exc).__name__})")}
 
 
 def _wait_for(path: Path, proc: subprocess.Popen, timeout: float) -> bool:

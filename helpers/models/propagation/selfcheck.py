@@ -69,9 +69,13 @@ def kernel_problem(device: str, dtype: str) -> str | None:
     compile errors and exceptions caught; a problem is printed once, in one line."""
     device_ = torch.device(device)
     try:
-        # the first forward may come inside evaluation (no_grad) or autocast: the check needs
-        # neither, and runs its own backward
-        with torch.enable_grad(), torch.autocast(device_.type, enabled=False):
+        # the first forward may come inside evaluation (no_grad or inference mode) or autocast:
+        # the check needs none of them, and runs its own backward
+        with (
+            torch.inference_mode(False),
+            torch.enable_grad(),
+            torch.autocast(device_.type, enabled=False),
+        ):
             problem = compare_kernels(device_, getattr(torch, dtype.split(".")[-1]))
     except Exception as exc:  # a compile error, a launch failure, anything the kernels raise
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
