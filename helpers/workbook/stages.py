@@ -9,8 +9,8 @@ and the spec that identifies its checkpoint. Everything else reads this table: t
 :func:`_declare`.
 
 The two settings of the comparison are two *bases*: refine the report's minimally trained
-coarse U-Net (``coarse``), or a coarse U-Net trained until its validation mIoU stops improving
-(``converged``). On each base sit the equal-compute control (the base trained on), the
+coarse U-Net (``coarse``), or a coarse U-Net trained to convergence (``converged``: one cycle
+over ``converged_max_epochs``, the epoch of the best averaged validation mIoU kept). On each base sit the equal-compute control (the base trained on), the
 no-propagation control and the two refiners.
 """
 
@@ -327,7 +327,7 @@ SETTINGS: dict[str, tuple[str, ...]] = {
 }
 SETTING_TITLES = {
     "coarse": "the report's setting: refining the minimally trained coarse U-Net",
-    "converged": "refining a converged U-Net (trained until validation mIoU stops improving)",
+    "converged": "refining a converged U-Net (one long cycle, the best averaged epoch kept)",
 }
 
 
