@@ -10,8 +10,9 @@ and the spec that identifies its checkpoint. Everything else reads this table: t
 
 The two settings of the comparison are two *bases*: refine the report's minimally trained
 coarse U-Net (``coarse``), or a coarse U-Net trained to convergence (``converged``: one cycle
-over ``converged_max_epochs``, the epoch of the best averaged validation mIoU kept). On each base sit the equal-compute control (the base trained on), the
-no-propagation control and the two refiners.
+over ``converged_max_epochs``, the epoch of the best averaged validation mIoU kept). On each
+base sit the equal-compute control (the base trained on), the no-propagation control and the two
+refiners.
 """
 
 from __future__ import annotations
