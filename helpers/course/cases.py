@@ -197,6 +197,15 @@ def _inside(w: torch.Tensor, reach: int) -> torch.Tensor:
     return out
 
 
+def _exactly_zero(what: str, got: torch.Tensor, difference: str) -> None:
+    """A centred sum of a constant map is exactly 0 when each difference is taken first."""
+    if float(got.abs().max()) != 0.0:
+        raise Mismatch(
+            f"{what} must be exactly 0 (take each difference {difference} before weighting); "
+            f"got up to {float(got.abs().max()):.3g}"
+        )
+
+
 _NEIGHBOUR = {2: "neighbour j"}  # gather's (B, C, K, H, W): say which neighbour differs
 
 
@@ -254,11 +263,7 @@ def _run_cspn_step(pkg, x: dict) -> dict:
 def _compare_cspn_step(got: dict, want: dict, parts: Parts) -> str:
     with parts.part("base", 3):
         close("CSPN.base(h0, kappa)", got["b"], want["b"])
-        if float(got["constant"].abs().max()) != 0.0:
-            raise Mismatch(
-                "CSPN.base of a constant map must be exactly 0 (take each difference H^0_j - H^0 "
-                f"before weighting); got up to {float(got['constant'].abs().max()):.3g}"
-            )
+        _exactly_zero("CSPN.base of a constant map", got["constant"], "H^0_j - H^0")
         close("the gradient of h0 through CSPN.base", got["grad_b_h0"], want["grad_b_h0"])
         close("the gradient of kappa through CSPN.base", got["grad_b_kappa"], want["grad_b_kappa"])
     return "base exact for a constant map, " + _compare_steps(got, want, parts, (4, 4, 4))
@@ -310,11 +315,7 @@ def _compare_ring_sums(got: dict, want: dict, parts: Parts) -> str:
         close(
             "ring_sums(x, w, 7, centred=True)", got["centred"], want["centred"], axes=_RING, reach=3
         )
-        if float(got["constant"].abs().max()) != 0.0:
-            raise Mismatch(
-                "the centred ring sums of a constant map must be exactly 0 (take each difference "
-                f"X_j - X before weighting); got up to {float(got['constant'].abs().max()):.3g}"
-            )
+        _exactly_zero("the centred ring sums of a constant map", got["constant"], "X_j - X")
     with parts.part("dilated window", 2):
         close(
             "ring_sums(x, w, Window(7, dilation=2))",
