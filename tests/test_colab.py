@@ -83,8 +83,21 @@ def test_on_colab_installs_only_the_missing_extras_never_torch(
         and "installed nbval" in said
         and f"profile {profile}" in said
     )
-    assert len(done) == 4 and done[3].startswith(
+    assert len(done) == 5 and done[3].startswith(
         f"workbook: {'Tesla T4' if gpu else 'CPU'}, profile {profile}, propagation auto -> "
+    )
+    # a session's limit: the budget that fits a 60-minute one, and how to set it
+    assert done[4] == (
+        "budget: none; for a 60-minute session run %env WORKBOOK_BUDGET=45 in every notebook "
+        "before wb = open_workbook() (or !python -m helpers run --budget 45)"
+    )
+
+
+def test_on_colab_a_budget_in_use_is_said_instead_of_suggested(fake_colab, monkeypatch):
+    monkeypatch.setenv("WORKBOOK_PROFILE", "smoke")
+    monkeypatch.setenv("WORKBOOK_BUDGET", "30")
+    assert colab.setup(verbose=False)[-1] == (
+        "budget 30 min (WORKBOOK_BUDGET): the plan is scaled to fit it"
     )
 
 
@@ -249,10 +262,12 @@ def test_on_colab_the_first_cell_prints_the_doctors_line(fake_colab, monkeypatch
     _simulated_gpu(monkeypatch)
     colab.setup()
     said = capsys.readouterr().out.strip().splitlines()
-    assert len(said) == 1 and said[0].endswith(
+    assert len(said) == 3 and said[0].startswith("Colab set-up: enabled the Colab widget manager")
+    assert said[1] == (
         "workbook: Tesla T4, profile full, propagation auto -> fused Triton kernels (self-check "
         "passed on cuda)"
     )
+    assert said[2].startswith("budget: none; for a 60-minute session run %env WORKBOOK_BUDGET=45")
 
 
 def test_the_doctor_does_not_blame_kernels_an_edition_does_not_have(monkeypatch):

@@ -132,6 +132,16 @@ def test_headless_runs_show_live_epochs_and_save_a_summary_not_frozen_bars(
             "python -m helpers figures: error: data root '/nonexistent'",
         ),
         (
+            ["run", "--budget", "soon"],
+            {"WORKBOOK_BUDGET": ""},  # run sets it for the kernels: monkeypatch restores it
+            "python -m helpers run: error: --budget='soon' is not a positive number of minutes",
+        ),
+        (
+            ["run"],
+            {"WORKBOOK_BUDGET": "-5"},
+            "python -m helpers run: error: WORKBOOK_BUDGET='-5' is not a positive number",
+        ),
+        (
             ["figures"],
             {"WORKBOOK_SEED": "abc"},
             "python -m helpers figures: error: WORKBOOK_SEED='abc' is not an integer",

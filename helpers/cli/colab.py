@@ -67,6 +67,26 @@ def setup(verbose: bool = True) -> list[str]:
 
         # the doctor's line: device, profile and the propagation backend after its self-check
         done.append(colab_line())
+        done.append(budget_hint())
     if verbose and done:
-        print("Colab set-up: " + "; ".join(done))
+        # what was done on one line; the machine (the doctor's line) and the budget on their own
+        said = done[:-2] if in_colab() else done
+        print("\n".join(["Colab set-up: " + "; ".join(said), *done[len(said) :]]))
     return done
+
+
+def budget_hint(session_minutes: float = 60) -> str:
+    """What to do about a session's time limit: the budget in use, or one to set (the training
+    of a ``session_minutes`` session; :func:`helpers.workbook.plan.suggested_budget`)."""
+    from ..core.config import budget_minutes
+    from ..workbook.plan import suggested_budget
+
+    minutes = budget_minutes()
+    if minutes is not None:
+        return f"budget {minutes:g} min (WORKBOOK_BUDGET): the plan is scaled to fit it"
+    n = suggested_budget(session_minutes)
+    return (
+        f"budget: none; for a {session_minutes:g}-minute session run %env WORKBOOK_BUDGET={n} "
+        "in every notebook before wb = open_workbook() (or !python -m helpers run --budget "
+        f"{n})"
+    )

@@ -92,21 +92,7 @@ def backend_line(backend: str, device: torch.device) -> str:
     return f"propagation: {backend} -> {what}"
 
 
-def plan_lines(wb) -> list[str]:
-    """The stages still to train, each with its estimated time on this machine, and the total."""
-    from ..workbook.timing import estimate_seconds
-
-    estimate = estimate_seconds(wb, converged=True)
-    todo = {name: s for name, s in estimate.items() if s > 0}
-    if not todo:
-        return ["plan: every stage is trained already: the notebooks load them"]
-    lines = [f"plan: {len(todo)} stages to train, about {_duration(sum(todo.values()))} in all"]
-    lines += [f"  {name:20s} {_duration(seconds):>9s}" for name, seconds in todo.items()]
-    return lines
-
-
-def _duration(seconds: float) -> str:
-    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.1f} min"
+SESSION = 60  # minutes of the session a budget is suggested for (a Colab session's order)
 
 
 def report(profile: str | None = None, data_root=None, plan: bool = True) -> list[str]:
@@ -122,6 +108,7 @@ def report(profile: str | None = None, data_root=None, plan: bool = True) -> lis
         why,
     ]
     if plan:
+        from ..workbook.plan import plan_lines, suggested_budget
         from ..workbook.session import open_workbook
 
         wb = open_workbook(chosen, data_root, verbose=False)
@@ -132,6 +119,11 @@ def report(profile: str | None = None, data_root=None, plan: bool = True) -> lis
         )
         lines.append(backend_line(cfg.propagation_backend, device))
         lines += plan_lines(wb)
+        if wb.budget is None:
+            lines.append(
+                f"budget: none (the full schedule); a {SESSION} min session fits --budget "
+                f"{suggested_budget(SESSION)} (WORKBOOK_BUDGET)"
+            )
     else:
         lines.append(backend_line(cfg.propagation_backend, device))
     return lines

@@ -51,6 +51,12 @@ def main(argv: list[str] | None = None) -> int:
         "--cell-timeout", type=int, default=3600, help="seconds one cell may run (default 3600)"
     )
     run.add_argument(
+        "--budget",
+        metavar="MINUTES",
+        help="fit the training still to do into MINUTES by training a share of the refiners' "
+        "and the converged net's epochs (overrides WORKBOOK_BUDGET; recorded in results.json)",
+    )
+    run.add_argument(
         "--set",
         nargs="+",
         metavar="FIELD=VALUE",

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from ..core import progress
 from ..core.checkpoint import REPO_ROOT
-from ..core.config import check_settings, parse_overrides
+from ..core.config import check_settings, parse_budget, parse_overrides
 from .execute import NotebookFailed, in_worker, kill_kernel, run_notebook
 
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
@@ -92,7 +92,7 @@ def _print_results(results: Path, profile: str, started: float) -> None:
 
 PLAN = (
     "import sys\n"
-    "from helpers.cli.doctor import plan_lines\n"
+    "from helpers.workbook.plan import plan_lines\n"
     "from helpers.workbook.session import open_workbook\n"
     "try:\n"
     "    lines = plan_lines(open_workbook(verbose=False))\n"
@@ -108,15 +108,18 @@ def gpu_available() -> bool:
     return torch.cuda.is_available()
 
 
-def print_plan() -> None:
+def print_plan() -> bool:
     """Before anything trains: the stages still to train, each with its estimated time on this
-    machine (timed steps), and the total (:func:`helpers.cli.doctor.plan_lines`). In a process of
-    its own, so that this one holds no GPU memory while the notebooks run; it reads the run's
-    settings from the environment, as the notebooks do."""
+    machine (timed steps), and the total (:func:`helpers.workbook.plan.plan_lines`), and what a
+    budget chose (saved for the kernels to reuse). In a process of its own, so that this one
+    holds no GPU memory while the notebooks run; it reads the run's settings from the
+    environment, as the notebooks do. False if it did not finish in time."""
     try:
         subprocess.run([sys.executable, "-c", PLAN], cwd=REPO_ROOT, check=False, timeout=PLAN_S)
     except subprocess.TimeoutExpired:
         print(f"plan: not estimated (timing the steps took over {PLAN_S} s)", flush=True)
+        return False
+    return True
 
 
 PLAN_S = 300  # the plan is a courtesy: it never holds a run up for long
@@ -126,6 +129,7 @@ def run_command(args, run: argparse.ArgumentParser) -> int:
     """``python -m helpers run``: the numbered notebooks in order (``run`` reports usage errors)."""
     from ..core.config import default_profile
     from ..data.sources import DataError, locate_root
+    from ..workbook.plan import PLANNED_ENV
 
     os.environ.setdefault("WORKBOOK_START_DIR", os.getcwd())
     if args.profile:
@@ -134,7 +138,13 @@ def run_command(args, run: argparse.ArgumentParser) -> int:
         os.environ["WORKBOOK_SEED"] = str(args.seed)
     if args.set:
         os.environ["WORKBOOK_SET"] = " ".join(args.set)  # the notebooks' kernels read it
+    if args.budget is not None:
+        os.environ["WORKBOOK_BUDGET"] = args.budget  # so do the plan and the kernels
     try:
+        parse_budget(
+            os.environ.get("WORKBOOK_BUDGET"),
+            "--budget" if args.budget is not None else "WORKBOOK_BUDGET",
+        )
         try:
             parse_overrides(os.environ.get("WORKBOOK_SET", "").split())
         except ValueError as exc:
@@ -181,8 +191,9 @@ def run_command(args, run: argparse.ArgumentParser) -> int:
         f"{os.environ.get('PETS_ROOT', 'auto (data/ or synthetic)')}; "
         f"{len(notebooks)} notebooks"
     )
+    planned = False
     if not (profile == "full" and not gpu_available()):  # that case was warned about above
-        print_plan()
+        planned = print_plan()
     started = time.time()
     stop = {"signal": None, "client": None}
 
@@ -200,7 +211,11 @@ def run_command(args, run: argparse.ArgumentParser) -> int:
         except ValueError:
             pass
     current = None
-    saved_env = {k: os.environ.get(k) for k in (progress.HEADLESS_ENV, progress.PROGRESS_ENV)}
+    saved_env = {
+        k: os.environ.get(k) for k in (progress.HEADLESS_ENV, progress.PROGRESS_ENV, PLANNED_ENV)
+    }
+    if planned:  # the kernels need not time the steps again to print it
+        os.environ[PLANNED_ENV] = "1"
     try:
         for i, nb in enumerate(notebooks, 1):
             if stop["signal"]:  # interrupted between two notebooks: start no other

@@ -8,6 +8,7 @@ import time: :func:`load_config` does, when a notebook or the CLI asks for it.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from dataclasses import dataclass
 
@@ -61,6 +62,10 @@ class Config:
     converged_max_epochs: int = 60
     converged_window: int = 5
     converged_patience: int = 0
+    # share of the refiners' and the converged net's epochs trained (the coarse U-Net keeps the
+    # report's): 1 trains the full schedule; --budget / WORKBOOK_BUDGET choose a smaller one so
+    # that the plan fits, never below helpers.workbook.budget.FLOOR (docs/running.md#budget)
+    step_scale: float = 1.0
     weight_decay: float = 1e-4
     # propagation
     iterations: int = 6  # T, the report's: docs/tuning.md#iterations
@@ -102,6 +107,13 @@ class Config:
     @property
     def cuda(self) -> bool:
         return self.device.startswith("cuda")
+
+    def __post_init__(self):
+        if not 0 < self.step_scale <= 1:
+            raise ValueError(
+                f"step_scale must be in (0, 1] (the share of the epochs trained), got "
+                f"{self.step_scale}"
+            )
 
     def replace(self, **changes) -> "Config":
         return dataclasses.replace(self, **changes)
@@ -263,3 +275,24 @@ def load_config(profile: str | None = None, seed: int | None = None, **overrides
     overrides.setdefault("pets_root", os.environ.get("PETS_ROOT"))
     overrides.setdefault("download", in_colab() or os.environ.get("WORKBOOK_DOWNLOAD") == "1")
     return profile_config(profile, seed=seed, **overrides)
+
+
+def parse_budget(text: str | float | None, what: str = "WORKBOOK_BUDGET") -> float | None:
+    """Minutes of a budget from ``--budget`` or ``WORKBOOK_BUDGET``: None when unset (empty or
+    ``none``); a clear error naming ``what`` for anything but a positive number."""
+    if text is None or str(text).strip().lower() in ("", "none"):
+        return None
+    try:
+        minutes = float(text)
+    except ValueError:
+        minutes = math.nan
+    if not (math.isfinite(minutes) and minutes > 0):
+        raise ValueError(f"{what}={text!r} is not a positive number of minutes (e.g. {what}=45)")
+    return minutes
+
+
+def budget_minutes() -> float | None:
+    """The training budget of the run in minutes, from ``WORKBOOK_BUDGET`` (None: unset), as
+    ``python -m helpers run --budget`` passes it to the notebooks
+    (:func:`helpers.workbook.plan.apply_budget` makes the training fit it)."""
+    return parse_budget(os.environ.get("WORKBOOK_BUDGET"))

@@ -157,6 +157,8 @@ def record_results(wb: Workbook, *results: StageResult) -> dict:
             }
         # what --set changed (python -m helpers run --set ... with these reproduces the run)
         doc["settings"] = changed_settings(wb.cfg)
+        if wb.budget is not None:  # what the budget chose (its step_scale is in the settings)
+            doc["budget"] = wb.budget.record()
         doc["versions"] = library_versions()
         atomic_write_text(json.dumps(doc, indent=2), path)
     return doc

@@ -5,13 +5,14 @@ trained stage hands back (:class:`StageResult`).
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from ..core.checkpoint import REPO_ROOT, file_slug
-from ..core.config import Config, load_config
+from ..core.config import Config, budget_minutes, load_config
 from ..core.runtime import keep_freed_memory
 from ..data.dataset import PetSegmentation, build_datasets
 from ..data.sources import DATA_DIR, DataSource, resolve_source
@@ -34,6 +35,10 @@ class Workbook:
     runs_dir: Path = RUNS_DIR  # runs/<profile>/... (checkpoints, results.json)
     # base nets and donors (init_from) loaded in this session
     stages: dict = field(default_factory=dict)
+    # the timed steps of the plan and the budget (helpers.workbook.timing.StepTimes), once
+    times: object = None
+    budget: object = None  # the budget's choice (helpers.workbook.plan.BudgetChoice), if any
+    plan_shown: bool = False  # the plan was printed (here, or by `python -m helpers run`)
 
     @property
     def data_id(self) -> str:
@@ -81,19 +86,27 @@ def open_workbook(
     verbose: bool = True,
     runs_dir: str | Path = RUNS_DIR,
     data_dir: str | Path = DATA_DIR,
+    budget: float | None = None,
     **overrides,
 ) -> Workbook:
     """Configuration from the environment, data source resolved and printed, datasets decoded.
     ``runs_dir`` and ``data_dir`` (default: the repository's ``runs/`` and ``data/``) are where
-    this run writes."""
+    this run writes. ``budget`` (default ``WORKBOOK_BUDGET``): minutes the training still to do
+    must fit, by training a share of the epochs (:func:`helpers.workbook.plan.apply_budget`)."""
+    from .plan import PLANNED_ENV, apply_budget
+
     cfg = load_config(profile, seed, **overrides)
+    budget = budget if budget is not None else budget_minutes()
     if not cfg.cuda:
         keep_freed_memory()  # evaluation and training reuse freed memory (helpers/runtime.py)
     source = resolve_source(cfg, data_root, verbose=verbose, data_dir=Path(data_dir))
     data = build_datasets(cfg, source, progress=verbose, data_dir=Path(data_dir))
     wb = Workbook(cfg, source, data, Path(runs_dir))
+    wb.plan_shown = os.environ.get(PLANNED_ENV) == "1"
     if verbose:
         print(wb.summary())
+    if budget is not None:
+        apply_budget(wb, budget, verbose=verbose)
     return wb
 
 

@@ -52,6 +52,11 @@ def epochs_for(
     return needed
 
 
+def scaled(epochs: int, scale: float) -> int:
+    """``epochs`` times the budget's ``step_scale``, rounded half up, at least 1."""
+    return max(1, math.floor(epochs * scale + 0.5)) if scale != 1 else epochs
+
+
 @dataclass(frozen=True)
 class Stage:
     """One stage. ``kind``: ``base`` (a U-Net trained from scratch), ``longer`` (its base trained
@@ -103,7 +108,8 @@ class Stage:
     # -------------------------------------------------------------------------- training budget
     def base_epochs(self, wb: "Workbook", verbose: bool = False) -> int:
         """Epochs of the base net: the profile's (raised for small training sets), or for the
-        converged net the cap of its early stopping."""
+        converged net the cap of its schedule (times ``step_scale``; the coarse net's are the
+        report's and never scaled)."""
         c = wb.cfg
         epochs = epochs_for(
             c.coarse_epochs,
@@ -112,23 +118,27 @@ class Stage:
             c.batch_size,
             "coarse U-Net" if verbose and self.base == "coarse" else None,
         )
-        return max(epochs, c.converged_max_epochs) if self.base == "converged" else epochs
+        if self.base == "converged":
+            return max(epochs, scaled(c.converged_max_epochs, c.step_scale))
+        return epochs
 
     def train_epochs(self, wb: "Workbook", verbose: bool = False) -> int:
         """Epochs this stage trains: its base's for a base net; a refiner's budget (the profile's
-        ``refine_epochs``, raised for small training sets) for the controls and refiners."""
+        ``refine_epochs``, raised for small training sets, times ``step_scale``) for the
+        controls and refiners; a variant's own ``epochs`` as given."""
         if self.kind == "base":
             return self.base_epochs(wb, verbose)
         if self.epochs is not None:
             return self.epochs
         c = wb.cfg
-        return epochs_for(
+        epochs = epochs_for(
             c.refine_epochs,
             c.refine_min_steps,
             len(wb.data["train"]),
             c.batch_size,
             f"{self.name} refiner" if verbose and self.kind == "refiner" else None,
         )
+        return scaled(epochs, c.step_scale)
 
     def lr(self, cfg: Config) -> float:
         return cfg.refine_lr if self.kind == "refiner" else cfg.coarse_lr

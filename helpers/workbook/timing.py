@@ -4,8 +4,12 @@ a timed evaluation."""
 
 from __future__ import annotations
 
+import contextlib
+import random
 import time
+from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from ..data.batches import make_batches, make_loader
@@ -93,25 +97,55 @@ def evaluation_seconds(
     return time.perf_counter() - t0
 
 
-def estimate_seconds(wb, converged: bool = True) -> dict[str, float]:
-    """Seconds each registered stage (of the report's setting, and with ``converged`` of the
-    converged one) will need to train on ``wb``; 0 for a stage whose finished checkpoint exists
-    (it is loaded), only the epochs left for an interrupted one (it resumes); the converged net
-    counted at its cap (where it runs unless ``converged_patience`` stops it earlier). Nothing is
-    trained or saved.
+@dataclass(frozen=True)
+class StepTimes:
+    """What an estimate is made of, timed once on this machine (:func:`measure`): per kind of
+    model (``None``: a coarse U-Net; ``(method, start map)``: a refiner) a training step on one
+    full batch and an evaluation of the validation split; one pass of the training batches;
+    full batches per epoch; and the test split's size relative to validation. Any configuration
+    that changes only how long stages train (``step_scale``, the epochs) reuses them."""
 
-    An epoch is timed in its three real parts: the training steps (a timed step of each kind of
-    model on one training batch, times the epoch's images over the batch size), one pass of the
-    training batches as :func:`~helpers.training.loop.fit` loads them, and the evaluation on the
-    validation split that follows every epoch (timed for each kind of model); validation and
-    test are evaluated once more at the end, as the workflow does."""
+    per_kind: dict
+    loading: float
+    steps_per_epoch: float
+    test_share: float
+
+
+def _names(converged: bool) -> tuple[str, ...]:
+    return registry.SETTINGS["coarse"] + (registry.SETTINGS["converged"] if converged else ())
+
+
+def _kind(stage, cfg):
+    return (stage.method, stage.start_map(cfg)) if stage.kind == "refiner" else None
+
+
+@contextlib.contextmanager
+def untouched_random_state(device: torch.device):
+    """Python's, NumPy's and torch's random states (the device's too) as they were before: the
+    plan may be timed between a stage's seeding and its training, and must not change what it
+    trains."""
+    state = random.getstate(), np.random.get_state()
+    devices = [device] if torch.device(device).type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        try:
+            yield
+        finally:
+            random.setstate(state[0])
+            np.random.set_state(state[1])
+
+
+def measure(wb, converged: bool = True) -> StepTimes:
+    """Time a training step and an evaluation of each kind of model the stages use, and one pass
+    of the training batches, on ``wb``'s data and device (a few seconds; nothing is saved, and
+    the random states are left as they were)."""
+    with untouched_random_state(wb.device):
+        return _measure(wb, converged)
+
+
+def _measure(wb, converged: bool) -> StepTimes:
     cfg = wb.cfg
     images, targets = next(iter(make_loader(wb.data["train"], cfg.batch_size, shuffle=False)))
     images, targets = images.to(wb.device), targets.to(wb.device)
-    steps = len(wb.data["train"]) / cfg.batch_size  # full-batch equivalents per epoch
-    loading = loading_seconds(wb.data["train"], cfg.batch_size, cfg.seed, wb.device)
-    test_share = len(wb.data["test"]) / max(1, len(wb.data["val"]))
-    names = registry.SETTINGS["coarse"] + (registry.SETTINGS["converged"] if converged else ())
     amp = cfg.amp and wb.device.type == "cuda"  # time the step as training runs it
 
     def timed(model):  # (a training step, an evaluation of the validation split)
@@ -122,27 +156,49 @@ def estimate_seconds(wb, converged: bool = True) -> dict[str, float]:
 
     coarse = CoarseSegmenter.from_config(cfg).to(wb.device)
     per_kind = {None: timed(coarse)}
-    for stage in (registry.get(n) for n in names if registry.get(n).kind == "refiner"):
-        key = (stage.method, stage.start_map(cfg))  # the head's size depends on both
-        if key not in per_kind:
-            per_kind[key] = timed(stage.build(cfg, coarse).to(wb.device))
+    for stage in (registry.get(n) for n in _names(converged)):
+        if stage.kind == "refiner" and _kind(stage, cfg) not in per_kind:
+            # the head's size depends on the method and the start map
+            per_kind[_kind(stage, cfg)] = timed(stage.build(cfg, coarse).to(wb.device))
+    return StepTimes(
+        per_kind=per_kind,
+        loading=loading_seconds(wb.data["train"], cfg.batch_size, cfg.seed, wb.device),
+        steps_per_epoch=len(wb.data["train"]) / cfg.batch_size,  # full-batch equivalents
+        test_share=len(wb.data["test"]) / max(1, len(wb.data["val"])),
+    )
+
+
+def estimate_seconds(
+    wb, converged: bool = True, times: StepTimes | None = None
+) -> dict[str, float]:
+    """Seconds each registered stage (of the report's setting, and with ``converged`` of the
+    converged one) will need to train on ``wb``; 0 for a stage whose finished checkpoint exists
+    (it is loaded), only the epochs left for an interrupted one (it resumes); the converged net
+    counted at its cap (where it runs unless ``converged_patience`` stops it earlier). Nothing is
+    trained or saved. ``times``: reuse a :func:`measure` of the same data and models (the budget
+    tries several ``step_scale`` values on one measurement).
+
+    An epoch is timed in its three real parts: the training steps (a timed step of each kind of
+    model on one training batch, times the epoch's images over the batch size), one pass of the
+    training batches as :func:`~helpers.training.loop.fit` loads them, and the evaluation on the
+    validation split that follows every epoch (timed for each kind of model); validation and
+    test are evaluated once more at the end, as the workflow does."""
+    t = times or measure(wb, converged)
     estimate = {}
-    for name in names:
+    for name in _names(converged):
         stage = registry.get(name)
+        step, evaluation = t.per_kind[_kind(stage, wb.cfg)]
         # a grid of 9 filters over validation, the best on test; never saved
         if stage.kind == "filter":
-            estimate[name] = per_kind[None][1] * (9 + test_share)
+            estimate[name] = evaluation * (9 + t.test_share)
             continue
         epochs = stage.train_epochs(wb)
         # an interrupted run resumes where it was saved: only its remaining epochs count
         left = epochs - epochs_done(stage.checkpoint(wb), epochs)
-        if not left:
-            estimate[name] = 0.0
-            continue
-        step, evaluation = per_kind[
-            (stage.method, stage.start_map(cfg)) if stage.kind == "refiner" else None
-        ]
-        estimate[name] = left * (step * steps + loading + evaluation) + evaluation * (
-            1 + test_share
+        estimate[name] = (
+            left * (step * t.steps_per_epoch + t.loading + evaluation)
+            + evaluation * (1 + t.test_share)
+            if left
+            else 0.0
         )
     return estimate

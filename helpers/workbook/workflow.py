@@ -33,6 +33,7 @@ from ..models.refiner import Refiner
 from ..training.evaluation import eval_mode, predict, split_counts
 from ..training.loop import History, fit, load_trained, seed_everything
 from . import stages as registry
+from .plan import plan_or_reason
 from .session import StageResult, Workbook
 from .stages import Stage
 
@@ -65,6 +66,10 @@ def run_stage(
         ckpt.unlink()
     history = load_trained(model, ckpt, spec, epochs)
     if history is None:
+        if progress and not wb.plan_shown:
+            # before the first stage a session trains: what is left, and how long it will take
+            print("\n".join(plan_or_reason(wb)), flush=True)
+            wb.plan_shown = True
         history = fit(
             model,
             train_set=wb.data["train"],
