@@ -7,18 +7,24 @@ no fusion, every operand from memory) and one launch. Autocast runs as on a GPU 
 the CPU here), so convolutions move half-width operands and the casts are counted too.
 Counted at batch 2 and scaled to the profile's batch 16 (every count is linear in the batch).
 
-A step's time on a GPU is then modelled as a roofline per operation, plus a launch cost:
+A step's time on a GPU is then modelled per operation: its roofline time at an efficiency,
+but never less than the host's cost of issuing one eager operation (the GPU runs ahead of the
+host only when its work per operation outlasts that cost):
 
-    T = sum_i max(F_i / P_i, B_i / W) / e  +  N * L
+    T = sum_i max(max(F_i / P_i, B_i / W) / e_i, L)
 
-with P_i the GPU's dense tensor-core peak (bfloat16, float16 on a T4) for convolutions and
-matrix products and its float32 peak otherwise, W its memory bandwidth, N the operations
-launched. The efficiency e and the launch cost L are fitted (least squares) to the three
-refiner steps measured on the H200 (CSPN 43 ms, DySPN 55 ms, control 38 ms, batch 16, 256 px,
-2026-11-27) and the same e and L are used for every GPU: an assumption (a T4's kernels reach
-another share of its peak), stated with the table. The whole workbook's minutes then follow
-from the registry's epochs on the whole dataset (2,944 training, 736 validation, 3,669 test
-images) with an evaluation of the validation split after every epoch.
+with P_i the GPU's dense tensor-core peak (bfloat16; float16 on a T4) for convolutions and
+matrix products and its float32 peak otherwise, W its memory bandwidth, e_i = e_t for
+convolutions and products, e_m = 0.5 (assumed) for the rest. e_t and L are fitted to two
+H200 measurements of the PyTorch path (batch 16, 256 px): the no-propagation control (38 ms)
+and DySPN before the kernels (70 ms). The method is checked against what it did not see: CSPN
+on the PyTorch path (46 ms) and the five stages of the `full` chain on the real sample (4-34 s
+each). The same e_t, e_m and L serve every GPU: an assumption (a Colab host's CPU is slower
+than an H200 server's, so steps bound by L take longer there), stated with the table. CSPN and
+DySPN are counted on the PyTorch path; where the fused kernels pass their self-check they are
+faster (by 7% and 21% on the H200). The whole workbook's minutes then follow from the
+registry's epochs on the whole dataset (2,944 training, 736 validation, 3,669 test images),
+with an evaluation of the validation split after every epoch.
 
     python benchmarks/gpu_table.py            # prints the table (markdown) and the fit
 """
@@ -44,11 +50,19 @@ GPUS = {
     "H100 SXM": (989.0, 67.0, 3350.0),
     "H200": (989.0, 67.0, 4800.0),
 }
-# measured on the H200, 2026-11-27 (docs/benchmarks.md#measured-on-the-h200): ms per training step
-H200_STEPS = {"control": 38.0, "cspn": 43.0, "dyspn": 55.0}
+# measured on the H200 (docs/benchmarks.md#measured-on-the-h200): ms per training step, batch
+# 16, 256 px; the PyTorch path (issue 24, before the kernels) and the fused kernels (2026-11-27)
+H200_TORCH = {"control": 38.0, "cspn": 46.0, "dyspn": 70.0}
+H200_KERNELS = {"control": 38.0, "cspn": 43.0, "dyspn": 55.0}
+# the full chain of the report's setting on the real sample (132 / 38 / 123 images), seconds per
+# stage, training and evaluation, the kernels on
+H200_CHAIN = {"coarse": 4, "coarse-longer": 14, "control": 27, "cspn": 32, "dyspn": 34}
+SENSITIVITY = 3  # a slower GPU's convolutions may reach a larger share of its smaller peak
+MEMORY_EFFICIENCY = 0.5  # e_m: eager elementwise kernels reach about half the bandwidth
 TENSOR_OPS = {"convolution", "convolution_backward", "mm", "addmm", "bmm", "baddbmm"}
-# the whole dataset's splits at the profile's val_fraction (official trainval 3,680, test 3,669)
+# the whole dataset (official trainval 3,680, test 3,669) and the real sample (170, 123)
 TRAINVAL, TEST = 3680, 3669
+SAMPLE = (132, 38, 123)
 
 
 @dataclass
@@ -68,12 +82,14 @@ class Counts:
     def bytes(self) -> float:
         return sum(b for _, _, b in self.ops)
 
-    def roofline(self, tensor_tflops: float, fp32_tflops: float, gbps: float) -> float:
-        """sum_i max(F_i / P_i, B_i / W), seconds."""
+    def seconds(self, gpu: str, tensor_efficiency: float, launch: float) -> float:
+        """sum_i max(roofline_i / e_i, L) on ``gpu`` (see the module docstring)."""
+        tensor_peak, fp32_peak, gbps = GPUS[gpu]
         total = 0.0
         for name, f, b in self.ops:
-            peak = tensor_tflops if name in TENSOR_OPS else fp32_tflops
-            total += max(f / (peak * 1e12), b / (gbps * 1e9))
+            tensor = name in TENSOR_OPS
+            roof = max(f / ((tensor_peak if tensor else fp32_peak) * 1e12), b / (gbps * 1e9))
+            total += max(roof / (tensor_efficiency if tensor else MEMORY_EFFICIENCY), launch)
         return total
 
 
@@ -101,91 +117,119 @@ class OpCounter(TorchDispatchMode):
 
 
 def count(model, images, targets, train: bool) -> Counts:
-    """The operations of one training step (forward, loss, backward, AdamW) or one evaluation
-    forward, under bfloat16 autocast as training runs on a GPU."""
+    """The operations of one training step (:func:`helpers.training.loop.train_step`: forward,
+    the stage's loss, backward, AdamW) or one evaluation forward, under bfloat16 autocast as
+    training runs on a GPU."""
     from helpers.models.refiner import Refiner
-    from helpers.training.loop import make_optimiser
+    from helpers.training.loop import make_optimiser, train_step
 
     optimiser = make_optimiser(model, lr=1e-4)
+    for group in optimiser.param_groups:  # AdamW's default on CUDA: one launch per op for all
+        group["foreach"] = True
+    loss_fn = model.training_loss if isinstance(model, Refiner) else None
     model.train(train)
-    with OpCounter() as counter:
+    with OpCounter() as counter, torch.autocast("cpu", dtype=torch.bfloat16):
         if train:
-            with torch.autocast("cpu", dtype=torch.bfloat16):
-                if isinstance(model, Refiner):
-                    loss = model.training_loss(model(images), targets)
-                else:
-                    loss = torch.nn.functional.cross_entropy(model(images), targets)
-            loss.backward()
-            optimiser.step()
-            optimiser.zero_grad(set_to_none=True)
+            train_step(model, optimiser, images, targets, loss_fn=loss_fn)
         else:
-            with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            with torch.no_grad():
                 model(images)
     return Counts(counter.ops)
 
 
+def counted(cfg, batch: int) -> tuple[dict, dict]:
+    """{model: Counts} of a training step and of an evaluation forward at ``cfg``'s batch and
+    size (counted at ``batch``, scaled)."""
+    torch.manual_seed(0)
+    size, factor = cfg.image_size, cfg.batch_size / batch
+    images = torch.rand(batch, 3, size, size)
+    targets = (torch.rand(batch, size, size) > 0.5).long()
+    train, forward = {}, {}
+    for name, model in models(cfg).items():
+        train[name] = count(model, images, targets, train=True).scaled(factor)
+        forward[name] = count(model, images, targets, train=False).scaled(factor)
+    return train, forward
+
+
 def models(cfg):
+    """The coarse U-Net (trained: its own copy) and the three refiners on a frozen one."""
     from helpers.models.coarse import CoarseSegmenter
     from helpers.models.refiner import Refiner
 
-    coarse = CoarseSegmenter.from_config(cfg)
-    out = {"coarse": coarse}
+    frozen = CoarseSegmenter.from_config(cfg)
+    out = {"coarse": CoarseSegmenter.from_config(cfg)}
     for method in ("control", "cspn", "dyspn"):
-        out[method] = Refiner.from_config(cfg, coarse, method)
+        out[method] = Refiner.from_config(cfg, frozen, method)
     return out
 
 
-def fit_h200(train: dict) -> tuple[float, float]:
-    """Efficiency e and launch cost L (s) from the H200's three measured refiner steps."""
-    peaks = GPUS["H200"]
-    rows = [(train[m].roofline(*peaks), len(train[m].ops), H200_STEPS[m] / 1e3) for m in H200_STEPS]
-    # T = S / e + N L: least squares in (1/e, L)
-    sxx = sum(s * s for s, _, _ in rows)
-    sxn = sum(s * n for s, n, _ in rows)
-    snn = sum(n * n for _, n, _ in rows)
-    sxt = sum(s * t for s, _, t in rows)
-    snt = sum(n * t for _, n, t in rows)
-    det = sxx * snn - sxn * sxn
-    inv_e = (sxt * snn - snt * sxn) / det
-    launch = (sxx * snt - sxn * sxt) / det
-    return 1 / inv_e, launch
+def fit(train: dict) -> tuple[float, float]:
+    """(e_t, L): for each e_t on a grid of 0.01, the L that makes the control's modelled H200
+    step its measured 38 ms (bisection); then the e_t whose DySPN step (PyTorch path) is
+    closest to its measured 70 ms."""
+
+    def launch_for(e_t: float) -> float:
+        lo, hi = 0.0, H200_TORCH["control"] / 1e3 / len(train["control"].ops)
+        for _ in range(50):
+            mid = (lo + hi) / 2
+            if train["control"].seconds("H200", e_t, mid) > H200_TORCH["control"] / 1e3:
+                hi = mid
+            else:
+                lo = mid
+        return lo
+
+    fits = []
+    for e_t in (k / 100 for k in range(1, 101)):
+        launch = launch_for(e_t)
+        dyspn = train["dyspn"].seconds("H200", e_t, launch) * 1e3
+        fits.append((abs(dyspn / H200_TORCH["dyspn"] - 1), e_t, launch))
+    _, e_t, launch = min(fits)
+    return e_t, launch
 
 
-def seconds(counts: Counts, gpu: str, efficiency: float, launch: float) -> float:
-    return counts.roofline(*GPUS[gpu]) / efficiency + len(counts.ops) * launch
-
-
-def workbook_minutes(cfg, step: dict, forward: dict, scale: float = 1.0) -> dict:
-    """Minutes of each setting on the whole dataset from per-model step and evaluation-forward
-    seconds (batch ``cfg.batch_size``), at ``step_scale`` ``scale``."""
+def stage_epochs(cfg, n_train: int, scale: float = 1.0) -> dict:
+    """Epochs of each trained stage of both settings (the registry's rules, at ``scale``)."""
     from helpers.workbook.stages import epochs_for, scaled
 
-    n_val = round(TRAINVAL * cfg.val_fraction)
-    n_train = TRAINVAL - n_val
-    steps = math.ceil(n_train / cfg.batch_size)
-    val_batches, test_batches = math.ceil(n_val / cfg.batch_size), math.ceil(TEST / cfg.batch_size)
-    coarse_epochs = epochs_for(cfg.coarse_epochs, cfg.coarse_min_steps, n_train, cfg.batch_size)
-    refine = scaled(
-        epochs_for(cfg.refine_epochs, cfg.refine_min_steps, n_train, cfg.batch_size), scale
-    )
-    converged = max(coarse_epochs, scaled(cfg.converged_max_epochs, scale))
+    bs = cfg.batch_size
+    coarse = epochs_for(cfg.coarse_epochs, cfg.coarse_min_steps, n_train, bs)
+    refine = scaled(epochs_for(cfg.refine_epochs, cfg.refine_min_steps, n_train, bs), scale)
+    out = {
+        "coarse": coarse,
+        "coarse-longer": refine,
+        "converged": max(coarse, scaled(cfg.converged_max_epochs, scale)),
+        "converged-longer": refine,
+    }
+    for m in ("control", "cspn", "dyspn"):
+        out[m] = out[f"converged+{m}"] = refine
+    return out
 
-    def stage(kind: str, epochs: int) -> float:
-        per_epoch = steps * step[kind] + val_batches * forward[kind]
-        return epochs * per_epoch + (val_batches + test_batches) * forward[kind]
 
-    report = (
-        stage("coarse", coarse_epochs)
-        + (9 * val_batches + test_batches) * forward["coarse"]  # the guided filter's grid
-        + stage("coarse", refine)  # the coarse net trained on
-        + sum(stage(m, refine) for m in ("control", "cspn", "dyspn"))
-    )
-    second = (
-        stage("coarse", converged)
-        + stage("coarse", refine)
-        + sum(stage(m, refine) for m in ("control", "cspn", "dyspn"))
-    )
-    return {"report": report / 60, "workbook": (report + second) / 60}
+def stage_seconds(
+    cfg, step: dict, forward: dict, sizes, scale: float = 1.0, per_epoch: float = 0.0
+) -> dict:
+    """Seconds of each stage of both settings from per-model step and evaluation-forward
+    seconds (batch ``cfg.batch_size``) on splits of ``sizes`` = (train, val, test) images, at
+    ``step_scale`` ``scale``: every epoch trains, evaluates validation and costs ``per_epoch``
+    more (the checkpoint, the metrics); the end evaluates validation and test; the guided filter
+    evaluates a grid of 9 on validation."""
+    from helpers.workbook import stages as registry
+
+    n_train, n_val, n_test = sizes
+    steps, val, test = (math.ceil(n / cfg.batch_size) for n in (n_train, n_val, n_test))
+    epochs = stage_epochs(cfg, n_train, scale)
+
+    out = {}
+    for name, n in epochs.items():
+        k = registry.get(name).method or "coarse"  # the model a step of it trains
+        out[name] = n * (steps * step[k] + val * forward[k] + per_epoch) + (val + test) * forward[k]
+    out["guided-filter"] = (9 * val + test) * forward["coarse"]
+    return out
+
+
+def minutes(per_stage: dict) -> dict:
+    report = sum(v for k, v in per_stage.items() if not k.startswith("converged"))
+    return {"report": report / 60, "workbook": sum(per_stage.values()) / 60}
 
 
 def main() -> None:
@@ -197,56 +241,96 @@ def main() -> None:
     from helpers.core.config import profile_config
     from helpers.workbook.plan import FLOOR, GRID, suggested_budget
 
-    torch.manual_seed(0)
     cfg = profile_config("full", device="cpu", propagation_backend="torch")
-    size, factor = cfg.image_size, cfg.batch_size / args.batch
-    images = torch.rand(args.batch, 3, size, size)
-    targets = (torch.rand(args.batch, size, size) > 0.5).long()
-    train, forward = {}, {}
-    for name, model in models(cfg).items():
-        train[name] = count(model, images, targets, train=True).scaled(factor)
-        forward[name] = count(model, images, targets, train=False).scaled(factor)
-    print(f"full profile, batch {cfg.batch_size}, {size} px (counted at batch {args.batch}):")
-    print("| model | training step GFLOP | GB moved | operations | evaluation GFLOP |")
-    print("|---|---|---|---|---|")
-    for name in train:
-        print(
-            f"| {name} | {train[name].flops / 1e9:.0f} | {train[name].bytes / 1e9:.1f} | "
-            f"{len(train[name].ops)} | {forward[name].flops / 1e9:.0f} |"
-        )
-    efficiency, launch = fit_h200(train)
+    train, forward = counted(cfg, args.batch)
     print(
-        f"\nfit on the H200's refiner steps: efficiency {efficiency:.2f}, "
-        f"launch {launch * 1e6:.1f} us"
+        f"full profile, batch {cfg.batch_size}, {cfg.image_size} px "
+        f"(counted at batch {args.batch}):\n"
     )
-    for m, ms in H200_STEPS.items():
-        got = seconds(train[m], "H200", efficiency, launch) * 1e3
-        print(f"  {m}: measured {ms:.0f} ms, modelled {got:.1f} ms ({got / ms - 1:+.0%})")
+    print("| model | training step: GFLOP | GB moved | operations | evaluation: GFLOP | GB |")
+    print("|---|---|---|---|---|---|")
+    for name in train:
+        t, f = train[name], forward[name]
+        print(
+            f"| {name} | {t.flops / 1e9:.0f} | {t.bytes / 1e9:.1f} | {len(t.ops)} | "
+            f"{f.flops / 1e9:.0f} | {f.bytes / 1e9:.1f} |"
+        )
+    e_t, launch = fit(train)
+    print(
+        f"\nfitted on the H200 (control 38 ms, DySPN 70 ms, PyTorch path): e_t = {e_t:.2f} of "
+        f"the tensor peak, L = {launch * 1e6:.1f} us per operation; e_m = {MEMORY_EFFICIENCY} "
+        "(assumed)"
+    )
+    print("\nthe H200, measured -> modelled:")
+    for m in ("control", "cspn", "dyspn"):
+        got = train[m].seconds("H200", e_t, launch) * 1e3
+        print(
+            f"  {m} step: PyTorch path {H200_TORCH[m]:.0f} ms -> {got:.1f} ms "
+            f"({got / H200_TORCH[m] - 1:+.0%}; with the kernels {H200_KERNELS[m]:.0f} ms)"
+        )
+    step = {k: c.seconds("H200", e_t, launch) for k, c in train.items()}
+    fwd = {k: c.seconds("H200", e_t, launch) for k, c in forward.items()}
+    # what an epoch costs besides its steps and evaluation, from the chain's total
+    chain = stage_seconds(cfg, step, fwd, SAMPLE)
+    epochs = stage_epochs(cfg, SAMPLE[0])
+    per_epoch = (sum(H200_CHAIN.values()) - sum(chain[n] for n in H200_CHAIN)) / sum(
+        epochs[n] for n in H200_CHAIN
+    )
+    print(
+        f"  the sample's chain, steps and evaluations only: {sum(chain[n] for n in H200_CHAIN):.0f}"
+        f" s of the {sum(H200_CHAIN.values())} s measured: {per_epoch:.2f} s more per epoch "
+        "(checkpoint, metrics), fitted"
+    )
+    chain = stage_seconds(cfg, step, fwd, SAMPLE, per_epoch=per_epoch)
+    for name, measured in H200_CHAIN.items():
+        print(
+            f"  {name} on the sample: {measured} s -> {chain[name]:.1f} s "
+            f"({chain[name] / measured - 1:+.0%})"
+        )
 
     budget = suggested_budget(args.session)
-    print(
-        f"\n| GPU | report's setting, min | whole workbook, min | --budget {budget} "
-        f"(a {args.session:g}-min session) |"
+    whole = (
+        TRAINVAL - round(TRAINVAL * cfg.val_fraction),
+        round(TRAINVAL * cfg.val_fraction),
+        TEST,
     )
-    print("|---|---|---|---|")
+    small = profile_config("cpu", device="cpu", propagation_backend="torch")
+    small_counts = counted(small, args.batch)
+    print(
+        f"\nthe whole dataset; cpu profile: its models at {small.image_size} px, batch "
+        f"{small.batch_size}\n"
+    )
+    print(
+        f"| GPU | full: report's setting, min | full: whole workbook, min | the same if "
+        f"convolutions reach {SENSITIVITY}x e_t | full, `--budget {budget}` (a "
+        f"{args.session:g}-minute session) | cpu profile: whole workbook, min |"
+    )
+    print("|---|---|---|---|---|---|")
     for gpu in GPUS:
-        step = {k: seconds(c, gpu, efficiency, launch) for k, c in train.items()}
-        fwd = {k: seconds(c, gpu, efficiency, launch) for k, c in forward.items()}
-        full = workbook_minutes(cfg, step, fwd)
-        scale = 1.0
-        while (
-            workbook_minutes(cfg, step, fwd, scale)["workbook"] > budget
-            and scale - GRID >= FLOOR - 1e-9
-        ):
+
+        def workbook(e: float, scale: float = 1.0, profile=(cfg, train, forward)) -> dict:
+            c, tr, fw = profile
+            step = {k: x.seconds(gpu, e, launch) for k, x in tr.items()}
+            fwd = {k: x.seconds(gpu, e, launch) for k, x in fw.items()}
+            return minutes(stage_seconds(c, step, fwd, whole, scale, per_epoch))
+
+        full, faster = workbook(e_t), workbook(min(1.0, SENSITIVITY * e_t))
+        scale, at = 1.0, full["workbook"]
+        while at > budget and scale - GRID >= FLOOR - 1e-9:
             scale = round(scale - GRID, 2)
-        at = workbook_minutes(cfg, step, fwd, scale)["workbook"]
+            at = workbook(e_t, scale)["workbook"]
         verdict = (
             "fits unscaled"
             if scale == 1
             else f"step_scale {scale:g}: {at:.0f} min"
-            + ("" if at <= budget else f", does not fit (the floor is {FLOOR:g})")
+            if at <= budget
+            else f"{scale:g} (the floor): {at:.0f} min, does not fit"
         )
-        print(f"| {gpu} | {full['report']:.0f} | {full['workbook']:.0f} | {verdict} |")
+        cpu = workbook(e_t, profile=(small, *small_counts))
+        print(
+            f"| {gpu} | {full['report']:.0f} | {full['workbook']:.0f} | "
+            f"{faster['workbook']:.0f} | {verdict} | {cpu['workbook']:.0f} |"
+        )
 
 
 if __name__ == "__main__":

@@ -5,6 +5,14 @@ import pytest
 from helpers.data.synthetic import write_synthetic_dataset
 
 
+@pytest.fixture(autouse=True)
+def no_budget_from_the_shell(monkeypatch):
+    """A budget (or `run`'s plan flag) exported in the developer's shell would make every test
+    that opens a workbook time its steps and train other epochs: the tests set their own."""
+    monkeypatch.delenv("WORKBOOK_BUDGET", raising=False)
+    monkeypatch.delenv("WORKBOOK_PLANNED", raising=False)
+
+
 @pytest.fixture(scope="session")
 def pets(tmp_path_factory):
     """A small dataset in the official layout (written by the synthetic generator). Read-only:

@@ -137,6 +137,11 @@ def test_headless_runs_show_live_epochs_and_save_a_summary_not_frozen_bars(
             "python -m helpers run: error: --budget='soon' is not a positive number of minutes",
         ),
         (
+            ["run", "--set", "step_scale=0"],
+            {"WORKBOOK_SET": "", "WORKBOOK_BUDGET": ""},
+            "python -m helpers run: error: --set (WORKBOOK_SET): step_scale must be in (0, 1]",
+        ),
+        (
             ["run"],
             {"WORKBOOK_BUDGET": "-5"},
             "python -m helpers run: error: WORKBOOK_BUDGET='-5' is not a positive number",

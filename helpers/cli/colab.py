@@ -67,7 +67,9 @@ def setup(verbose: bool = True) -> list[str]:
 
         # the doctor's line: device, profile and the propagation backend after its self-check
         done.append(colab_line())
-        done.append(budget_hint())
+        done.append(
+            budget_hint(gpu=torch.cuda.get_device_name() if torch.cuda.is_available() else None)
+        )
     if verbose and done:
         # what was done on one line; the machine (the doctor's line) and the budget on their own
         said = done[:-2] if in_colab() else done
@@ -75,15 +77,33 @@ def setup(verbose: bool = True) -> list[str]:
     return done
 
 
-def budget_hint(session_minutes: float = 60) -> str:
+# GPUs on which the full profile does not fit a 60-minute session even at the budget's floor
+# (docs/running.md#the-full-profile-on-the-gpus-students-get: a T4 4 hours, an L4 3.5, for the
+# report's setting alone)
+SLOW_GPUS = ("T4", "L4")
+
+
+def budget_hint(session_minutes: float = 60, gpu: str | None = None) -> str:
     """What to do about a session's time limit: the budget in use, or one to set (the training
-    of a ``session_minutes`` session; :func:`helpers.workbook.plan.suggested_budget`)."""
+    of a ``session_minutes`` session; :func:`helpers.workbook.plan.suggested_budget`); on a GPU
+    too slow for the ``full`` profile in such a session, the ``cpu`` profile instead."""
     from ..core.config import budget_minutes
     from ..workbook.plan import suggested_budget
 
     minutes = budget_minutes()
     if minutes is not None:
-        return f"budget {minutes:g} min (WORKBOOK_BUDGET): the plan is scaled to fit it"
+        return f"budget {minutes:g} min (WORKBOOK_BUDGET)"
+    if (
+        gpu
+        and os.environ.get("WORKBOOK_PROFILE") == "full"
+        and any(g in gpu.split() for g in SLOW_GPUS)
+    ):
+        return (
+            f"budget: on a {gpu} the full profile takes hours and does not fit a "
+            f"{session_minutes:g}-minute session even at a quarter of its epochs; run "
+            "%env WORKBOOK_PROFILE=cpu in every notebook before wb = open_workbook() (128 px, "
+            "about half an hour on the whole dataset)"
+        )
     n = suggested_budget(session_minutes)
     return (
         f"budget: none; for a {session_minutes:g}-minute session run %env WORKBOOK_BUDGET={n} "

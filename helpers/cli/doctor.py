@@ -119,7 +119,9 @@ def report(profile: str | None = None, data_root=None, plan: bool = True) -> lis
         )
         lines.append(backend_line(cfg.propagation_backend, device))
         lines += plan_lines(wb)
-        if wb.budget is None:
+        if wb.budget is None and wb.cfg.step_scale != 1:
+            lines.append(f"budget: none; step_scale {wb.cfg.step_scale:g} (set by hand)")
+        elif wb.budget is None and wb.pending_budget is None:
             lines.append(
                 f"budget: none (the full schedule); a {SESSION} min session fits --budget "
                 f"{suggested_budget(SESSION)} (WORKBOOK_BUDGET)"

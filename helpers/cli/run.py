@@ -16,7 +16,7 @@ from pathlib import Path
 
 from ..core import progress
 from ..core.checkpoint import REPO_ROOT
-from ..core.config import check_settings, parse_budget, parse_overrides
+from ..core.config import check_settings, parse_budget, parse_overrides, profile_config
 from .execute import NotebookFailed, in_worker, kill_kernel, run_notebook
 
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
@@ -108,18 +108,16 @@ def gpu_available() -> bool:
     return torch.cuda.is_available()
 
 
-def print_plan() -> bool:
+def print_plan() -> None:
     """Before anything trains: the stages still to train, each with its estimated time on this
     machine (timed steps), and the total (:func:`helpers.workbook.plan.plan_lines`), and what a
     budget chose (saved for the kernels to reuse). In a process of its own, so that this one
     holds no GPU memory while the notebooks run; it reads the run's settings from the
-    environment, as the notebooks do. False if it did not finish in time."""
+    environment, as the notebooks do."""
     try:
         subprocess.run([sys.executable, "-c", PLAN], cwd=REPO_ROOT, check=False, timeout=PLAN_S)
     except subprocess.TimeoutExpired:
         print(f"plan: not estimated (timing the steps took over {PLAN_S} s)", flush=True)
-        return False
-    return True
 
 
 PLAN_S = 300  # the plan is a courtesy: it never holds a run up for long
@@ -145,14 +143,14 @@ def run_command(args, run: argparse.ArgumentParser) -> int:
             os.environ.get("WORKBOOK_BUDGET"),
             "--budget" if args.budget is not None else "WORKBOOK_BUDGET",
         )
-        try:
-            parse_overrides(os.environ.get("WORKBOOK_SET", "").split())
-        except ValueError as exc:
-            raise ValueError(f"--set (WORKBOOK_SET): {exc}") from None
         profile, seed = check_settings(
             os.environ.get("WORKBOOK_PROFILE") or default_profile(),
             os.environ.get("WORKBOOK_SEED", "0"),
         )
+        try:  # the types, then the values (a share out of range) before any notebook starts
+            profile_config(profile, **parse_overrides(os.environ.get("WORKBOOK_SET", "").split()))
+        except ValueError as exc:
+            raise ValueError(f"--set (WORKBOOK_SET): {exc}") from None
         # the kernels run in notebooks/: hand them an absolute data folder, resolved from here
         what, root = (
             ("--data-root", args.data_root)
@@ -181,8 +179,8 @@ def run_command(args, run: argparse.ArgumentParser) -> int:
             hours = estimate_cpu_hours(profile)
             print(
                 f"warning: the full profile would take about {hours:.0f} hours on this CPU "
-                "(it is the GPU profile); stop with Ctrl-C and use --profile cpu (about 20 "
-                "minutes)",
+                "(it is the GPU profile); stop with Ctrl-C and use --profile cpu (about 45 "
+                "minutes on two cores)",
                 flush=True,
             )
     out_dir = REPO_ROOT / "runs" / profile
@@ -191,9 +189,8 @@ def run_command(args, run: argparse.ArgumentParser) -> int:
         f"{os.environ.get('PETS_ROOT', 'auto (data/ or synthetic)')}; "
         f"{len(notebooks)} notebooks"
     )
-    planned = False
     if not (profile == "full" and not gpu_available()):  # that case was warned about above
-        planned = print_plan()
+        print_plan()
     started = time.time()
     stop = {"signal": None, "client": None}
 
@@ -214,8 +211,9 @@ def run_command(args, run: argparse.ArgumentParser) -> int:
     saved_env = {
         k: os.environ.get(k) for k in (progress.HEADLESS_ENV, progress.PROGRESS_ENV, PLANNED_ENV)
     }
-    if planned:  # the kernels need not time the steps again to print it
-        os.environ[PLANNED_ENV] = "1"
+    # the plan was printed here (or deliberately not): the kernels never time the steps for it
+    # again, without the time limit it had here
+    os.environ[PLANNED_ENV] = "1"
     try:
         for i, nb in enumerate(notebooks, 1):
             if stop["signal"]:  # interrupted between two notebooks: start no other

@@ -64,7 +64,8 @@ class Config:
     converged_patience: int = 0
     # share of the refiners' and the converged net's epochs trained (the coarse U-Net keeps the
     # report's): 1 trains the full schedule; --budget / WORKBOOK_BUDGET choose a smaller one so
-    # that the plan fits, never below helpers.workbook.budget.FLOOR (docs/running.md#budget)
+    # that the plan fits, never below helpers.workbook.plan.FLOOR
+    # (docs/running.md#the-budget-fitting-a-session)
     step_scale: float = 1.0
     weight_decay: float = 1e-4
     # propagation
@@ -147,7 +148,7 @@ _PROFILE_SETTINGS: dict[str, dict] = {
         converged_window=2,
         converged_patience=0,
     ),
-    # the default without a GPU: real learning at 128 px, the whole workbook in about 20 minutes
+    # the default without a GPU: real learning at 128 px, the whole workbook in about 45 minutes
     "cpu": dict(),
     # the default with CUDA: the report's settings
     "full": dict(

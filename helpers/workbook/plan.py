@@ -25,18 +25,20 @@ from dataclasses import asdict, dataclass, replace
 
 from ..core.checkpoint import atomic_write_text, display_path
 from ..core.config import changed_settings
-from .timing import StepTimes, estimate_seconds, measure
+from . import stages
+from .timing import StepTimes, estimate_seconds, first_line, measure
 
-# the smallest share of the epochs a budget chooses: at 0.25 the refiners still gain most of what
-# they gain at the full schedule over the coarse U-Net (docs/running.md#the-budget: measured on
-# the real sample, 3 seeds); below it a budget that cannot be met says so instead
+# the smallest share of the epochs a budget chooses: at 0.25 every refiner is still above the
+# coarse U-Net and above the coarse net trained on for as long; at 0.1 the net trained on falls
+# below the coarse net and the controls stop being controls (docs/running.md#the-floor-measured:
+# the real sample, 3 seeds). A budget that 0.25 cannot meet says so instead.
 FLOOR = 0.25
 GRID = 0.05  # the shares tried: 1, 0.95, ..., FLOOR
-# what a session holds besides the estimated training (installing, downloading and decoding the
-# data, figures, the notebooks' sweeps) and the estimates' error (within 19% on the H200): a
-# quarter of it
-SESSION_SHARE = 0.75
-PLANNED_ENV = "WORKBOOK_PLANNED"  # set by `python -m helpers run` once it has printed the plan
+# the share of a session to ask for: the estimates ran 19% (the H200's chain) and 22% (this
+# CPU's converged U-Net) under the time taken, so 0.6 of a session is about 0.75 of it in fact,
+# and the rest is left for installing, downloading and decoding the data, the figures and sweeps
+SESSION_SHARE = 0.6
+PLANNED_ENV = "WORKBOOK_PLANNED"  # set by `python -m helpers run` for its kernels
 
 
 @dataclass(frozen=True)
@@ -64,8 +66,8 @@ class BudgetChoice:
         )
         if not self.fits:
             line += (
-                f"; it does not fit: {FLOOR:g} is the floor (below it the refiners learn too "
-                "little to compare), so plan a longer session or a smaller profile"
+                f"; it does not fit: {FLOOR:g} is the floor (below it the controls stop being "
+                "controls), so plan a longer session or a smaller profile"
             )
         return line
 
@@ -84,18 +86,24 @@ def total_seconds(wb, step_scale: float, times: StepTimes) -> float:
 
 
 def choose(wb, minutes: float, times: StepTimes | None = None) -> BudgetChoice:
-    """The largest ``step_scale`` on the grid whose estimate fits ``minutes`` (or the floor)."""
+    """The largest ``step_scale`` on the grid whose estimate fits ``minutes``; where none does,
+    the quickest share on the grid (the floor, unless stages already trained at a larger share
+    make that one quicker)."""
     times = times or measure(wb)
+    shares = [round(1 - k * GRID, 2) for k in range(round((1 - FLOOR) / GRID) + 1)]
     full = total_seconds(wb, 1.0, times)
-    scale, seconds = 1.0, full
-    while seconds > minutes * 60 and scale - GRID >= FLOOR - 1e-9:
-        scale = round(scale - GRID, 2)
-        seconds = total_seconds(wb, scale, times)
-    return BudgetChoice(minutes, scale, full, seconds, seconds <= minutes * 60)
+    quickest = (full, -1.0)  # (seconds, -share): of two as quick, the larger share
+    for scale in shares:
+        seconds = full if scale == 1 else total_seconds(wb, scale, times)
+        if seconds <= minutes * 60:
+            return BudgetChoice(minutes, scale, full, seconds, True)
+        quickest = min(quickest, (seconds, -scale))
+    return BudgetChoice(minutes, -quickest[1], full, quickest[0], False)
 
 
 def budget_file(wb):
-    return wb.profile_dir / "budget.json"
+    """``budget.json`` of this run (its data and seed: ``runs/<profile>/<data>/seed<k>/``)."""
+    return wb.run_dir / "budget.json"
 
 
 def _made_for(wb, minutes: float) -> dict:
@@ -111,8 +119,12 @@ def _made_for(wb, minutes: float) -> dict:
 
 def apply_budget(wb, minutes: float, verbose: bool = True):
     """Fit ``wb``'s training into ``minutes``: choose (or reuse) the share and set
-    ``wb.cfg.step_scale`` and ``wb.budget``; says what it chose. A ``step_scale`` set by hand
-    wins (the budget is then not applied, and that is said)."""
+    ``wb.cfg.step_scale`` and ``wb.budget``; says what it chose. A ``step_scale`` below 1 set by
+    hand wins (the budget is then not applied, and that is said). Where the steps cannot be timed
+    yet (a student's coarse U-Net or every refiner unfinished) the choice waits
+    (``wb.pending_budget``) until the first stage it scales is about to train
+    (:func:`helpers.workbook.workflow.run_stage`)."""
+    wb.pending_budget = None
     if wb.cfg.step_scale != 1:
         if verbose:
             print(
@@ -127,12 +139,13 @@ def apply_budget(wb, minutes: float, verbose: bool = True):
     else:
         try:
             wb.times = wb.times or measure(wb)
-        # e.g. a student's refiner that is not written yet: train in full rather than fail
+        # a student's models that are not written yet: choose when the first scaled stage trains
         except Exception as exc:
+            wb.pending_budget = minutes
             if verbose:
                 print(
-                    f"budget {minutes:g} min not applied: the steps could not be timed "
-                    f"({_reason(exc)})"
+                    f"budget {minutes:g} min: chosen when the first stage it scales is about to "
+                    f"train (the steps cannot be timed yet: {first_line(exc)})"
                 )
             return wb
         choice, how = choose(wb, minutes, wb.times), ""
@@ -148,14 +161,12 @@ def apply_budget(wb, minutes: float, verbose: bool = True):
 def _read(path) -> dict | None:
     try:
         doc = json.loads(path.read_text())
-        BudgetChoice(**doc["choice"])  # a file of another version is simply not reused
+        choice = BudgetChoice(**doc["choice"])  # a file of another version is simply not reused
+        if not FLOOR <= choice.step_scale <= 1:  # nor one edited by hand out of range
+            return None
         return doc
     except (OSError, ValueError, KeyError, TypeError):
         return None
-
-
-def _reason(exc: Exception) -> str:
-    return f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
 
 
 def plan_or_reason(wb) -> list[str]:
@@ -165,7 +176,7 @@ def plan_or_reason(wb) -> list[str]:
     try:
         return plan_lines(wb)
     except Exception as exc:
-        return [f"plan: not estimated ({_reason(exc)})"]
+        return [f"plan: not estimated ({first_line(exc)})"]
 
 
 def plan_lines(wb) -> list[str]:
@@ -173,11 +184,18 @@ def plan_lines(wb) -> list[str]:
     (and the budget's choice, where one was applied)."""
     wb.times = wb.times or measure(wb)
     estimate = estimate_seconds(wb, converged=True, times=wb.times)
-    todo = {name: s for name, s in estimate.items() if s > 0}
+    # the guided filter is tuned in every session (nothing of it is saved): not a stage to train
+    todo = {n: s for n, s in estimate.items() if s > 0 and stages.get(n).trained}
     if not todo:
         return ["plan: every stage is trained already: the notebooks load them"]
-    lines = [f"plan: {len(todo)} stages to train, about {_duration(sum(todo.values()))} in all"]
+    total = sum(todo.values())
+    lines = [
+        f"plan: {len(todo)} stage{'s' if len(todo) > 1 else ''} to train, about "
+        f"{_duration(total)} in all"
+    ]
     lines += [f"  {name:20s} {_duration(seconds):>9s}" for name, seconds in todo.items()]
+    for kind, why in wb.times.untimed.items():
+        lines.append(f"  ({kind[0]} not timed yet ({why}): counted at the slowest refiner)")
     if wb.budget is not None:
         lines.append(wb.budget.describe())
     return lines

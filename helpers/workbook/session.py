@@ -38,6 +38,7 @@ class Workbook:
     # the timed steps of the plan and the budget (helpers.workbook.timing.StepTimes), once
     times: object = None
     budget: object = None  # the budget's choice (helpers.workbook.plan.BudgetChoice), if any
+    pending_budget: float | None = None  # minutes of a budget whose choice waits for a timing
     plan_shown: bool = False  # the plan was printed (here, or by `python -m helpers run`)
 
     @property

@@ -105,6 +105,11 @@ class Stage:
     def trained(self) -> bool:
         return self.kind != "filter"
 
+    @property
+    def scaled_by_budget(self) -> bool:
+        """Whether ``step_scale`` changes its epochs: all but the coarse net and the filter."""
+        return self.kind in ("refiner", "longer") or (self.kind, self.base) == ("base", "converged")
+
     # -------------------------------------------------------------------------- training budget
     def base_epochs(self, wb: "Workbook", verbose: bool = False) -> int:
         """Epochs of the base net: the profile's (raised for small training sets), or for the

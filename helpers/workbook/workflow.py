@@ -33,7 +33,7 @@ from ..models.refiner import Refiner
 from ..training.evaluation import eval_mode, predict, split_counts
 from ..training.loop import History, fit, load_trained, seed_everything
 from . import stages as registry
-from .plan import plan_or_reason
+from .plan import apply_budget, plan_or_reason
 from .session import StageResult, Workbook
 from .stages import Stage
 
@@ -44,6 +44,10 @@ def run_stage(
 ) -> StageResult:
     """Train (or load a finished run of) ``stage`` on ``wb``; see the module docstring's steps."""
     stage = registry.get(stage)
+    if wb.pending_budget is not None and stage.scaled_by_budget:
+        # a budget that could not be timed when the run opened (a student's unfinished models):
+        # chosen now, before the first stage it scales, so that every such stage shares it
+        apply_budget(wb, wb.pending_budget)
     cfg = wb.cfg
     # 1. what it builds on: the base net, and the trained refiner it starts from, if any
     base = load_coarse(wb, progress, stage.base) if stage.trains_on else None
