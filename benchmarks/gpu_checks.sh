@@ -4,7 +4,8 @@
 # the others with it:
 #
 #   0. the doctor (python -m helpers doctor): the GPU, the autocast dtype, the kernels' own
-#      self-check on this GPU and the full profile's timed plan, as a student's machine shows them;
+#      self-check on this GPU and the full profile's timed plan with the share a 36-minute
+#      budget chooses, as a student's machine shows them;
 #   1. the fused kernels compiled on this GPU against the PyTorch path (tests/test_kernels.py -k cuda);
 #   2. propagation forward + backward, every implementation side by side (benchmarks/propagation.py);
 #   3. where a DySPN and a CSPN step spend their time (propagation.py --breakdown, torch.profiler),
@@ -41,7 +42,9 @@ step() {  # step NAME LIMIT_SECONDS COMMAND...: run, log to $out/NAME.log, repor
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 "$py" -c "import torch, triton; print('torch', torch.__version__, '| triton', triton.__version__, '|', torch.cuda.get_device_name(0))"
 
-step doctor "${LIMIT_DOCTOR:-75}" "$py" -m helpers doctor --profile full ${data:+--data-root "$data"}
+# with the budget a 60-minute Colab session is told to use: its choice on a real GPU, against the
+# table of docs/running.md#the-full-profile-on-the-gpus-students-get
+step doctor "${LIMIT_DOCTOR:-75}" env WORKBOOK_BUDGET="${BUDGET:-36}" "$py" -m helpers doctor --profile full ${data:+--data-root "$data"}
 backend=()
 step kernels "${LIMIT_KERNELS:-120}" "$py" -m pytest -o addopts="-p no:cacheprovider" -q -rs tests/test_kernels.py -k cuda \
     || backend=(--set propagation_backend=torch)
