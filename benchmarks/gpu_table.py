@@ -188,21 +188,15 @@ def fit(train: dict) -> tuple[float, float]:
 
 
 def stage_epochs(cfg, n_train: int, scale: float = 1.0) -> dict:
-    """Epochs of each trained stage of both settings (the registry's rules, at ``scale``)."""
-    from helpers.workbook.stages import epochs_for, scaled
+    """Epochs of each trained stage of both settings at ``step_scale`` ``scale``, as the
+    registry trains them on ``n_train`` training images (a stand-in for the workbook: the epochs
+    read only its configuration and the training split's size)."""
+    from types import SimpleNamespace
 
-    bs = cfg.batch_size
-    coarse = epochs_for(cfg.coarse_epochs, cfg.coarse_min_steps, n_train, bs)
-    refine = scaled(epochs_for(cfg.refine_epochs, cfg.refine_min_steps, n_train, bs), scale)
-    out = {
-        "coarse": coarse,
-        "coarse-longer": refine,
-        "converged": max(coarse, scaled(cfg.converged_max_epochs, scale)),
-        "converged-longer": refine,
-    }
-    for m in ("control", "cspn", "dyspn"):
-        out[m] = out[f"converged+{m}"] = refine
-    return out
+    from helpers.workbook import stages as registry
+
+    wb = SimpleNamespace(cfg=cfg.replace(step_scale=scale), data={"train": range(n_train)})
+    return {n: s.train_epochs(wb) for n, s in registry.REGISTRY.items() if s.trained}
 
 
 def stage_seconds(
